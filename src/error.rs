@@ -1,0 +1,419 @@
+//! The one error type of cldpd.
+//!
+//! Every failure a caller can meet is a variant of [`Error`]: match on the
+//! variant, print it with `Display` (one sentence saying what went wrong) and
+//! show [`Error::hint`] (what to do about it) where there is one. The
+//! variants cover the sentinel errors of the Go original (`ErrPodNotFound`,
+//! `ErrInvalidPod`, `ErrBuildFailed`, `ErrContainerFailed`,
+//! `ErrSessionNotFound`, `ErrDockerUnavailable`, `ErrStopFailed`) plus the
+//! bad inputs and run failures the Go tool did not name.
+//!
+//! Errors are `Clone` so that one failure can be handed to every waiter of a
+//! run (`wait()`, shared builds) without re-running anything.
+//!
+//! ```
+//! use cldpd::Error;
+//! let err = Error::PodNotFound {
+//!     name: "web".into(),
+//!     pods_dir: "/home/me/.cldpd/pods".into(),
+//!     available: vec!["api".into()],
+//! };
+//! assert_eq!(err.code(), "pod_not_found");
+//! assert!(err.to_string().contains("web"));
+//! assert!(err.hint().unwrap().contains("api"));
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shorthand for `Result<T, cldpd::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which timeout ended a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// `timeoutSecs`: the wall-clock limit of the whole run.
+    Run,
+    /// `idleTimeoutSecs`: no output for that long.
+    Idle,
+}
+
+impl std::fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutKind::Run => "run timeout (timeoutSecs)",
+            TimeoutKind::Idle => "idle timeout (idleTimeoutSecs)",
+        })
+    }
+}
+
+/// Everything that can go wrong in cldpd.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ----- pods and input -------------------------------------------------
+    /// The pod directory does not exist (Go: `ErrPodNotFound`).
+    #[error("pod `{name}` not found in {}", pods_dir.display())]
+    PodNotFound {
+        /// The name asked for.
+        name: String,
+        /// The pods directory searched.
+        pods_dir: PathBuf,
+        /// The pods that do exist there, for the hint.
+        available: Vec<String>,
+    },
+    /// The pods directory itself does not exist.
+    #[error("pods directory {} does not exist", path.display())]
+    PodsDirMissing {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The pod name is not a plain directory name Docker accepts in a tag.
+    #[error("invalid pod name `{name}`: {reason}")]
+    InvalidPodName {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The pod directory has no Dockerfile (Go: `ErrInvalidPod`).
+    #[error("invalid pod `{name}`: no Dockerfile in {}", dir.display())]
+    InvalidPod {
+        /// Pod name.
+        name: String,
+        /// Pod directory.
+        dir: PathBuf,
+    },
+    /// `pod.json` cannot be read, is not valid JSON, or has a bad field.
+    #[error("{}: {message}", path.display())]
+    PodConfig {
+        /// The `pod.json` file.
+        path: PathBuf,
+        /// The offending field, when one is to blame.
+        field: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A bind mount's host path does not exist.
+    #[error("pod `{pod}`: mount source {} does not exist", source_path.display())]
+    MountSourceMissing {
+        /// Pod name.
+        pod: String,
+        /// The host path after `~` expansion.
+        source_path: PathBuf,
+    },
+    /// A bind mount's container path is not absolute.
+    #[error("pod `{pod}`: mount target `{target}` is not an absolute path")]
+    MountTargetRelative {
+        /// Pod name.
+        pod: String,
+        /// The target given.
+        target: String,
+    },
+    /// An environment variable name is not `[A-Za-z_][A-Za-z0-9_]*`.
+    #[error("invalid environment variable name `{name}` in {origin}")]
+    InvalidEnvName {
+        /// The name.
+        name: String,
+        /// Where it came from (`pod.json env`, `inheritEnv`, `buildArgs`, ...).
+        origin: String,
+    },
+    /// The issue URL is missing or is not a GitHub issue URL.
+    #[error("invalid issue URL `{url}`: {reason}")]
+    InvalidIssueUrl {
+        /// The URL given.
+        url: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A prompt (start task or resume follow-up) is empty.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// A setting or request option is out of range.
+    #[error("invalid option `{option}`: {message}")]
+    InvalidOption {
+        /// The option.
+        option: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    // ----- Docker and the container ----------------------------------------
+    /// The container runtime cannot be reached (Go: `ErrDockerUnavailable`).
+    #[error("docker is not available: {message}")]
+    DockerUnavailable {
+        /// What the runtime said.
+        message: String,
+    },
+    /// The image build failed (Go: `ErrBuildFailed`).
+    #[error("building image `{image}` failed{}{}", code.map(|c| format!(" (exit {c})")).unwrap_or_default(), tail_text(tail))]
+    BuildFailed {
+        /// The image tag.
+        image: String,
+        /// The build command's exit code, when it ran.
+        code: Option<i32>,
+        /// The last lines of build output.
+        tail: Vec<String>,
+    },
+    /// The container exited with a non-zero code where that is a failure
+    /// (Go: `ErrContainerFailed`), e.g. a job of a batch.
+    #[error("container exited with code {code}")]
+    ContainerFailed {
+        /// Exit code.
+        code: i32,
+    },
+    /// Docker itself failed to create or start the container (exit 125).
+    #[error("docker could not run the container: {message}")]
+    DockerFailed {
+        /// Docker's own error output.
+        message: String,
+    },
+    /// The agent command is missing (127) or not executable (126) in the image.
+    #[error("agent command `{command}` {} in image `{image}`{}", if *code == 127 { "was not found" } else { "is not executable" }, if message.is_empty() { String::new() } else { format!(": {message}") })]
+    AgentNotRunnable {
+        /// Image tag.
+        image: String,
+        /// The agent program.
+        command: String,
+        /// 126 or 127.
+        code: i32,
+        /// Docker's stderr.
+        message: String,
+    },
+    /// The runtime failed while the container was running.
+    #[error("container runtime failed: {message}")]
+    RuntimeFailed {
+        /// What failed.
+        message: String,
+    },
+
+    // ----- sessions ---------------------------------------------------------
+    /// No live run matches (Go: `ErrSessionNotFound`).
+    #[error("no running session matches `{target}`")]
+    SessionNotFound {
+        /// The session id or pod name asked for.
+        target: String,
+    },
+    /// A pod name was given but more than one run of it is live.
+    #[error("`{target}` matches {} running sessions: {}", sessions.len(), sessions.join(", "))]
+    AmbiguousTarget {
+        /// The pod name given.
+        target: String,
+        /// The live session ids.
+        sessions: Vec<String>,
+    },
+    /// Stopping a container did not complete (Go: `ErrStopFailed`).
+    #[error("stopping {container} failed: {message}")]
+    StopFailed {
+        /// Container name.
+        container: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The run was stopped before its container started.
+    #[error("the run was stopped before its container started")]
+    Stopped,
+    /// A timeout ended the run.
+    #[error("{kind} fired after {}", humantime::format_duration(*after))]
+    Timeout {
+        /// Which one.
+        kind: TimeoutKind,
+        /// Its length.
+        after: Duration,
+    },
+    /// The restart policy gave up.
+    #[error("restart limit reached: {restarts} restarts within {}; last failure: {last}", humantime::format_duration(*within))]
+    RestartLimit {
+        /// Restarts allowed.
+        restarts: u32,
+        /// Within this period.
+        within: Duration,
+        /// The failure that was not retried.
+        last: String,
+    },
+    /// The session's event log could not be written or read.
+    #[error("session log {}: {message}", path.display())]
+    Log {
+        /// Log file.
+        path: PathBuf,
+        /// The I/O error.
+        message: String,
+    },
+    /// The dispatcher is shutting down and takes no new runs.
+    #[error("the dispatcher is shutting down")]
+    ShuttingDown,
+    /// A file-system or process error outside the cases above.
+    #[error("{context}: {source}")]
+    Io {
+        /// What cldpd was doing.
+        context: String,
+        /// The error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A bug or a panic inside cldpd, a runtime backend or a subscriber.
+    #[error("internal error: {message}")]
+    Internal {
+        /// Description (panic message included).
+        message: String,
+    },
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(":\n  {}", tail.join("\n  "))
+    }
+}
+
+impl Error {
+    /// A stable machine-readable name of the variant, used as the `code` of
+    /// error events and in `--json` output.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::PodNotFound { .. } => "pod_not_found",
+            Error::PodsDirMissing { .. } => "pods_dir_missing",
+            Error::InvalidPodName { .. } => "invalid_pod_name",
+            Error::InvalidPod { .. } => "invalid_pod",
+            Error::PodConfig { .. } => "pod_config",
+            Error::MountSourceMissing { .. } => "mount_source_missing",
+            Error::MountTargetRelative { .. } => "mount_target_relative",
+            Error::InvalidEnvName { .. } => "invalid_env_name",
+            Error::InvalidIssueUrl { .. } => "invalid_issue_url",
+            Error::EmptyPrompt => "empty_prompt",
+            Error::InvalidOption { .. } => "invalid_option",
+            Error::DockerUnavailable { .. } => "docker_unavailable",
+            Error::BuildFailed { .. } => "build_failed",
+            Error::ContainerFailed { .. } => "container_failed",
+            Error::DockerFailed { .. } => "docker_failed",
+            Error::AgentNotRunnable { .. } => "agent_not_runnable",
+            Error::RuntimeFailed { .. } => "runtime_failed",
+            Error::SessionNotFound { .. } => "session_not_found",
+            Error::AmbiguousTarget { .. } => "ambiguous_target",
+            Error::StopFailed { .. } => "stop_failed",
+            Error::Stopped => "stopped",
+            Error::Timeout { .. } => "timeout",
+            Error::RestartLimit { .. } => "restart_limit",
+            Error::Log { .. } => "log",
+            Error::ShuttingDown => "shutting_down",
+            Error::Io { .. } => "io",
+            Error::Internal { .. } => "internal",
+        }
+    }
+
+    /// What the user can do about it, when cldpd knows.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Error::PodNotFound {
+                available,
+                pods_dir,
+                ..
+            } => {
+                if available.is_empty() {
+                    format!(
+                        "no pods exist in {}; create <pods-dir>/<name>/Dockerfile, or point --pods-dir / CLDPD_PODS_DIR elsewhere",
+                        pods_dir.display()
+                    )
+                } else {
+                    format!("pods that exist: {}", available.join(", "))
+                }
+            }
+            Error::PodsDirMissing { .. } => {
+                "create it, or pass --pods-dir / set CLDPD_PODS_DIR".to_string()
+            }
+            Error::InvalidPodName { .. } => {
+                "a pod name is the name of a directory in the pods directory: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit".to_string()
+            }
+            Error::InvalidPod { .. } => "add a Dockerfile to the pod directory".to_string(),
+            Error::PodConfig { field: Some(f), .. } => format!(
+                "fix or remove `{f}`; the fields are image, env, buildArgs, workdir, inheritEnv, mounts, agentCommand, stopGraceSecs, restart, maxRestarts, withinSecs, backoffMs, backoffMaxMs, timeoutSecs, idleTimeoutSecs (see the README)"
+            ),
+            Error::PodConfig { .. } => "pod.json must be one JSON object; see the README for its fields".to_string(),
+            Error::MountSourceMissing { .. } => {
+                "create the directory or fix `source` in pod.json (cldpd does not let Docker create it empty)".to_string()
+            }
+            Error::MountTargetRelative { .. } => {
+                "use an absolute container path, e.g. /workspace".to_string()
+            }
+            Error::InvalidEnvName { .. } => {
+                "names are letters, digits and '_', not starting with a digit".to_string()
+            }
+            Error::InvalidIssueUrl { .. } => {
+                "pass the issue's URL, e.g. https://github.com/owner/repo/issues/42".to_string()
+            }
+            Error::EmptyPrompt => "give a non-empty prompt".to_string(),
+            Error::DockerUnavailable { .. } => {
+                "start the Docker daemon (or set CLDPD_DOCKER to a docker-compatible binary) and check `docker info`".to_string()
+            }
+            Error::BuildFailed { .. } => "fix the pod's Dockerfile; the build output above says where it failed".to_string(),
+            Error::DockerFailed { .. } => {
+                "this is docker's own error (exit 125): check the image, mounts and options it names".to_string()
+            }
+            Error::AgentNotRunnable { image, command, .. } => format!(
+                "install `{command}` in image `{image}` (for Claude Code: `RUN npm install -g @anthropic-ai/claude-code` in the Dockerfile) or set agentCommand in pod.json"
+            ),
+            Error::SessionNotFound { .. } => "list live runs with `cldpd ps`".to_string(),
+            Error::AmbiguousTarget { .. } => "name one session id instead of the pod".to_string(),
+            Error::StopFailed { container, .. } => format!(
+                "the container may still be running; check `docker ps --filter name={container}` and remove it with `docker rm -f {container}`"
+            ),
+            Error::Timeout { .. } => "raise timeoutSecs / idleTimeoutSecs if the run needs longer".to_string(),
+            Error::Log { .. } => "check that the state directory (CLDPD_STATE_DIR, default ~/.cldpd) is writable and has space".to_string(),
+            Error::Internal { .. } => "this is a bug in cldpd or its runtime backend; please report it".to_string(),
+            _ => return None,
+        })
+    }
+
+    /// Wrap an I/O error with what cldpd was doing.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// An internal error from any message.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal {
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_failed_shows_the_tail() {
+        let e = Error::BuildFailed {
+            image: "cldpd-x".into(),
+            code: Some(1),
+            tail: vec!["step 2".into(), "boom".into()],
+        };
+        let s = e.to_string();
+        assert!(s.contains("cldpd-x") && s.contains("exit 1") && s.ends_with("boom"), "{s}");
+    }
+
+    #[test]
+    fn every_variant_names_itself() {
+        let e = Error::AgentNotRunnable {
+            image: "img".into(),
+            command: "claude".into(),
+            code: 127,
+            message: String::new(),
+        };
+        assert_eq!(e.to_string(), "agent command `claude` was not found in image `img`");
+        assert!(e.hint().unwrap().contains("claude"));
+        assert_eq!(
+            Error::Timeout {
+                kind: TimeoutKind::Idle,
+                after: Duration::from_secs(5)
+            }
+            .to_string(),
+            "idle timeout (idleTimeoutSecs) fired after 5s"
+        );
+    }
+}

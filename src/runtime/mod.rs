@@ -1,0 +1,293 @@
+//! Container backends.
+//!
+//! The [`Runtime`] trait speaks of images, containers, lines and exits —
+//! never of processes or argv — so that the actors do not care whether the
+//! `docker` binary ([`DockerCli`]), an in-memory fake with scripted failures
+//! ([`FaultRuntime`]) or, later, a Docker Engine API client sits behind it.
+//!
+//! Every method returns a `'static` future or stream, so callers may drive it
+//! from any task. Output comes in batches of decoded lines
+//! ([`ProcessEvent::Output`]); both backends decode bytes with the same
+//! [`LineDecoder`], so non-UTF-8 bytes and over-long lines behave the same
+//! everywhere.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+
+use crate::error::Error;
+use crate::event::OutputStream;
+
+mod docker_cli;
+mod fault;
+mod lines;
+
+pub use docker_cli::DockerCli;
+pub use fault::{BuildScript, FaultRuntime, RunScript, Step};
+pub use lines::{LineDecoder, DEFAULT_LINE_CAP};
+
+/// Label keys cldpd puts on every container it starts. Docker is the durable
+/// state store: these labels let another process find, resume, list and stop
+/// what this one started.
+pub mod labels {
+    /// The session id (`<pod>-<hex8>`).
+    pub const SESSION: &str = "cldpd.session";
+    /// The pod name.
+    pub const POD: &str = "cldpd.pod";
+    /// The agent conversation UUID (`claude --session-id`), for resume.
+    pub const CONVERSATION: &str = "cldpd.conversation";
+    /// The GitHub issue URL, when the run works on one.
+    pub const ISSUE: &str = "cldpd.issue";
+    /// The image tag the container runs.
+    pub const IMAGE: &str = "cldpd.image";
+    /// JSON array of the agent command prefix (e.g. `["claude"]`), for resume.
+    pub const AGENT: &str = "cldpd.agent";
+    /// Working directory of the agent inside the container, for resume.
+    pub const WORKDIR: &str = "cldpd.workdir";
+    /// Restart attempt of this container within its session (0 = first).
+    pub const ATTEMPT: &str = "cldpd.attempt";
+    /// Start time (RFC 3339).
+    pub const STARTED: &str = "cldpd.started";
+    /// Id of the dispatcher instance that owns the run.
+    pub const OWNER: &str = "cldpd.owner";
+    /// Host name of the owning process.
+    pub const OWNER_HOST: &str = "cldpd.owner.host";
+    /// Pid of the owning process.
+    pub const OWNER_PID: &str = "cldpd.owner.pid";
+    /// Start time of the owning process (clock ticks since boot, from
+    /// `/proc/<pid>/stat`), so a reused pid is not mistaken for the owner.
+    pub const OWNER_START: &str = "cldpd.owner.start";
+}
+
+/// An environment value. Its `Debug` form is redacted so that it cannot end
+/// up in logs or tracing output; it is only ever handed to a child process's
+/// environment, never to argv.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    /// Wrap a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        SecretValue(value.into())
+    }
+    /// The value itself (to put in a child's environment, nowhere else).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A bind mount with its host path resolved (absolute, `~` expanded, exists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Absolute host path.
+    pub source: PathBuf,
+    /// Absolute container path.
+    pub target: String,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// Resource limits for a container (all optional).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    /// CPUs (`--cpus`).
+    pub cpus: Option<f64>,
+    /// Memory limit in bytes (`--memory`).
+    pub memory_bytes: Option<u64>,
+    /// Maximum number of processes (`--pids-limit`).
+    pub pids_limit: Option<u32>,
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    /// Pod name.
+    pub pod: String,
+    /// Tag to give the image.
+    pub image: String,
+    /// Build context (the pod directory).
+    pub context: PathBuf,
+    /// Dockerfile path.
+    pub dockerfile: PathBuf,
+    /// `--build-arg` values (passed by name; values via the environment).
+    pub build_args: Vec<(String, SecretValue)>,
+    /// Labels for the image.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What to run. The command is the full argv inside the container.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Session id the container belongs to.
+    pub session: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name (unique per run and attempt).
+    pub container: String,
+    /// Image tag.
+    pub image: String,
+    /// argv inside the container (`["claude", "-p", ...]`).
+    pub command: Vec<String>,
+    /// Environment; names go in argv (`-e NAME`), values only into the
+    /// docker client's environment.
+    pub env: Vec<(String, SecretValue)>,
+    /// Working directory inside the container.
+    pub workdir: Option<String>,
+    /// Bind mounts.
+    pub mounts: Vec<BindMount>,
+    /// Container labels (see [`labels`]).
+    pub labels: BTreeMap<String, String>,
+    /// Resource limits.
+    pub resources: Resources,
+    /// Longest line before it is split (see [`LineDecoder`]).
+    pub line_cap: usize,
+}
+
+/// A command to run inside a running container (resume).
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    /// Target container name.
+    pub container: String,
+    /// argv inside the container.
+    pub command: Vec<String>,
+    /// Working directory inside the container.
+    pub workdir: Option<String>,
+    /// Longest line before it is split.
+    pub line_cap: usize,
+}
+
+/// One decoded line of output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLine {
+    /// Which pipe.
+    pub stream: OutputStream,
+    /// Text without the newline.
+    pub text: String,
+    /// True when the line hit the cap and continues in the next line.
+    pub partial: bool,
+}
+
+/// What a running container (or exec process) reports, in order:
+/// `Started`, then any number of `Output`, then exactly one of `Exited` or
+/// `Failed` (a `Failed` may also come first, when nothing started). The
+/// stream ends after the terminal item.
+#[derive(Debug, Clone)]
+pub enum ProcessEvent {
+    /// The container was created and its process started.
+    Started {
+        /// Container name.
+        container: String,
+    },
+    /// A batch of lines, in the order they were read per stream.
+    Output(Vec<OutputLine>),
+    /// The process exited with this code (128 + n after signal n).
+    Exited {
+        /// Exit code.
+        code: i32,
+    },
+    /// The process could not be started, or the runtime failed under it.
+    Failed(Error),
+}
+
+/// What a build reports: output batches, then exactly one `Finished`.
+#[derive(Debug, Clone)]
+pub enum BuildEvent {
+    /// Lines of build output.
+    Output(Vec<String>),
+    /// The build ended.
+    Finished(Result<(), Error>),
+}
+
+/// The two signals cldpd sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// Ask the agent to finish (SIGTERM).
+    Term,
+    /// End it now (SIGKILL).
+    Kill,
+}
+
+impl StopSignal {
+    /// `TERM` / `KILL`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Term => "TERM",
+            StopSignal::Kill => "KILL",
+        }
+    }
+}
+
+/// A container found through its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Container name.
+    pub name: String,
+    /// Docker's state word: `running`, `created`, `exited`, ...
+    pub state: String,
+    /// All `cldpd.*` labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ContainerInfo {
+    /// A label's value.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+    /// True when Docker reports it running.
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// A container backend. See the [module docs](self).
+///
+/// Implementations must be cheap to share (`Arc<dyn Runtime>`); every
+/// method may be called from any thread.
+pub trait Runtime: Send + Sync + 'static {
+    /// Short name for messages (`docker`, `fault`).
+    fn name(&self) -> &str;
+
+    /// Check that the engine is reachable; returns its version.
+    /// Unreachable: [`Error::DockerUnavailable`].
+    fn preflight(&self) -> BoxFuture<'static, Result<String, Error>>;
+
+    /// Build an image, streaming its output. A failed build finishes with
+    /// [`Error::BuildFailed`] carrying the tail of the output.
+    fn build(&self, spec: BuildSpec) -> BoxStream<'static, BuildEvent>;
+
+    /// True when an image with this tag exists locally.
+    fn image_exists(&self, image: &str) -> BoxFuture<'static, Result<bool, Error>>;
+
+    /// Start a container and stream what it does. Dropping the stream does
+    /// not stop the container: use [`Runtime::signal`] / [`Runtime::remove`].
+    fn run(&self, spec: RunSpec) -> BoxStream<'static, ProcessEvent>;
+
+    /// Run a command in a running container. Target not running:
+    /// `Failed(Error::SessionNotFound)`.
+    fn exec(&self, spec: ExecSpec) -> BoxStream<'static, ProcessEvent>;
+
+    /// Send a signal to a container's main process. A container that is
+    /// already gone is not an error.
+    fn signal(&self, container: &str, signal: StopSignal) -> BoxFuture<'static, Result<(), Error>>;
+
+    /// Stop a container this process does not drive (found by label):
+    /// SIGTERM, wait `grace`, SIGKILL; resolves once it has stopped.
+    fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), Error>>;
+
+    /// Force-remove a container (cleanup). Already gone is not an error.
+    fn remove(&self, container: &str) -> BoxFuture<'static, Result<(), Error>>;
+
+    /// Every container (running or not) that carries the
+    /// [`labels::SESSION`] label.
+    fn list(&self) -> BoxFuture<'static, Result<Vec<ContainerInfo>, Error>>;
+}
