@@ -394,7 +394,10 @@ mod tests {
             tail: vec!["step 2".into(), "boom".into()],
         };
         let s = e.to_string();
-        assert!(s.contains("cldpd-x") && s.contains("exit 1") && s.ends_with("boom"), "{s}");
+        assert!(
+            s.contains("cldpd-x") && s.contains("exit 1") && s.ends_with("boom"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -405,7 +408,10 @@ mod tests {
             code: 127,
             message: String::new(),
         };
-        assert_eq!(e.to_string(), "agent command `claude` was not found in image `img`");
+        assert_eq!(
+            e.to_string(),
+            "agent command `claude` was not found in image `img`"
+        );
         assert!(e.hint().unwrap().contains("claude"));
         assert_eq!(
             Error::Timeout {

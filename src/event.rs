@@ -132,7 +132,10 @@ fn is_false(b: &bool) -> bool {
 impl EventKind {
     /// True for `ContainerExited` and `Error`.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, EventKind::ContainerExited { .. } | EventKind::Error { .. })
+        matches!(
+            self,
+            EventKind::ContainerExited { .. } | EventKind::Error { .. }
+        )
     }
 
     /// The error event for `err`.

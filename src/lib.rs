@@ -1,11 +1,24 @@
 //! cldpd: dispatch Claude Code agents into Docker containers.
 #![warn(missing_docs)]
 
+pub mod actors;
 pub mod error;
 pub mod event;
+mod facade;
+pub mod log;
+pub mod messages;
+pub mod owner;
 pub mod pod;
 pub mod runtime;
+mod settings;
 
+pub use actors::fanout::{FanoutLimits, FanoutStats, Subscriber, SubscriptionId};
+pub use actors::supervisor::Policy;
+pub use actors::{DispatcherActor, RunnerActor, SessionActor};
 pub use error::{Error, Result, TimeoutKind};
 pub use event::{Event, EventData, EventKind, OutputStream};
+pub use facade::{Dispatcher, EventStream, Session, EVENT_STREAM_CAPACITY};
+pub use messages::dispatcher::{RunInfo, SessionInfo, StartRequest, StopReport, Task};
+pub use messages::session::{SessionState, SessionStatus};
 pub use pod::{Mount, Pod, PodConfig, RestartPolicy};
+pub use settings::{EnvLookup, Settings};

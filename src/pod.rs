@@ -149,21 +149,37 @@ impl Pod {
         todo!()
     }
     /// Resolve env.
-    pub fn resolve_env(&self, _lookup: &dyn Fn(&str) -> Option<String>) -> Result<Vec<(String, SecretValue)>> {
+    pub fn resolve_env(
+        &self,
+        _lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, SecretValue)>> {
         todo!()
     }
     /// Resolve build args.
     pub fn resolve_build_args(&self) -> Result<Vec<(String, SecretValue)>> {
         todo!()
     }
-    /// Start prompt.
-    pub fn start_prompt(&self, _task: &str) -> String {
+    /// Start prompt for an issue.
+    pub fn start_prompt_for_issue(&self, _url: &str) -> String {
+        todo!()
+    }
+    /// Start prompt for a free-form prompt.
+    pub fn start_prompt_for_text(&self, _p: &str) -> String {
+        todo!()
+    }
+    /// Memory limit in bytes.
+    pub fn memory_bytes(&self) -> Result<Option<u64>> {
         todo!()
     }
 }
 
 /// Discover all pods.
 pub fn discover_all(_pods_dir: &Path) -> Result<Vec<PodEntry>> {
+    todo!()
+}
+
+/// Validate a prompt.
+pub fn validate_prompt(_p: &str) -> Result<()> {
     todo!()
 }
 

@@ -176,7 +176,11 @@ mod tests {
     fn empty_lines_and_cr_are_kept() {
         assert_eq!(
             decode(&[b"\n\r\na\r\n"], 100),
-            [("".to_string(), false), ("\r".to_string(), false), ("a\r".to_string(), false)]
+            [
+                ("".to_string(), false),
+                ("\r".to_string(), false),
+                ("a\r".to_string(), false)
+            ]
         );
     }
 
@@ -213,6 +217,9 @@ mod tests {
         // "é" is 2 bytes; a cap of 5 on "aéééé" must not split one.
         let got = decode(&["aéééé\n".as_bytes()], 5);
         assert!(got.iter().all(|(t, _)| !t.contains('\u{fffd}')), "{got:?}");
-        assert_eq!(got.iter().map(|(t, _)| t.as_str()).collect::<String>(), "aéééé");
+        assert_eq!(
+            got.iter().map(|(t, _)| t.as_str()).collect::<String>(),
+            "aéééé"
+        );
     }
 }

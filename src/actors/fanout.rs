@@ -1,0 +1,471 @@
+//! Fan-out of one session's events to its subscribers: lossless, in order,
+//! bounded in memory, and never blocked by a subscriber.
+//!
+//! Each session owns a [`Hub`] (on the session's own thread). Publishing an
+//! event appends it to the session log and offers it to every subscriber
+//! with a non-blocking `try_send`:
+//!
+//! - accepted: the subscriber is *live* and the event is gone from cldpd's
+//!   hands;
+//! - mailbox or channel full: the subscriber becomes *lagging*. A feeder task
+//!   takes over its delivery from that event on, awaiting room in its
+//!   mailbox. The events it still needs are kept in a bounded window; older
+//!   ones are read back from the session log on disk. When the feeder has
+//!   caught up, the subscriber is live again;
+//! - closed (actor stopped, stream dropped): the subscriber is removed.
+//!
+//! So a slow, stuck or dead subscriber costs at most the window
+//! (`FanoutLimits`) plus what its own mailbox holds, never blocks the
+//! session, other subscribers, `stop`, `wait` or shutdown, and still gets
+//! every event in order when it reads again.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use actix::dev::SendError;
+use actix::{Actor, Addr, Handler, Recipient};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+use crate::event::Event;
+use crate::log::{LogReader, LogWriter};
+
+/// Who receives a session's events.
+///
+/// Any actor: `Subscriber::from(addr.recipient())`. Or a bounded channel,
+/// for code that is not an actor (the async facade's event streams).
+///
+/// Tip: give a subscriber actor a larger mailbox
+/// (`ctx.set_mailbox_capacity(1024)` in `started`); with actix's default of
+/// 16 a fast run makes it lag (lossless, but through the disk).
+#[derive(Clone)]
+pub enum Subscriber {
+    /// An actor.
+    Actor(Recipient<Event>),
+    /// A bounded channel.
+    Channel(mpsc::Sender<Event>),
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Subscriber::Actor(_) => "Subscriber::Actor",
+            Subscriber::Channel(_) => "Subscriber::Channel",
+        })
+    }
+}
+
+impl From<Recipient<Event>> for Subscriber {
+    fn from(r: Recipient<Event>) -> Self {
+        Subscriber::Actor(r)
+    }
+}
+
+impl<A> From<Addr<A>> for Subscriber
+where
+    A: Actor + Handler<Event>,
+    A::Context: actix::dev::ToEnvelope<A, Event>,
+{
+    fn from(addr: Addr<A>) -> Self {
+        Subscriber::Actor(addr.recipient())
+    }
+}
+
+impl From<mpsc::Sender<Event>> for Subscriber {
+    fn from(tx: mpsc::Sender<Event>) -> Self {
+        Subscriber::Channel(tx)
+    }
+}
+
+enum TrySend {
+    Sent,
+    Full(Event),
+    Closed,
+}
+
+impl Subscriber {
+    fn try_send(&self, ev: Event) -> TrySend {
+        match self {
+            Subscriber::Actor(r) => match r.try_send(ev) {
+                Ok(()) => TrySend::Sent,
+                Err(SendError::Full(ev)) => TrySend::Full(ev),
+                Err(SendError::Closed(_)) => TrySend::Closed,
+            },
+            Subscriber::Channel(tx) => match tx.try_send(ev) {
+                Ok(()) => TrySend::Sent,
+                Err(mpsc::error::TrySendError::Full(ev)) => TrySend::Full(ev),
+                Err(mpsc::error::TrySendError::Closed(_)) => TrySend::Closed,
+            },
+        }
+    }
+
+    /// Deliver, waiting for room. `Err` when the subscriber is gone.
+    async fn send(&self, ev: Event) -> Result<(), ()> {
+        match self.try_send(ev) {
+            TrySend::Sent => Ok(()),
+            TrySend::Closed => Err(()),
+            TrySend::Full(ev) => match self {
+                // Resolves once the actor has handled it: its mailbox has
+                // drained to here.
+                Subscriber::Actor(r) => r.send(ev).await.map_err(|_| ()),
+                Subscriber::Channel(tx) => tx.send(ev).await.map_err(|_| ()),
+            },
+        }
+    }
+}
+
+/// Identifies a subscription within its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct SubscriptionId(pub u64);
+
+/// Memory limits of a session's lag window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutLimits {
+    /// Most events kept in memory for lagging subscribers.
+    pub window_events: usize,
+    /// Most bytes (approximate) kept in memory for lagging subscribers.
+    pub window_bytes: usize,
+}
+
+impl Default for FanoutLimits {
+    fn default() -> Self {
+        FanoutLimits {
+            window_events: 4096,
+            window_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// What a hub holds, for tests and monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FanoutStats {
+    /// Subscribers attached.
+    pub subscribers: usize,
+    /// Of which lagging (fed by a feeder task).
+    pub lagging: usize,
+    /// Events held in the lag window now.
+    pub window_events: usize,
+    /// Approximate bytes held in the lag window now.
+    pub window_bytes: usize,
+    /// Highest `window_bytes` seen.
+    pub peak_window_bytes: usize,
+    /// Times a subscriber fell behind.
+    pub lag_episodes: u64,
+    /// Events a feeder read back from the log.
+    pub replayed_from_log: u64,
+    /// Bytes held by the log writer (buffer + index).
+    pub log_memory: usize,
+}
+
+struct Slot {
+    id: u64,
+    /// `Some` while live; a lagging subscriber's sink is owned by its feeder.
+    sink: Option<Subscriber>,
+    /// Next seq the feeder delivers (meaningful while lagging).
+    cursor: u64,
+}
+
+/// One session's fan-out state. Lives on the session's thread, shared
+/// (`Rc<RefCell<_>>`) by the session actor and its feeder tasks.
+pub(crate) struct Hub {
+    head: u64,
+    terminal: bool,
+    window: VecDeque<Event>,
+    /// Seq of `window[0]`.
+    window_base: u64,
+    stats: FanoutStats,
+    limits: FanoutLimits,
+    log: LogWriter,
+    slots: Vec<Slot>,
+    next_id: u64,
+}
+
+pub(crate) type SharedHub = Rc<RefCell<Hub>>;
+
+fn approx_size(ev: &Event) -> usize {
+    128 + ev.line().map_or(0, str::len)
+}
+
+impl Hub {
+    pub(crate) fn new(log: LogWriter, limits: FanoutLimits) -> SharedHub {
+        Rc::new(RefCell::new(Hub {
+            head: 0,
+            terminal: false,
+            window: VecDeque::new(),
+            window_base: 1,
+            stats: FanoutStats::default(),
+            limits,
+            log,
+            slots: Vec::new(),
+            next_id: 0,
+        }))
+    }
+
+    pub(crate) fn head(&self) -> u64 {
+        self.head
+    }
+
+    pub(crate) fn stats(&self) -> FanoutStats {
+        FanoutStats {
+            subscribers: self.slots.len(),
+            window_events: self.window.len(),
+            log_memory: self.log.memory(),
+            ..self.stats
+        }
+    }
+
+    /// Write buffered log lines to disk.
+    pub(crate) fn flush_log(&mut self) -> Result<(), Error> {
+        self.log.flush()
+    }
+}
+
+/// Add a subscriber that wants every event from `from_seq` on.
+pub(crate) fn subscribe(hub: &SharedHub, sink: Subscriber, from_seq: u64) -> SubscriptionId {
+    let mut h = hub.borrow_mut();
+    let id = h.next_id;
+    h.next_id += 1;
+    let from = from_seq.max(1);
+    if h.terminal && from > h.head {
+        // Nothing left to deliver: dropping the sink ends a channel stream.
+        return SubscriptionId(id);
+    }
+    if from > h.head {
+        h.slots.push(Slot {
+            id,
+            sink: Some(sink),
+            cursor: from,
+        });
+    } else {
+        h.slots.push(Slot {
+            id,
+            sink: None,
+            cursor: from,
+        });
+        h.stats.lagging += 1;
+        h.stats.lag_episodes += 1;
+        drop(h);
+        actix::spawn(feed(hub.clone(), id, sink, from));
+    }
+    SubscriptionId(id)
+}
+
+/// Remove a subscriber (its feeder, if any, notices and ends).
+pub(crate) fn unsubscribe(hub: &SharedHub, id: SubscriptionId) {
+    let mut h = hub.borrow_mut();
+    if let Some(i) = h.slots.iter().position(|s| s.id == id.0) {
+        let slot = h.slots.remove(i);
+        if slot.sink.is_none() {
+            h.stats.lagging -= 1;
+        }
+        h.trim_window();
+    }
+}
+
+/// Log and deliver one event. Must be called in seq order.
+pub(crate) fn publish(hub: &SharedHub, ev: Event) {
+    let mut spawn: Vec<(u64, Subscriber, u64)> = Vec::new();
+    {
+        let mut h = hub.borrow_mut();
+        let h = &mut *h;
+        h.log.append(&ev);
+        h.head = ev.seq;
+        let terminal = ev.is_terminal();
+        let mut i = 0;
+        while i < h.slots.len() {
+            let slot = &mut h.slots[i];
+            if let Some(sink) = &slot.sink {
+                match sink.try_send(ev.clone()) {
+                    TrySend::Sent => {
+                        if terminal {
+                            // Nothing follows: release the sink now.
+                            h.slots.swap_remove(i);
+                            continue;
+                        }
+                    }
+                    TrySend::Full(_) => {
+                        slot.cursor = ev.seq;
+                        let sink = slot.sink.take().expect("live slot");
+                        spawn.push((slot.id, sink, ev.seq));
+                        h.stats.lagging += 1;
+                        h.stats.lag_episodes += 1;
+                    }
+                    TrySend::Closed => {
+                        h.slots.swap_remove(i);
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+        if terminal {
+            h.terminal = true;
+        }
+        if h.stats.lagging > 0 {
+            if h.window.is_empty() {
+                h.window_base = ev.seq;
+            }
+            h.stats.window_bytes += approx_size(&ev);
+            h.window.push_back(ev);
+            h.stats.peak_window_bytes = h.stats.peak_window_bytes.max(h.stats.window_bytes);
+            h.trim_window();
+        }
+    }
+    for (id, sink, cursor) in spawn {
+        actix::spawn(feed(hub.clone(), id, sink, cursor));
+    }
+}
+
+impl Hub {
+    /// Drop window events no lagging subscriber needs, and events beyond
+    /// the limits (those are read back from the log); only events already
+    /// on disk leave memory.
+    fn trim_window(&mut self) {
+        if self.stats.lagging == 0 {
+            self.window.clear();
+            self.window_base = self.head + 1;
+            self.stats.window_bytes = 0;
+            return;
+        }
+        let min_cursor = self
+            .slots
+            .iter()
+            .filter(|s| s.sink.is_none())
+            .map(|s| s.cursor)
+            .min()
+            .unwrap_or(self.head + 1);
+        while let Some(front) = self.window.front() {
+            let over = self.window.len() > self.limits.window_events
+                || self.stats.window_bytes > self.limits.window_bytes;
+            if front.seq >= min_cursor && !over {
+                break;
+            }
+            if front.seq > self.log.flushed_seq() && self.log.flush().is_err() {
+                // Cannot reach the disk: keep it in memory (the session is
+                // ending the run because of the broken log).
+                break;
+            }
+            let ev = self.window.pop_front().expect("front exists");
+            self.stats.window_bytes -= approx_size(&ev);
+            self.window_base = ev.seq + 1;
+        }
+    }
+}
+
+enum Next {
+    Deliver(Event),
+    FromLog { offset: u64, first: u64 },
+    Caught,
+    Done,
+    Gone,
+}
+
+/// Deliver to one lagging subscriber until it has caught up (it is then
+/// live again) or the stream is over.
+async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
+    let mut reader: Option<(LogReader, u64)> = None;
+    loop {
+        let next = {
+            let mut h = hub.borrow_mut();
+            let Some(slot) = h.slots.iter().position(|s| s.id == id) else {
+                return; // unsubscribed
+            };
+            h.slots[slot].cursor = cursor;
+            h.trim_window();
+            if cursor > h.head {
+                if h.terminal {
+                    Next::Done
+                } else {
+                    Next::Caught
+                }
+            } else if cursor >= h.window_base && !h.window.is_empty() {
+                Next::Deliver(h.window[(cursor - h.window_base) as usize].clone())
+            } else {
+                // Behind the window: from the log, which must hold it.
+                if cursor > h.log.flushed_seq() && h.log.flush().is_err() {
+                    Next::Gone
+                } else {
+                    let (offset, first) = h.log.locate(cursor);
+                    Next::FromLog { offset, first }
+                }
+            }
+        };
+        match next {
+            Next::Deliver(ev) => {
+                if sink.send(ev).await.is_err() {
+                    return remove(&hub, id);
+                }
+                cursor += 1;
+            }
+            Next::FromLog { offset, first } => {
+                let path = hub.borrow().log.path().to_path_buf();
+                if reader.as_ref().is_none_or(|(_, next)| *next != cursor) {
+                    match LogReader::open_at(&path, offset) {
+                        Ok(r) => reader = Some((r, first)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "subscriber dropped: cannot replay the session log");
+                            return remove(&hub, id);
+                        }
+                    }
+                }
+                let (r, next_seq) = reader.as_mut().expect("reader opened");
+                // Read a bounded batch, then re-check the window.
+                let mut batch = Vec::with_capacity(256);
+                while batch.len() < 256 {
+                    match r.next_event() {
+                        Ok(Some(ev)) => {
+                            *next_seq = ev.seq + 1;
+                            if ev.seq >= cursor {
+                                batch.push(ev);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, "subscriber dropped: cannot replay the session log");
+                            return remove(&hub, id);
+                        }
+                    }
+                }
+                if batch.is_empty() && *next_seq <= cursor {
+                    tracing::error!(
+                        seq = cursor,
+                        "subscriber dropped: event missing from the session log"
+                    );
+                    return remove(&hub, id);
+                }
+                hub.borrow_mut().stats.replayed_from_log += batch.len() as u64;
+                for ev in batch {
+                    if sink.send(ev).await.is_err() {
+                        return remove(&hub, id);
+                    }
+                    cursor += 1;
+                }
+            }
+            Next::Caught => {
+                let mut h = hub.borrow_mut();
+                if let Some(slot) = h.slots.iter_mut().find(|s| s.id == id) {
+                    slot.sink = Some(sink);
+                    h.stats.lagging -= 1;
+                    h.trim_window();
+                }
+                return;
+            }
+            Next::Done => return remove(&hub, id),
+            Next::Gone => {
+                tracing::error!(seq = cursor, "subscriber dropped: session log unwritable");
+                return remove(&hub, id);
+            }
+        }
+    }
+}
+
+fn remove(hub: &SharedHub, id: u64) {
+    let mut h = hub.borrow_mut();
+    if let Some(i) = h.slots.iter().position(|s| s.id == id) {
+        h.slots.remove(i);
+        h.stats.lagging -= 1;
+        h.trim_window();
+    }
+}

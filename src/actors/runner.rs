@@ -1,0 +1,159 @@
+//! [`RunnerActor`]: owns one container process through a [`Runtime`].
+//!
+//! It starts the container (or `exec` process), forwards what it reports to
+//! its session in order — waiting for the session to take each batch, which
+//! is the only backpressure on reading the container's output — and
+//! delivers signals. Every call into the runtime is guarded: a panicking
+//! backend becomes a `Failed(Error::Internal)` report. If the actor dies
+//! anyway, its `Drop` tells the session (`RunnerEvent::Lost`).
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures_util::stream::{self, BoxStream, StreamExt};
+
+use crate::actors::supervisor::{guard, guarded, guarded_stream};
+use crate::error::Error;
+use crate::messages::runner::{Release, Signal};
+use crate::messages::session::{RunnerEvent, RunnerReport};
+use crate::runtime::{ExecSpec, ProcessEvent, RunSpec, Runtime};
+
+/// What a runner runs.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// A new container.
+    Run(RunSpec),
+    /// A process in a running container.
+    Exec(ExecSpec),
+}
+
+impl Job {
+    /// The container it runs in.
+    pub fn container(&self) -> &str {
+        match self {
+            Job::Run(s) => &s.container,
+            Job::Exec(s) => &s.container,
+        }
+    }
+}
+
+/// Wraps one container process. See the [module docs](self).
+pub struct RunnerActor {
+    runtime: Arc<dyn Runtime>,
+    session: Recipient<RunnerReport>,
+    attempt: u32,
+    container: String,
+    job: Option<Job>,
+    ended: bool,
+}
+
+impl RunnerActor {
+    /// A runner for `job`, reporting to `session` tagged with `attempt`.
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        session: Recipient<RunnerReport>,
+        attempt: u32,
+        job: Job,
+    ) -> Self {
+        RunnerActor {
+            runtime,
+            session,
+            attempt,
+            container: job.container().to_string(),
+            job: Some(job),
+            ended: false,
+        }
+    }
+}
+
+impl Actor for RunnerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(job) = self.job.take() else { return };
+        let runtime = self.runtime.clone();
+        let started = guard("the runtime's run/exec", move || match job {
+            Job::Run(spec) => runtime.run(spec),
+            Job::Exec(spec) => runtime.exec(spec),
+        });
+        let events: BoxStream<'static, ProcessEvent> = match started {
+            Ok(s) => guarded_stream("the runtime's output stream", s, ProcessEvent::Failed).boxed(),
+            Err(e) => stream::once(async move { ProcessEvent::Failed(e) }).boxed(),
+        };
+        let session = self.session.clone();
+        let attempt = self.attempt;
+        let pump = async move {
+            let mut events = events;
+            while let Some(ev) = events.next().await {
+                let terminal = matches!(ev, ProcessEvent::Exited { .. } | ProcessEvent::Failed(_));
+                let report = RunnerReport {
+                    attempt,
+                    event: RunnerEvent::Process(ev),
+                };
+                if session.send(report).await.is_err() || terminal {
+                    return;
+                }
+            }
+            let lost = Error::RuntimeFailed {
+                message: "the output stream ended without an exit status".into(),
+            };
+            let _ = session
+                .send(RunnerReport {
+                    attempt,
+                    event: RunnerEvent::Process(ProcessEvent::Failed(lost)),
+                })
+                .await;
+        };
+        ctx.spawn(actix::fut::wrap_future(pump).map(
+            |_, act: &mut Self, ctx: &mut Context<Self>| {
+                act.ended = true;
+                ctx.stop();
+            },
+        ));
+    }
+}
+
+impl Handler<Signal> for RunnerActor {
+    type Result = ();
+
+    fn handle(&mut self, Signal(sig): Signal, _ctx: &mut Context<Self>) {
+        let runtime = self.runtime.clone();
+        let container = self.container.clone();
+        let session = self.session.clone();
+        let attempt = self.attempt;
+        // Detached: a signal in flight is never cancelled by the runner
+        // stopping (its container may outlive it).
+        actix::spawn(async move {
+            let result = match guard("the runtime's signal", || runtime.signal(&container, sig)) {
+                Ok(fut) => guarded("the runtime's signal", fut).await.and_then(|r| r),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                session.do_send(RunnerReport {
+                    attempt,
+                    event: RunnerEvent::SignalFailed(sig, e),
+                });
+            }
+        });
+    }
+}
+
+impl Handler<Release> for RunnerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Release, ctx: &mut Context<Self>) {
+        self.ended = true;
+        ctx.stop();
+    }
+}
+
+impl Drop for RunnerActor {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.session.do_send(RunnerReport {
+                attempt: self.attempt,
+                event: RunnerEvent::Lost,
+            });
+        }
+    }
+}

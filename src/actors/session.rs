@@ -1,0 +1,657 @@
+//! [`SessionActor`]: the state machine of one run.
+//!
+//! ```text
+//! Created ─Enqueued─▶ Queued ─Admit─▶ Building ─▶ Running ─▶ (Restarting ─▶ Running)* ─▶ Exited | Failed
+//!                                                   │
+//!                                                   └─ stop / timeout ─▶ Stopping ─▶ Exited | Failed
+//! ```
+//!
+//! The session numbers its events (`seq` from 1, no gaps), appends them to
+//! its log and fans them out ([`fanout`](super::fanout)); applies the
+//! restart policy and timeouts ([`supervisor`](super::supervisor)); and runs
+//! the stop escalation: SIGTERM, the grace period, SIGKILL, then
+//! `kill_timeout` before giving up with [`Error::StopFailed`]. The actor
+//! stops only after its terminal event, so an escalation always completes.
+//!
+//! A resume session skips admission and build: it execs into the container
+//! of the run it resumes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use tokio::sync::watch;
+
+use crate::actors::dispatcher::DispatcherActor;
+use crate::actors::fanout::{self, SharedHub};
+use crate::actors::runner::{Job, RunnerActor};
+use crate::actors::supervisor::{Decision, Ending, Policy, RestartTracker};
+use crate::error::{Error, TimeoutKind};
+use crate::event::{Event, EventKind};
+use crate::messages::dispatcher::{ForgetImage, RequestBuild, SessionEnded};
+use crate::messages::runner::{Release, Signal};
+use crate::messages::session::*;
+use crate::runtime::{labels, BuildSpec, ExecSpec, ProcessEvent, RunSpec, Runtime, StopSignal};
+
+/// What a session runs.
+#[derive(Debug, Clone)]
+pub(crate) enum Plan {
+    /// Build the image, then run containers (one per attempt).
+    Start {
+        build: BuildSpec,
+        fingerprint: Option<u64>,
+        /// Template: container name, command and per-attempt labels are
+        /// filled in for each attempt.
+        run: RunSpec,
+        agent: Vec<String>,
+        prompt: String,
+    },
+    /// Exec a follow-up into a running container.
+    Resume { exec: ExecSpec },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Created,
+    Queued,
+    Building,
+    Running,
+    Backoff,
+    Ended,
+}
+
+#[derive(Debug, Clone)]
+enum StopReason {
+    Requested,
+    Timeout(TimeoutKind, std::time::Duration),
+    LogFailed(Error),
+}
+
+struct Stopping {
+    reason: StopReason,
+    kill_sent: bool,
+    kill_at: Instant,
+    timer: Option<SpawnHandle>,
+}
+
+/// One run. See the [module docs](self).
+pub struct SessionActor {
+    id: Arc<str>,
+    image: String,
+    plan: Plan,
+    policy: Policy,
+    runtime: Arc<dyn Runtime>,
+    dispatcher: Addr<DispatcherActor>,
+    hub: SharedHub,
+    state: watch::Sender<SessionState>,
+    phase: Phase,
+    seq: u64,
+    attempt: u32,
+    runner: Option<Addr<RunnerActor>>,
+    container: Option<String>,
+    tracker: RestartTracker,
+    last_ending: Option<Ending>,
+    stopping: Option<Stopping>,
+    backoff_timer: Option<SpawnHandle>,
+    first_start: Option<Instant>,
+    last_output: Instant,
+    finished: bool,
+}
+
+impl SessionActor {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: Arc<str>,
+        image: String,
+        plan: Plan,
+        policy: Policy,
+        runtime: Arc<dyn Runtime>,
+        dispatcher: Addr<DispatcherActor>,
+        hub: SharedHub,
+        state: watch::Sender<SessionState>,
+    ) -> Self {
+        SessionActor {
+            id,
+            image,
+            plan,
+            policy,
+            runtime,
+            dispatcher,
+            hub,
+            state,
+            phase: Phase::Created,
+            seq: 0,
+            attempt: 0,
+            runner: None,
+            container: None,
+            tracker: RestartTracker::default(),
+            last_ending: None,
+            stopping: None,
+            backoff_timer: None,
+            first_start: None,
+            last_output: Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn emit(&mut self, kind: EventKind) {
+        self.seq += 1;
+        fanout::publish(&self.hub, Event::new(self.id.clone(), self.seq, kind));
+    }
+
+    /// Write the events of this handler to the log; a log that cannot be
+    /// written ends the run (never a silent loss).
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let result = self.hub.borrow_mut().flush_log();
+        if let Err(e) = result {
+            if !self.finished
+                && !matches!(
+                    self.stopping,
+                    Some(Stopping {
+                        reason: StopReason::LogFailed(_),
+                        ..
+                    })
+                )
+            {
+                tracing::error!(session = %self.id, error = %e, "session log failed; stopping the run");
+                let grace = self.policy.stop_grace;
+                self.begin_stop(StopReason::LogFailed(e), grace, ctx);
+            }
+        }
+    }
+
+    fn set_state(&self, state: SessionState) {
+        self.state.send_replace(state);
+    }
+
+    fn start_attempt(&mut self, ctx: &mut Context<Self>) {
+        let job = match &self.plan {
+            Plan::Start {
+                run, agent, prompt, ..
+            } => {
+                let mut spec = run.clone();
+                let conversation = uuid::Uuid::new_v4().to_string();
+                spec.container = if self.attempt == 0 {
+                    self.id.to_string()
+                } else {
+                    format!("{}-r{}", self.id, self.attempt)
+                };
+                spec.command = agent.clone();
+                spec.command.extend([
+                    "-p".into(),
+                    "--session-id".into(),
+                    conversation.clone(),
+                    prompt.clone(),
+                ]);
+                spec.labels
+                    .insert(labels::CONVERSATION.into(), conversation);
+                spec.labels
+                    .insert(labels::ATTEMPT.into(), self.attempt.to_string());
+                spec.labels.insert(
+                    labels::STARTED.into(),
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                );
+                Job::Run(spec)
+            }
+            Plan::Resume { exec } => Job::Exec(exec.clone()),
+        };
+        let container = job.container().to_string();
+        let runner = RunnerActor::new(
+            self.runtime.clone(),
+            ctx.address().recipient(),
+            self.attempt,
+            job,
+        );
+        self.runner = Some(runner.start());
+        self.phase = Phase::Running;
+        self.container = Some(container.clone());
+        self.set_state(SessionState::Running {
+            container,
+            attempt: self.attempt,
+        });
+        self.last_output = Instant::now();
+        if self.first_start.is_none() {
+            self.first_start = Some(Instant::now());
+            if let Some(limit) = self.policy.timeout {
+                ctx.run_later(limit, move |act, ctx| {
+                    act.begin_stop(
+                        StopReason::Timeout(TimeoutKind::Run, limit),
+                        act.policy.stop_grace,
+                        ctx,
+                    );
+                });
+            }
+            if let Some(idle) = self.policy.idle_timeout {
+                ctx.run_later(idle, move |act, ctx| act.check_idle(ctx));
+            }
+        }
+    }
+
+    fn check_idle(&mut self, ctx: &mut Context<Self>) {
+        let Some(idle) = self.policy.idle_timeout else {
+            return;
+        };
+        if self.phase == Phase::Ended {
+            return;
+        }
+        let quiet = self.last_output.elapsed();
+        if self.phase == Phase::Running && self.stopping.is_none() && quiet >= idle {
+            self.begin_stop(
+                StopReason::Timeout(TimeoutKind::Idle, idle),
+                self.policy.stop_grace,
+                ctx,
+            );
+        } else {
+            let next = idle
+                .saturating_sub(quiet)
+                .max(std::time::Duration::from_millis(10));
+            ctx.run_later(next, move |act, ctx| act.check_idle(ctx));
+        }
+    }
+
+    /// The container (or exec process) of the current attempt ended.
+    fn container_ended(&mut self, ending: Ending, ctx: &mut Context<Self>) {
+        self.runner = None;
+        if let Some(stopping) = self.stopping.take() {
+            if let Some(t) = stopping.timer {
+                ctx.cancel_future(t);
+            }
+            let outcome = match stopping.reason {
+                StopReason::Requested => ending,
+                StopReason::Timeout(kind, after) => Ending::Failed(Error::Timeout { kind, after }),
+                StopReason::LogFailed(e) => Ending::Failed(e),
+            };
+            return self.finish(outcome, None, ctx);
+        }
+        match self.tracker.decide(&self.policy, &ending, Instant::now()) {
+            Decision::Finish => self.finish(ending, None, ctx),
+            Decision::GiveUp(e) => self.finish(Ending::Failed(e), None, ctx),
+            Decision::Restart {
+                attempt,
+                delay,
+                reason,
+            } => {
+                self.emit(EventKind::Restarting {
+                    attempt,
+                    delay_ms: delay.as_millis() as u64,
+                    reason,
+                });
+                self.attempt = attempt;
+                self.phase = Phase::Backoff;
+                self.last_ending = Some(ending);
+                self.set_state(SessionState::Restarting { attempt });
+                self.backoff_timer = Some(ctx.run_later(delay, |act, ctx| {
+                    act.backoff_timer = None;
+                    act.start_attempt(ctx);
+                    act.flush(ctx);
+                }));
+            }
+        }
+    }
+
+    /// Stop the run (idempotent; a later call may only shorten the grace).
+    fn begin_stop(
+        &mut self,
+        reason: StopReason,
+        grace: std::time::Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        match self.phase {
+            Phase::Ended => {}
+            Phase::Created | Phase::Queued | Phase::Building => {
+                let err = match reason {
+                    StopReason::Timeout(kind, after) => Error::Timeout { kind, after },
+                    StopReason::LogFailed(e) => e,
+                    StopReason::Requested => Error::Stopped,
+                };
+                self.finish(Ending::Failed(err), None, ctx);
+            }
+            Phase::Backoff => {
+                if let Some(t) = self.backoff_timer.take() {
+                    ctx.cancel_future(t);
+                }
+                let ending = match reason {
+                    StopReason::Timeout(kind, after) => {
+                        Ending::Failed(Error::Timeout { kind, after })
+                    }
+                    StopReason::LogFailed(e) => Ending::Failed(e),
+                    StopReason::Requested => self
+                        .last_ending
+                        .take()
+                        .unwrap_or(Ending::Failed(Error::Stopped)),
+                };
+                self.finish(ending, None, ctx);
+            }
+            Phase::Running => {
+                let kill_at = Instant::now() + grace;
+                if let Some(stopping) = &mut self.stopping {
+                    // Already stopping: only ever hurry it up.
+                    if stopping.kill_sent || kill_at >= stopping.kill_at {
+                        return;
+                    }
+                    if let Some(t) = stopping.timer.take() {
+                        ctx.cancel_future(t);
+                    }
+                    stopping.kill_at = kill_at;
+                } else {
+                    tracing::debug!(session = %self.id, ?grace, "stopping: SIGTERM");
+                    self.stopping = Some(Stopping {
+                        reason,
+                        kill_sent: false,
+                        kill_at,
+                        timer: None,
+                    });
+                    self.set_state(SessionState::Stopping);
+                    if !grace.is_zero() {
+                        self.signal(StopSignal::Term);
+                    }
+                }
+                if grace.is_zero() {
+                    self.send_kill(ctx);
+                } else {
+                    let timer = ctx.run_later(grace, |act, ctx| act.send_kill(ctx));
+                    if let Some(s) = &mut self.stopping {
+                        s.timer = Some(timer);
+                    }
+                }
+            }
+        }
+    }
+
+    fn signal(&self, sig: StopSignal) {
+        if let Some(runner) = &self.runner {
+            runner.do_send(Signal(sig));
+        }
+    }
+
+    fn send_kill(&mut self, ctx: &mut Context<Self>) {
+        let Some(stopping) = &mut self.stopping else {
+            return;
+        };
+        if stopping.kill_sent {
+            return;
+        }
+        stopping.kill_sent = true;
+        tracing::debug!(session = %self.id, "grace over: SIGKILL");
+        let limit = self.policy.kill_timeout;
+        stopping.timer = Some(ctx.run_later(limit, move |act, ctx| {
+            let container = act.container.clone().unwrap_or_default();
+            let err = Error::StopFailed {
+                container: container.clone(),
+                message: format!(
+                    "still running {} after SIGKILL",
+                    humantime::format_duration(limit)
+                ),
+            };
+            act.finish(Ending::Failed(err), Some(container), ctx);
+        }));
+        self.signal(StopSignal::Kill);
+    }
+
+    /// End the run: terminal event, final state, release everything.
+    fn finish(&mut self, ending: Ending, cleanup: Option<String>, ctx: &mut Context<Self>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.phase = Phase::Ended;
+        let (kind, state) = match ending {
+            Ending::Exited(code) => (
+                EventKind::ContainerExited { code },
+                SessionState::Exited { code },
+            ),
+            Ending::Failed(e) => (EventKind::error(&e), SessionState::Failed(e)),
+        };
+        self.emit(kind);
+        if let Err(e) = self.hub.borrow_mut().flush_log() {
+            tracing::error!(session = %self.id, error = %e, "could not write the end of the session log");
+        }
+        self.set_state(state);
+        if let Some(runner) = self.runner.take() {
+            runner.do_send(Release);
+        }
+        self.dispatcher.do_send(SessionEnded {
+            id: self.id.to_string(),
+            cleanup,
+        });
+        ctx.stop();
+    }
+
+    fn outcome_future(&self) -> ResponseFuture<Result<i32, Error>> {
+        let mut rx = self.state.subscribe();
+        Box::pin(async move {
+            let outcome = rx
+                .wait_for(SessionState::is_terminal)
+                .await
+                .map(|s| s.outcome().expect("terminal state has an outcome"));
+            outcome.unwrap_or_else(|_| Err(Error::internal("the session ended without an outcome")))
+        })
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Runs start on the dispatcher's Admit; resumes go at once.
+        if matches!(self.plan, Plan::Resume { .. }) {
+            self.start_attempt(ctx);
+        }
+    }
+}
+
+impl Drop for SessionActor {
+    /// A session that dies without finishing (a panic in a handler) still
+    /// ends its run: an Error event, a final state, and its container
+    /// removed by the dispatcher.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let err = Error::internal(
+            "the session actor stopped unexpectedly (a panic in one of its handlers)",
+        );
+        let seq = self.seq + 1;
+        let hub = self.hub.clone();
+        let ev = Event::new(self.id.clone(), seq, EventKind::error(&err));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if hub.try_borrow_mut().is_ok() {
+                fanout::publish(&hub, ev);
+                let _ = hub.borrow_mut().flush_log();
+            }
+        }));
+        self.state.send_replace(SessionState::Failed(err));
+        let cleanup = matches!(self.phase, Phase::Running)
+            .then(|| self.container.clone())
+            .flatten();
+        self.dispatcher.do_send(SessionEnded {
+            id: self.id.to_string(),
+            cleanup,
+        });
+    }
+}
+
+// ----- public messages -------------------------------------------------------
+
+impl Handler<Subscribe> for SessionActor {
+    type Result = Result<crate::actors::fanout::SubscriptionId, Error>;
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
+        Ok(fanout::subscribe(&self.hub, msg.subscriber, msg.from_seq))
+    }
+}
+
+impl Handler<Unsubscribe> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Context<Self>) {
+        fanout::unsubscribe(&self.hub, msg.0);
+    }
+}
+
+impl Handler<StopSession> for SessionActor {
+    type Result = ResponseFuture<Result<i32, Error>>;
+
+    fn handle(&mut self, msg: StopSession, ctx: &mut Context<Self>) -> Self::Result {
+        let grace = msg.grace.unwrap_or(self.policy.stop_grace);
+        self.begin_stop(StopReason::Requested, grace, ctx);
+        self.flush(ctx);
+        self.outcome_future()
+    }
+}
+
+impl Handler<Wait> for SessionActor {
+    type Result = ResponseFuture<Result<i32, Error>>;
+
+    fn handle(&mut self, _: Wait, _ctx: &mut Context<Self>) -> Self::Result {
+        self.outcome_future()
+    }
+}
+
+impl Handler<GetStatus> for SessionActor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(SessionStatus {
+            state: self.state.borrow().clone(),
+            last_seq: self.hub.borrow().head(),
+            restarts: self.tracker.restarts(),
+            fanout: self.hub.borrow().stats(),
+        })
+    }
+}
+
+// ----- from the dispatcher ---------------------------------------------------
+
+impl Handler<Enqueued> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Enqueued, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Created {
+            self.phase = Phase::Queued;
+            self.set_state(SessionState::Queued {
+                position: msg.position,
+            });
+            self.emit(EventKind::Queued {
+                position: msg.position,
+            });
+            self.flush(ctx);
+        }
+    }
+}
+
+impl Handler<Admit> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Admit, ctx: &mut Context<Self>) {
+        if !matches!(self.phase, Phase::Created | Phase::Queued) {
+            return;
+        }
+        let Plan::Start {
+            build, fingerprint, ..
+        } = &self.plan
+        else {
+            return;
+        };
+        let request = RequestBuild {
+            session: self.id.to_string(),
+            spec: build.clone(),
+            fingerprint: *fingerprint,
+            reply: ctx.address().recipient(),
+        };
+        self.phase = Phase::Building;
+        self.set_state(SessionState::Building);
+        self.emit(EventKind::BuildStarted {
+            image: self.image.clone(),
+        });
+        self.dispatcher.do_send(request);
+        self.flush(ctx);
+    }
+}
+
+impl Handler<BuildNotice> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: BuildNotice, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Building {
+            return;
+        }
+        match msg {
+            BuildNotice::Lines(lines) => {
+                for line in lines {
+                    self.emit(EventKind::BuildOutput { line });
+                }
+            }
+            BuildNotice::Done(Ok(cached)) => {
+                self.emit(EventKind::BuildComplete {
+                    image: self.image.clone(),
+                    cached,
+                });
+                self.start_attempt(ctx);
+            }
+            BuildNotice::Done(Err(e)) => self.finish(Ending::Failed(e), None, ctx),
+        }
+        self.flush(ctx);
+    }
+}
+
+// ----- from the runner -------------------------------------------------------
+
+impl Handler<RunnerReport> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RunnerReport, ctx: &mut Context<Self>) {
+        if msg.attempt != self.attempt || self.phase != Phase::Running {
+            return; // a report from a runner of an earlier attempt
+        }
+        match msg.event {
+            RunnerEvent::Process(ProcessEvent::Started { container }) => {
+                self.last_output = Instant::now();
+                self.emit(EventKind::ContainerStarted {
+                    container,
+                    attempt: self.attempt,
+                });
+            }
+            RunnerEvent::Process(ProcessEvent::Output(lines)) => {
+                self.last_output = Instant::now();
+                for l in lines {
+                    self.emit(EventKind::Output {
+                        stream: l.stream,
+                        line: l.text,
+                        partial: l.partial,
+                    });
+                }
+            }
+            RunnerEvent::Process(ProcessEvent::Exited { code }) => {
+                self.container_ended(Ending::Exited(code), ctx);
+            }
+            RunnerEvent::Process(ProcessEvent::Failed(e)) => {
+                if matches!(&e, Error::DockerFailed { message } if message.contains("Unable to find image"))
+                {
+                    self.dispatcher.do_send(ForgetImage(self.image.clone()));
+                }
+                self.container_ended(Ending::Failed(e), ctx);
+            }
+            RunnerEvent::SignalFailed(sig, e) => {
+                tracing::warn!(session = %self.id, signal = sig.name(), error = %e, "signal failed");
+                match sig {
+                    StopSignal::Term => self.send_kill(ctx),
+                    StopSignal::Kill => {
+                        let container = self.container.clone();
+                        self.finish(Ending::Failed(e), container, ctx);
+                    }
+                }
+            }
+            RunnerEvent::Lost => {
+                let container = self.container.clone();
+                let err = Error::internal(format!(
+                    "the runner of container {} died unexpectedly; the container is removed",
+                    container.as_deref().unwrap_or("?")
+                ));
+                self.runner = None;
+                self.finish(Ending::Failed(err), container, ctx);
+            }
+        }
+        self.flush(ctx);
+    }
+}

@@ -1,0 +1,267 @@
+//! Messages handled by the [`DispatcherActor`](crate::actors::DispatcherActor).
+//!
+//! ```no_run
+//! use actix::prelude::*;
+//! use cldpd::messages::dispatcher::{Start, StartRequest};
+//! # async fn demo(dispatcher: Addr<cldpd::actors::DispatcherActor>, me: Recipient<cldpd::Event>) -> cldpd::Result<()> {
+//! let info = dispatcher
+//!     .send(Start(
+//!         StartRequest::issue("web", "https://github.com/acme/web/issues/42").subscribe(me),
+//!     ))
+//!     .await
+//!     .expect("dispatcher is running")?;
+//! println!("started {}", info.id);
+//! # Ok(()) }
+//! ```
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use actix::{Addr, Message, Recipient};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::actors::fanout::Subscriber;
+use crate::actors::SessionActor;
+use crate::error::Error;
+use crate::messages::session::{BuildNotice, SessionState};
+use crate::pod::PodConfig;
+use crate::runtime::BuildSpec;
+
+/// What the agent is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Task {
+    /// Work on a GitHub issue: the prompt is
+    /// `<template>\n\nWork on this GitHub issue: <url>`.
+    Issue(String),
+    /// A free-form prompt: `<template>\n\n<prompt>`.
+    Prompt(String),
+}
+
+/// A request to start a run of a pod.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    /// Pod name.
+    pub pod: String,
+    /// What to do.
+    pub task: Task,
+    /// Per-request overrides of the pod's `pod.json` (restart policy,
+    /// timeouts, stop grace, env, ...); maps merge, other set fields win.
+    pub overrides: PodConfig,
+    /// Receive the run's events from its first one.
+    pub subscribers: Vec<Subscriber>,
+}
+
+impl StartRequest {
+    /// Work on a GitHub issue.
+    pub fn issue(pod: impl Into<String>, url: impl Into<String>) -> Self {
+        Self::new(pod, Task::Issue(url.into()))
+    }
+
+    /// Work on a free-form prompt.
+    pub fn prompt(pod: impl Into<String>, prompt: impl Into<String>) -> Self {
+        Self::new(pod, Task::Prompt(prompt.into()))
+    }
+
+    fn new(pod: impl Into<String>, task: Task) -> Self {
+        StartRequest {
+            pod: pod.into(),
+            task,
+            overrides: PodConfig::default(),
+            subscribers: Vec::new(),
+        }
+    }
+
+    /// Add a subscriber (an actor's `Recipient<Event>`, or a channel).
+    pub fn subscribe(mut self, subscriber: impl Into<Subscriber>) -> Self {
+        self.subscribers.push(subscriber.into());
+        self
+    }
+
+    /// Override fields of the pod's `pod.json` for this run.
+    pub fn overrides(mut self, overrides: PodConfig) -> Self {
+        self.overrides = overrides;
+        self
+    }
+
+    /// The stop grace period for this run.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.overrides.stop_grace_secs = Some(grace.as_secs_f64());
+        self
+    }
+}
+
+/// Start a run. Bad input (unknown pod, bad name, bad `pod.json`, missing
+/// mount source, bad issue URL, ...) is refused here with its own error
+/// and nothing is created; everything after (build, run) is reported as
+/// events.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<SessionInfo, Error>")]
+pub struct Start(pub StartRequest);
+
+/// Send a follow-up prompt to a running agent: `claude -p --resume <uuid>
+/// <prompt>` via `docker exec` in the run's container. `target` is a
+/// session id, or a pod name when exactly one run of it is live. Works for
+/// runs started by other processes (found by their Docker labels).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<SessionInfo, Error>")]
+pub struct Resume {
+    /// Session id or pod name.
+    pub target: String,
+    /// The follow-up prompt.
+    pub prompt: String,
+    /// Receive the resume's events from its first one.
+    pub subscribers: Vec<Subscriber>,
+}
+
+/// Stop a run by session id or pod name (exactly one live run), whether
+/// this dispatcher or another process started it.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<StopReport, Error>")]
+pub struct Stop {
+    /// Session id or pod name.
+    pub target: String,
+    /// Grace period between SIGTERM and SIGKILL.
+    pub grace: Option<Duration>,
+}
+
+/// What a [`Stop`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct StopReport {
+    /// The session stopped.
+    pub session: String,
+    /// Its container.
+    pub container: String,
+    /// Exit code when this dispatcher ran it (a run of another process is
+    /// stopped through Docker and its code is not known here).
+    pub code: Option<i32>,
+}
+
+/// The live sessions of this dispatcher.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<SessionInfo>")]
+pub struct List;
+
+/// A live session of this dispatcher, by id.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Option<SessionInfo>")]
+pub struct Lookup(pub String);
+
+/// Every cldpd container on the Docker engine, whoever started it.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Vec<RunInfo>, Error>")]
+pub struct ListRuns;
+
+/// Stop and remove every run whose owning process is gone (an *orphan*),
+/// never one whose owner is alive.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Result<Vec<StopReport>, Error>")]
+pub struct StopOrphans {
+    /// Grace period between SIGTERM and SIGKILL.
+    pub grace: Option<Duration>,
+}
+
+/// How many image builds this dispatcher has actually started (memoised
+/// and shared builds are not counted).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "u64")]
+pub struct BuildCount;
+
+/// Check that the runtime is reachable; returns its version.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<String, Error>")]
+pub struct Preflight;
+
+/// Stop every live run (each with the grace), refuse new ones, then resolve.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    /// Grace period for each run; default the run's own.
+    pub grace: Option<Duration>,
+}
+
+/// A handle to a session of this dispatcher.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Session id (`<pod>-<hex8>`).
+    pub id: String,
+    /// Pod name.
+    pub pod: String,
+    /// Image tag.
+    pub image: String,
+    /// For a resume, the session whose container it runs in.
+    pub resume_of: Option<String>,
+    /// The session actor.
+    pub addr: Addr<SessionActor>,
+    /// Its state, updated as it changes.
+    pub state: watch::Receiver<SessionState>,
+    /// Its event log.
+    pub log_path: PathBuf,
+}
+
+/// A cldpd container found through its Docker labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    /// Session id.
+    pub session: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+    /// Issue URL, when the run works on one.
+    pub issue: Option<String>,
+    /// When the container was started.
+    #[serde(with = "opt_time")]
+    pub started: Option<SystemTime>,
+    /// Docker's state word (`running`, `exited`, ...).
+    pub state: String,
+    /// Restart attempt of this container.
+    pub attempt: u32,
+    /// Owning dispatcher instance id.
+    pub owner: Option<String>,
+    /// True when the owning process is gone (its runs are nobody's).
+    pub orphan: bool,
+}
+
+mod opt_time {
+    use std::time::SystemTime;
+    pub fn serialize<S: serde::Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.collect_str(&humantime::format_rfc3339_seconds(*t)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+// ----- internal ------------------------------------------------------------
+
+/// From a session: it has ended (releases its slot and registry entry).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+#[doc(hidden)]
+pub struct SessionEnded {
+    pub id: String,
+    /// Container to force-remove (a session that crashed or failed to stop).
+    pub cleanup: Option<String>,
+}
+
+/// From a session: make sure this image exists (single flight per tag).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+#[doc(hidden)]
+pub struct RequestBuild {
+    pub session: String,
+    pub spec: BuildSpec,
+    /// Identity of the build inputs; `None` = always build.
+    pub fingerprint: Option<u64>,
+    pub reply: Recipient<BuildNotice>,
+}
+
+/// From a session: the image of a memoised build has vanished.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+#[doc(hidden)]
+pub struct ForgetImage(pub String);

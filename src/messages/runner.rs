@@ -1,0 +1,17 @@
+//! Messages handled by a [`RunnerActor`](crate::actors::RunnerActor).
+
+use actix::Message;
+
+use crate::runtime::StopSignal;
+
+/// Deliver a signal to the runner's container. Failures come back to the
+/// session as a `RunnerEvent::SignalFailed` report.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Signal(pub StopSignal);
+
+/// Stop the runner actor without touching its container (the session has
+/// ended and cleans up through the dispatcher).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Release;

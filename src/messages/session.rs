@@ -1,0 +1,183 @@
+//! Messages handled by a [`SessionActor`](crate::actors::SessionActor).
+//!
+//! Public ones: [`Subscribe`], [`Unsubscribe`], [`StopSession`], [`Wait`],
+//! [`GetStatus`]. The rest are sent by the dispatcher and the runner and are
+//! `pub` only so the actors can live in their own modules.
+
+use std::time::Duration;
+
+use actix::Message;
+
+use crate::actors::fanout::{Subscriber, SubscriptionId};
+use crate::error::Error;
+use crate::runtime::{ProcessEvent, StopSignal};
+
+/// Add a subscriber to a live session. It receives every event with
+/// `seq >= from_seq`, in order, then nothing after the terminal event.
+/// `from_seq: 1` replays the run from its first event (from the session log
+/// when needed); `from_seq: u64::MAX` means "only what happens from now".
+#[derive(Debug, Message)]
+#[rtype(result = "Result<SubscriptionId, Error>")]
+pub struct Subscribe {
+    /// Who receives the events.
+    pub subscriber: Subscriber,
+    /// First seq to deliver.
+    pub from_seq: u64,
+}
+
+/// Remove a subscriber.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe(pub SubscriptionId);
+
+/// Stop the run: SIGTERM, wait `grace` (default: the pod's `stopGraceSecs`,
+/// else 10 s), then SIGKILL. Idempotent: a second stop joins the first and
+/// may only shorten the grace (grace 0 kills at once). Resolves with the
+/// run's outcome once it has ended; a container that will not die gives
+/// [`Error::StopFailed`], never a hang.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Result<i32, Error>")]
+pub struct StopSession {
+    /// Grace period for this call.
+    pub grace: Option<Duration>,
+}
+
+/// Resolve with the container's exit code when the run ends, or its error.
+/// Works whether or not anyone reads the events.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<i32, Error>")]
+pub struct Wait;
+
+/// Snapshot of the session.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "SessionStatus")]
+pub struct GetStatus;
+
+/// Where a run is in its life.
+#[derive(Debug, Clone)]
+pub enum SessionState {
+    /// Created, not yet admitted or queued.
+    Created,
+    /// Waiting for a free slot; position 1 is next.
+    Queued {
+        /// FIFO position.
+        position: usize,
+    },
+    /// Its image is being built (or a shared build awaited).
+    Building,
+    /// A container (or exec process) is running.
+    Running {
+        /// Container name.
+        container: String,
+        /// Restart attempt (0 first).
+        attempt: u32,
+    },
+    /// Waiting out a restart back-off.
+    Restarting {
+        /// The attempt about to start.
+        attempt: u32,
+    },
+    /// A stop is in progress.
+    Stopping,
+    /// Ended: the container exited with this code.
+    Exited {
+        /// Exit code.
+        code: i32,
+    },
+    /// Ended: the run failed.
+    Failed(Error),
+}
+
+impl SessionState {
+    /// True for `Exited` and `Failed`.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, SessionState::Exited { .. } | SessionState::Failed(_))
+    }
+
+    /// The outcome, once terminal.
+    pub fn outcome(&self) -> Option<Result<i32, Error>> {
+        match self {
+            SessionState::Exited { code } => Some(Ok(*code)),
+            SessionState::Failed(e) => Some(Err(e.clone())),
+            _ => None,
+        }
+    }
+
+    /// One word: `created`, `queued`, `building`, `running`, `restarting`,
+    /// `stopping`, `exited`, `failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SessionState::Created => "created",
+            SessionState::Queued { .. } => "queued",
+            SessionState::Building => "building",
+            SessionState::Running { .. } => "running",
+            SessionState::Restarting { .. } => "restarting",
+            SessionState::Stopping => "stopping",
+            SessionState::Exited { .. } => "exited",
+            SessionState::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Answer to [`GetStatus`].
+#[derive(Debug, Clone)]
+pub struct SessionStatus {
+    /// Current state.
+    pub state: SessionState,
+    /// Last seq published.
+    pub last_seq: u64,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Fan-out statistics (memory held for subscribers).
+    pub fanout: crate::actors::fanout::FanoutStats,
+}
+
+// ----- internal ------------------------------------------------------------
+
+/// From the dispatcher: a slot is free, go (build, then run).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+#[doc(hidden)]
+pub struct Admit;
+
+/// From the dispatcher: wait in the queue at this position.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+#[doc(hidden)]
+pub struct Enqueued {
+    pub position: usize,
+}
+
+/// From the dispatcher: progress of the (shared) image build.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+#[doc(hidden)]
+pub enum BuildNotice {
+    /// Build output lines.
+    Lines(Vec<String>),
+    /// The build ended: `Ok(cached)`.
+    Done(Result<bool, Error>),
+}
+
+/// From the runner: what its container did.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+#[doc(hidden)]
+pub struct RunnerReport {
+    /// The attempt the runner was started for.
+    pub attempt: u32,
+    /// What happened.
+    pub event: RunnerEvent,
+}
+
+/// The body of a [`RunnerReport`].
+#[derive(Debug)]
+#[doc(hidden)]
+pub enum RunnerEvent {
+    /// A process event, in stream order.
+    Process(ProcessEvent),
+    /// A signal could not be delivered.
+    SignalFailed(StopSignal, Error),
+    /// The runner actor died without reporting an end (panic).
+    Lost,
+}
