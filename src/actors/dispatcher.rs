@@ -33,7 +33,7 @@ use crate::messages::session::{Admit, BuildNotice, Enqueued, SessionState, StopS
 use crate::owner::Owner;
 use crate::pod::{self, Pod};
 use crate::runtime::{
-    labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, Resources, RunSpec, Runtime,
+    labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, RunSpec, Runtime,
 };
 use crate::settings::Settings;
 
@@ -114,7 +114,10 @@ impl DispatcherActor {
     fn plan_start(&self, req: &StartRequest) -> Result<(Pod, Plan, Policy)> {
         pod::validate_pod_name(&req.pod)?;
         let mut pod = Pod::discover(&self.settings.pods_dir, &req.pod)?;
-        pod.config = pod.config.merged(&req.overrides);
+        if req.overrides != pod::PodConfig::default() {
+            pod.config = pod.config.merged(&req.overrides);
+            pod.config.validate(&pod.name, &pod.config_path())?;
+        }
         let prompt = match &req.task {
             crate::messages::dispatcher::Task::Issue(url) => {
                 pod::validate_issue_url(url)?;
@@ -168,11 +171,7 @@ impl DispatcherActor {
             workdir: pod.config.workdir.clone(),
             mounts,
             labels: labels_map,
-            resources: Resources {
-                cpus: pod.config.cpus,
-                memory_bytes: pod.memory_bytes()?,
-                pids_limit: pod.config.pids_limit,
-            },
+            resources: pod.config.resources(),
             line_cap: self.settings.line_cap,
         };
         let plan = Plan::Start {
