@@ -163,7 +163,10 @@ impl EventKind {
 }
 
 /// The fields of an event. Reach them through [`Event`]'s `Deref`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Serialised flat, `type` first: `{"type":"output","session":"web-0a1b2c3d",
+/// "seq":7,"time":"2026-11-29T10:00:00.000000Z","stream":"stdout","line":"…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct EventData {
     /// The session (run) it belongs to: `<pod>-<hex8>`.
     pub session: Arc<str>,
@@ -175,6 +178,52 @@ pub struct EventData {
     /// What happened.
     #[serde(flatten)]
     pub kind: EventKind,
+}
+
+impl Serialize for EventData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("type", self.kind.name())?;
+        m.serialize_entry("session", &*self.session)?;
+        m.serialize_entry("seq", &self.seq)?;
+        m.serialize_entry("time", &rfc3339::Display(self.time))?;
+        match &self.kind {
+            EventKind::Queued { position } => m.serialize_entry("position", position)?,
+            EventKind::BuildStarted { image } => m.serialize_entry("image", image)?,
+            EventKind::BuildOutput { line } => m.serialize_entry("line", line)?,
+            EventKind::BuildComplete { image, cached } => {
+                m.serialize_entry("image", image)?;
+                m.serialize_entry("cached", cached)?;
+            }
+            EventKind::ContainerStarted { container, attempt } => {
+                m.serialize_entry("container", container)?;
+                m.serialize_entry("attempt", attempt)?;
+            }
+            EventKind::Output { stream, line, partial } => {
+                m.serialize_entry("stream", stream)?;
+                m.serialize_entry("line", line)?;
+                if *partial {
+                    m.serialize_entry("partial", partial)?;
+                }
+            }
+            EventKind::Restarting {
+                attempt,
+                delay_ms,
+                reason,
+            } => {
+                m.serialize_entry("attempt", attempt)?;
+                m.serialize_entry("delay_ms", delay_ms)?;
+                m.serialize_entry("reason", reason)?;
+            }
+            EventKind::ContainerExited { code } => m.serialize_entry("code", code)?,
+            EventKind::Error { code, message } => {
+                m.serialize_entry("code", code)?;
+                m.serialize_entry("message", message)?;
+            }
+        }
+        m.end()
+    }
 }
 
 /// One event of one session; see the [module docs](self) for the ordering.
@@ -260,8 +309,13 @@ pub(crate) mod rfc3339 {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_micros(*t))
+    /// Serialises as the RFC 3339 string.
+    pub struct Display(pub SystemTime);
+
+    impl serde::Serialize for Display {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_str(&humantime::format_rfc3339_micros(self.0))
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
