@@ -1,0 +1,4 @@
+//! Shared support for integration tests. Each test file that needs it says
+//! `mod support;`; not every file uses every item.
+
+pub mod docker;
