@@ -11,11 +11,11 @@
 //! Build-cache safety: tests run concurrently (threads and processes), and
 //! the legacy builder deletes untagged parent layers on `docker rmi` while
 //! another build may be reusing them from the cache ("unknown parent image
-//! ID"). So the two shared busybox layers are kept tagged as
-//! [`BASE_IMAGE`] (built once, kept deliberately as build cache), and each
-//! pod's Dockerfile continues with `LABEL cldpd.test.pod=<name>`, which
-//! makes every later layer the pod's own; `Drop` removes exactly the images
-//! carrying that label.
+//! ID"). So every removal uses `docker rmi --no-prune`: the two shared
+//! busybox layers stay as untagged build cache (no tag is left behind), and
+//! each pod's Dockerfile continues with `LABEL cldpd.test.pod=<name>`, which
+//! makes every later layer the pod's own; `Drop` removes exactly the tags
+//! it created and the images carrying that label.
 //!
 //! Tests start with `if !require_docker() { return; }`: without Docker they
 //! are skipped with a note, except under `CI=true`, where they fail.
@@ -30,8 +30,6 @@ use std::time::{Duration, Instant};
 /// Where Debian's `busybox-static` installs the static busybox.
 pub const BUSYBOX: &str = "/bin/busybox";
 
-/// Tag kept on the shared `FROM scratch` + busybox layers (build cache).
-pub const BASE_IMAGE: &str = "cldpd-test-busybox";
 
 /// The Dockerfile lines every test pod starts with.
 const BASE_DOCKERFILE: &str =
@@ -232,11 +230,12 @@ impl TestPodBuilder {
     }
 }
 
-/// Build [`BASE_IMAGE`] unless it exists (once per test process).
+/// Warm the build cache with the shared busybox layers, untagged (once
+/// per test process).
 fn ensure_base_image() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        if !docker_available() || docker(["image", "inspect", BASE_IMAGE]).status.success() {
+        if !docker_available() {
             return;
         }
         let tmp = tempfile::tempdir().expect("temp dir");
@@ -246,13 +245,11 @@ fn ensure_base_image() {
             OsStr::new("build"),
             OsStr::new("-q"),
             OsStr::new("--force-rm"),
-            OsStr::new("-t"),
-            OsStr::new(BASE_IMAGE),
             tmp.path().as_os_str(),
         ]);
         assert!(
             out.status.success(),
-            "building {BASE_IMAGE} failed: {}",
+            "building the busybox base layers failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     });
@@ -379,7 +376,7 @@ impl Drop for TestPod {
                 .map(|v| v.clone())
                 .unwrap_or_default(),
         );
-        docker_quiet(["rmi", "-f"].into_iter().map(String::from).chain(tags));
+        docker_quiet(["rmi", "-f", "--no-prune"].into_iter().map(String::from).chain(tags));
         // Layers of failed builds and anything else built from this pod's
         // Dockerfile (leaves first; a parent goes once its child is gone).
         let filter = format!("label={POD_IMAGE_LABEL}={}", self.name);
@@ -388,7 +385,7 @@ impl Drop for TestPod {
             if ids.is_empty() {
                 break;
             }
-            docker_quiet(["rmi", "-f"].into_iter().map(String::from).chain(ids));
+            docker_quiet(["rmi", "-f", "--no-prune"].into_iter().map(String::from).chain(ids));
         }
     }
 }
