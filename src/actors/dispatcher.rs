@@ -32,9 +32,7 @@ use crate::messages::dispatcher::*;
 use crate::messages::session::{Admit, BuildNotice, Enqueued, SessionState, StopSession};
 use crate::owner::Owner;
 use crate::pod::{self, Pod};
-use crate::runtime::{
-    labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, RunSpec, Runtime,
-};
+use crate::runtime::{labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, RunSpec, Runtime};
 use crate::settings::Settings;
 
 struct Entry {
