@@ -60,7 +60,7 @@ impl Dirs {
 pub struct Seen {
     /// Every kind name in order, with runs of output/build_output collapsed.
     pub flow: Vec<&'static str>,
-    /// Output lines seen, per stream (stdout, stderr).
+    /// Output lines seen of the current container, per stream.
     pub stdout: u64,
     pub stderr: u64,
     /// Events seen.
@@ -135,6 +135,11 @@ pub fn record(seen: &mut Seen, next_seq: &mut u64, ev: &Event) {
     *next_seq = ev.seq + 1;
     seen.events += 1;
     let name = ev.kind.name();
+    if name == "container_started" {
+        // Each container (restart attempt) numbers its lines from 1.
+        seen.stdout = 0;
+        seen.stderr = 0;
+    }
     if seen.flow.last() != Some(&name) || !matches!(name, "output" | "build_output") {
         seen.flow.push(name);
     }
