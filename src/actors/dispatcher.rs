@@ -458,6 +458,14 @@ impl Handler<Start> for DispatcherActor {
     }
 }
 
+impl Handler<Validate> for DispatcherActor {
+    type Result = Result<()>;
+
+    fn handle(&mut self, Validate(req): Validate, _ctx: &mut Context<Self>) -> Self::Result {
+        self.plan_start(&req).map(|_| ())
+    }
+}
+
 impl Handler<Resume> for DispatcherActor {
     type Result = ResponseActFuture<Self, Result<SessionInfo>>;
 
