@@ -240,6 +240,26 @@ pub enum Error {
         /// The I/O error.
         message: String,
     },
+    /// A batch job file is malformed.
+    #[error("{}:{line}: {message}", path.display())]
+    BatchFile {
+        /// The job file.
+        path: PathBuf,
+        /// Line of the bad job.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A job of a batch is refused (the batch does not start).
+    #[error("job {}{}: {source}", index + 1, line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    BatchJob {
+        /// Index of the job, from 0 (shown from 1).
+        index: usize,
+        /// Its line in the job file.
+        line: Option<usize>,
+        /// Why.
+        source: Box<Error>,
+    },
     /// The dispatcher is shutting down and takes no new runs.
     #[error("the dispatcher is shutting down")]
     ShuttingDown,
@@ -297,6 +317,8 @@ impl Error {
             Error::Timeout { .. } => "timeout",
             Error::RestartLimit { .. } => "restart_limit",
             Error::Log { .. } => "log",
+            Error::BatchFile { .. } => "batch_file",
+            Error::BatchJob { .. } => "batch_job",
             Error::ShuttingDown => "shutting_down",
             Error::Io { .. } => "io",
             Error::Internal { .. } => "internal",
@@ -361,6 +383,12 @@ impl Error {
             ),
             Error::Timeout { .. } => "raise timeoutSecs / idleTimeoutSecs if the run needs longer".to_string(),
             Error::Log { .. } => "check that the state directory (CLDPD_STATE_DIR, default ~/.cldpd) is writable and has space".to_string(),
+            Error::BatchFile { .. } => {
+                "each job is {\"pod\": \"<name>\", \"issue\": \"<url>\"} or {\"pod\": ..., \"prompt\": ...}, plus optional pod.json fields; the batch did not start".to_string()
+            }
+            Error::BatchJob { source, .. } => {
+                return source.hint().map(|h| format!("{h} (the batch did not start)"))
+            }
             Error::Internal { .. } => "this is a bug in cldpd or its runtime backend; please report it".to_string(),
             _ => return None,
         })

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod actors;
+pub mod batch;
 pub mod error;
 pub mod event;
 mod facade;

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::actors::build::{self, Builds, Join};
 use crate::actors::fanout::{self, Hub};
-use crate::actors::session::{Plan, SessionActor};
+use crate::actors::session::{Plan, SessionActor, StartPlan};
 use crate::actors::supervisor::{guard, guarded, guarded_stream, Policy};
 use crate::error::{Error, Result};
 use crate::log::LogWriter;
@@ -172,13 +172,13 @@ impl DispatcherActor {
             resources: pod.config.resources(),
             line_cap: self.settings.line_cap,
         };
-        let plan = Plan::Start {
+        let plan = Plan::Start(Box::new(StartPlan {
             build,
             fingerprint,
             run,
             agent: pod.agent_command(),
             prompt,
-        };
+        }));
         Ok((pod, plan, policy))
     }
 
@@ -196,9 +196,12 @@ impl DispatcherActor {
         subscribers: Vec<fanout::Subscriber>,
         resume_of: Option<String>,
     ) -> SessionInfo {
-        if let Plan::Start { run, .. } = &mut plan {
-            run.session = id.clone();
-            run.labels.insert(labels::SESSION.to_string(), id.clone());
+        if let Plan::Start(start) = &mut plan {
+            start.run.session = id.clone();
+            start
+                .run
+                .labels
+                .insert(labels::SESSION.to_string(), id.clone());
         }
         let log_path = log.path().to_path_buf();
         let (tx, rx) = watch::channel(SessionState::Created);

@@ -37,17 +37,21 @@ use crate::runtime::{labels, BuildSpec, ExecSpec, ProcessEvent, RunSpec, Runtime
 #[derive(Debug, Clone)]
 pub(crate) enum Plan {
     /// Build the image, then run containers (one per attempt).
-    Start {
-        build: BuildSpec,
-        fingerprint: Option<u64>,
-        /// Template: container name, command and per-attempt labels are
-        /// filled in for each attempt.
-        run: RunSpec,
-        agent: Vec<String>,
-        prompt: String,
-    },
+    Start(Box<StartPlan>),
     /// Exec a follow-up into a running container.
     Resume { exec: ExecSpec },
+}
+
+/// The parts of a [`Plan::Start`].
+#[derive(Debug, Clone)]
+pub(crate) struct StartPlan {
+    pub(crate) build: BuildSpec,
+    pub(crate) fingerprint: Option<u64>,
+    /// Template: container name, command and per-attempt labels are filled
+    /// in for each attempt.
+    pub(crate) run: RunSpec,
+    pub(crate) agent: Vec<String>,
+    pub(crate) prompt: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,9 +172,10 @@ impl SessionActor {
 
     fn start_attempt(&mut self, ctx: &mut Context<Self>) {
         let job = match &self.plan {
-            Plan::Start {
-                run, agent, prompt, ..
-            } => {
+            Plan::Start(plan) => {
+                let StartPlan {
+                    run, agent, prompt, ..
+                } = &**plan;
                 let mut spec = run.clone();
                 let conversation = uuid::Uuid::new_v4().to_string();
                 spec.container = if self.attempt == 0 {
@@ -258,7 +263,7 @@ impl SessionActor {
     fn container_ended(&mut self, ending: Ending, ctx: &mut Context<Self>) {
         self.runner = None;
         let container = match (&ending, &self.plan) {
-            (Ending::Failed(_), Plan::Start { .. }) => self.container.clone(),
+            (Ending::Failed(_), Plan::Start(_)) => self.container.clone(),
             _ => None,
         };
         let Some(container) = container else {
@@ -582,16 +587,13 @@ impl Handler<Admit> for SessionActor {
         if !matches!(self.phase, Phase::Created | Phase::Queued) {
             return;
         }
-        let Plan::Start {
-            build, fingerprint, ..
-        } = &self.plan
-        else {
+        let Plan::Start(plan) = &self.plan else {
             return;
         };
         let request = RequestBuild {
             session: self.id.to_string(),
-            spec: build.clone(),
-            fingerprint: *fingerprint,
+            spec: plan.build.clone(),
+            fingerprint: plan.fingerprint,
             reply: ctx.address().recipient(),
         };
         self.phase = Phase::Building;

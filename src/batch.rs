@@ -1,0 +1,487 @@
+//! Batch dispatch: many jobs, one report.
+//!
+//! A batch is a list of [`Job`]s (pod + issue URL or prompt + per-job
+//! overrides of `pod.json`). [`Batch::start`] checks every job first — the
+//! batch does not start if any job is bad — then starts them all; the
+//! dispatcher's admission control (`max_concurrent`) queues what does not fit,
+//! FIFO. [`Batch::events`] merges the events of every job;
+//! [`Batch::report`] waits for every job and returns a [`BatchReport`]: per
+//! job the session id, final state, exit code, restarts, duration and, on
+//! failure, the last lines of output.
+//!
+//! Job files (`cldpd batch <file>`) are a JSON array or NDJSON (one object a
+//! line; blank lines and lines starting with `#` are skipped) of
+//! `{"pod": "...", "issue": "https://..."}` or `{"pod": "...", "prompt":
+//! "..."}`, with an optional `"name"` and any `pod.json` field as a per-job
+//! override:
+//!
+//! ```
+//! let jobs = cldpd::batch::parse_jobs(
+//!     r#"{"pod": "web", "issue": "https://github.com/acme/web/issues/1"}
+//!        {"pod": "web", "prompt": "fix the flaky test", "timeoutSecs": 600, "restart": "on-failure"}"#,
+//!     "jobs.ndjson".as_ref(),
+//! ).unwrap();
+//! assert_eq!(jobs.len(), 2);
+//! assert_eq!(jobs[1].overrides.timeout_secs, Some(600.0));
+//! ```
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::join_all;
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::event::{Event, EventKind};
+use crate::facade::{Dispatcher, Session};
+use crate::messages::dispatcher::{StartRequest, Task};
+use crate::pod::PodConfig;
+
+/// Output lines kept per job for the report of a failed job.
+pub const DEFAULT_TAIL_LINES: usize = 20;
+
+/// One job of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// A label for reports (default: none).
+    pub name: Option<String>,
+    /// Pod name.
+    pub pod: String,
+    /// What to do.
+    pub task: Task,
+    /// Per-job overrides of the pod's `pod.json`.
+    pub overrides: PodConfig,
+    /// Line of the job file it came from.
+    pub line: Option<usize>,
+}
+
+impl Job {
+    /// A job working on a GitHub issue.
+    pub fn issue(pod: impl Into<String>, url: impl Into<String>) -> Self {
+        Self::new(pod, Task::Issue(url.into()))
+    }
+
+    /// A job with a free-form prompt.
+    pub fn prompt(pod: impl Into<String>, prompt: impl Into<String>) -> Self {
+        Self::new(pod, Task::Prompt(prompt.into()))
+    }
+
+    fn new(pod: impl Into<String>, task: Task) -> Self {
+        Job {
+            name: None,
+            pod: pod.into(),
+            task,
+            overrides: PodConfig::default(),
+            line: None,
+        }
+    }
+
+    /// Override `pod.json` fields for this job.
+    pub fn overrides(mut self, overrides: PodConfig) -> Self {
+        self.overrides = overrides;
+        self
+    }
+
+    fn request(&self) -> StartRequest {
+        let req = match &self.task {
+            Task::Issue(url) => StartRequest::issue(self.pod.clone(), url.clone()),
+            Task::Prompt(p) => StartRequest::prompt(self.pod.clone(), p.clone()),
+        };
+        req.overrides(self.overrides.clone())
+    }
+}
+
+/// Parse a job file (JSON array or NDJSON). A malformed job is reported
+/// with its line number ([`Error::BatchFile`]).
+pub fn parse_jobs(text: &str, path: &Path) -> Result<Vec<Job>> {
+    let bad = |line: usize, message: String| Error::BatchFile {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut items: Vec<(usize, &str)> = Vec::new();
+    if text.trim_start().starts_with('[') {
+        let raws: Vec<&serde_json::value::RawValue> =
+            serde_json::from_str(text).map_err(|e| bad(e.line(), format!("invalid JSON: {e}")))?;
+        for raw in raws {
+            let offset = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+            items.push((text[..offset].matches('\n').count() + 1, raw.get()));
+        }
+    } else {
+        for (i, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if !t.is_empty() && !t.starts_with('#') {
+                items.push((i + 1, t));
+            }
+        }
+    }
+    if items.is_empty() {
+        return Err(bad(1, "no jobs: write one JSON object per job".into()));
+    }
+    items
+        .into_iter()
+        .map(|(line, json)| {
+            parse_job(json, path)
+                .map_err(|m| bad(line, m))
+                .map(|mut j| {
+                    j.line = Some(line);
+                    j
+                })
+        })
+        .collect()
+}
+
+fn parse_job(json: &str, path: &Path) -> std::result::Result<Job, String> {
+    let value: Value = serde_json::from_str(json).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Value::Object(mut map) = value else {
+        return Err(
+            "a job must be a JSON object like {\"pod\": \"web\", \"issue\": \"https://...\"}"
+                .into(),
+        );
+    };
+    let mut string = |key: &str| -> std::result::Result<Option<String>, String> {
+        match map.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(format!("`{key}` must be a string, not {other}")),
+        }
+    };
+    let pod = string("pod")?.ok_or("`pod` is missing")?;
+    let name = string("name")?;
+    let task = match (string("issue")?, string("prompt")?) {
+        (Some(url), None) => Task::Issue(url),
+        (None, Some(p)) => Task::Prompt(p),
+        (Some(_), Some(_)) => return Err("give `issue` or `prompt`, not both".into()),
+        (None, None) => return Err("`issue` (a GitHub issue URL) or `prompt` is missing".into()),
+    };
+    let overrides = if map.is_empty() {
+        PodConfig::default()
+    } else {
+        PodConfig::from_json(&Value::Object(map).to_string(), path).map_err(|e| match e {
+            Error::PodConfig {
+                field: Some(field),
+                message,
+                ..
+            } => format!("field `{field}`: {message}"),
+            Error::PodConfig { message, .. } => message,
+            other => other.to_string(),
+        })?
+    };
+    Ok(Job {
+        name,
+        pod,
+        task,
+        overrides,
+        line: None,
+    })
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// The container exited 0.
+    Succeeded,
+    /// Non-zero exit, or an error.
+    Failed,
+    /// Stopped by [`Batch::stop`] (Ctrl-C) before it finished.
+    Stopped,
+}
+
+/// The outcome of one job.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    /// Position in the batch, from 0.
+    pub index: usize,
+    /// The job's name, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Pod.
+    pub pod: String,
+    /// Issue URL, for issue jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issue: Option<String>,
+    /// Session id.
+    pub session: String,
+    /// Final state.
+    pub state: JobState,
+    /// Exit code of the last container, when it exited.
+    pub exit_code: Option<i32>,
+    /// The error, when the run failed with one: `{code, message}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    /// Restarts under the restart policy.
+    pub restarts: u32,
+    /// From submission to the end, in milliseconds.
+    pub duration_ms: u64,
+    /// The last lines of output (stdout and stderr) when the job failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tail: Vec<String>,
+}
+
+/// An error in a [`JobReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobError {
+    /// [`Error::code`].
+    pub code: String,
+    /// The message.
+    pub message: String,
+}
+
+/// The outcome of a batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchReport {
+    /// Jobs.
+    pub total: usize,
+    /// Jobs that succeeded.
+    pub succeeded: usize,
+    /// Jobs that failed.
+    pub failed: usize,
+    /// Jobs stopped before they finished.
+    pub stopped: usize,
+    /// Wall time of the batch in milliseconds.
+    pub duration_ms: u64,
+    /// One entry per job, in batch order.
+    pub jobs: Vec<JobReport>,
+}
+
+impl BatchReport {
+    /// True when every job succeeded.
+    pub fn all_succeeded(&self) -> bool {
+        self.succeeded == self.total
+    }
+}
+
+/// A running batch. See the [module docs](self).
+pub struct Batch {
+    jobs: Vec<Job>,
+    sessions: Vec<Session>,
+    started: SystemTime,
+    stopping: Arc<AtomicBool>,
+    tail_lines: usize,
+}
+
+impl Batch {
+    /// Check every job, then start them all. A bad job refuses the whole
+    /// batch with [`Error::BatchJob`] (naming its index and line).
+    pub async fn start(dispatcher: &Dispatcher, jobs: Vec<Job>) -> Result<Batch> {
+        for (index, job) in jobs.iter().enumerate() {
+            dispatcher
+                .validate(job.request())
+                .await
+                .map_err(|e| Error::BatchJob {
+                    index,
+                    line: job.line,
+                    source: Box::new(e),
+                })?;
+        }
+        let started = SystemTime::now();
+        let mut sessions = Vec::with_capacity(jobs.len());
+        for (index, job) in jobs.iter().enumerate() {
+            let session = dispatcher
+                .start(job.request())
+                .await
+                .map_err(|e| Error::BatchJob {
+                    index,
+                    line: job.line,
+                    source: Box::new(e),
+                })?;
+            sessions.push(session);
+        }
+        Ok(Batch {
+            jobs,
+            sessions,
+            started,
+            stopping: Arc::new(AtomicBool::new(false)),
+            tail_lines: DEFAULT_TAIL_LINES,
+        })
+    }
+
+    /// How many output lines a failed job's report keeps.
+    pub fn tail_lines(mut self, n: usize) -> Self {
+        self.tail_lines = n;
+        self
+    }
+
+    /// The sessions, in batch order.
+    pub fn sessions(&self) -> &[Session] {
+        &self.sessions
+    }
+
+    /// Every event of every job, tagged with the job's index; ends when
+    /// every job has ended.
+    pub fn events(&self) -> impl Stream<Item = (usize, Event)> + Send + 'static {
+        stream::select_all(
+            self.sessions
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.events().map(move |e| (i, e)).boxed()),
+        )
+    }
+
+    /// Stop every job that has not ended (queued ones never start), each
+    /// with `grace`; jobs that end because of it are reported `stopped`.
+    pub async fn stop(&self, grace: Option<Duration>) {
+        self.stopping.store(true, Ordering::SeqCst);
+        join_all(self.sessions.iter().map(|s| s.stop(grace))).await;
+    }
+
+    /// Wait for every job and report.
+    pub async fn report(&self) -> BatchReport {
+        let jobs = join_all(
+            self.sessions
+                .iter()
+                .enumerate()
+                .map(|(i, s)| self.job_report(i, s)),
+        )
+        .await;
+        let count = |st: JobState| jobs.iter().filter(|j| j.state == st).count();
+        BatchReport {
+            total: jobs.len(),
+            succeeded: count(JobState::Succeeded),
+            failed: count(JobState::Failed),
+            stopped: count(JobState::Stopped),
+            duration_ms: millis(self.started.elapsed().unwrap_or_default()),
+            jobs,
+        }
+    }
+
+    async fn job_report(&self, index: usize, session: &Session) -> JobReport {
+        let job = &self.jobs[index];
+        let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        let mut restarts = 0;
+        let mut ran = false;
+        let mut terminal: Option<Event> = None;
+        let mut events = session.events();
+        while let Some(ev) = events.next().await {
+            match &ev.kind {
+                EventKind::Output { line, .. } | EventKind::BuildOutput { line } => {
+                    if tail.len() == self.tail_lines {
+                        tail.pop_front();
+                    }
+                    if self.tail_lines > 0 {
+                        tail.push_back(line.clone());
+                    }
+                }
+                // Build output matters only when the build is what failed.
+                EventKind::ContainerStarted { .. } if !ran => {
+                    ran = true;
+                    tail.clear();
+                }
+                EventKind::Restarting { .. } => restarts += 1,
+                _ => {}
+            }
+            if ev.is_terminal() {
+                terminal = Some(ev);
+            }
+        }
+        let (exit_code, error) = match terminal.as_ref().map(|e| &e.kind) {
+            Some(EventKind::ContainerExited { code }) => (Some(*code), None),
+            Some(EventKind::Error { code, message }) => (
+                None,
+                Some(JobError {
+                    code: code.clone(),
+                    message: message.clone(),
+                }),
+            ),
+            _ => (
+                None,
+                Some(JobError {
+                    code: "internal".into(),
+                    message: "the run ended without a terminal event".into(),
+                }),
+            ),
+        };
+        let stopping = self.stopping.load(Ordering::SeqCst);
+        let state = match (exit_code, &error) {
+            (Some(0), _) => JobState::Succeeded,
+            (_, Some(e)) if e.code == "stopped" => JobState::Stopped,
+            _ if stopping => JobState::Stopped,
+            _ => JobState::Failed,
+        };
+        let ended = terminal.as_ref().map_or_else(SystemTime::now, |e| e.time);
+        JobReport {
+            index,
+            name: job.name.clone(),
+            pod: job.pod.clone(),
+            issue: match &job.task {
+                Task::Issue(url) => Some(url.clone()),
+                Task::Prompt(_) => None,
+            },
+            session: session.id().to_string(),
+            state,
+            exit_code,
+            error,
+            restarts,
+            duration_ms: millis(ended.duration_since(self.started).unwrap_or_default()),
+            tail: if state == JobState::Succeeded {
+                Vec::new()
+            } else {
+                tail.into()
+            },
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("jobs.json")
+    }
+
+    #[test]
+    fn arrays_and_ndjson_parse_with_line_numbers() {
+        let jobs = parse_jobs(
+            "[\n  {\"pod\": \"a\", \"issue\": \"https://github.com/o/r/issues/1\"},\n\n  {\"pod\": \"b\", \"prompt\": \"x\", \"name\": \"second\"}\n]",
+            p(),
+        )
+        .unwrap();
+        assert_eq!(jobs[0].line, Some(2));
+        assert_eq!(jobs[1].line, Some(4));
+        assert_eq!(jobs[1].name.as_deref(), Some("second"));
+        let jobs = parse_jobs(
+            "# comment\n{\"pod\":\"a\",\"prompt\":\"x\"}\n\n{\"pod\":\"b\",\"prompt\":\"y\"}\n",
+            p(),
+        )
+        .unwrap();
+        assert_eq!(
+            jobs.iter().map(|j| j.line).collect::<Vec<_>>(),
+            [Some(2), Some(4)]
+        );
+    }
+
+    #[test]
+    fn a_malformed_job_names_its_line() {
+        let err = |text: &str| match parse_jobs(text, p()) {
+            Err(Error::BatchFile { line, message, .. }) => (line, message),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(err("{\"pod\":\"a\",\"prompt\":\"x\"}\n{\"pod\": \n").0, 2);
+        let (line, msg) = err("{\"pod\":\"a\",\"prompt\":\"x\"}\n{\"prompt\":\"x\"}\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("`pod` is missing"), "{msg}");
+        let (line, msg) = err("{\"pod\":\"a\",\"prompt\":\"x\",\"timeoutSec\":5}");
+        assert_eq!(line, 1);
+        assert!(msg.contains("timeoutSec"), "{msg}");
+        assert!(err("{\"pod\":\"a\"}").1.contains("`issue`"));
+        assert!(err("{\"pod\":\"a\",\"issue\":\"u\",\"prompt\":\"p\"}")
+            .1
+            .contains("not both"));
+        assert!(err("[1]").1.contains("JSON object"));
+        assert!(
+            err("[\n{\"pod\":\"a\",\"prompt\":\"x\"},\n{\"pod\":1,\"prompt\":\"x\"}\n]").0 == 3
+        );
+        assert!(err("\n\n").1.contains("no jobs"));
+    }
+}
