@@ -6,13 +6,22 @@
 //! `cldpd ps` marks it and `cldpd stop --orphans` reaps exactly those.
 //! Containers owned by another host are never considered orphans (their
 //! owner cannot be checked from here).
+//!
+//! A dispatcher with `adopt_orphans` set takes over the orphans of a dead
+//! dispatcher that used the same state directory: it records itself as
+//! their adopter in `<state-dir>/owners/<session>.json` (container labels
+//! cannot change), counts them against its `max_concurrent` and stops them
+//! on shutdown; while the adopter lives they are not orphans.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use crate::runtime::labels;
 
 /// The owner of a run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     /// Dispatcher instance id (random, per dispatcher).
     pub id: String,
@@ -73,6 +82,38 @@ impl Owner {
     }
 }
 
+/// Where the adopter of `session` is recorded.
+pub fn adoption_path(state_dir: &Path, session: &str) -> PathBuf {
+    state_dir.join("owners").join(format!("{session}.json"))
+}
+
+impl Owner {
+    /// Record `self` as the adopter of `session`.
+    pub fn record_adoption(&self, state_dir: &Path, session: &str) -> std::io::Result<()> {
+        let path = adoption_path(state_dir, session);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_vec(self).expect("owner serialises"))
+    }
+
+    /// The recorded adopter of `session`, if any.
+    pub fn adopter(state_dir: &Path, session: &str) -> Option<Owner> {
+        let bytes = std::fs::read(adoption_path(state_dir, session)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Who is responsible for a container now: its living adopter (recorded
+    /// under `state_dir`), else the owner in its labels.
+    pub fn effective(labels: &BTreeMap<String, String>, state_dir: &Path) -> Option<Owner> {
+        let adopter = labels
+            .get(labels::SESSION)
+            .and_then(|s| Owner::adopter(state_dir, s))
+            .filter(Owner::is_alive);
+        adopter.or_else(|| Owner::from_labels(labels))
+    }
+}
+
 /// This machine's host name.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -102,6 +143,19 @@ mod tests {
         let back = Owner::from_labels(&labels).unwrap();
         assert_eq!(back, me);
         assert!(back.is_alive());
+    }
+
+    #[test]
+    fn a_living_adopter_takes_over_from_dead_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dead = Owner::current();
+        dead.pid = u32::MAX - 1;
+        let mut labels: BTreeMap<_, _> = dead.labels().into_iter().collect();
+        labels.insert(labels::SESSION.to_string(), "web-00000001".to_string());
+        assert!(!Owner::effective(&labels, dir.path()).unwrap().is_alive());
+        let me = Owner::current();
+        me.record_adoption(dir.path(), "web-00000001").unwrap();
+        assert_eq!(Owner::effective(&labels, dir.path()), Some(me));
     }
 
     #[test]

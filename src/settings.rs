@@ -45,6 +45,9 @@ pub struct Settings {
     /// Host environment lookup for `inheritEnv` (default: the process
     /// environment).
     pub env_lookup: EnvLookup,
+    /// Adopt the orphaned runs of a dead dispatcher that used the same state
+    /// directory (see [`crate::owner`]); default off.
+    pub adopt_orphans: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -58,6 +61,7 @@ impl std::fmt::Debug for Settings {
             .field("line_cap", &self.line_cap)
             .field("fanout", &self.fanout)
             .field("retention", &self.retention)
+            .field("adopt_orphans", &self.adopt_orphans)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +79,7 @@ impl Settings {
             fanout: FanoutLimits::default(),
             retention: Retention::default(),
             env_lookup: Arc::new(|name| std::env::var(name).ok()),
+            adopt_orphans: false,
         }
     }
 
@@ -143,6 +148,12 @@ impl Settings {
     /// Fan-out memory limits.
     pub fn fanout(mut self, limits: FanoutLimits) -> Self {
         self.fanout = limits;
+        self
+    }
+
+    /// Adopt orphaned runs of a dead dispatcher with the same state dir.
+    pub fn adopt_orphans(mut self, adopt: bool) -> Self {
+        self.adopt_orphans = adopt;
         self
     }
 

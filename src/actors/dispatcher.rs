@@ -35,6 +35,10 @@ use crate::pod::{self, Pod};
 use crate::runtime::{labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, RunSpec, Runtime};
 use crate::settings::Settings;
 
+/// How often the end of adopted runs is checked (they have no session
+/// actor to report it).
+const ADOPTED_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
 struct Entry {
     info: SessionInfo,
     admitted: bool,
@@ -50,6 +54,8 @@ pub struct DispatcherActor {
     sessions: HashMap<String, Entry>,
     queue: VecDeque<String>,
     running: usize,
+    /// Runs of a dead dispatcher taken over (session → container).
+    adopted: HashMap<String, String>,
     builds: Builds,
     shutting_down: bool,
 }
@@ -67,6 +73,7 @@ impl DispatcherActor {
             sessions: HashMap::new(),
             queue: VecDeque::new(),
             running: 0,
+            adopted: HashMap::new(),
             builds: Builds::default(),
             shutting_down: false,
         }
@@ -135,6 +142,10 @@ impl DispatcherActor {
         let mut labels_map = std::collections::BTreeMap::new();
         labels_map.insert(labels::POD.to_string(), pod.name.clone());
         labels_map.insert(labels::IMAGE.to_string(), image.clone());
+        labels_map.insert(
+            labels::STATE_DIR.to_string(),
+            self.settings.state_dir.display().to_string(),
+        );
         labels_map.insert(
             labels::AGENT.to_string(),
             serde_json::to_string(&pod.agent_command()).expect("strings serialise"),
@@ -247,10 +258,8 @@ impl DispatcherActor {
     }
 
     fn admit_or_queue(&mut self, id: &str) {
-        let full = self
-            .settings
-            .max_concurrent
-            .is_some_and(|max| self.running >= max);
+        let busy = self.running + self.adopted.len();
+        let full = self.settings.max_concurrent.is_some_and(|max| busy >= max);
         let Some(entry) = self.sessions.get_mut(id) else {
             return;
         };
@@ -270,7 +279,7 @@ impl DispatcherActor {
         while self
             .settings
             .max_concurrent
-            .is_none_or(|max| self.running < max)
+            .is_none_or(|max| self.running + self.adopted.len() < max)
         {
             let Some(id) = self.queue.pop_front() else {
                 break;
@@ -384,8 +393,8 @@ impl DispatcherActor {
         }
     }
 
-    fn run_info(c: &ContainerInfo) -> Option<RunInfo> {
-        let owner = Owner::from_labels(&c.labels);
+    fn run_info(c: &ContainerInfo, state_dir: &std::path::Path) -> Option<RunInfo> {
+        let owner = Owner::effective(&c.labels, state_dir);
         Some(RunInfo {
             session: c.label(labels::SESSION)?.to_string(),
             pod: c.label(labels::POD).unwrap_or_default().to_string(),
@@ -405,6 +414,66 @@ impl DispatcherActor {
     }
 }
 
+impl DispatcherActor {
+    /// Take over the orphans of a dead dispatcher that used our state dir.
+    fn adopt(&mut self, containers: Vec<ContainerInfo>) {
+        let ours = self.settings.state_dir.display().to_string();
+        for c in containers.iter().filter(|c| c.is_running()) {
+            let Some(session) = c.label(labels::SESSION) else {
+                continue;
+            };
+            if c.label(labels::STATE_DIR) != Some(ours.as_str())
+                || self.adopted.contains_key(session)
+            {
+                continue;
+            }
+            let Some(owner) = Owner::effective(&c.labels, &self.settings.state_dir) else {
+                continue;
+            };
+            if owner.is_alive() {
+                continue;
+            }
+            match self
+                .owner
+                .record_adoption(&self.settings.state_dir, session)
+            {
+                Ok(()) => {
+                    tracing::info!(session, container = %c.name, previous_owner = %owner.id, "adopted an orphaned run");
+                    self.adopted.insert(session.to_string(), c.name.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(session, error = %e, "could not record the adoption of an orphaned run")
+                }
+            }
+        }
+    }
+
+    /// Drop adopted runs that have ended; their slots go to the queue.
+    fn refresh_adopted(&mut self, ctx: &mut Context<Self>) {
+        if self.adopted.is_empty() {
+            return;
+        }
+        let list = guarded("the runtime's list", self.runtime.list());
+        ctx.spawn(
+            actix::fut::wrap_future(list).map(|listed, act: &mut Self, _| {
+                let Ok(Ok(containers)) = listed else { return };
+                let state_dir = act.settings.state_dir.clone();
+                act.adopted.retain(|session, container| {
+                    let live = containers
+                        .iter()
+                        .any(|c| &c.name == container && c.is_running());
+                    if !live {
+                        let _ =
+                            std::fs::remove_file(crate::owner::adoption_path(&state_dir, session));
+                    }
+                    live
+                });
+                act.admit_next();
+            }),
+        );
+    }
+}
+
 struct Match {
     session: String,
     container: Option<String>,
@@ -415,8 +484,21 @@ struct Match {
 impl Actor for DispatcherActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         self.workers = (0..self.settings.workers).map(|_| Arbiter::new()).collect();
+        if self.settings.adopt_orphans {
+            // Before any message: starts must see the adopted runs' slots.
+            let list = guarded("the runtime's list", self.runtime.list());
+            ctx.wait(
+                actix::fut::wrap_future(list).map(|listed, act: &mut Self, _| match listed {
+                    Ok(Ok(containers)) => act.adopt(containers),
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::warn!(error = %e, "cannot look for orphaned runs to adopt")
+                    }
+                }),
+            );
+            ctx.run_interval(ADOPTED_POLL, |act, ctx| act.refresh_adopted(ctx));
+        }
         let dir = self.settings.sessions_dir();
         let rule = self.settings.retention;
         // Pruning touches only finished runs' files; off the actor thread.
@@ -583,12 +665,13 @@ impl Handler<StopOrphans> for DispatcherActor {
 
     fn handle(&mut self, msg: StopOrphans, _ctx: &mut Context<Self>) -> Self::Result {
         let runtime = self.runtime.clone();
+        let state_dir = self.settings.state_dir.clone();
         let grace = msg.grace.unwrap_or(self.settings.policy.stop_grace);
         Box::pin(async move {
             let containers = guarded("the runtime's list", runtime.list()).await??;
             let orphans: Vec<RunInfo> = containers
                 .iter()
-                .filter_map(Self::run_info)
+                .filter_map(|c| Self::run_info(c, &state_dir))
                 .filter(|r| r.orphan)
                 .collect();
             let stops = orphans.iter().map(|r| {
@@ -638,9 +721,13 @@ impl Handler<ListRuns> for DispatcherActor {
 
     fn handle(&mut self, _: ListRuns, _ctx: &mut Context<Self>) -> Self::Result {
         let list = guarded("the runtime's list", self.runtime.list());
+        let state_dir = self.settings.state_dir.clone();
         Box::pin(async move {
             let containers = list.await??;
-            let mut runs: Vec<RunInfo> = containers.iter().filter_map(Self::run_info).collect();
+            let mut runs: Vec<RunInfo> = containers
+                .iter()
+                .filter_map(|c| Self::run_info(c, &state_dir))
+                .collect();
             runs.sort_by(|a, b| a.started.cmp(&b.started).then(a.session.cmp(&b.session)));
             Ok(runs)
         })
@@ -662,7 +749,18 @@ impl Handler<Shutdown> for DispatcherActor {
     fn handle(&mut self, msg: Shutdown, _ctx: &mut Context<Self>) -> Self::Result {
         self.shutting_down = true;
         let sessions: Vec<SessionInfo> = self.sessions.values().map(|e| e.info.clone()).collect();
+        let runtime = self.runtime.clone();
+        let grace = msg.grace.unwrap_or(self.settings.policy.stop_grace);
+        let adopted: Vec<String> = self.adopted.values().cloned().collect();
         Box::pin(async move {
+            let adopted = adopted.iter().map(|container| {
+                let stop = guarded("the runtime's stop", runtime.stop(container, grace));
+                async move {
+                    if let Ok(Err(e)) | Err(e) = stop.await {
+                        tracing::error!(container, error = %e, "could not stop an adopted run");
+                    }
+                }
+            });
             let stops = sessions.iter().map(|s| {
                 let mut state = s.state.clone();
                 let addr = s.addr.clone();
@@ -672,7 +770,7 @@ impl Handler<Shutdown> for DispatcherActor {
                     let _ = state.wait_for(SessionState::is_terminal).await;
                 }
             });
-            join_all(stops).await;
+            futures_util::future::join(join_all(stops), join_all(adopted)).await;
         })
     }
 }

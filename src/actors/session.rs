@@ -446,14 +446,16 @@ impl SessionActor {
         if let Err(e) = self.hub.borrow_mut().flush_log() {
             tracing::error!(session = %self.id, error = %e, "could not write the end of the session log");
         }
-        self.set_state(state);
         if let Some(runner) = self.runner.take() {
             runner.do_send(Release);
         }
+        // Tell the dispatcher before anyone waiting on the state can ask it
+        // anything: its mailbox is FIFO, so it will have forgotten this run.
         self.dispatcher.do_send(SessionEnded {
             id: self.id.to_string(),
             cleanup,
         });
+        self.set_state(state);
         ctx.stop();
     }
 
@@ -500,7 +502,6 @@ impl Drop for SessionActor {
                 let _ = hub.borrow_mut().flush_log();
             }
         }));
-        self.state.send_replace(SessionState::Failed(err));
         let cleanup = matches!(self.phase, Phase::Running)
             .then(|| self.container.clone())
             .flatten();
@@ -508,6 +509,7 @@ impl Drop for SessionActor {
             id: self.id.to_string(),
             cleanup,
         });
+        self.state.send_replace(SessionState::Failed(err));
     }
 }
 

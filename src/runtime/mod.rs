@@ -48,6 +48,9 @@ pub mod labels {
     pub const AGENT: &str = "cldpd.agent";
     /// Working directory of the agent inside the container, for resume.
     pub const WORKDIR: &str = "cldpd.workdir";
+    /// The state directory of the dispatcher that started it (adoption is
+    /// among dispatchers sharing one).
+    pub const STATE_DIR: &str = "cldpd.state";
     /// Restart attempt of this container within its session (0 = first).
     pub const ATTEMPT: &str = "cldpd.attempt";
     /// Start time (RFC 3339).

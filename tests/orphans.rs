@@ -1,0 +1,174 @@
+//! Owners and orphans over the FaultRuntime: `stop_orphans` reaps exactly
+//! the runs whose owner process is gone; a dispatcher with `adopt_orphans`
+//! takes over the orphans of its state directory (they count against
+//! `max_concurrent`, shutdown stops them, and they are no longer orphans).
+//! The same across real processes (one killed with SIGKILL) is in
+//! `tests/cli_orphans.rs`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cldpd::owner::Owner;
+use cldpd::runtime::{labels, FaultRuntime, RunScript, RunSpec, Runtime};
+use cldpd::{Dispatcher, SessionState, StartRequest};
+use futures_util::stream::BoxStream;
+use support::fault::*;
+
+/// Start a hanging fault container as if another dispatcher had.
+fn foreign_run(
+    rt: &FaultRuntime,
+    session: &str,
+    owner: &Owner,
+    state_dir: &str,
+) -> BoxStream<'static, cldpd::runtime::ProcessEvent> {
+    let mut l: BTreeMap<String, String> = owner.labels().into_iter().collect();
+    l.insert(labels::SESSION.into(), session.into());
+    l.insert(labels::POD.into(), "web".into());
+    l.insert(labels::STATE_DIR.into(), state_dir.into());
+    rt.script_next_run("web", RunScript::new().hang());
+    rt.run(RunSpec {
+        session: session.into(),
+        pod: "web".into(),
+        container: session.into(),
+        image: "cldpd-web".into(),
+        command: vec!["claude".into()],
+        env: vec![],
+        workdir: None,
+        mounts: vec![],
+        labels: l,
+        resources: Default::default(),
+        line_cap: 1024,
+    })
+}
+
+fn dead_owner() -> Owner {
+    let mut o = Owner::current();
+    o.pid = u32::MAX - 1;
+    o
+}
+
+fn live_other_owner() -> Owner {
+    Owner {
+        pid: std::os::unix::process::parent_id(),
+        start: None,
+        ..Owner::current()
+    }
+}
+
+#[actix::test]
+async fn stop_orphans_reaps_exactly_the_runs_of_dead_owners() {
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", RunScript::new().hang());
+    let d1 = Dispatcher::new(dirs.settings(), rt.clone());
+    let mine = d1.start(StartRequest::prompt("web", "go")).await.unwrap();
+    let mut st = mine.info().state.clone();
+    within(
+        10,
+        "running",
+        st.wait_for(|s| matches!(s, SessionState::Running { .. })),
+    )
+    .await
+    .unwrap();
+    drop(st);
+    let state = dirs.state().display().to_string();
+    let _orphan = foreign_run(&rt, "web-0000dead", &dead_owner(), &state);
+    let _alive = foreign_run(&rt, "web-0000a11e", &live_other_owner(), &state);
+
+    let d2 = Dispatcher::new(dirs.settings(), rt.clone());
+    let runs = d2.runs().await.unwrap();
+    let orphan_flags: BTreeMap<String, bool> =
+        runs.iter().map(|r| (r.session.clone(), r.orphan)).collect();
+    assert!(orphan_flags["web-0000dead"]);
+    assert!(!orphan_flags["web-0000a11e"]);
+    assert!(!orphan_flags[mine.id()]);
+
+    let reaped = within(
+        20,
+        "stop --orphans",
+        d2.stop_orphans(Some(Duration::from_millis(100))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        reaped
+            .iter()
+            .map(|r| r.session.as_str())
+            .collect::<Vec<_>>(),
+        ["web-0000dead"]
+    );
+    let running = rt.running();
+    assert!(!running.contains(&"web-0000dead".to_string()));
+    assert!(running.contains(&"web-0000a11e".to_string()));
+    assert!(running.contains(&mine.id().to_string()));
+    mine.stop(Some(Duration::ZERO)).await.unwrap();
+}
+
+#[actix::test]
+async fn a_restarted_dispatcher_adopts_the_orphans_of_its_state_dir() {
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    let state = dirs.state().display().to_string();
+    let _ours = foreign_run(&rt, "web-00000001", &dead_owner(), &state);
+    let _theirs = foreign_run(&rt, "web-00000002", &dead_owner(), "/some/other/state");
+
+    // The new dispatcher rebuilds its registry from the labels: the orphan
+    // of its state dir holds the only slot.
+    rt.script_pod("web", RunScript::new().stdout_lines(1).exit(0));
+    let d = Dispatcher::new(
+        dirs.settings().max_concurrent(1).adopt_orphans(true),
+        rt.clone(),
+    );
+    let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    assert!(matches!(
+        s.state(),
+        SessionState::Queued { position: 1 } | SessionState::Created
+    ));
+    let runs = d.runs().await.unwrap();
+    let orphan: BTreeMap<String, bool> =
+        runs.iter().map(|r| (r.session.clone(), r.orphan)).collect();
+    assert!(!orphan["web-00000001"], "adopted: its owner is alive again");
+    assert!(
+        orphan["web-00000002"],
+        "another state dir's orphan is left alone"
+    );
+
+    // Another dispatcher's stop --orphans does not touch the adopted run.
+    let other = Dispatcher::new(dirs.settings(), rt.clone());
+    let reaped = other.stop_orphans(Some(Duration::ZERO)).await.unwrap();
+    assert_eq!(
+        reaped
+            .iter()
+            .map(|r| r.session.as_str())
+            .collect::<Vec<_>>(),
+        ["web-00000002"]
+    );
+
+    // When the adopted run ends, its slot goes to the queue.
+    assert_eq!(rt.run_count("web"), 2);
+    let events = s.events();
+    let first: Vec<cldpd::Event> =
+        futures_util::StreamExt::collect(futures_util::StreamExt::take(events, 1)).await;
+    assert!(
+        matches!(first[0].kind, cldpd::EventKind::Queued { position: 1 }),
+        "{first:?}"
+    );
+    rt.remove("web-00000001").await.unwrap();
+    assert_eq!(within(20, "the queued run", s.wait()).await.unwrap(), 0);
+}
+
+#[actix::test]
+async fn shutdown_stops_adopted_runs_too() {
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    let state = dirs.state().display().to_string();
+    let _orphan = foreign_run(&rt, "web-000000aa", &dead_owner(), &state);
+    let d = Dispatcher::new(dirs.settings().adopt_orphans(true), rt.clone());
+    assert!(!d.runs().await.unwrap()[0].orphan);
+    within(20, "shutdown", d.shutdown(Some(Duration::from_millis(100))))
+        .await
+        .unwrap();
+    assert!(rt.running().is_empty(), "{:?}", rt.running());
+}
