@@ -1,0 +1,214 @@
+//! Benchmark "fanout" (issue 5, workload 1) over the fault runtime: S
+//! sessions started at once, each emitting L lines of 80 bytes, one counting
+//! subscriber actor per session. Reports wall time (first start → last
+//! terminal event received), lines/s delivered, lines lost, terminal events
+//! received, seq/order errors and peak RSS, per run and as medians.
+//!
+//! ```text
+//! cargo run --release --example bench_fanout -- --sessions 1000 --lines 1000 --runs 5
+//! cargo run --release --example bench_fanout -- --sessions 1 --lines 1000000 --runs 5
+//! ```
+//!
+//! Options: `--mailbox N` (subscriber mailbox capacity, default 4096),
+//! `--workers N` (session threads, default: cores), `--sub-threads N`
+//! (subscriber threads, default 1), `--dir D` (where the temporary pods and
+//! state directories go; default the system temp dir).
+
+#[path = "bench/common.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use cldpd::runtime::{FaultRuntime, RunScript};
+use cldpd::{Dispatcher, EventKind, OutputStream, Settings, StartRequest};
+use common::*;
+use futures_util::future::join_all;
+use tokio::sync::oneshot;
+
+struct Run {
+    wall: Duration,
+    start_calls: Duration,
+    lines: u64,
+    lost: i64,
+    terminals: u64,
+    exited_0: u64,
+    seq_errors: u64,
+    order_errors: u64,
+    peak_kib: u64,
+    base_kib: u64,
+}
+
+async fn one_run(
+    sessions: usize,
+    lines: usize,
+    mailbox: usize,
+    workers: usize,
+    sub_threads: &[Arbiter],
+    base: Option<&std::path::Path>,
+) -> Run {
+    let dirs = FaultDirs::new("bench", base);
+    let rt = FaultRuntime::new();
+    rt.record_specs(false);
+    rt.script_pod(
+        "bench",
+        RunScript::new()
+            .lines(OutputStream::Stdout, lines, 80, None)
+            .exit(0),
+    );
+    let settings = Settings::new(dirs.pods(), dirs.state()).workers(workers);
+    let d = Dispatcher::new(settings, rt);
+    // The subscribers, spread over their threads.
+    let mut subs = Vec::with_capacity(sessions);
+    let mut dones = Vec::with_capacity(sessions);
+    for i in 0..sessions {
+        let (tx, rx) = oneshot::channel();
+        let arb = &sub_threads[i % sub_threads.len()];
+        subs.push(Counter::start_in_arbiter(&arb.handle(), move |_| {
+            Counter::new(mailbox, tx)
+        }));
+        dones.push(rx);
+    }
+    // Settle (arbiter threads up, the dispatcher's workers started).
+    d.build_count().await.unwrap();
+    let base_kib = rss_kib();
+    reset_peak();
+    let t0 = Instant::now();
+    let starts = subs
+        .iter()
+        .map(|s| d.start(StartRequest::prompt("bench", "go").subscribe(s.clone().recipient())));
+    let started = join_all(starts).await;
+    let start_calls = t0.elapsed();
+    for s in &started {
+        if let Err(e) = s {
+            panic!("start failed: {e}");
+        }
+    }
+    let tallies = join_all(dones).await;
+    let wall = t0.elapsed();
+    let peak_kib = peak_kib();
+    let mut run = Run {
+        wall,
+        start_calls,
+        lines: 0,
+        lost: 0,
+        terminals: 0,
+        exited_0: 0,
+        seq_errors: 0,
+        order_errors: 0,
+        peak_kib,
+        base_kib,
+    };
+    for t in tallies {
+        let t = t.expect("subscriber reported");
+        run.lines += t.lines;
+        run.seq_errors += t.seq_errors;
+        run.order_errors += t.order_errors;
+        if let Some(ev) = &t.terminal {
+            run.terminals += 1;
+            if matches!(ev.kind, EventKind::ContainerExited { code: 0 }) {
+                run.exited_0 += 1;
+            }
+        }
+    }
+    run.lost = (sessions * lines) as i64 - run.lines as i64;
+    for s in started.into_iter().flatten() {
+        s.wait().await.unwrap();
+    }
+    d.shutdown(None).await.unwrap();
+    run
+}
+
+fn main() {
+    let args = Args::parse();
+    let sessions: usize = args.get("sessions", 1000);
+    let lines: usize = args.get("lines", 1000);
+    let runs: usize = args.get("runs", 5);
+    let mailbox: usize = args.get("mailbox", 4096);
+    let default_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers: usize = args.get("workers", default_workers);
+    let sub_threads: usize = args.get("sub-threads", 1);
+    let base: String = args.get("dir", String::new());
+    let base = (!base.is_empty()).then(|| std::path::PathBuf::from(&base));
+    let total = (sessions * lines) as f64;
+
+    if is_child() {
+        let r = actix::System::new().block_on(async move {
+            let arbiters: Vec<Arbiter> = (0..sub_threads).map(|_| Arbiter::new()).collect();
+            let r = one_run(
+                sessions,
+                lines,
+                mailbox,
+                workers,
+                &arbiters,
+                base.as_deref(),
+            )
+            .await;
+            for a in arbiters {
+                a.stop();
+            }
+            r
+        });
+        println!(
+            "run 1: wall {:.3} s, {:.0} lines/s, lost {}, terminal events {}/{} (exit 0: {}), seq errors {}, order errors {}, start calls {:.3} s, RSS before {:.1} MiB, peak RSS {:.1} MiB",
+            secs(r.wall),
+            total / secs(r.wall),
+            r.lost,
+            r.terminals,
+            sessions,
+            r.exited_0,
+            r.seq_errors,
+            r.order_errors,
+            secs(r.start_calls),
+            mib(r.base_kib),
+            mib(r.peak_kib),
+        );
+        emit_data(&[
+            ("wall", secs(r.wall)),
+            ("rate", total / secs(r.wall)),
+            ("lost", r.lost as f64),
+            ("terminals", r.terminals as f64),
+            ("errors", (r.seq_errors + r.order_errors) as f64),
+            ("peak_mib", mib(r.peak_kib)),
+        ]);
+        return;
+    }
+
+    println!("bench_fanout: {sessions} sessions x {lines} lines of 80 B, one counting subscriber each (mailbox {mailbox}), {workers} session threads, {sub_threads} subscriber thread(s), one process per run");
+    print_machine();
+    println!(
+        "state and pods directories under {}",
+        base.as_deref().unwrap_or(&std::env::temp_dir()).display()
+    );
+    let mut repro = vec![
+        ("sessions", sessions.to_string()),
+        ("lines", lines.to_string()),
+        ("runs", runs.to_string()),
+        ("mailbox", mailbox.to_string()),
+    ];
+    if let Some(b) = &base {
+        repro.push(("dir", b.display().to_string()));
+    }
+    print_command("bench_fanout", &repro);
+    let data = run_children(runs);
+    let lost: f64 = column(&data, "lost").iter().map(|x| x.abs()).sum();
+    let terminals: f64 = column(&data, "terminals").iter().sum();
+    let errors: f64 = column(&data, "errors").iter().sum();
+    println!(
+        "result: wall time {}",
+        spread(&column(&data, "wall"), "s", 3)
+    );
+    println!(
+        "result: delivered {}",
+        spread(&column(&data, "rate"), "lines/s", 0)
+    );
+    println!("result: lines lost {lost} (all runs)");
+    println!(
+        "result: terminal events received {terminals} of {} (all runs); seq/order errors {errors}",
+        sessions * runs
+    );
+    println!(
+        "result: peak RSS {}",
+        spread(&column(&data, "peak_mib"), "MiB", 1)
+    );
+}

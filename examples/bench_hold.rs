@@ -1,0 +1,233 @@
+//! Benchmark "hold" (issue 5, workload 3) over the fault runtime: N
+//! sessions live at once, each printed one line and then blocks until
+//! stopped. Reports starts per second (N `start` calls issued at once, until
+//! the last returned), the time until every session has printed its line,
+//! the resident memory per live session (RSS with N live minus RSS before,
+//! divided by N), and the time to stop them all (`stop` on every session at
+//! once, until the last resolved).
+//!
+//! ```text
+//! cargo run --release --example bench_hold -- --sessions 10000 --runs 3
+//! ```
+//!
+//! Options: `--sessions N`, `--runs N`, `--subscriber 1|0` (one shared
+//! counting subscriber actor for all sessions, default 1), `--workers N`,
+//! `--dir D` (where the temporary pods and state directories go).
+
+#[path = "bench/common.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use cldpd::runtime::{FaultRuntime, RunScript};
+use cldpd::{Dispatcher, Event, EventKind, OutputStream, Settings, StartRequest};
+use common::*;
+use futures_util::future::join_all;
+use tokio::sync::oneshot;
+
+/// Counts output lines of all sessions; reports when `want` have arrived.
+struct Shared {
+    lines: usize,
+    want: usize,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Actor for Shared {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1 << 16);
+    }
+}
+
+impl Handler<Event> for Shared {
+    type Result = ();
+    fn handle(&mut self, ev: Event, _: &mut Context<Self>) {
+        if matches!(ev.kind, EventKind::Output { .. }) {
+            self.lines += 1;
+            if self.lines == self.want {
+                if let Some(tx) = self.done.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+}
+
+struct Run {
+    starts: Duration,
+    all_printed: Duration,
+    live_kib: u64,
+    base_kib: u64,
+    stop_all: Duration,
+    exit_143: usize,
+}
+
+async fn one_run(
+    n: usize,
+    subscriber: bool,
+    workers: usize,
+    base: Option<&std::path::Path>,
+) -> Run {
+    let dirs = FaultDirs::new("bench", base);
+    let rt = FaultRuntime::new();
+    rt.record_specs(false);
+    rt.script_pod(
+        "bench",
+        RunScript::new()
+            .lines(OutputStream::Stdout, 1, 80, None)
+            .hang(),
+    );
+    let d = Dispatcher::new(
+        Settings::new(dirs.pods(), dirs.state()).workers(workers),
+        rt.clone(),
+    );
+    let (tx, printed) = oneshot::channel();
+    let shared = Shared {
+        lines: 0,
+        want: n,
+        done: Some(tx),
+    }
+    .start();
+    // Warm up: one session start to end, so that lazily allocated state
+    // (threads, pod caches, allocator arenas) is in the baseline.
+    let warm = d
+        .start(StartRequest::prompt("bench", "warm-up"))
+        .await
+        .unwrap();
+    warm.stop(Some(Duration::ZERO)).await.ok();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let base_kib = rss_kib();
+
+    let t0 = Instant::now();
+    let starts = (0..n).map(|_| {
+        let mut req = StartRequest::prompt("bench", "go");
+        if subscriber {
+            req = req.subscribe(shared.clone().recipient());
+        }
+        d.start(req)
+    });
+    let sessions: Vec<_> = join_all(starts)
+        .await
+        .into_iter()
+        .map(|r| r.expect("start"))
+        .collect();
+    let starts = t0.elapsed();
+    if subscriber {
+        printed.await.unwrap();
+    } else {
+        // Without a subscriber: poll the runtime until every container runs
+        // and each session has published its line (seq 4).
+        loop {
+            let mut all = true;
+            for s in &sessions {
+                match s.status().await {
+                    Some(st) if st.last_seq >= 4 => {}
+                    _ => {
+                        all = false;
+                        break;
+                    }
+                }
+            }
+            if all {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let all_printed = t0.elapsed();
+    // Let transient buffers of the start burst settle, then measure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let live_kib = rss_kib();
+
+    let t1 = Instant::now();
+    let outcomes = join_all(sessions.iter().map(|s| s.stop(None))).await;
+    let stop_all = t1.elapsed();
+    let exit_143 = outcomes.iter().filter(|o| matches!(o, Ok(143))).count();
+    d.shutdown(None).await.unwrap();
+    drop(sessions);
+    Run {
+        starts,
+        all_printed,
+        live_kib,
+        base_kib,
+        stop_all,
+        exit_143,
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let n: usize = args.get("sessions", 10_000);
+    let runs: usize = args.get("runs", 3);
+    let subscriber: u32 = args.get("subscriber", 1);
+    let default_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers: usize = args.get("workers", default_workers);
+    let base: String = args.get("dir", String::new());
+    let base = (!base.is_empty()).then(|| std::path::PathBuf::from(&base));
+
+    if is_child() {
+        let r = actix::System::new()
+            .block_on(async move { one_run(n, subscriber == 1, workers, base.as_deref()).await });
+        let per = (r.live_kib.saturating_sub(r.base_kib) * 1024) as f64 / n as f64;
+        println!(
+            "run 1: {n} starts in {:.3} s ({:.0} starts/s), all printed after {:.3} s, RSS {:.1} → {:.1} MiB = {:.0} B per live session, stop all {:.3} s ({} exited 143)",
+            secs(r.starts),
+            n as f64 / secs(r.starts),
+            secs(r.all_printed),
+            mib(r.base_kib),
+            mib(r.live_kib),
+            per,
+            secs(r.stop_all),
+            r.exit_143,
+        );
+        emit_data(&[
+            ("rate", n as f64 / secs(r.starts)),
+            ("printed", secs(r.all_printed)),
+            ("per_session", per),
+            ("stop_all", secs(r.stop_all)),
+            ("exit_143", r.exit_143 as f64),
+        ]);
+        return;
+    }
+
+    println!(
+        "bench_hold: {n} live sessions, each printed one line then hangs; {}; {workers} session threads; one process per run",
+        if subscriber == 1 {
+            "one counting subscriber actor shared by all"
+        } else {
+            "no subscriber"
+        }
+    );
+    print_machine();
+    println!(
+        "state and pods directories under {}",
+        base.as_deref().unwrap_or(&std::env::temp_dir()).display()
+    );
+    let mut repro = vec![
+        ("sessions", n.to_string()),
+        ("runs", runs.to_string()),
+        ("subscriber", subscriber.to_string()),
+    ];
+    if let Some(b) = &base {
+        repro.push(("dir", b.display().to_string()));
+    }
+    print_command("bench_hold", &repro);
+    let data = run_children(runs);
+    println!(
+        "result: starts/s {}",
+        spread(&column(&data, "rate"), "starts/s", 0)
+    );
+    println!(
+        "result: all {n} printed their line after {}",
+        spread(&column(&data, "printed"), "s", 3)
+    );
+    println!(
+        "result: RSS per live session {}",
+        spread(&column(&data, "per_session"), "B", 0)
+    );
+    println!(
+        "result: stop all {}",
+        spread(&column(&data, "stop_all"), "s", 3)
+    );
+}
