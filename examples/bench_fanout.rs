@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 
 struct Run {
     wall: Duration,
+    cpu: f64,
     start_calls: Duration,
     lines: u64,
     lost: i64,
@@ -56,6 +57,7 @@ async fn one_run(
             .lines(OutputStream::Stdout, lines, 80, None)
             .exit(0),
     );
+    FaultDirs::settle().await;
     let settings = Settings::new(dirs.pods(), dirs.state()).workers(workers);
     let d = Dispatcher::new(settings, rt);
     // The subscribers, spread over their threads.
@@ -73,6 +75,7 @@ async fn one_run(
     d.build_count().await.unwrap();
     let base_kib = rss_kib();
     reset_peak();
+    let cpu0 = cpu_secs();
     let t0 = Instant::now();
     let starts = subs
         .iter()
@@ -86,9 +89,11 @@ async fn one_run(
     }
     let tallies = join_all(dones).await;
     let wall = t0.elapsed();
+    let cpu = cpu_secs() - cpu0;
     let peak_kib = peak_kib();
     let mut run = Run {
         wall,
+        cpu,
         start_calls,
         lines: 0,
         lost: 0,
@@ -150,9 +155,11 @@ fn main() {
             r
         });
         println!(
-            "run 1: wall {:.3} s, {:.0} lines/s, lost {}, terminal events {}/{} (exit 0: {}), seq errors {}, order errors {}, start calls {:.3} s, RSS before {:.1} MiB, peak RSS {:.1} MiB",
+            "run 1: wall {:.3} s, {:.0} lines/s, CPU {:.2} s ({:.2} µs/line), lost {}, terminal events {}/{} (exit 0: {}), seq errors {}, order errors {}, start calls {:.3} s, RSS before {:.1} MiB, peak RSS {:.1} MiB",
             secs(r.wall),
             total / secs(r.wall),
+            r.cpu,
+            r.cpu * 1e6 / total,
             r.lost,
             r.terminals,
             sessions,
@@ -166,6 +173,7 @@ fn main() {
         emit_data(&[
             ("wall", secs(r.wall)),
             ("rate", total / secs(r.wall)),
+            ("cpu_us_per_line", r.cpu * 1e6 / total),
             ("lost", r.lost as f64),
             ("terminals", r.terminals as f64),
             ("errors", (r.seq_errors + r.order_errors) as f64),
@@ -201,6 +209,10 @@ fn main() {
     println!(
         "result: delivered {}",
         spread(&column(&data, "rate"), "lines/s", 0)
+    );
+    println!(
+        "result: CPU time per line (all threads) {}",
+        spread(&column(&data, "cpu_us_per_line"), "µs", 3)
     );
     println!("result: lines lost {lost} (all runs)");
     println!(

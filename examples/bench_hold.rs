@@ -56,6 +56,10 @@ impl Handler<Event> for Shared {
 
 struct Run {
     starts: Duration,
+    /// CPU of the dispatcher's thread during the start calls, and of the
+    /// whole process until every session printed.
+    dispatcher_cpu: f64,
+    cpu: f64,
     all_printed: Duration,
     live_kib: u64,
     base_kib: u64,
@@ -83,12 +87,15 @@ async fn one_run(
         rt.clone(),
     );
     let (tx, printed) = oneshot::channel();
-    let shared = Shared {
+    // On its own thread, so the dispatcher's thread (this one) measures
+    // the dispatcher alone.
+    let sub_thread = Arbiter::new();
+    let shared = Shared::start_in_arbiter(&sub_thread.handle(), move |_| Shared {
         lines: 0,
         want: n,
         done: Some(tx),
-    }
-    .start();
+    });
+    FaultDirs::settle().await;
     // Warm up: one session start to end, so that lazily allocated state
     // (threads, pod caches, allocator arenas) is in the baseline.
     let warm = d
@@ -99,6 +106,8 @@ async fn one_run(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let base_kib = rss_kib();
 
+    let cpu0 = cpu_secs();
+    let main0 = main_thread_cpu_secs();
     let t0 = Instant::now();
     let starts = (0..n).map(|_| {
         let mut req = StartRequest::prompt("bench", "go");
@@ -113,6 +122,7 @@ async fn one_run(
         .map(|r| r.expect("start"))
         .collect();
     let starts = t0.elapsed();
+    let dispatcher_cpu = main_thread_cpu_secs() - main0;
     if subscriber {
         printed.await.unwrap();
     } else {
@@ -136,6 +146,7 @@ async fn one_run(
         }
     }
     let all_printed = t0.elapsed();
+    let cpu = cpu_secs() - cpu0;
     // Let transient buffers of the start burst settle, then measure.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let live_kib = rss_kib();
@@ -146,8 +157,11 @@ async fn one_run(
     let exit_143 = outcomes.iter().filter(|o| matches!(o, Ok(143))).count();
     d.shutdown(None).await.unwrap();
     drop(sessions);
+    sub_thread.stop();
     Run {
         starts,
+        dispatcher_cpu,
+        cpu,
         all_printed,
         live_kib,
         base_kib,
@@ -171,10 +185,12 @@ fn main() {
             .block_on(async move { one_run(n, subscriber == 1, workers, base.as_deref()).await });
         let per = (r.live_kib.saturating_sub(r.base_kib) * 1024) as f64 / n as f64;
         println!(
-            "run 1: {n} starts in {:.3} s ({:.0} starts/s), all printed after {:.3} s, RSS {:.1} → {:.1} MiB = {:.0} B per live session, stop all {:.3} s ({} exited 143)",
+            "run 1: {n} starts in {:.3} s ({:.0} starts/s; dispatcher thread CPU {:.1} µs/start), all printed after {:.3} s (process CPU {:.1} µs/session), RSS {:.1} → {:.1} MiB = {:.0} B per live session, stop all {:.3} s ({} exited 143)",
             secs(r.starts),
             n as f64 / secs(r.starts),
+            r.dispatcher_cpu * 1e6 / n as f64,
             secs(r.all_printed),
+            r.cpu * 1e6 / n as f64,
             mib(r.base_kib),
             mib(r.live_kib),
             per,
@@ -183,6 +199,8 @@ fn main() {
         );
         emit_data(&[
             ("rate", n as f64 / secs(r.starts)),
+            ("dispatcher_us", r.dispatcher_cpu * 1e6 / n as f64),
+            ("cpu_us", r.cpu * 1e6 / n as f64),
             ("printed", secs(r.all_printed)),
             ("per_session", per),
             ("stop_all", secs(r.stop_all)),
@@ -217,6 +235,14 @@ fn main() {
     println!(
         "result: starts/s {}",
         spread(&column(&data, "rate"), "starts/s", 0)
+    );
+    println!(
+        "result: dispatcher thread CPU per start {}",
+        spread(&column(&data, "dispatcher_us"), "µs", 1)
+    );
+    println!(
+        "result: process CPU per session (start to printed) {}",
+        spread(&column(&data, "cpu_us"), "µs", 1)
     );
     println!(
         "result: all {n} printed their line after {}",

@@ -307,6 +307,251 @@ pub(crate) fn now_micros() -> SystemTime {
     }
 }
 
+/// The serde form of events for the session log, written without serde for
+/// the hot kinds: exactly the bytes `serde_json::to_writer(out, event)`
+/// writes (a test holds them equal).
+///
+/// Output lines are most of a session's events. Through serde each one
+/// escaped every string byte by byte and formatted its timestamp from
+/// scratch; here a string that needs no escaping (the common case, checked
+/// eight bytes at a time) is copied as is, and the date part of the
+/// timestamp is formatted once per second per thread.
+pub(crate) mod fast_json {
+    use std::cell::RefCell;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::{EventData, EventKind, OutputStream};
+
+    /// Append `ev` as one JSON object (no newline).
+    pub(crate) fn write(ev: &EventData, out: &mut Vec<u8>) {
+        let (line, stream, partial) = match &ev.kind {
+            EventKind::Output {
+                stream,
+                line,
+                partial,
+            } => (line, Some(*stream), *partial),
+            EventKind::BuildOutput { line } => (line, None, false),
+            _ => {
+                // Rare kinds: through serde (cannot fail into a Vec).
+                let _ = serde_json::to_writer(out, ev);
+                return;
+            }
+        };
+        out.extend_from_slice(b"{\"type\":\"");
+        out.extend_from_slice(ev.kind.name().as_bytes());
+        out.extend_from_slice(b"\",\"session\":");
+        string(out, &ev.session);
+        out.extend_from_slice(b",\"seq\":");
+        uint(out, ev.seq);
+        out.extend_from_slice(b",\"time\":\"");
+        time(out, ev.time);
+        out.push(b'"');
+        if let Some(stream) = stream {
+            out.extend_from_slice(match stream {
+                OutputStream::Stdout => b",\"stream\":\"stdout\"",
+                OutputStream::Stderr => b",\"stream\":\"stderr\"",
+            });
+        }
+        out.extend_from_slice(b",\"line\":");
+        string(out, line);
+        if partial {
+            out.extend_from_slice(b",\"partial\":true");
+        }
+        out.push(b'}');
+    }
+
+    /// A JSON string, escaped as serde_json escapes it.
+    fn string(out: &mut Vec<u8>, s: &str) {
+        if needs_escape(s.as_bytes()) {
+            let _ = serde_json::to_writer(out, s);
+        } else {
+            out.reserve(s.len() + 2);
+            out.push(b'"');
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
+        }
+    }
+
+    /// True when `b` holds a byte serde_json escapes: a control character
+    /// (< 0x20), `"` or `\`.
+    fn needs_escape(b: &[u8]) -> bool {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        // Exact per-word tests (no false positives as a whole): "some byte
+        // is below n" for n <= 128 is (x - n*ONES) & !x & HIGH != 0.
+        #[inline]
+        fn below(x: u64, n: u64) -> u64 {
+            x.wrapping_sub(n * ONES) & !x & HIGH
+        }
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            let x = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            if below(x, 0x20) | below(x ^ (0x22 * ONES), 1) | below(x ^ (0x5c * ONES), 1) != 0 {
+                return true;
+            }
+        }
+        chunks
+            .remainder()
+            .iter()
+            .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
+    }
+
+    fn uint(out: &mut Vec<u8>, mut n: u64) {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&buf[i..]);
+    }
+
+    /// Seconds since the epoch and `YYYY-MM-DDTHH:MM:SS.` for them.
+    struct DateCache {
+        secs: u64,
+        prefix: [u8; 20],
+    }
+
+    thread_local! {
+        static DATE: RefCell<Option<DateCache>> = const { RefCell::new(None) };
+    }
+
+    /// `humantime::format_rfc3339_micros(t)`, the date part cached.
+    fn time(out: &mut Vec<u8>, t: SystemTime) {
+        let Ok(since) = t.duration_since(UNIX_EPOCH) else {
+            return slow_time(out, t);
+        };
+        let secs = since.as_secs();
+        let micros = since.subsec_micros();
+        let cached = DATE.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.as_ref().is_none_or(|c| c.secs != secs) {
+                let whole = UNIX_EPOCH + Duration::from_secs(secs);
+                let text = humantime::format_rfc3339_micros(whole).to_string();
+                let bytes = text.as_bytes();
+                // Four-digit years only (`YYYY-MM-DDTHH:MM:SS.uuuuuuZ`).
+                if bytes.len() != 27 || bytes[19] != b'.' {
+                    return false;
+                }
+                let mut prefix = [0u8; 20];
+                prefix.copy_from_slice(&bytes[..20]);
+                *d = Some(DateCache { secs, prefix });
+            }
+            out.extend_from_slice(&d.as_ref().expect("cached").prefix);
+            true
+        });
+        if !cached {
+            return slow_time(out, t);
+        }
+        let mut digits = [b'0'; 6];
+        let mut m = micros;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (m % 10) as u8;
+            m /= 10;
+        }
+        out.extend_from_slice(&digits);
+        out.push(b'Z');
+    }
+
+    fn slow_time(out: &mut Vec<u8>, t: SystemTime) {
+        use std::io::Write;
+        let _ = write!(out, "{}", humantime::format_rfc3339_micros(t));
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::event::{Event, EventKind, OutputStream};
+
+        fn same_as_serde(ev: &Event) {
+            let mut fast = Vec::new();
+            write(ev, &mut fast);
+            let serde = serde_json::to_vec(ev).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&fast),
+                String::from_utf8_lossy(&serde)
+            );
+        }
+
+        #[test]
+        fn writes_exactly_the_serde_form() {
+            let lines = [
+                String::new(),
+                "out 1".to_string(),
+                "x".repeat(80),
+                "quote \" and backslash \\ in the middle of a longer line".into(),
+                "tab\tnewline\ncr\r\u{1}\u{1f}\u{7f} del and controls".into(),
+                "unicode é ü 日本 \u{2028} \u{fffd} emoji 🎉".into(),
+                "1234567\"".into(),
+                "\\".into(),
+                "a\u{0}b".into(),
+            ];
+            let times = [
+                UNIX_EPOCH,
+                UNIX_EPOCH + Duration::from_micros(1),
+                UNIX_EPOCH + Duration::from_micros(1_781_234_567_890_123),
+                UNIX_EPOCH + Duration::from_secs(253_402_300_799),
+                crate::event::now_micros(),
+            ];
+            let mut seq = 0;
+            for line in &lines {
+                for &time in &times {
+                    for session in ["web-0a1b2c3d", "we\"ird-1"] {
+                        seq += 7919;
+                        for kind in [
+                            EventKind::Output {
+                                stream: OutputStream::Stdout,
+                                line: line.clone(),
+                                partial: false,
+                            },
+                            EventKind::Output {
+                                stream: OutputStream::Stderr,
+                                line: line.clone(),
+                                partial: true,
+                            },
+                            EventKind::BuildOutput { line: line.clone() },
+                            EventKind::ContainerExited { code: -3 },
+                            EventKind::Error {
+                                code: "x".into(),
+                                message: line.clone(),
+                            },
+                        ] {
+                            same_as_serde(&Event::from_data(EventData {
+                                session: session.into(),
+                                seq,
+                                time,
+                                kind,
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn escape_check_finds_every_special_byte_anywhere() {
+            for special in (0u8..0x20).chain([b'"', b'\\']) {
+                for len in 1..20 {
+                    for at in 0..len {
+                        let mut b = vec![b'a'; len];
+                        b[at] = special;
+                        assert!(needs_escape(&b), "{special:#x} at {at} of {len}");
+                    }
+                }
+            }
+            for c in 0x20u8..=0xff {
+                if c != b'"' && c != b'\\' {
+                    assert!(!needs_escape(&[c; 17]), "{c:#x}");
+                }
+            }
+        }
+    }
+}
+
 /// RFC 3339 (UTC, microsecond) timestamps for serde.
 pub(crate) mod rfc3339 {
     use std::time::SystemTime;

@@ -43,6 +43,16 @@ const INDEX_STRIDE: u64 = 1024;
 /// holds almost nothing.
 const KEEP_BUFFER: usize = 16 * 1024;
 
+/// Largest buffer kept as a thread's spare.
+const MAX_SPARE: usize = 4 * 1024 * 1024;
+
+thread_local! {
+    /// One released large buffer per thread, for the next large batch of
+    /// any session on this thread: busy sessions do not allocate (and
+    /// grow, copy, free) a buffer per batch, idle ones hold none.
+    static SPARE: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// The log file of `session` under `sessions_dir`.
 pub fn path_for(sessions_dir: &Path, session: &str) -> PathBuf {
     sessions_dir.join(format!("{session}.ndjson"))
@@ -94,10 +104,27 @@ impl LogWriter {
         if (event.seq - 1) % INDEX_STRIDE == 0 {
             self.index.push(self.flushed + self.buf.len() as u64);
         }
-        // Serialising our own types into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.buf, event);
+        crate::event::fast_json::write(event, &mut self.buf);
         self.buf.push(b'\n');
         self.last_seq = event.seq;
+    }
+
+    /// Make room for about `bytes` more before a batch of appends. A large
+    /// batch reuses this thread's spare buffer (left by an earlier flush)
+    /// instead of growing a fresh one step by step.
+    pub(crate) fn reserve(&mut self, bytes: usize) {
+        if self.buf.capacity() - self.buf.len() >= bytes {
+            return;
+        }
+        if self.buf.is_empty() && bytes > KEEP_BUFFER {
+            if let Some(spare) = SPARE.with(|s| s.borrow_mut().take()) {
+                if spare.capacity() >= bytes {
+                    self.buf = spare;
+                    return;
+                }
+            }
+        }
+        self.buf.reserve(bytes);
     }
 
     /// Write what is buffered. On failure the buffer is kept (nothing is
@@ -118,7 +145,16 @@ impl LogWriter {
                 self.flushed += self.buf.len() as u64;
                 self.flushed_seq = self.last_seq;
                 if self.buf.capacity() > KEEP_BUFFER {
-                    self.buf = Vec::new();
+                    let mut big = std::mem::take(&mut self.buf);
+                    if big.capacity() <= MAX_SPARE {
+                        big.clear();
+                        SPARE.with(|s| {
+                            let mut s = s.borrow_mut();
+                            if s.as_ref().is_none_or(|k| k.capacity() < big.capacity()) {
+                                *s = Some(big);
+                            }
+                        });
+                    }
                 } else {
                     self.buf.clear();
                 }

@@ -154,6 +154,31 @@ impl TreeSampler {
     }
 }
 
+/// CPU time (user + system) used by this process so far, all threads, in
+/// seconds (from `/proc/self/stat`; clock-tick resolution).
+pub fn cpu_secs() -> f64 {
+    stat_cpu_secs("/proc/self/stat")
+}
+
+/// CPU time of this process's main thread (where the actix system, and so
+/// the dispatcher actor, runs), in seconds.
+pub fn main_thread_cpu_secs() -> f64 {
+    stat_cpu_secs(&format!("/proc/self/task/{}/stat", std::process::id()))
+}
+
+fn stat_cpu_secs(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14, stime 15 (1-based).
+    let ticks = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(14) + ticks(15)) / 100.0
+}
+
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -251,6 +276,21 @@ impl Counter {
     }
 }
 
+/// `n` of a fault-runtime line `out <n>....`.
+fn line_number(line: &str) -> Option<u64> {
+    let digits = line.as_bytes().strip_prefix(b"out ")?;
+    let mut n: u64 = 0;
+    let mut any = false;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        n = n * 10 + u64::from(b - b'0');
+        any = true;
+    }
+    any.then_some(n)
+}
+
 impl Actor for Counter {
     type Context = Context<Self>;
 
@@ -276,11 +316,7 @@ impl Handler<Event> for Counter {
             }
             if self.check_numbers {
                 // Fault lines are `out <n>` padded with dots to the width.
-                let n = line
-                    .strip_prefix("out ")
-                    .map(|r| r.trim_end_matches('.'))
-                    .and_then(|r| r.parse::<u64>().ok());
-                if n != Some(self.next_line) {
+                if line_number(line) != Some(self.next_line) {
                     t.order_errors += 1;
                 }
                 self.next_line += 1;
@@ -326,6 +362,13 @@ impl FaultDirs {
 
     pub fn pods(&self) -> PathBuf {
         self.root.path().join("pods")
+    }
+
+    /// Wait until the pod's files are older than the dispatcher's pod-cache
+    /// settle time (2 s): real pods are written long before a burst of
+    /// starts, and a pod edited less than 2 s ago is re-read on every start.
+    pub async fn settle() {
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     }
 
     pub fn state(&self) -> PathBuf {

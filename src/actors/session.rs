@@ -27,7 +27,7 @@ use crate::actors::fanout::{self, SharedHub};
 use crate::actors::runner::{Job, RunnerActor};
 use crate::actors::supervisor::{guarded, Decision, Ending, Policy, RestartTracker};
 use crate::error::{Error, TimeoutKind};
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventData, EventKind};
 use crate::messages::dispatcher::{ForgetImage, RequestBuild, SessionEnded};
 use crate::messages::runner::{Release, Signal};
 use crate::messages::session::*;
@@ -143,6 +143,23 @@ impl SessionActor {
     fn emit(&mut self, kind: EventKind) {
         self.seq += 1;
         fanout::publish(&self.hub, Event::new(self.id.clone(), self.seq, kind));
+    }
+
+    /// Emit a batch of events observed together (one read of the
+    /// container's output): one timestamp, one pass through the fan-out.
+    fn emit_all(&mut self, kinds: impl ExactSizeIterator<Item = EventKind>) {
+        let time = crate::event::now_micros();
+        let mut events = Vec::with_capacity(kinds.len());
+        for kind in kinds {
+            self.seq += 1;
+            events.push(Event::from_data(EventData {
+                session: self.id.clone(),
+                seq: self.seq,
+                time,
+                kind,
+            }));
+        }
+        fanout::publish_all(&self.hub, events);
     }
 
     /// Write the events of this handler to the log; a log that cannot be
@@ -617,9 +634,11 @@ impl Handler<BuildNotice> for SessionActor {
         }
         match msg {
             BuildNotice::Lines(lines) => {
-                for line in lines {
-                    self.emit(EventKind::BuildOutput { line });
-                }
+                self.emit_all(
+                    lines
+                        .into_iter()
+                        .map(|line| EventKind::BuildOutput { line }),
+                );
             }
             BuildNotice::Done(Ok(cached)) => {
                 self.emit(EventKind::BuildComplete {
@@ -653,13 +672,11 @@ impl Handler<RunnerReport> for SessionActor {
             }
             RunnerEvent::Process(ProcessEvent::Output(lines)) => {
                 self.last_output = Instant::now();
-                for l in lines {
-                    self.emit(EventKind::Output {
-                        stream: l.stream,
-                        line: l.text,
-                        partial: l.partial,
-                    });
-                }
+                self.emit_all(lines.into_iter().map(|l| EventKind::Output {
+                    stream: l.stream,
+                    line: l.text,
+                    partial: l.partial,
+                }));
             }
             RunnerEvent::Process(ProcessEvent::Exited { code }) => {
                 self.container_ended(Ending::Exited(code), ctx);

@@ -49,7 +49,7 @@ impl LineDecoder {
     /// Feed bytes; complete lines are appended to `out`.
     pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<OutputLine>) {
         while !bytes.is_empty() {
-            match memchr(b'\n', bytes) {
+            match memchr::memchr(b'\n', bytes) {
                 Some(i) => {
                     let (line, rest) = (&bytes[..i], &bytes[i + 1..]);
                     if self.pending.is_empty() {
@@ -143,11 +143,6 @@ fn char_boundary(bytes: &[u8], cap: usize) -> usize {
     } else {
         cut
     }
-}
-
-#[inline]
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]
