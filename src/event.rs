@@ -318,9 +318,10 @@ pub(crate) fn now_micros() -> SystemTime {
 /// timestamp is formatted once per second per thread.
 pub(crate) mod fast_json {
     use std::cell::RefCell;
+    use std::sync::Arc;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use super::{EventData, EventKind, OutputStream};
+    use super::{Event, EventData, EventKind, OutputStream};
 
     /// Append `ev` as one JSON object (no newline).
     pub(crate) fn write(ev: &EventData, out: &mut Vec<u8>) {
@@ -462,6 +463,158 @@ pub(crate) mod fast_json {
         let _ = write!(out, "{}", humantime::format_rfc3339_micros(t));
     }
 
+    /// Parse a log line written by [`write`] for an `output` or
+    /// `build_output` event (the bulk of a log), as serde would, much
+    /// faster: `None` for anything else or anything unusual (escapes,
+    /// another field order, `partial: false`), which the caller then
+    /// parses with serde. `session` is reused when the line names it.
+    pub(crate) fn read(line: &str, session: &mut Option<Arc<str>>) -> Option<Event> {
+        let mut p = Parser(line.strip_suffix('\n')?.as_bytes());
+        let output = if p.eat(b"{\"type\":\"output\",\"session\":") {
+            true
+        } else if p.eat(b"{\"type\":\"build_output\",\"session\":") {
+            false
+        } else {
+            return None;
+        };
+        let name = p.plain_string()?;
+        let session = match session {
+            Some(s) if s.as_bytes() == name => s.clone(),
+            _ => {
+                let s: Arc<str> = Arc::from(std::str::from_utf8(name).ok()?);
+                *session = Some(s.clone());
+                s
+            }
+        };
+        if !p.eat(b",\"seq\":") {
+            return None;
+        }
+        let seq = p.uint()?;
+        if !p.eat(b",\"time\":\"") {
+            return None;
+        }
+        let time = p.time()?;
+        let stream = if !output {
+            None
+        } else if p.eat(b"\",\"stream\":\"stdout\"") {
+            Some(OutputStream::Stdout)
+        } else if p.eat(b"\",\"stream\":\"stderr\"") {
+            Some(OutputStream::Stderr)
+        } else {
+            return None;
+        };
+        let ok = if output {
+            p.eat(b",\"line\":")
+        } else {
+            p.eat(b"\",\"line\":")
+        };
+        if !ok {
+            return None;
+        }
+        let text = std::str::from_utf8(p.plain_string()?).ok()?.to_owned();
+        let partial = p.eat(b",\"partial\":true");
+        if p.0 != b"}" {
+            return None;
+        }
+        let kind = match stream {
+            Some(stream) => EventKind::Output {
+                stream,
+                line: text,
+                partial,
+            },
+            None if !partial => EventKind::BuildOutput { line: text },
+            None => return None,
+        };
+        Some(Event::from_data(EventData {
+            session,
+            seq,
+            time,
+            kind,
+        }))
+    }
+
+    struct Parser<'a>(&'a [u8]);
+
+    impl<'a> Parser<'a> {
+        fn eat(&mut self, lit: &[u8]) -> bool {
+            match self.0.strip_prefix(lit) {
+                Some(rest) => {
+                    self.0 = rest;
+                    true
+                }
+                None => false,
+            }
+        }
+
+        /// A string without escapes or control characters (else `None`).
+        fn plain_string(&mut self) -> Option<&'a [u8]> {
+            let rest = self.0.strip_prefix(b"\"")?;
+            let end = memchr::memchr(b'"', rest)?;
+            let body = &rest[..end];
+            if needs_escape(body) {
+                return None;
+            }
+            self.0 = &rest[end + 1..];
+            Some(body)
+        }
+
+        /// Decimal digits, as serde reads a `u64` (no sign, no leading
+        /// zero unless alone, no overflow).
+        fn uint(&mut self) -> Option<u64> {
+            let len = self.0.iter().take_while(|b| b.is_ascii_digit()).count();
+            let digits = &self.0[..len];
+            if len == 0 || len > 19 || (len > 1 && digits[0] == b'0') {
+                return None;
+            }
+            let n = digits
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            self.0 = &self.0[len..];
+            Some(n)
+        }
+
+        /// `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` (as [`time`] writes it), the date
+        /// part parsed once per second per thread.
+        fn time(&mut self) -> Option<SystemTime> {
+            let t = self.0.get(..27)?;
+            if t[19] != b'.' || t[26] != b'Z' || !t[20..26].iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let prefix: [u8; 20] = t[..20].try_into().ok()?;
+            let secs = PARSED.with(|c| {
+                let mut c = c.borrow_mut();
+                if let Some((p, secs)) = *c {
+                    if p == prefix {
+                        return Some(secs);
+                    }
+                }
+                // Check it the way serde's path does, for the whole second.
+                let mut whole = String::from(std::str::from_utf8(&prefix).ok()?);
+                whole.push_str("000000Z");
+                let at = humantime::parse_rfc3339_weak(&whole).ok()?;
+                let secs = at.duration_since(UNIX_EPOCH).ok()?.as_secs();
+                // Only a canonical date is cached (it formats back the same).
+                let mut back = Vec::with_capacity(27);
+                super::fast_json::time(&mut back, at);
+                if back[..20] != prefix {
+                    return None;
+                }
+                *c = Some((prefix, secs));
+                Some(secs)
+            })?;
+            let micros = t[20..26]
+                .iter()
+                .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+            self.0 = &self.0[27..];
+            Some(UNIX_EPOCH + Duration::new(secs, micros * 1000))
+        }
+    }
+
+    thread_local! {
+        /// The last date prefix parsed and its seconds since the epoch.
+        static PARSED: RefCell<Option<([u8; 20], u64)>> = const { RefCell::new(None) };
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
@@ -474,6 +627,52 @@ pub(crate) mod fast_json {
             assert_eq!(
                 String::from_utf8_lossy(&fast),
                 String::from_utf8_lossy(&serde)
+            );
+            // Read back: the fast reader agrees with serde or declines.
+            let mut line = String::from_utf8(fast).unwrap();
+            line.push('\n');
+            let mut session = None;
+            let by_serde: Event = serde_json::from_str(&line).unwrap();
+            assert_eq!(&by_serde, ev);
+            if let Some(fast) = read(&line, &mut session) {
+                assert_eq!(&fast, ev, "{line}");
+            } else {
+                let plain = |s: &str| !needs_escape(s.as_bytes());
+                let common = ev.time.duration_since(UNIX_EPOCH).is_ok()
+                    && plain(&ev.session)
+                    && ev.line().is_some_and(plain);
+                let kind_ok = matches!(
+                    ev.kind,
+                    EventKind::Output { .. } | EventKind::BuildOutput { .. }
+                );
+                assert!(
+                    !(common
+                        && kind_ok
+                        && ev.time < UNIX_EPOCH + Duration::from_secs(253_402_300_800)),
+                    "the fast reader declined a plain line: {line}"
+                );
+            }
+        }
+
+        #[test]
+        fn the_reader_declines_what_it_does_not_know() {
+            let mut s = None;
+            for line in [
+                "{\"type\":\"output\",\"session\":\"a-1\",\"seq\":1,\"time\":\"2026-01-01T00:00:00.000000Z\",\"stream\":\"stdout\",\"line\":\"x\",\"partial\":false}\n",
+                "{\"type\":\"output\",\"session\":\"a-1\",\"seq\":01,\"time\":\"2026-01-01T00:00:00.000000Z\",\"stream\":\"stdout\",\"line\":\"x\"}\n",
+                "{\"type\":\"output\",\"session\":\"a-1\",\"seq\":1,\"time\":\"2026-01-01T00:00:00Z\",\"stream\":\"stdout\",\"line\":\"x\"}\n",
+                "{\"type\":\"output\",\"session\":\"a-1\",\"seq\":1,\"time\":\"2026-02-30T00:00:00.000000Z\",\"stream\":\"stdout\",\"line\":\"x\"}\n",
+                "{\"type\":\"output\",\"session\":\"a-1\",\"seq\":1,\"time\":\"2026-01-01T00:00:00.000000Z\",\"stream\":\"stdout\",\"line\":\"x\"} \n",
+                "{\"type\":\"output\",\"session\":\"a-1\",\"seq\":1,\"time\":\"2026-01-01T00:00:00.000000Z\",\"stream\":\"stdout\",\"line\":\"x\"}",
+                "{\"type\":\"build_output\",\"session\":\"a-1\",\"seq\":1,\"time\":\"2026-01-01T00:00:00.000000Z\",\"line\":\"x\",\"partial\":true}\n",
+                "{\"seq\":1,\"type\":\"output\",\"session\":\"a-1\",\"time\":\"2026-01-01T00:00:00.000000Z\",\"stream\":\"stdout\",\"line\":\"x\"}\n",
+            ] {
+                assert!(read(line, &mut s).is_none(), "{line}");
+            }
+            let ok = "{\"type\":\"output\",\"session\":\"a-1\",\"seq\":1,\"time\":\"2026-01-01T00:00:00.000000Z\",\"stream\":\"stdout\",\"line\":\"x\"}\n";
+            assert_eq!(
+                read(ok, &mut s).unwrap(),
+                serde_json::from_str::<Event>(ok).unwrap()
             );
         }
 

@@ -209,6 +209,8 @@ pub struct LogReader {
     reader: BufReader<File>,
     offset: u64,
     line: String,
+    /// The session id of the last line, shared by the events read.
+    session: Option<std::sync::Arc<str>>,
 }
 
 impl LogReader {
@@ -237,6 +239,7 @@ impl LogReader {
             reader,
             offset,
             line: String::new(),
+            session: None,
         })
     }
 
@@ -263,10 +266,13 @@ impl LogReader {
                 })?;
             return Ok(None);
         }
-        let event: Event = serde_json::from_str(&self.line).map_err(|e| Error::Log {
-            path: self.path.clone(),
-            message: format!("corrupt line at byte {}: {e}", self.offset),
-        })?;
+        let event = match crate::event::fast_json::read(&self.line, &mut self.session) {
+            Some(event) => event,
+            None => serde_json::from_str(&self.line).map_err(|e| Error::Log {
+                path: self.path.clone(),
+                message: format!("corrupt line at byte {}: {e}", self.offset),
+            })?,
+        };
         self.offset += n as u64;
         Ok(Some(event))
     }

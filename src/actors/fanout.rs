@@ -130,9 +130,13 @@ pub struct FanoutLimits {
 }
 
 impl Default for FanoutLimits {
+    /// 16,384 events or 4 MiB. At a million lines a second the event
+    /// limit is 16 ms of output: enough to ride out a subscriber thread
+    /// that the OS did not schedule for a few time slices, without the
+    /// catch-up going through the disk.
     fn default() -> Self {
         FanoutLimits {
-            window_events: 4096,
+            window_events: 16384,
             window_bytes: 4 * 1024 * 1024,
         }
     }
