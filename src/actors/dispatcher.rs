@@ -22,7 +22,7 @@ use futures_util::future::join_all;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::actors::build::{self, Builds, Join};
+use crate::actors::build::{Builds, Join};
 use crate::actors::fanout::{self, Hub};
 use crate::actors::session::{Plan, SessionActor, StartPlan};
 use crate::actors::supervisor::{guard, guarded, guarded_stream, Policy};
@@ -38,6 +38,10 @@ use crate::settings::Settings;
 /// How often the end of adopted runs is checked (they have no session
 /// actor to report it).
 const ADOPTED_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+mod pod_cache;
+
+use pod_cache::PodCache;
 
 struct Entry {
     info: SessionInfo,
@@ -57,6 +61,10 @@ pub struct DispatcherActor {
     /// Runs of a dead dispatcher taken over (session → container).
     adopted: HashMap<String, String>,
     builds: Builds,
+    /// Pods discovered by earlier starts, reused while unchanged.
+    pods: PodCache,
+    /// The sessions directory was created (checked again if it vanishes).
+    sessions_dir_made: bool,
     shutting_down: bool,
 }
 
@@ -75,6 +83,8 @@ impl DispatcherActor {
             running: 0,
             adopted: HashMap::new(),
             builds: Builds::default(),
+            pods: PodCache::default(),
+            sessions_dir_made: false,
             shutting_down: false,
         }
     }
@@ -90,20 +100,32 @@ impl DispatcherActor {
 
     /// A fresh session id whose log file did not exist (ids are unique
     /// across processes sharing a state directory).
-    fn new_session(&self, pod: &str) -> Result<(String, LogWriter)> {
+    fn new_session(&mut self, pod: &str) -> Result<(String, LogWriter)> {
         let dir = self.settings.sessions_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Log {
-            path: dir.clone(),
-            message: format!("cannot create the sessions directory: {e}"),
-        })?;
+        let ensure_dir = || {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::Log {
+                path: dir.clone(),
+                message: format!("cannot create the sessions directory: {e}"),
+            })
+        };
+        if !self.sessions_dir_made {
+            ensure_dir()?;
+            self.sessions_dir_made = true;
+        }
+        let mut made_again = false;
         for _ in 0..16 {
             let id = format!("{pod}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
             if self.sessions.contains_key(&id) {
                 continue;
             }
-            match LogWriter::create(self.settings.log_path(&id)) {
+            match LogWriter::create(crate::log::path_for(&dir, &id)) {
                 Ok(log) => return Ok((id, log)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                // Removed while we run: make it again (once).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !made_again => {
+                    ensure_dir()?;
+                    made_again = true;
+                }
                 Err(e) => {
                     return Err(Error::Log {
                         path: self.settings.log_path(&id),
@@ -116,12 +138,15 @@ impl DispatcherActor {
     }
 
     /// Everything `Start` checks before creating anything.
-    fn plan_start(&self, req: &StartRequest) -> Result<(Pod, Plan, Policy)> {
-        pod::validate_pod_name(&req.pod)?;
-        let mut pod = Pod::discover(&self.settings.pods_dir, &req.pod)?;
+    fn plan_start(&mut self, req: &StartRequest) -> Result<(Arc<Pod>, Plan, Policy)> {
+        let mut pod = self.pods.discover(&self.settings.pods_dir, &req.pod)?;
         if req.overrides != pod::PodConfig::default() {
-            pod.config = pod.config.merged(&req.overrides);
-            pod.config.validate(&pod.name, &pod.config_path())?;
+            let mut merged = Pod::clone(&pod);
+            merged.config = merged.config.merged(&req.overrides);
+            merged
+                .config
+                .validate(&merged.name, &merged.config_path())?;
+            pod = Arc::new(merged);
         }
         let prompt = match &req.task {
             crate::messages::dispatcher::Task::Issue(url) => {
@@ -169,7 +194,6 @@ impl DispatcherActor {
                 .into_iter()
                 .collect(),
         };
-        let fingerprint = build::fingerprint(&build);
         let run = RunSpec {
             session: String::new(),
             pod: pod.name.clone(),
@@ -185,7 +209,6 @@ impl DispatcherActor {
         };
         let plan = Plan::Start(Box::new(StartPlan {
             build,
-            fingerprint,
             run,
             agent: pod.agent_command(),
             prompt,
@@ -531,7 +554,7 @@ impl Handler<Start> for DispatcherActor {
             ctx,
             id.clone(),
             log,
-            pod.name,
+            pod.name.clone(),
             image,
             plan,
             policy,

@@ -22,6 +22,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use tokio::sync::watch;
 
+use crate::actors::build;
 use crate::actors::dispatcher::DispatcherActor;
 use crate::actors::fanout::{self, SharedHub};
 use crate::actors::runner::{Job, RunnerActor};
@@ -46,7 +47,6 @@ pub(crate) enum Plan {
 #[derive(Debug, Clone)]
 pub(crate) struct StartPlan {
     pub(crate) build: BuildSpec,
-    pub(crate) fingerprint: Option<u64>,
     /// Template: container name, command and per-attempt labels are filled
     /// in for each attempt.
     pub(crate) run: RunSpec,
@@ -612,7 +612,9 @@ impl Handler<Admit> for SessionActor {
         let request = RequestBuild {
             session: self.id.to_string(),
             spec: plan.build.clone(),
-            fingerprint: plan.fingerprint,
+            // Read when the build is requested (on this session's thread,
+            // not the dispatcher's): the inputs as they are now.
+            fingerprint: build::fingerprint(&plan.build),
             reply: ctx.address().recipient(),
         };
         self.phase = Phase::Building;
