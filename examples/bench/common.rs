@@ -497,6 +497,16 @@ impl Drop for DockerPod {
     }
 }
 
+/// Docker client and server versions.
+pub fn print_docker_versions() {
+    let out = docker(&[
+        "version",
+        "--format",
+        "client {{.Client.Version}}, server {{.Server.Version}}",
+    ]);
+    println!("docker: {}", String::from_utf8_lossy(&out.stdout).trim());
+}
+
 /// Machine description lines.
 pub fn print_machine() {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());

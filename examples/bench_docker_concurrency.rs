@@ -1,0 +1,164 @@
+//! Benchmark "real Docker, concurrency" (issue 5, workload 5): 50 runs of
+//! one pod (a cached `FROM scratch` busybox image whose agent prints one
+//! line and exits) at concurrency 10 and 50:
+//!
+//! - **cldpd**: a long-lived `Dispatcher` over the Docker CLI backend with
+//!   `max_concurrent` = the concurrency; all 50 starts are issued at once
+//!   and its admission control queues the rest (FIFO);
+//! - **docker run**: 50 `docker run --rm <image> claude -p go` launched
+//!   with the same parallelism (that many workers, each running the next
+//!   one when its previous one exited).
+//!
+//! Reports the total wall time and the peak memory (RSS sampled from /proc
+//! every 10 ms) of this process plus its docker client processes (for
+//! cldpd), or of the docker client processes alone (for docker run; this
+//! harness's own RSS is printed beside). Docker's daemon and shims are not
+//! counted in either. Rounds alternate cldpd / docker run.
+//!
+//! ```text
+//! cargo run --release --example bench_docker_concurrency -- --runs 3
+//! ```
+
+#[path = "bench/common.rs"]
+mod common;
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cldpd::{Dispatcher, Settings, StartRequest};
+use common::*;
+use futures_util::future::join_all;
+
+const STUB: &str = "#!/bin/sh\necho \"hello from the agent\"\n";
+const RUNS: usize = 50;
+
+struct Round {
+    wall: Duration,
+    peak_kib: u64,
+    procs: usize,
+}
+
+/// 50 starts at once through `d` (its `max_concurrent` is the concurrency),
+/// until every run has exited.
+async fn cldpd_round(d: &Dispatcher, pod: &str) -> Round {
+    let sampler = TreeSampler::start(Duration::from_millis(10), true);
+    let t0 = Instant::now();
+    let sessions = join_all((0..RUNS).map(|_| d.start(StartRequest::prompt(pod, "go")))).await;
+    let waits = sessions.iter().map(|s| s.as_ref().expect("start").wait());
+    for code in join_all(waits).await {
+        assert_eq!(code.expect("run"), 0);
+    }
+    let wall = t0.elapsed();
+    let (peak_kib, procs) = sampler.finish();
+    Round {
+        wall,
+        peak_kib,
+        procs,
+    }
+}
+
+async fn docker_round(image: &str, conc: usize) -> Round {
+    let next = Arc::new(AtomicUsize::new(0));
+    let sampler = TreeSampler::start(Duration::from_millis(10), false);
+    let t0 = Instant::now();
+    let workers = (0..conc).map(|_| {
+        let next = next.clone();
+        let image = image.to_string();
+        async move {
+            while next.fetch_add(1, Ordering::Relaxed) < RUNS {
+                let status = tokio::process::Command::new("docker")
+                    .args(["run", "--rm", &image, "claude", "-p", "go"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .output()
+                    .await
+                    .expect("docker run");
+                assert!(status.status.success());
+                assert!(String::from_utf8_lossy(&status.stdout).contains("hello"));
+            }
+        }
+    });
+    join_all(workers).await;
+    let wall = t0.elapsed();
+    let (peak_kib, procs) = sampler.finish();
+    Round {
+        wall,
+        peak_kib,
+        procs,
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let runs: usize = args.get("runs", 3);
+    println!("bench_docker_concurrency: {RUNS} runs of one pod (agent prints one line and exits) at concurrency 10 and 50; cldpd (library, Dispatcher with max_concurrent) vs docker run --rm with the same parallelism; {runs} rounds each, alternating");
+    print_machine();
+    print_docker_versions();
+    print_command("bench_docker_concurrency", &[("runs", runs.to_string())]);
+    println!("note: the cldpd binary is not on main yet (src/main.rs is a stub); measured through the library only");
+
+    let pod = DockerPod::new(STUB);
+    let name = pod.name.clone();
+    let image = pod.image();
+    let pods = pod.pods_dir().to_path_buf();
+    actix::System::new().block_on(async move {
+        FaultDirs::settle().await;
+        for conc in [10usize, 50] {
+            // One long-lived dispatcher per concurrency limit; its first run
+            // builds the image (memoised for the rest), not measured.
+            let state = tempfile::tempdir().unwrap();
+            let d = Dispatcher::docker(Settings::new(&pods, state.path()).max_concurrent(conc));
+            let s = d.start(StartRequest::prompt(&name, "go")).await.unwrap();
+            assert_eq!(s.wait().await.unwrap(), 0);
+            let mut c_wall = Vec::new();
+            let mut c_mem = Vec::new();
+            let mut p_wall = Vec::new();
+            let mut p_mem = Vec::new();
+            for round in 0..runs {
+                let (c, p) = if round % 2 == 0 {
+                    let c = cldpd_round(&d, &name).await;
+                    (c, docker_round(&image, conc).await)
+                } else {
+                    let p = docker_round(&image, conc).await;
+                    (cldpd_round(&d, &name).await, p)
+                };
+                println!(
+                    "run {} (concurrency {conc}): cldpd {:.2} s, peak {:.1} MiB (this process + docker clients, up to {} processes) | docker run {:.2} s, peak {:.1} MiB (docker clients, up to {} processes; this harness {:.1} MiB)",
+                    round + 1,
+                    secs(c.wall),
+                    mib(c.peak_kib),
+                    c.procs,
+                    secs(p.wall),
+                    mib(p.peak_kib),
+                    p.procs,
+                    mib(rss_kib()),
+                );
+                c_wall.push(secs(c.wall));
+                c_mem.push(mib(c.peak_kib));
+                p_wall.push(secs(p.wall));
+                p_mem.push(mib(p.peak_kib));
+            }
+            assert_eq!(d.build_count().await.unwrap(), 1, "later runs used the memo");
+            d.shutdown(None).await.unwrap();
+            println!("result: concurrency {conc}: cldpd wall {}", spread(&c_wall, "s", 2));
+            println!("result: concurrency {conc}: docker run wall {}", spread(&p_wall, "s", 2));
+            println!(
+                "result: concurrency {conc}: ratio cldpd / docker run wall (medians) {:.3}",
+                median(&c_wall) / median(&p_wall)
+            );
+            println!(
+                "result: concurrency {conc}: peak memory cldpd process + docker clients {}",
+                spread(&c_mem, "MiB", 1)
+            );
+            println!(
+                "result: concurrency {conc}: peak memory docker clients of plain docker run {}",
+                spread(&p_mem, "MiB", 1)
+            );
+        }
+    });
+    drop(pod);
+    println!("cleanup: image and containers removed");
+}
