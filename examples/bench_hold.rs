@@ -63,6 +63,9 @@ struct Run {
     all_printed: Duration,
     live_kib: u64,
     base_kib: u64,
+    /// Heap bytes in use (allocated, not freed) before and with N live.
+    heap_base: u64,
+    heap_live: u64,
     stop_all: Duration,
     exit_143: usize,
 }
@@ -105,6 +108,7 @@ async fn one_run(
     warm.stop(Some(Duration::ZERO)).await.ok();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let base_kib = rss_kib();
+    let heap_base = heap_in_use().0;
 
     let cpu0 = cpu_secs();
     let main0 = main_thread_cpu_secs();
@@ -150,6 +154,15 @@ async fn one_run(
     // Let transient buffers of the start burst settle, then measure.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let live_kib = rss_kib();
+    let heap_live = heap_in_use().0;
+    if std::env::var_os("CLDPD_BENCH_NO_STOP").is_some() {
+        // For heap profilers: end here, with every session live.
+        println!(
+            "live RSS {:.1} MiB; exiting without stopping",
+            mib(live_kib)
+        );
+        std::process::exit(0);
+    }
 
     let t1 = Instant::now();
     let outcomes = join_all(sessions.iter().map(|s| s.stop(None))).await;
@@ -165,6 +178,8 @@ async fn one_run(
         all_printed,
         live_kib,
         base_kib,
+        heap_base,
+        heap_live,
         stop_all,
         exit_143,
     }
@@ -185,7 +200,7 @@ fn main() {
             .block_on(async move { one_run(n, subscriber == 1, workers, base.as_deref()).await });
         let per = (r.live_kib.saturating_sub(r.base_kib) * 1024) as f64 / n as f64;
         println!(
-            "run 1: {n} starts in {:.3} s ({:.0} starts/s; dispatcher thread CPU {:.1} µs/start), all printed after {:.3} s (process CPU {:.1} µs/session), RSS {:.1} → {:.1} MiB = {:.0} B per live session, stop all {:.3} s ({} exited 143)",
+            "run 1: {n} starts in {:.3} s ({:.0} starts/s; dispatcher thread CPU {:.1} µs/start), all printed after {:.3} s (process CPU {:.1} µs/session), RSS {:.1} → {:.1} MiB = {:.0} B per live session (heap in use {:.0} B), stop all {:.3} s ({} exited 143)",
             secs(r.starts),
             n as f64 / secs(r.starts),
             r.dispatcher_cpu * 1e6 / n as f64,
@@ -194,6 +209,7 @@ fn main() {
             mib(r.base_kib),
             mib(r.live_kib),
             per,
+            r.heap_live.saturating_sub(r.heap_base) as f64 / n as f64,
             secs(r.stop_all),
             r.exit_143,
         );
@@ -203,6 +219,10 @@ fn main() {
             ("cpu_us", r.cpu * 1e6 / n as f64),
             ("printed", secs(r.all_printed)),
             ("per_session", per),
+            (
+                "heap_per_session",
+                r.heap_live.saturating_sub(r.heap_base) as f64 / n as f64,
+            ),
             ("stop_all", secs(r.stop_all)),
             ("exit_143", r.exit_143 as f64),
         ]);
@@ -251,6 +271,10 @@ fn main() {
     println!(
         "result: RSS per live session {}",
         spread(&column(&data, "per_session"), "B", 0)
+    );
+    println!(
+        "result: heap in use per live session {}",
+        spread(&column(&data, "heap_per_session"), "B", 0)
     );
     println!(
         "result: stop all {}",

@@ -39,10 +39,6 @@ use crate::event::Event;
 /// can start at any `seq` after skipping at most this many lines.
 const INDEX_STRIDE: u64 = 1024;
 
-/// Buffers larger than this are released after a flush, so an idle session
-/// holds almost nothing.
-const KEEP_BUFFER: usize = 16 * 1024;
-
 /// Largest buffer kept as a thread's spare.
 const MAX_SPARE: usize = 4 * 1024 * 1024;
 
@@ -69,7 +65,8 @@ pub(crate) struct LogWriter {
     flushed_seq: u64,
     /// Last seq appended (buffered or written).
     last_seq: u64,
-    /// `index[k]` is the offset of event `k * INDEX_STRIDE + 1`.
+    /// `index[k - 1]` is the offset of event `k * INDEX_STRIDE + 1` (event 1
+    /// is at offset 0: a short log needs no index at all).
     index: Vec<u64>,
     /// The first write error, kept: once broken, the log stays broken.
     failed: Option<String>,
@@ -101,7 +98,7 @@ impl LogWriter {
     /// Buffer one event (its seq must follow the previous one).
     pub(crate) fn append(&mut self, event: &Event) {
         debug_assert_eq!(event.seq, self.last_seq + 1);
-        if (event.seq - 1) % INDEX_STRIDE == 0 {
+        if event.seq > 1 && (event.seq - 1) % INDEX_STRIDE == 0 {
             self.index.push(self.flushed + self.buf.len() as u64);
         }
         crate::event::fast_json::write(event, &mut self.buf);
@@ -109,19 +106,17 @@ impl LogWriter {
         self.last_seq = event.seq;
     }
 
-    /// Make room for about `bytes` more before a batch of appends. A large
-    /// batch reuses this thread's spare buffer (left by an earlier flush)
-    /// instead of growing a fresh one step by step.
+    /// Make room for about `bytes` more before a batch of appends. An
+    /// empty buffer takes this thread's spare (the buffer an earlier flush
+    /// of any session on this thread gave back) instead of allocating and
+    /// growing a fresh one.
     pub(crate) fn reserve(&mut self, bytes: usize) {
         if self.buf.capacity() - self.buf.len() >= bytes {
             return;
         }
-        if self.buf.is_empty() && bytes > KEEP_BUFFER {
+        if self.buf.capacity() == 0 {
             if let Some(spare) = SPARE.with(|s| s.borrow_mut().take()) {
-                if spare.capacity() >= bytes {
-                    self.buf = spare;
-                    return;
-                }
+                self.buf = spare;
             }
         }
         self.buf.reserve(bytes);
@@ -144,19 +139,17 @@ impl LogWriter {
             Ok(()) => {
                 self.flushed += self.buf.len() as u64;
                 self.flushed_seq = self.last_seq;
-                if self.buf.capacity() > KEEP_BUFFER {
-                    let mut big = std::mem::take(&mut self.buf);
-                    if big.capacity() <= MAX_SPARE {
-                        big.clear();
-                        SPARE.with(|s| {
-                            let mut s = s.borrow_mut();
-                            if s.as_ref().is_none_or(|k| k.capacity() < big.capacity()) {
-                                *s = Some(big);
-                            }
-                        });
-                    }
-                } else {
-                    self.buf.clear();
+                // An idle session holds no buffer: it goes back to the
+                // thread's spare (the larger one is kept).
+                let mut buf = std::mem::take(&mut self.buf);
+                if buf.capacity() <= MAX_SPARE {
+                    buf.clear();
+                    SPARE.with(|s| {
+                        let mut s = s.borrow_mut();
+                        if s.as_ref().is_none_or(|k| k.capacity() < buf.capacity()) {
+                            *s = Some(buf);
+                        }
+                    });
                 }
                 Ok(())
             }
@@ -189,7 +182,10 @@ impl LogWriter {
     /// Where to start reading to reach `seq`: `(offset, seq at offset)`.
     pub(crate) fn locate(&self, seq: u64) -> (u64, u64) {
         let k = ((seq.max(1) - 1) / INDEX_STRIDE) as usize;
-        match self.index.get(k) {
+        if k == 0 {
+            return (0, 1);
+        }
+        match self.index.get(k - 1) {
             Some(&off) => (off, k as u64 * INDEX_STRIDE + 1),
             None => (0, 1),
         }

@@ -179,6 +179,35 @@ fn stat_cpu_secs(path: &str) -> f64 {
     (ticks(14) + ticks(15)) / 100.0
 }
 
+/// glibc's `struct mallinfo2`.
+#[repr(C)]
+#[derive(Default)]
+struct MallInfo2 {
+    arena: usize,
+    ordblks: usize,
+    smblks: usize,
+    hblks: usize,
+    hblkhd: usize,
+    usmblks: usize,
+    fsmblks: usize,
+    uordblks: usize,
+    fordblks: usize,
+    keepcost: usize,
+}
+
+extern "C" {
+    fn mallinfo2() -> MallInfo2;
+}
+
+/// Bytes the C allocator has handed out and not got back (all arenas),
+/// and bytes it holds from the OS (heap arenas + mmapped chunks): the
+/// difference is free memory kept in its arenas.
+pub fn heap_in_use() -> (u64, u64) {
+    // SAFETY: a plain glibc call without arguments (glibc >= 2.33).
+    let m = unsafe { mallinfo2() };
+    ((m.uordblks + m.hblkhd) as u64, (m.arena + m.hblkhd) as u64)
+}
+
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }

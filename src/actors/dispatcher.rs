@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::actors::build::{Builds, Join};
 use crate::actors::fanout::{self, Hub};
-use crate::actors::session::{Plan, SessionActor, StartPlan};
+use crate::actors::session::{Plan, RunTemplate, SessionActor, StartPlan};
 use crate::actors::supervisor::{guard, guarded, guarded_stream, Policy};
 use crate::error::{Error, Result};
 use crate::log::LogWriter;
@@ -55,7 +55,9 @@ pub struct DispatcherActor {
     owner: Owner,
     workers: Vec<Arbiter>,
     next_worker: usize,
-    sessions: HashMap<String, Entry>,
+    /// Boxed entries: a table sized for thousands of live sessions then
+    /// holds 32-byte slots, not 200-byte ones.
+    sessions: HashMap<String, Box<Entry>>,
     queue: VecDeque<String>,
     running: usize,
     /// Runs of a dead dispatcher taken over (session → container).
@@ -63,6 +65,10 @@ pub struct DispatcherActor {
     builds: Builds,
     /// Pods discovered by earlier starts, reused while unchanged.
     pods: PodCache,
+    /// The run template of each pod, for the pod it was made from.
+    templates: HashMap<String, (Arc<Pod>, Arc<RunTemplate>)>,
+    /// The settings' policy, shared by resume sessions.
+    resume_policy: Arc<Policy>,
     /// The sessions directory was created (checked again if it vanishes).
     sessions_dir_made: bool,
     shutting_down: bool,
@@ -72,6 +78,7 @@ impl DispatcherActor {
     /// A dispatcher over `runtime`. Start it with `.start()` inside an
     /// actix system.
     pub fn new(settings: Settings, runtime: Arc<dyn Runtime>) -> Self {
+        let resume_policy = Arc::new(settings.policy.clone());
         DispatcherActor {
             settings: Arc::new(settings),
             runtime,
@@ -84,6 +91,8 @@ impl DispatcherActor {
             adopted: HashMap::new(),
             builds: Builds::default(),
             pods: PodCache::default(),
+            templates: HashMap::new(),
+            resume_policy,
             sessions_dir_made: false,
             shutting_down: false,
         }
@@ -138,9 +147,16 @@ impl DispatcherActor {
     }
 
     /// Everything `Start` checks before creating anything.
-    fn plan_start(&mut self, req: &StartRequest) -> Result<(Arc<Pod>, Plan, Policy)> {
+    ///
+    /// What every run of a pod has in common (build spec, run spec with the
+    /// common labels, agent command, policy) is a [`RunTemplate`] shared by
+    /// its sessions, made once per discovered pod (again when the pod
+    /// changes; never shared for a request with overrides). Checks happen
+    /// in the same order either way.
+    fn plan_start(&mut self, req: &StartRequest) -> Result<(Arc<Pod>, Plan, Arc<Policy>)> {
         let mut pod = self.pods.discover(&self.settings.pods_dir, &req.pod)?;
-        if req.overrides != pod::PodConfig::default() {
+        let overridden = req.overrides != pod::PodConfig::default();
+        if overridden {
             let mut merged = Pod::clone(&pod);
             merged.config = merged.config.merged(&req.overrides);
             merged
@@ -158,12 +174,54 @@ impl DispatcherActor {
                 pod.start_prompt_for_text(p)
             }
         };
-        let policy = Policy::from_config(&pod.config, &self.settings.policy)?;
+        let cached = match self.templates.get(&pod.name) {
+            Some((for_pod, template)) if !overridden && Arc::ptr_eq(for_pod, &pod) => {
+                Some(template.clone())
+            }
+            _ => None,
+        };
+        let policy = match &cached {
+            Some(_) => None,
+            None => Some(Policy::from_config(&pod.config, &self.settings.policy)?),
+        };
         let mounts = pod.resolve_mounts()?;
         let lookup = self.settings.env_lookup.clone();
         let env = pod.resolve_env(&move |name: &str| lookup(name))?;
+        let template = match (cached, policy) {
+            (Some(t), _) => t,
+            (None, policy) => {
+                let policy = policy.expect("computed when not cached");
+                let template = Arc::new(self.run_template(&pod, policy)?);
+                if !overridden {
+                    if self.templates.len() >= 4096 {
+                        self.templates.clear();
+                    }
+                    self.templates
+                        .insert(pod.name.clone(), (pod.clone(), template.clone()));
+                }
+                template
+            }
+        };
+        let issue = match &req.task {
+            crate::messages::dispatcher::Task::Issue(url) => Some(url.clone()),
+            crate::messages::dispatcher::Task::Prompt(_) => None,
+        };
+        let policy = template.policy.clone();
+        let plan = Plan::Start(Box::new(StartPlan {
+            template,
+            env,
+            mounts,
+            issue,
+            prompt,
+        }));
+        Ok((pod, plan, policy))
+    }
+
+    /// What every run of `pod` shares.
+    fn run_template(&self, pod: &Pod, policy: Policy) -> Result<RunTemplate> {
         let build_args = pod.resolve_build_args()?;
         let image = pod.image();
+        let image_tag = image.clone();
         let mut labels_map = std::collections::BTreeMap::new();
         labels_map.insert(labels::POD.to_string(), pod.name.clone());
         labels_map.insert(labels::IMAGE.to_string(), image.clone());
@@ -177,9 +235,6 @@ impl DispatcherActor {
         );
         if let Some(w) = &pod.config.workdir {
             labels_map.insert(labels::WORKDIR.to_string(), w.clone());
-        }
-        if let crate::messages::dispatcher::Task::Issue(url) = &req.task {
-            labels_map.insert(labels::ISSUE.to_string(), url.clone());
         }
         for (k, v) in self.owner.labels() {
             labels_map.insert(k, v);
@@ -200,20 +255,20 @@ impl DispatcherActor {
             container: String::new(),
             image,
             command: Vec::new(),
-            env,
+            env: Vec::new(),
             workdir: pod.config.workdir.clone(),
-            mounts,
+            mounts: Vec::new(),
             labels: labels_map,
             resources: pod.config.resources(),
             line_cap: self.settings.line_cap,
         };
-        let plan = Plan::Start(Box::new(StartPlan {
+        Ok(RunTemplate {
             build,
             run,
             agent: pod.agent_command(),
-            prompt,
-        }));
-        Ok((pod, plan, policy))
+            policy: Arc::new(policy),
+            image: Arc::from(image_tag.as_str()),
+        })
     }
 
     /// Create and register a session actor.
@@ -225,25 +280,21 @@ impl DispatcherActor {
         log: LogWriter,
         pod: String,
         image: String,
-        mut plan: Plan,
-        policy: Policy,
+        plan: Plan,
+        policy: Arc<Policy>,
         subscribers: Vec<fanout::Subscriber>,
         resume_of: Option<String>,
     ) -> SessionInfo {
-        if let Plan::Start(start) = &mut plan {
-            start.run.session = id.clone();
-            start
-                .run
-                .labels
-                .insert(labels::SESSION.to_string(), id.clone());
-        }
         let log_path = log.path().to_path_buf();
         let (tx, rx) = watch::channel(SessionState::Created);
         let runtime = self.runtime.clone();
         let dispatcher = ctx.address();
         let limits = self.settings.fanout;
         let id_arc: Arc<str> = Arc::from(id.as_str());
-        let image_for_actor = image.clone();
+        let image_for_actor: Arc<str> = match &plan {
+            Plan::Start(start) => start.template.image.clone(),
+            Plan::Resume { .. } => Arc::from(image.as_str()),
+        };
         let worker = self.worker();
         let addr = SessionActor::start_in_arbiter(&worker, move |_| {
             let hub = Hub::new(log, limits);
@@ -272,10 +323,10 @@ impl DispatcherActor {
         };
         self.sessions.insert(
             id,
-            Entry {
+            Box::new(Entry {
                 info: info.clone(),
                 admitted: false,
-            },
+            }),
         );
         info
     }
@@ -615,14 +666,16 @@ impl Handler<Resume> for DispatcherActor {
                     line_cap: act.settings.line_cap,
                 };
                 let (id, log) = act.new_session(&pod_name)?;
-                let policy = act.settings.policy.clone();
+                let policy = act.resume_policy.clone();
                 Ok(act.spawn_session(
                     ctx,
                     id,
                     log,
                     pod_name,
                     image,
-                    Plan::Resume { exec },
+                    Plan::Resume {
+                        exec: Box::new(exec),
+                    },
                     policy,
                     msg.subscribers,
                     Some(m.session),

@@ -236,6 +236,10 @@ pub(crate) fn subscribe(hub: &SharedHub, sink: Subscriber, from_seq: u64) -> Sub
         // Nothing left to deliver: dropping the sink ends a channel stream.
         return SubscriptionId(id);
     }
+    if h.slots.capacity() == 0 {
+        // Most sessions have one subscriber: no room for four.
+        h.slots.reserve_exact(1);
+    }
     if from > h.head {
         h.slots.push(Slot {
             id,

@@ -40,10 +40,12 @@ impl Job {
 /// Wraps one container process. See the [module docs](self).
 pub struct RunnerActor {
     runtime: Arc<dyn Runtime>,
-    session: Recipient<RunnerReport>,
+    /// Shared with the output pump (one sender, not two).
+    session: Arc<Recipient<RunnerReport>>,
     attempt: u32,
     container: String,
-    job: Option<Job>,
+    /// Boxed: a `RunSpec` is large and only needed until the start.
+    job: Option<Box<Job>>,
     ended: bool,
 }
 
@@ -57,10 +59,10 @@ impl RunnerActor {
     ) -> Self {
         RunnerActor {
             runtime,
-            session,
+            session: Arc::new(session),
             attempt,
             container: job.container().to_string(),
-            job: Some(job),
+            job: Some(Box::new(job)),
             ended: false,
         }
     }
@@ -72,7 +74,7 @@ impl Actor for RunnerActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let Some(job) = self.job.take() else { return };
         let runtime = self.runtime.clone();
-        let started = guard("the runtime's run/exec", move || match job {
+        let started = guard("the runtime's run/exec", move || match *job {
             Job::Run(spec) => runtime.run(spec),
             Job::Exec(spec) => runtime.exec(spec),
         });

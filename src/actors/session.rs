@@ -32,7 +32,9 @@ use crate::event::{Event, EventData, EventKind};
 use crate::messages::dispatcher::{ForgetImage, RequestBuild, SessionEnded};
 use crate::messages::runner::{Release, Signal};
 use crate::messages::session::*;
-use crate::runtime::{labels, BuildSpec, ExecSpec, ProcessEvent, RunSpec, Runtime, StopSignal};
+use crate::runtime::{
+    labels, BindMount, BuildSpec, ExecSpec, ProcessEvent, RunSpec, Runtime, SecretValue, StopSignal,
+};
 
 /// What a session runs.
 #[derive(Debug, Clone)]
@@ -40,18 +42,35 @@ pub(crate) enum Plan {
     /// Build the image, then run containers (one per attempt).
     Start(Box<StartPlan>),
     /// Exec a follow-up into a running container.
-    Resume { exec: ExecSpec },
+    Resume { exec: Box<ExecSpec> },
 }
 
-/// The parts of a [`Plan::Start`].
+/// The parts of a [`Plan::Start`]: what is this run's own, and the
+/// template it shares with the other runs of its pod.
 #[derive(Debug, Clone)]
 pub(crate) struct StartPlan {
+    pub(crate) template: Arc<RunTemplate>,
+    /// Resolved at dispatch time (`inheritEnv` reads the host then).
+    pub(crate) env: Vec<(String, SecretValue)>,
+    pub(crate) mounts: Vec<BindMount>,
+    /// The issue URL, for the `cldpd.issue` label.
+    pub(crate) issue: Option<String>,
+    pub(crate) prompt: String,
+}
+
+/// What every run of one pod under one dispatcher has in common (made
+/// once per discovered pod and shared, so a live session holds only its
+/// own parts).
+#[derive(Debug)]
+pub(crate) struct RunTemplate {
     pub(crate) build: BuildSpec,
-    /// Template: container name, command and per-attempt labels are filled
-    /// in for each attempt.
+    /// Session, container, command, env and mounts empty; the labels
+    /// common to every run.
     pub(crate) run: RunSpec,
     pub(crate) agent: Vec<String>,
-    pub(crate) prompt: String,
+    pub(crate) policy: Arc<Policy>,
+    /// The image tag, shared by the sessions' actors.
+    pub(crate) image: Arc<str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,9 +102,9 @@ struct Stopping {
 /// One run. See the [module docs](self).
 pub struct SessionActor {
     id: Arc<str>,
-    image: String,
+    image: Arc<str>,
     plan: Plan,
-    policy: Policy,
+    policy: Arc<Policy>,
     runtime: Arc<dyn Runtime>,
     dispatcher: Addr<DispatcherActor>,
     hub: SharedHub,
@@ -96,8 +115,9 @@ pub struct SessionActor {
     runner: Option<Addr<RunnerActor>>,
     container: Option<String>,
     tracker: RestartTracker,
-    last_ending: Option<Ending>,
-    stopping: Option<Stopping>,
+    /// Boxed: rare, and large (an `Error` each); a live session is small.
+    last_ending: Option<Box<Ending>>,
+    stopping: Option<Box<Stopping>>,
     backoff_timer: Option<SpawnHandle>,
     first_start: Option<Instant>,
     last_output: Instant,
@@ -108,9 +128,9 @@ impl SessionActor {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: Arc<str>,
-        image: String,
+        image: Arc<str>,
         plan: Plan,
-        policy: Policy,
+        policy: Arc<Policy>,
         runtime: Arc<dyn Runtime>,
         dispatcher: Addr<DispatcherActor>,
         hub: SharedHub,
@@ -169,7 +189,7 @@ impl SessionActor {
         if let Err(e) = result {
             if !self.finished
                 && !matches!(
-                    self.stopping,
+                    self.stopping.as_deref(),
                     Some(Stopping {
                         reason: StopReason::LogFailed(_),
                         ..
@@ -191,22 +211,34 @@ impl SessionActor {
         let job = match &self.plan {
             Plan::Start(plan) => {
                 let StartPlan {
-                    run, agent, prompt, ..
+                    template,
+                    env,
+                    mounts,
+                    issue,
+                    prompt,
                 } = &**plan;
-                let mut spec = run.clone();
+                let mut spec = template.run.clone();
+                spec.session = self.id.to_string();
+                spec.env = env.clone();
+                spec.mounts = mounts.clone();
                 let conversation = uuid::Uuid::new_v4().to_string();
                 spec.container = if self.attempt == 0 {
                     self.id.to_string()
                 } else {
                     format!("{}-r{}", self.id, self.attempt)
                 };
-                spec.command = agent.clone();
+                spec.command = template.agent.clone();
                 spec.command.extend([
                     "-p".into(),
                     "--session-id".into(),
                     conversation.clone(),
                     prompt.clone(),
                 ]);
+                spec.labels
+                    .insert(labels::SESSION.into(), self.id.to_string());
+                if let Some(url) = issue {
+                    spec.labels.insert(labels::ISSUE.into(), url.clone());
+                }
                 spec.labels
                     .insert(labels::CONVERSATION.into(), conversation);
                 spec.labels
@@ -217,7 +249,7 @@ impl SessionActor {
                 );
                 Job::Run(spec)
             }
-            Plan::Resume { exec } => Job::Exec(exec.clone()),
+            Plan::Resume { exec } => Job::Exec((**exec).clone()),
         };
         let container = job.container().to_string();
         let runner = RunnerActor::new(
@@ -324,7 +356,7 @@ impl SessionActor {
                 });
                 self.attempt = attempt;
                 self.phase = Phase::Backoff;
-                self.last_ending = Some(ending);
+                self.last_ending = Some(Box::new(ending));
                 self.set_state(SessionState::Restarting { attempt });
                 self.backoff_timer = Some(ctx.run_later(delay, |act, ctx| {
                     act.backoff_timer = None;
@@ -347,12 +379,12 @@ impl SessionActor {
             Phase::Cleanup => {
                 // The container is gone; just make sure the run ends.
                 if self.stopping.is_none() {
-                    self.stopping = Some(Stopping {
+                    self.stopping = Some(Box::new(Stopping {
                         reason,
                         kill_sent: true,
                         kill_at: Instant::now(),
                         timer: None,
-                    });
+                    }));
                 }
             }
             Phase::Created | Phase::Queued | Phase::Building => {
@@ -375,7 +407,7 @@ impl SessionActor {
                     StopReason::Requested => self
                         .last_ending
                         .take()
-                        .unwrap_or(Ending::Failed(Error::Stopped)),
+                        .map_or(Ending::Failed(Error::Stopped), |e| *e),
                 };
                 self.finish(ending, None, ctx);
             }
@@ -392,12 +424,12 @@ impl SessionActor {
                     stopping.kill_at = kill_at;
                 } else {
                     tracing::debug!(session = %self.id, ?grace, "stopping: SIGTERM");
-                    self.stopping = Some(Stopping {
+                    self.stopping = Some(Box::new(Stopping {
                         reason,
                         kill_sent: false,
                         kill_at,
                         timer: None,
-                    });
+                    }));
                     self.set_state(SessionState::Stopping);
                     if !grace.is_zero() {
                         self.signal(StopSignal::Term);
@@ -611,16 +643,16 @@ impl Handler<Admit> for SessionActor {
         };
         let request = RequestBuild {
             session: self.id.to_string(),
-            spec: plan.build.clone(),
+            spec: plan.template.build.clone(),
             // Read when the build is requested (on this session's thread,
             // not the dispatcher's): the inputs as they are now.
-            fingerprint: build::fingerprint(&plan.build),
+            fingerprint: build::fingerprint(&plan.template.build),
             reply: ctx.address().recipient(),
         };
         self.phase = Phase::Building;
         self.set_state(SessionState::Building);
         self.emit(EventKind::BuildStarted {
-            image: self.image.clone(),
+            image: self.image.to_string(),
         });
         self.dispatcher.do_send(request);
         self.flush(ctx);
@@ -644,7 +676,7 @@ impl Handler<BuildNotice> for SessionActor {
             }
             BuildNotice::Done(Ok(cached)) => {
                 self.emit(EventKind::BuildComplete {
-                    image: self.image.clone(),
+                    image: self.image.to_string(),
                     cached,
                 });
                 self.start_attempt(ctx);
@@ -686,7 +718,7 @@ impl Handler<RunnerReport> for SessionActor {
             RunnerEvent::Process(ProcessEvent::Failed(e)) => {
                 if matches!(&e, Error::DockerFailed { message } if message.contains("Unable to find image"))
                 {
-                    self.dispatcher.do_send(ForgetImage(self.image.clone()));
+                    self.dispatcher.do_send(ForgetImage(self.image.to_string()));
                 }
                 self.container_ended(Ending::Failed(e), ctx);
             }

@@ -11,7 +11,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 
 use super::process::{Kind, Process, Shared, BATCH_LINES};
 use super::script::{BuildOutcome, OnStart};
-use super::{failed, unavailable, FaultRuntime, Live, BUILD_TAIL};
+use super::{failed, unavailable, FaultRuntime, Live, PackedLabels, BUILD_TAIL};
 use crate::error::Error;
 use crate::runtime::{
     labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, ProcessEvent, RunSpec, Runtime,
@@ -139,7 +139,7 @@ impl Runtime for FaultRuntime {
                 shared: shared.clone(),
                 pod: spec.pod.into_boxed_str(),
                 image: spec.image.into_boxed_str(),
-                labels: spec.labels.into_iter().collect(),
+                labels: PackedLabels::new(spec.labels),
                 ignore_sigterm: script.ignore_sigterm,
                 stop_fails: script.stop_fails,
                 execs: Vec::new(),
@@ -252,7 +252,11 @@ impl Runtime for FaultRuntime {
                 .map(|(name, live)| ContainerInfo {
                     name: name.to_string(),
                     state: "running".to_string(),
-                    labels: live.labels.iter().cloned().collect(),
+                    labels: live
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
                 })
                 .collect();
             infos.sort_unstable_by(|a, b| a.name.cmp(&b.name));
