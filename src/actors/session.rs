@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::actors::dispatcher::DispatcherActor;
 use crate::actors::fanout::{self, SharedHub};
 use crate::actors::runner::{Job, RunnerActor};
-use crate::actors::supervisor::{Decision, Ending, Policy, RestartTracker};
+use crate::actors::supervisor::{guarded, Decision, Ending, Policy, RestartTracker};
 use crate::error::{Error, TimeoutKind};
 use crate::event::{Event, EventKind};
 use crate::messages::dispatcher::{ForgetImage, RequestBuild, SessionEnded};
@@ -56,6 +56,8 @@ enum Phase {
     Queued,
     Building,
     Running,
+    /// Removing the container of a failed attempt.
+    Cleanup,
     Backoff,
     Ended,
 }
@@ -249,9 +251,31 @@ impl SessionActor {
         }
     }
 
-    /// The container (or exec process) of the current attempt ended.
+    /// The container (or exec process) of the current attempt ended. After
+    /// a failure its container may still exist (a crashed runtime stream, a
+    /// panic): it is force-removed before the run goes on or ends, so no
+    /// terminal event is ever published while a container of the run lives.
     fn container_ended(&mut self, ending: Ending, ctx: &mut Context<Self>) {
         self.runner = None;
+        let container = match (&ending, &self.plan) {
+            (Ending::Failed(_), Plan::Start { .. }) => self.container.clone(),
+            _ => None,
+        };
+        let Some(container) = container else {
+            return self.after_container(ending, ctx);
+        };
+        self.phase = Phase::Cleanup;
+        let remove = guarded("the runtime's remove", self.runtime.remove(&container));
+        ctx.spawn(actix::fut::wrap_future(remove).map(move |removed, act: &mut Self, ctx| {
+            if let Ok(Err(e)) | Err(e) = removed {
+                tracing::warn!(container, error = %e, "could not remove the container of a failed attempt");
+            }
+            act.after_container(ending, ctx);
+            act.flush(ctx);
+        }));
+    }
+
+    fn after_container(&mut self, ending: Ending, ctx: &mut Context<Self>) {
         if let Some(stopping) = self.stopping.take() {
             if let Some(t) = stopping.timer {
                 ctx.cancel_future(t);
@@ -298,6 +322,17 @@ impl SessionActor {
     ) {
         match self.phase {
             Phase::Ended => {}
+            Phase::Cleanup => {
+                // The container is gone; just make sure the run ends.
+                if self.stopping.is_none() {
+                    self.stopping = Some(Stopping {
+                        reason,
+                        kill_sent: true,
+                        kill_at: Instant::now(),
+                        timer: None,
+                    });
+                }
+            }
             Phase::Created | Phase::Queued | Phase::Building => {
                 let err = match reason {
                     StopReason::Timeout(kind, after) => Error::Timeout { kind, after },

@@ -1,76 +1,612 @@
-//! STUB: the `docker` binary backend is being written.
-use std::path::PathBuf;
+//! The `docker` command-line backend.
+//!
+//! [`DockerCli`] runs the `docker` binary (or the one named by
+//! `CLDPD_DOCKER`) with `tokio::process`, one client process per operation.
+//! The argv shapes:
+//!
+//! ```text
+//! docker info --format {{.ServerVersion}}                             preflight
+//! docker build -t <image> -f <dockerfile> --force-rm
+//!        [--build-arg NAME]... [--label k=v]... <context>              build
+//! docker image inspect --format {{.Id}} <image>                        image_exists
+//! docker run --rm --init --name <container> [--label k=v]... [-e NAME]...
+//!        [--mount type=bind,source=<abs>,target=<t>[,readonly]]...
+//!        [-w <dir>] [--cpus N] [--memory <bytes>] [--pids-limit N]
+//!        <image> <command>...                                          run
+//! docker inspect --type container --format {{.State.Running}} <container>
+//! docker exec [-w <dir>] <container> <command>...                      exec
+//! docker kill --signal TERM|KILL <container>                           signal
+//! docker stop -t <secs> <container>                                    stop
+//! docker rm -f <container>                                             remove
+//! docker ps -aq --filter label=cldpd.session ; docker inspect <ids>... list
+//! ```
+//!
+//! **Secrets.** Environment variables and build args are passed by *name*
+//! only (`-e NAME`, `--build-arg NAME`); their values go into the docker
+//! client's own environment, from which docker reads them. No value ever
+//! appears in any argv, and argv (logged at `debug`) never holds one.
+//!
+//! **Exit codes.** The client of `docker run` / `docker exec` exits with
+//! the container's code, except:
+//!
+//! - **125**: docker itself failed (bad option, missing mount source, name
+//!   in use…) → `Failed(`[`Error::DockerFailed`]`)` with docker's message
+//!   (or [`Error::DockerUnavailable`] when the daemon cannot be reached);
+//! - **126 / 127**: the command is not executable / not found in the image
+//!   → `Failed(`[`Error::AgentNotRunnable`]`)`;
+//! - `docker exec` into a container that is gone or stopped →
+//!   `Failed(`[`Error::SessionNotFound`]`)`. An exec first checks that its
+//!   target runs (`docker inspect`), so in that case no `Started` comes
+//!   first; should the target vanish between the check and the exec,
+//!   docker's "No such container" / "is not running" (exit 1) is held back
+//!   and reported the same way, after `Started`;
+//! - a client killed by signal `n` → `Exited { code: 128 + n }`.
+//!
+//! The stderr lines are still delivered as output before the failure
+//! (except docker's own "no such container" line of an exec). An agent that
+//! itself exits 125–127 is reported the same way; agents should not use
+//! those codes.
+//!
+//! **Stopping.** Killing a docker client does not stop its container, so
+//! the `run`/`exec` clients are not killed when their stream is dropped;
+//! stopping always goes through `docker kill` / `docker stop` /
+//! `docker rm -f` by container name. Short admin commands run under a
+//! timeout and are killed when it fires.
+//!
+//! ```no_run
+//! use cldpd::runtime::{DockerCli, Runtime};
+//! # async fn demo() -> cldpd::Result<()> {
+//! let docker = DockerCli::new(); // `docker`, or $CLDPD_DOCKER
+//! let version = docker.preflight().await?;
+//! println!("Docker {version}");
+//! # Ok(()) }
+//! ```
 
-/// The Docker CLI backend.
+mod admin;
+mod args;
+mod exit;
+mod inspect;
+mod stream;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::FutureExt;
+use tokio::process::Command;
+
+pub(crate) use self::admin::spawn_error;
+use self::admin::{run_admin, runtime_failed, stop_result, unavailable, AdminError, AdminOutput};
+use self::exit::Kind;
+use self::stream::{BuildStream, ProcessContext, ProcessStream};
+use crate::error::Error;
+use crate::runtime::{
+    labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, ProcessEvent, RunSpec, Runtime,
+    SecretValue, StopSignal,
+};
+
+/// The environment variable naming the docker binary.
+const DOCKER_ENV: &str = DockerCli::BINARY_ENV;
+
+/// How long `docker info` may take in [`Runtime::preflight`].
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long short admin commands (`kill`, `rm`, `inspect`, `ps`) may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Added to the grace period for the outer timeout of `docker stop`.
+const STOP_SLACK: Duration = Duration::from_secs(30);
+
+/// The Docker CLI backend: a [`Runtime`] that drives the `docker` binary.
+///
+/// Cheap to clone and share; every operation spawns its own client process
+/// (`docker run --rm --init --name <container> --label … -e NAME … <image>
+/// <command>…` for a run, `docker exec` for a resume, `docker kill` /
+/// `stop` / `rm -f` by container name to stop and clean up, `docker ps` +
+/// `docker inspect` to list).
+///
+/// - Environment values and build-arg values never appear in argv: only
+///   `-e NAME` / `--build-arg NAME`, with the value in the client's
+///   environment.
+/// - Output of `run`/`exec` is read from both pipes concurrently and
+///   decoded with [`LineDecoder`](crate::runtime::LineDecoder) (one
+///   `Output` batch per read).
+/// - Exit 125 is docker's own failure ([`Error::DockerFailed`], with its
+///   message), 126/127 an agent that is not executable / not found
+///   ([`Error::AgentNotRunnable`]), an exec into a container that is gone or
+///   stopped [`Error::SessionNotFound`], an unreachable daemon or a missing
+///   binary [`Error::DockerUnavailable`]; any other code is
+///   `Exited { code }` (128 + n after signal n).
+/// - Dropping a `run`/`exec` stream does not stop the container (killing a
+///   docker client never does): use [`Runtime::signal`] / [`Runtime::stop`]
+///   / [`Runtime::remove`].
+///
+/// ```
+/// use cldpd::runtime::DockerCli;
+/// let docker = DockerCli::with_binary("/usr/bin/docker");
+/// assert_eq!(docker.binary(), std::path::Path::new("/usr/bin/docker"));
+/// ```
 #[derive(Debug, Clone)]
 pub struct DockerCli {
-    #[allow(dead_code)]
     binary: PathBuf,
 }
 
-impl DockerCli {
-    /// STUB.
-    pub fn new() -> Self {
-        todo!()
+impl Default for DockerCli {
+    /// Same as [`DockerCli::new`].
+    fn default() -> Self {
+        DockerCli::new()
     }
 }
-impl crate::runtime::Runtime for DockerCli {
+
+impl DockerCli {
+    /// The environment variable that names the docker binary
+    /// (`CLDPD_DOCKER`); unset or empty means `docker`.
+    pub const BINARY_ENV: &'static str = "CLDPD_DOCKER";
+
+    /// The binary named by `CLDPD_DOCKER` when it is set and not empty,
+    /// otherwise `docker` (looked up on `PATH` when a command runs).
+    pub fn new() -> Self {
+        Self::from_env_value(std::env::var_os(DOCKER_ENV))
+    }
+
+    fn from_env_value(value: Option<OsString>) -> Self {
+        match value {
+            Some(v) if !v.is_empty() => DockerCli::with_binary(v),
+            _ => DockerCli::with_binary("docker"),
+        }
+    }
+
+    /// Use this docker-compatible binary (a path, or a name looked up on
+    /// `PATH`).
+    pub fn with_binary(binary: impl Into<PathBuf>) -> Self {
+        DockerCli {
+            binary: binary.into(),
+        }
+    }
+
+    /// The binary this backend runs.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// A client command with stdin closed and both outputs piped. `env`
+    /// values go into the child's environment only.
+    fn command(&self, args: &[OsString], env: &[(String, SecretValue)]) -> Command {
+        let overrides_path = env.iter().any(|(name, _)| name == "PATH");
+        let program = if overrides_path {
+            // The child's PATH would be used to find the binary: resolve it
+            // with ours instead.
+            resolve_on_path(&self.binary)
+        } else {
+            self.binary.clone()
+        };
+        tracing::debug!(argv = %format!("{} {}", program.display(), args::display_argv(args)), "docker");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !env.is_empty() {
+            let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+            tracing::debug!(env = ?names, "docker client environment (names only)");
+        }
+        for (name, value) in env {
+            if name.starts_with("DOCKER_") {
+                tracing::warn!(
+                    name = %name,
+                    "this variable is also read by the docker client itself"
+                );
+            }
+            cmd.env(name, value.expose());
+        }
+        if env.iter().any(|(n, _)| n == "HOME") && !env.iter().any(|(n, _)| n == "DOCKER_CONFIG") {
+            // The client finds its config (and current context) under
+            // $HOME/.docker; keep it on ours, not the container's HOME.
+            if let Some(config) = own_docker_config() {
+                cmd.env("DOCKER_CONFIG", config);
+            }
+        }
+        cmd
+    }
+
+    /// A short admin command: killed if its future is dropped (timeout).
+    fn admin_command(&self, args: &[OsString]) -> Command {
+        let mut cmd = self.command(args, &[]);
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    fn admin(
+        &self,
+        args: &[&str],
+        limit: Duration,
+    ) -> BoxFuture<'static, Result<AdminOutput, AdminError>> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let cmd = self.admin_command(&args);
+        let binary = self.binary.clone();
+        async move { run_admin(cmd, &binary, limit).await }.boxed()
+    }
+}
+
+/// Find `binary` on our own `PATH` when it is a bare name.
+fn resolve_on_path(binary: &Path) -> PathBuf {
+    if binary.components().count() != 1 || binary.is_absolute() {
+        return binary.to_path_buf();
+    }
+    let Some(path) = std::env::var_os("PATH") else {
+        return binary.to_path_buf();
+    };
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| binary.to_path_buf())
+}
+
+/// The docker client's config directory for this process.
+fn own_docker_config() -> Option<OsString> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        return Some(dir);
+    }
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+    Some(Path::new(&home).join(".docker").into_os_string())
+}
+
+impl Runtime for DockerCli {
     fn name(&self) -> &str {
-        todo!()
+        "docker"
     }
-    fn preflight(&self) -> futures_util::future::BoxFuture<'static, Result<String, crate::Error>> {
-        todo!()
+
+    fn preflight(&self) -> BoxFuture<'static, Result<String, Error>> {
+        let fut = self.admin(
+            &["info", "--format", "{{.ServerVersion}}"],
+            PREFLIGHT_TIMEOUT,
+        );
+        async move {
+            let out = fut.await.map_err(|e| e.into_error("info", unavailable))?;
+            let version = out.stdout.trim();
+            if out.success && !version.is_empty() {
+                Ok(version.to_string())
+            } else {
+                Err(unavailable(out.message("info")))
+            }
+        }
+        .boxed()
     }
-    fn build(
-        &self,
-        _: crate::runtime::BuildSpec,
-    ) -> futures_util::stream::BoxStream<'static, crate::runtime::BuildEvent> {
-        todo!()
+
+    fn build(&self, spec: BuildSpec) -> BoxStream<'static, BuildEvent> {
+        let cmd = self.command(&args::build_args(&spec), &spec.build_args);
+        Box::pin(BuildStream::new(cmd, self.binary.clone(), spec.image))
     }
-    fn image_exists(
-        &self,
-        _: &str,
-    ) -> futures_util::future::BoxFuture<'static, Result<bool, crate::Error>> {
-        todo!()
+
+    fn image_exists(&self, image: &str) -> BoxFuture<'static, Result<bool, Error>> {
+        let fut = self.admin(
+            &["image", "inspect", "--format", "{{.Id}}", image],
+            ADMIN_TIMEOUT,
+        );
+        async move {
+            let out = fut
+                .await
+                .map_err(|e| e.into_error("image inspect", runtime_failed))?;
+            if out.success {
+                Ok(true)
+            } else if out.daemon_down() {
+                Err(unavailable(out.message("image inspect")))
+            } else if out.stderr.to_ascii_lowercase().contains("no such image") {
+                Ok(false)
+            } else {
+                Err(runtime_failed(out.message("image inspect")))
+            }
+        }
+        .boxed()
     }
-    fn run(
-        &self,
-        _: crate::runtime::RunSpec,
-    ) -> futures_util::stream::BoxStream<'static, crate::runtime::ProcessEvent> {
-        todo!()
+
+    fn run(&self, spec: RunSpec) -> BoxStream<'static, ProcessEvent> {
+        let mut cmd = self.command(&args::run_args(&spec), &spec.env);
+        // Killing the client would not stop the container; stopping goes
+        // through `docker kill` / `stop` / `rm -f` by name.
+        cmd.kill_on_drop(false);
+        let ctx = ProcessContext {
+            kind: Kind::Run,
+            binary: self.binary.clone(),
+            image: Some(spec.image.clone()),
+            container: spec.container.clone(),
+            command0: spec.command.first().cloned().unwrap_or_default(),
+            line_cap: spec.line_cap,
+        };
+        Box::pin(ProcessStream::new(cmd, ctx))
     }
-    fn exec(
-        &self,
-        _: crate::runtime::ExecSpec,
-    ) -> futures_util::stream::BoxStream<'static, crate::runtime::ProcessEvent> {
-        todo!()
+
+    fn exec(&self, spec: ExecSpec) -> BoxStream<'static, ProcessEvent> {
+        let mut cmd = self.command(&args::exec_args(&spec), &[]);
+        cmd.kill_on_drop(false);
+        let ctx = ProcessContext {
+            kind: Kind::Exec,
+            binary: self.binary.clone(),
+            image: None,
+            container: spec.container.clone(),
+            command0: spec.command.first().cloned().unwrap_or_default(),
+            line_cap: spec.line_cap,
+        };
+        Box::pin(ProcessStream::new(cmd, ctx))
     }
-    fn signal(
-        &self,
-        _: &str,
-        _: crate::runtime::StopSignal,
-    ) -> futures_util::future::BoxFuture<'static, Result<(), crate::Error>> {
-        todo!()
+
+    fn signal(&self, container: &str, signal: StopSignal) -> BoxFuture<'static, Result<(), Error>> {
+        let fut = self.admin(
+            &["kill", "--signal", signal.name(), container],
+            ADMIN_TIMEOUT,
+        );
+        let container = container.to_string();
+        async move { stop_result(fut.await, "kill", &container) }.boxed()
     }
-    fn stop(
-        &self,
-        _: &str,
-        _: std::time::Duration,
-    ) -> futures_util::future::BoxFuture<'static, Result<(), crate::Error>> {
-        todo!()
+
+    fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), Error>> {
+        // Whole seconds, rounded up. `-t` is understood by every client
+        // (`--time` is deprecated since client 28, `--timeout` is new).
+        let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let fut = self.admin(
+            &["stop", "-t", &secs.to_string(), container],
+            grace + STOP_SLACK,
+        );
+        let container = container.to_string();
+        async move { stop_result(fut.await, "stop", &container) }.boxed()
     }
-    fn remove(
-        &self,
-        _: &str,
-    ) -> futures_util::future::BoxFuture<'static, Result<(), crate::Error>> {
-        todo!()
+
+    fn remove(&self, container: &str) -> BoxFuture<'static, Result<(), Error>> {
+        let fut = self.admin(&["rm", "-f", container], ADMIN_TIMEOUT);
+        let container = container.to_string();
+        async move { stop_result(fut.await, "rm -f", &container) }.boxed()
     }
-    fn list(
-        &self,
-    ) -> futures_util::future::BoxFuture<
-        'static,
-        Result<Vec<crate::runtime::ContainerInfo>, crate::Error>,
-    > {
-        todo!()
+
+    fn list(&self) -> BoxFuture<'static, Result<Vec<ContainerInfo>, Error>> {
+        let filter = format!("label={}", labels::SESSION);
+        let ps = self.admin(&["ps", "-aq", "--filter", &filter], ADMIN_TIMEOUT);
+        let this = self.clone();
+        async move {
+            let out = ps.await.map_err(|e| e.into_error("ps", runtime_failed))?;
+            if out.daemon_down() {
+                return Err(unavailable(out.message("ps")));
+            }
+            if !out.success {
+                return Err(runtime_failed(out.message("ps")));
+            }
+            let ids: Vec<&str> = out.stdout.split_whitespace().collect();
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut argv = vec!["inspect"];
+            argv.extend(ids);
+            let out = this
+                .admin(&argv, ADMIN_TIMEOUT)
+                .await
+                .map_err(|e| e.into_error("inspect", runtime_failed))?;
+            if out.daemon_down() {
+                return Err(unavailable(out.message("inspect")));
+            }
+            // A container removed between `ps` and `inspect` makes inspect
+            // exit 1, but it still prints the others: parse stdout anyway.
+            match inspect::parse_inspect(&out.stdout) {
+                Ok(infos) => Ok(infos),
+                Err(e) if out.success => Err(runtime_failed(format!(
+                    "cannot parse `docker inspect` output: {e}"
+                ))),
+                Err(_) => Err(runtime_failed(out.message("inspect"))),
+            }
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[test]
+    fn binary_from_env_value() {
+        assert_eq!(
+            DockerCli::from_env_value(None).binary(),
+            Path::new("docker")
+        );
+        assert_eq!(
+            DockerCli::from_env_value(Some("".into())).binary(),
+            Path::new("docker")
+        );
+        assert_eq!(
+            DockerCli::from_env_value(Some("/opt/podman".into())).binary(),
+            Path::new("/opt/podman")
+        );
+    }
+
+    #[test]
+    fn bare_names_resolve_on_our_path() {
+        assert_eq!(
+            resolve_on_path(Path::new("/x/docker")),
+            Path::new("/x/docker")
+        );
+        let sh = resolve_on_path(Path::new("sh"));
+        assert!(sh.is_absolute(), "{}", sh.display());
+        assert_eq!(
+            resolve_on_path(Path::new("surely-not-a-binary-cldpd")),
+            Path::new("surely-not-a-binary-cldpd")
+        );
+    }
+
+    fn missing() -> DockerCli {
+        DockerCli::with_binary("/nonexistent/cldpd-test/docker")
+    }
+
+    fn assert_unavailable(e: &Error) {
+        match e {
+            Error::DockerUnavailable { message } => {
+                assert!(
+                    message.contains("/nonexistent/cldpd-test/docker"),
+                    "{message}"
+                );
+                assert!(message.contains(DOCKER_ENV), "{message}");
+            }
+            other => panic!("expected DockerUnavailable, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_binary_is_docker_unavailable_everywhere() {
+        let d = missing();
+        assert_unavailable(&d.preflight().await.unwrap_err());
+        assert_unavailable(&d.image_exists("x").await.unwrap_err());
+        assert_unavailable(&d.list().await.unwrap_err());
+        assert_unavailable(&d.signal("c", StopSignal::Term).await.unwrap_err());
+        assert_unavailable(&d.remove("c").await.unwrap_err());
+        assert_unavailable(&d.stop("c", Duration::from_secs(1)).await.unwrap_err());
+
+        let spec = RunSpec {
+            session: "s".into(),
+            pod: "p".into(),
+            container: "c".into(),
+            image: "i".into(),
+            command: vec!["claude".into()],
+            env: vec![("K".into(), SecretValue::new("v"))],
+            workdir: None,
+            mounts: vec![],
+            labels: Default::default(),
+            resources: Default::default(),
+            line_cap: 1024,
+        };
+        let events: Vec<_> = d.run(spec).collect().await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        match &events[0] {
+            ProcessEvent::Failed(e) => assert_unavailable(e),
+            other => panic!("{other:?}"),
+        }
+
+        let build = BuildSpec {
+            pod: "p".into(),
+            image: "i".into(),
+            context: "/tmp".into(),
+            dockerfile: "/tmp/Dockerfile".into(),
+            build_args: vec![],
+            labels: Default::default(),
+        };
+        let events: Vec<_> = d.build(build).collect().await;
+        assert_eq!(events.len(), 1);
+        match &events[0] {
+            BuildEvent::Finished(Err(e)) => assert_unavailable(e),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A fake docker (a shell script) shows the streaming and the exit
+    /// mapping without a daemon.
+    #[tokio::test]
+    async fn streams_both_pipes_and_maps_the_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("docker");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\n\
+             echo \"argv: $*\"\n\
+             echo \"secret=$API_KEY\"\n\
+             i=0; while [ $i -lt 3000 ]; do echo \"line $i\"; i=$((i+1)); done\n\
+             printf 'no newline' >&2\n\
+             exit 125\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let d = DockerCli::with_binary(&fake);
+        let spec = RunSpec {
+            session: "s".into(),
+            pod: "p".into(),
+            container: "c1".into(),
+            image: "img".into(),
+            command: vec!["claude".into()],
+            env: vec![("API_KEY".into(), SecretValue::new("sk-123"))],
+            workdir: None,
+            mounts: vec![],
+            labels: Default::default(),
+            resources: Default::default(),
+            line_cap: 1024,
+        };
+        let events: Vec<_> = d.run(spec).collect().await;
+        assert!(matches!(&events[0], ProcessEvent::Started { container } if container == "c1"));
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let mut batches = 0;
+        for ev in &events[1..events.len() - 1] {
+            let ProcessEvent::Output(lines) = ev else {
+                panic!("{ev:?}")
+            };
+            batches += 1;
+            for l in lines {
+                match l.stream {
+                    crate::OutputStream::Stdout => stdout.push(l.text.clone()),
+                    crate::OutputStream::Stderr => stderr.push(l.text.clone()),
+                }
+            }
+        }
+        assert!(
+            stdout[0].starts_with("argv: run --rm --init --name c1"),
+            "{}",
+            stdout[0]
+        );
+        assert!(!stdout[0].contains("sk-123"));
+        assert_eq!(stdout[1], "secret=sk-123");
+        assert_eq!(stdout.len(), 3002);
+        assert!(stdout[2..]
+            .iter()
+            .enumerate()
+            .all(|(i, l)| *l == format!("line {i}")));
+        assert!(
+            batches < 3000,
+            "one event per read, not per line ({batches})"
+        );
+        assert_eq!(stderr, ["no newline"]);
+        match events.last().unwrap() {
+            ProcessEvent::Failed(Error::DockerFailed { message }) => {
+                assert_eq!(message, "no newline")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A container `HOME` must not move the docker client's own config
+    /// (and with it the current context) to the container's path.
+    #[tokio::test]
+    async fn a_container_home_does_not_move_the_client_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("docker");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho \"home=$HOME\"\necho \"config=$DOCKER_CONFIG\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let spec = RunSpec {
+            session: "s".into(),
+            pod: "p".into(),
+            container: "c".into(),
+            image: "i".into(),
+            command: vec!["claude".into()],
+            env: vec![("HOME".into(), SecretValue::new("/home/agent"))],
+            workdir: None,
+            mounts: vec![],
+            labels: Default::default(),
+            resources: Default::default(),
+            line_cap: 1024,
+        };
+        let events: Vec<_> = DockerCli::with_binary(&fake).run(spec).collect().await;
+        let lines: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                ProcessEvent::Output(l) => Some(l),
+                _ => None,
+            })
+            .flatten()
+            .map(|l| l.text.clone())
+            .collect();
+        assert_eq!(lines[0], "home=/home/agent");
+        let want = own_docker_config().map(|c| c.to_string_lossy().into_owned());
+        assert_eq!(lines[1], format!("config={}", want.unwrap_or_default()));
     }
 }

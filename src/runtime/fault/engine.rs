@@ -1,0 +1,279 @@
+//! The [`Runtime`] implementation of [`FaultRuntime`]: what `build`, `run`,
+//! `exec`, the signals and `list` do to the engine state in `fault.rs`.
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::{self, BoxStream, StreamExt};
+
+use super::process::{Kind, Process, Shared, BATCH_LINES};
+use super::script::{BuildOutcome, OnStart};
+use super::{failed, unavailable, FaultRuntime, Live, BUILD_TAIL};
+use crate::error::Error;
+use crate::runtime::{
+    labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, ProcessEvent, RunSpec, Runtime,
+    StopSignal,
+};
+
+impl Runtime for FaultRuntime {
+    fn name(&self) -> &str {
+        "fault"
+    }
+
+    fn preflight(&self) -> BoxFuture<'static, Result<String, Error>> {
+        let result = if self.inner.lock().unavailable {
+            Err(unavailable())
+        } else {
+            Ok(concat!("fault ", env!("CARGO_PKG_VERSION")).to_string())
+        };
+        futures_util::future::ready(result).boxed()
+    }
+
+    fn build(&self, spec: BuildSpec) -> BoxStream<'static, BuildEvent> {
+        let mut reg = self.inner.lock();
+        if reg.unavailable {
+            return stream::iter([BuildEvent::Finished(Err(unavailable()))]).boxed();
+        }
+        *reg.build_counts.entry(spec.image.clone()).or_default() += 1;
+        let script = reg
+            .builds
+            .get(&spec.image)
+            .or_else(|| reg.builds.get(&spec.pod))
+            .cloned()
+            .unwrap_or_default();
+        drop(reg);
+        let batches: Vec<BuildEvent> = script
+            .lines
+            .chunks(BATCH_LINES)
+            .map(|c| BuildEvent::Output(c.to_vec()))
+            .collect();
+        let inner = Arc::clone(&self.inner);
+        let finish = async move {
+            if let Some(delay) = script.delay {
+                tokio::time::sleep(delay).await;
+            }
+            let image = spec.image;
+            match &script.outcome {
+                BuildOutcome::Succeed => {
+                    inner.lock().images.insert(image);
+                    BuildEvent::Finished(Ok(()))
+                }
+                BuildOutcome::Fail(code) => {
+                    let tail =
+                        script.lines[script.lines.len().saturating_sub(BUILD_TAIL)..].to_vec();
+                    BuildEvent::Finished(Err(Error::BuildFailed {
+                        image,
+                        code: Some(*code),
+                        tail,
+                    }))
+                }
+                BuildOutcome::Hang => futures_util::future::pending().await,
+                BuildOutcome::Panic(message) => panic!("{message}"),
+            }
+        };
+        stream::iter(batches).chain(stream::once(finish)).boxed()
+    }
+
+    fn image_exists(&self, image: &str) -> BoxFuture<'static, Result<bool, Error>> {
+        let reg = self.inner.lock();
+        let result = if reg.unavailable {
+            Err(unavailable())
+        } else {
+            Ok(reg.images.contains(image))
+        };
+        futures_util::future::ready(result).boxed()
+    }
+
+    fn run(&self, spec: RunSpec) -> BoxStream<'static, ProcessEvent> {
+        let mut reg = self.inner.lock();
+        *reg.run_counts.entry(spec.pod.clone()).or_default() += 1;
+        if reg.record_specs {
+            reg.runs.push(spec.clone());
+        }
+        if reg.unavailable {
+            return failed(unavailable());
+        }
+        let script = match reg
+            .next_runs
+            .get_mut(&spec.pod)
+            .and_then(VecDeque::pop_front)
+        {
+            Some(script) => Arc::new(script),
+            None => reg
+                .pods
+                .get(&spec.pod)
+                .cloned()
+                .unwrap_or_else(|| self.inner.empty.clone()),
+        };
+        match &script.on_start {
+            None => {}
+            Some(OnStart::Panic(message)) => {
+                drop(reg);
+                panic!("{message}");
+            }
+            Some(OnStart::NotRunnable(code)) => {
+                return failed(not_runnable(*code, spec.image, &spec.command))
+            }
+            Some(OnStart::DockerFails(message)) => {
+                return failed(Error::DockerFailed {
+                    message: message.clone(),
+                })
+            }
+        }
+        if reg.live.contains_key(spec.container.as_str()) {
+            return failed(Error::DockerFailed {
+                message: format!(
+                    "Conflict. The container name \"/{}\" is already in use (fault runtime)",
+                    spec.container
+                ),
+            });
+        }
+        let name: Arc<str> = Arc::from(spec.container);
+        let shared = Arc::new(Shared::new());
+        reg.live.insert(
+            name.clone(),
+            Live {
+                shared: shared.clone(),
+                pod: spec.pod.into_boxed_str(),
+                image: spec.image.into_boxed_str(),
+                labels: spec.labels.into_iter().collect(),
+                ignore_sigterm: script.ignore_sigterm,
+                stop_fails: script.stop_fails,
+                execs: Vec::new(),
+            },
+        );
+        reg.max_running = reg.max_running.max(reg.live.len());
+        drop(reg);
+        Process::new(
+            self.inner.clone(),
+            name,
+            script,
+            shared,
+            Kind::Main,
+            spec.line_cap,
+        )
+        .boxed()
+    }
+
+    fn exec(&self, spec: ExecSpec) -> BoxStream<'static, ProcessEvent> {
+        let mut reg = self.inner.lock();
+        if reg.record_specs {
+            reg.execs.push(spec.clone());
+        }
+        if reg.unavailable {
+            return failed(unavailable());
+        }
+        let Some(live) = reg.live.get(spec.container.as_str()) else {
+            return failed(Error::SessionNotFound {
+                target: spec.container,
+            });
+        };
+        let script = reg
+            .exec_scripts
+            .get(&*live.pod)
+            .cloned()
+            .unwrap_or_else(|| self.inner.empty.clone());
+        match &script.on_start {
+            None => {}
+            Some(OnStart::Panic(message)) => {
+                drop(reg);
+                panic!("{message}");
+            }
+            Some(OnStart::NotRunnable(code)) => {
+                return failed(not_runnable(*code, live.image.to_string(), &spec.command))
+            }
+            Some(OnStart::DockerFails(message)) => {
+                return failed(Error::DockerFailed {
+                    message: message.clone(),
+                })
+            }
+        }
+        let shared = Arc::new(Shared::new());
+        if let Some(live) = reg.live.get_mut(spec.container.as_str()) {
+            live.execs.push(shared.clone());
+        }
+        drop(reg);
+        let name: Arc<str> = Arc::from(spec.container);
+        Process::new(
+            self.inner.clone(),
+            name,
+            script,
+            shared,
+            Kind::Exec,
+            spec.line_cap,
+        )
+        .boxed()
+    }
+
+    fn signal(&self, container: &str, signal: StopSignal) -> BoxFuture<'static, Result<(), Error>> {
+        let inner = self.inner.clone();
+        let name = container.to_owned();
+        async move { inner.deliver(&name, signal, None).map(drop) }.boxed()
+    }
+
+    fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), Error>> {
+        let inner = self.inner.clone();
+        let name = container.to_owned();
+        async move {
+            let Some(shared) = inner.deliver(&name, StopSignal::Term, None)? else {
+                return Ok(());
+            };
+            let mut ended = pin!(shared.ended.notified());
+            ended.as_mut().enable();
+            if shared.code().is_none() {
+                let _ = tokio::time::timeout(grace, ended).await;
+            }
+            if shared.code().is_none() {
+                inner.deliver(&name, StopSignal::Kill, Some(&shared))?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn remove(&self, container: &str) -> BoxFuture<'static, Result<(), Error>> {
+        let inner = self.inner.clone();
+        let name = container.to_owned();
+        async move { inner.deliver(&name, StopSignal::Kill, None).map(drop) }.boxed()
+    }
+
+    fn list(&self) -> BoxFuture<'static, Result<Vec<ContainerInfo>, Error>> {
+        let reg = self.inner.lock();
+        let result = if reg.unavailable {
+            Err(unavailable())
+        } else {
+            let mut infos: Vec<ContainerInfo> = reg
+                .live
+                .iter()
+                .filter(|(_, live)| live.labels.iter().any(|(k, _)| k == labels::SESSION))
+                .map(|(name, live)| ContainerInfo {
+                    name: name.to_string(),
+                    state: "running".to_string(),
+                    labels: live.labels.iter().cloned().collect(),
+                })
+                .collect();
+            infos.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+            Ok(infos)
+        };
+        futures_util::future::ready(result).boxed()
+    }
+}
+
+/// Docker's answer to an agent command that cannot run.
+fn not_runnable(code: i32, image: String, command: &[String]) -> Error {
+    let program = command.first().cloned().unwrap_or_default();
+    let message = if code == 127 {
+        format!("exec: \"{program}\": executable file not found in $PATH")
+    } else {
+        format!("exec: \"{program}\": permission denied")
+    };
+    Error::AgentNotRunnable {
+        image,
+        command: program,
+        code,
+        message,
+    }
+}

@@ -1,0 +1,591 @@
+//! The actor system over the FaultRuntime: event ordering (invariant 1),
+//! loss (2), subscribers (3), stop escalation (6), panics, bad input (8).
+//! Every test is bounded by `within(...)`; nothing sleeps to synchronise.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use cldpd::messages::dispatcher::Start;
+use cldpd::messages::session::Subscribe;
+use cldpd::runtime::{BuildScript, FaultRuntime, RunScript, StopSignal};
+use cldpd::{Dispatcher, Error, Event, EventKind, OutputStream, StartRequest, Subscriber};
+use futures_util::StreamExt;
+use support::fault::*;
+
+const ISSUE: &str = "https://github.com/acme/web/issues/1";
+
+fn setup(pods: &[(&str, Option<&str>)]) -> (Dirs, FaultRuntime, Dispatcher) {
+    let dirs = Dirs::new(pods);
+    let rt = FaultRuntime::new();
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    (dirs, rt, d)
+}
+
+async fn collect(session: &cldpd::Session) -> Seen {
+    let mut seen = Seen::default();
+    let mut next = 1;
+    let mut events = session.events();
+    while let Some(ev) = events.next().await {
+        record(&mut seen, &mut next, &ev);
+        seen.all.push(ev);
+    }
+    seen
+}
+
+// ----- invariant 1: ordering -------------------------------------------------
+
+#[actix::test]
+async fn start_events_follow_the_grammar() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_build("cldpd-web", BuildScript::succeed(["Step 1/2 : FROM scratch", "Step 2/2 : COPY . ."]));
+    rt.script_pod("web", RunScript::new().stdout_lines(3).stderr_lines(2).exit(0));
+    let s = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
+    let seen = within(20, "the run", collect(&s)).await;
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+    assert_flow(&seen.flow, START);
+    assert_eq!((seen.stdout, seen.stderr), (3, 2));
+    let build_lines: Vec<_> = seen.all.iter().filter(|e| e.kind.name() == "build_output").collect();
+    assert_eq!(build_lines.len(), 2);
+    assert!(matches!(seen.terminal.unwrap().kind, EventKind::ContainerExited { code: 0 }));
+    assert_eq!(s.wait().await.unwrap(), 0);
+    // Every event has this session's id and the log holds the same events.
+    assert!(seen.all.iter().all(|e| &*e.session == s.id()));
+    assert_eq!(cldpd::log::read_all(s.log_path()).unwrap(), seen.all);
+    // The container got labels, a pinned conversation and --init-able argv.
+    let spec = rt.runs().pop().unwrap();
+    assert_eq!(spec.container, s.id());
+    assert_eq!(spec.labels["cldpd.session"], s.id());
+    assert_eq!(spec.labels["cldpd.pod"], "web");
+    let conv = &spec.labels["cldpd.conversation"];
+    assert_eq!(spec.command[..4], ["claude", "-p", "--session-id", conv.as_str()]);
+    assert!(spec.command[4].ends_with(&format!("Work on this GitHub issue: {ISSUE}")));
+}
+
+#[actix::test]
+async fn build_failure_events_follow_the_grammar() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_build("cldpd-web", BuildScript::fail(["Step 1/1 : RUN make", "make: *** no rule"], 2));
+    let s = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
+    let seen = within(20, "the run", collect(&s)).await;
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+    assert_flow(&seen.flow, &["build_started", "build_output*", "error"]);
+    match &seen.terminal.unwrap().kind {
+        EventKind::Error { code, message } => {
+            assert_eq!(code, "build_failed");
+            assert!(message.contains("no rule"), "{message}");
+        }
+        k => panic!("{k:?}"),
+    }
+    assert!(matches!(s.wait().await, Err(Error::BuildFailed { code: Some(2), .. })));
+    assert_eq!(rt.run_count("web"), 0, "no container after a failed build");
+}
+
+#[actix::test]
+async fn runtime_failure_events_follow_the_grammar() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(5).crash("engine lost the container"));
+    let s = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
+    let seen = within(20, "the run", collect(&s)).await;
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+    assert_flow(
+        &seen.flow,
+        &["build_started", "build_output*", "build_complete", "container_started", "output*", "error"],
+    );
+    assert_eq!(seen.stdout, 5);
+    assert!(matches!(s.wait().await, Err(Error::RuntimeFailed { .. })));
+}
+
+#[actix::test]
+async fn resume_events_follow_the_grammar_and_reach_the_pinned_conversation() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(1).hang());
+    rt.script_exec("web", RunScript::new().stdout_lines(2).exit(0));
+    let s = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
+    within(20, "running", wait_running(&s)).await;
+    let r = d.resume(s.id(), "also fix the tests").await.unwrap();
+    assert_ne!(r.id(), s.id());
+    assert_eq!(r.info().resume_of.as_deref(), Some(s.id()));
+    let seen = within(20, "the resume", collect(&r)).await;
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+    assert_flow(&seen.flow, &["container_started", "output*", "container_exited"]);
+    let conv = rt.runs()[0].labels["cldpd.conversation"].clone();
+    let exec = rt.execs().pop().unwrap();
+    assert_eq!(exec.container, s.id());
+    assert_eq!(exec.command, ["claude", "-p", "--resume", conv.as_str(), "also fix the tests"]);
+    // Resume by pod name works while exactly one run of the pod is live.
+    let r2 = d.resume("web", "one more").await.unwrap();
+    assert_eq!(within(20, "resume 2", r2.wait()).await.unwrap(), 0);
+    assert_eq!(s.stop(Some(Duration::ZERO)).await.unwrap(), 137);
+}
+
+#[actix::test]
+async fn resume_targets_are_checked() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().hang());
+    assert!(matches!(d.resume("web", "hi").await, Err(Error::SessionNotFound { .. })));
+    assert!(matches!(d.resume("web", "  ").await, Err(Error::EmptyPrompt)));
+    let a = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
+    let b = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
+    within(20, "running", wait_running(&a)).await;
+    within(20, "running", wait_running(&b)).await;
+    match d.resume("web", "hi").await {
+        Err(Error::AmbiguousTarget { sessions, .. }) => {
+            let mut want = vec![a.id().to_string(), b.id().to_string()];
+            want.sort();
+            assert_eq!(sessions, want);
+        }
+        other => panic!("{other:?}"),
+    }
+    // An exec into a container that has gone away is SessionNotFound.
+    rt.script_exec("web", RunScript::new().exit(0));
+    a.stop(Some(Duration::ZERO)).await.unwrap();
+    assert!(matches!(d.resume(a.id(), "hi").await, Err(Error::SessionNotFound { .. })));
+    d.shutdown(Some(Duration::ZERO)).await.unwrap();
+}
+
+async fn wait_running(s: &cldpd::Session) {
+    let mut state = s.info().state.clone();
+    let _ = state
+        .wait_for(|st| matches!(st, cldpd::SessionState::Running { .. }) || st.is_terminal())
+        .await;
+    // The container must have reported its start.
+    let mut events = s.events();
+    while let Some(ev) = events.next().await {
+        if matches!(ev.kind, EventKind::ContainerStarted { .. }) || ev.is_terminal() {
+            break;
+        }
+    }
+}
+
+// ----- invariant 2: lossless -------------------------------------------------
+
+#[actix::test]
+async fn thousand_sessions_of_thousand_lines_lose_nothing() {
+    let (_dirs, rt, d) = setup(&[("bulk", None)]);
+    rt.record_specs(false);
+    rt.script_pod("bulk", RunScript::new().stdout_lines(1000).exit(0));
+    let mut waits = Vec::new();
+    for i in 0..1000 {
+        // Half with actix's default mailbox (they lag and are fed from the
+        // log), half with a roomy one.
+        let (checker, done) = Checker::start(false, if i % 2 == 0 { 16 } else { 1024 });
+        let req = StartRequest::prompt("bulk", "go").subscribe(checker.recipient::<Event>());
+        d.start(req).await.unwrap();
+        waits.push(done);
+    }
+    let seens = within(240, "1000 sessions", futures_util::future::join_all(waits)).await;
+    for seen in seens {
+        let seen = seen.expect("checker reported");
+        assert!(seen.problems.is_empty(), "{:?}", &seen.problems[..seen.problems.len().min(5)]);
+        assert_eq!(seen.stdout, 1000);
+        assert_flow(&seen.flow, START);
+        assert!(matches!(seen.terminal.unwrap().kind, EventKind::ContainerExited { code: 0 }));
+    }
+    assert!(rt.running().is_empty());
+}
+
+#[actix::test]
+async fn one_session_of_a_million_lines_loses_nothing() {
+    let (_dirs, rt, d) = setup(&[("big", None)]);
+    rt.script_pod(
+        "big",
+        RunScript::new()
+            .lines(OutputStream::Stdout, 500_000, 0, None)
+            .lines(OutputStream::Stderr, 500_000, 0, None)
+            .exit(0),
+    );
+    let s = d.start(StartRequest::prompt("big", "go")).await.unwrap();
+    let mut seen = Seen::default();
+    let mut next = 1;
+    let mut events = s.events();
+    let count = async {
+        while let Some(ev) = events.next().await {
+            record(&mut seen, &mut next, &ev);
+        }
+    };
+    within(240, "a million lines", count).await;
+    assert!(seen.problems.is_empty(), "{:?}", &seen.problems[..seen.problems.len().min(5)]);
+    assert_eq!((seen.stdout, seen.stderr), (500_000, 500_000));
+    assert_flow(&seen.flow, &["build_started", "build_output*", "build_complete", "container_started", "output*", "container_exited"]);
+}
+
+#[actix::test]
+async fn non_utf8_and_a_ten_mib_line_do_not_end_the_stream() {
+    let (_dirs, rt, d) = setup(&[("odd", None)]);
+    rt.script_pod(
+        "odd",
+        RunScript::new()
+            .bytes(OutputStream::Stdout, b"before\n\xff\xfe bad \xc3\x28 bytes\n".to_vec())
+            .long_line(OutputStream::Stderr, 10 * 1024 * 1024)
+            .bytes(OutputStream::Stdout, b"after\n".to_vec())
+            .exit(0),
+    );
+    let s = d.start(StartRequest::prompt("odd", "go")).await.unwrap();
+    let seen = within(120, "the run", collect(&s)).await;
+    let outs: Vec<(OutputStream, &str, bool)> = seen
+        .all
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Output { stream, line, partial } => Some((*stream, line.as_str(), *partial)),
+            _ => None,
+        })
+        .collect();
+    let stdout: Vec<&str> = outs.iter().filter(|o| o.0 == OutputStream::Stdout).map(|o| o.1).collect();
+    assert_eq!(stdout[0], "before");
+    assert_eq!(stdout[1], "\u{fffd}\u{fffd} bad \u{fffd}( bytes");
+    assert_eq!(stdout[2], "after");
+    let long: Vec<_> = outs.iter().filter(|o| o.0 == OutputStream::Stderr).collect();
+    assert_eq!(long.iter().map(|o| o.1.len()).sum::<usize>(), 10 * 1024 * 1024);
+    assert!(long.iter().all(|o| o.1.len() <= cldpd::runtime::DEFAULT_LINE_CAP));
+    assert!(long[..long.len() - 1].iter().all(|o| o.2) && !long.last().unwrap().2);
+    assert!(matches!(seen.terminal.unwrap().kind, EventKind::ContainerExited { code: 0 }));
+}
+
+// ----- invariant 3: subscribers ---------------------------------------------
+
+#[actix::test]
+async fn a_never_read_stream_blocks_nothing_and_later_gets_everything() {
+    let (_dirs, rt, d) = setup(&[("a", None), ("b", None)]);
+    rt.script_pod("a", RunScript::new().stdout_lines(50_000).exit(3));
+    rt.script_pod("b", RunScript::new().hang());
+    let a = d.start(StartRequest::prompt("a", "go")).await.unwrap();
+    let unread = a.events(); // never polled while the run goes on
+    let b = d.start(StartRequest::prompt("b", "go")).await.unwrap();
+    let mut b_events = b.events();
+    // The run completes and wait() answers although nobody reads `unread`.
+    assert_eq!(within(60, "wait", a.wait()).await.unwrap(), 3);
+    // Another session is unaffected and stop() answers.
+    assert!(matches!(
+        within(10, "b's first event", b_events.next()).await.unwrap().kind,
+        EventKind::BuildStarted { .. }
+    ));
+    assert_eq!(within(20, "stop b", b.stop(Some(Duration::ZERO))).await.unwrap(), 137);
+    // Reading now yields every event from the first, in order.
+    let mut seen = Seen::default();
+    let mut next = 1;
+    let all: Vec<Event> = within(60, "replay", unread.collect()).await;
+    for ev in &all {
+        record(&mut seen, &mut next, ev);
+    }
+    assert!(seen.problems.is_empty(), "{:?}", &seen.problems[..seen.problems.len().min(5)]);
+    assert_eq!(seen.stdout, 50_000);
+    assert!(matches!(seen.terminal.unwrap().kind, EventKind::ContainerExited { code: 3 }));
+}
+
+/// Stops itself after `n` events: a subscriber that dies mid-run.
+struct DiesAfter(usize);
+impl Actor for DiesAfter {
+    type Context = Context<Self>;
+}
+impl Handler<Event> for DiesAfter {
+    type Result = ();
+    fn handle(&mut self, _: Event, ctx: &mut Context<Self>) {
+        self.0 = self.0.saturating_sub(1);
+        if self.0 == 0 {
+            ctx.stop();
+        }
+    }
+}
+
+#[actix::test]
+async fn a_dead_subscriber_is_dropped_and_the_others_get_everything() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(20_000).exit(0));
+    let dies = DiesAfter(10).start();
+    let (checker, done) = Checker::start(false, 64);
+    let req = StartRequest::prompt("web", "go")
+        .subscribe(dies.recipient::<Event>())
+        .subscribe(checker.recipient::<Event>());
+    let s = d.start(req).await.unwrap();
+    let seen = within(60, "the checker", done).await.unwrap();
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+    assert_eq!(seen.stdout, 20_000);
+    assert_eq!(s.wait().await.unwrap(), 0);
+}
+
+/// Panics on its first output event.
+struct Panics;
+impl Actor for Panics {
+    type Context = Context<Self>;
+}
+impl Handler<Event> for Panics {
+    type Result = ();
+    fn handle(&mut self, ev: Event, _: &mut Context<Self>) {
+        if matches!(ev.kind, EventKind::Output { .. }) {
+            panic!("subscriber bug (expected by this test)");
+        }
+    }
+}
+
+#[actix::test]
+async fn a_panicking_subscriber_takes_nothing_down() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(1000).exit(0));
+    // On its own arbiter, like a subscriber of the embedding application.
+    let arbiter = Arbiter::new();
+    let panics = Panics::start_in_arbiter(&arbiter.handle(), |_| Panics);
+    let (checker, done) = Checker::start(false, 1024);
+    let req = StartRequest::prompt("web", "go")
+        .subscribe(panics.recipient::<Event>())
+        .subscribe(checker.recipient::<Event>());
+    let s = d.start(req).await.unwrap();
+    let seen = within(60, "the checker", done).await.unwrap();
+    assert_eq!(seen.stdout, 1000);
+    assert_eq!(s.wait().await.unwrap(), 0);
+    // The dispatcher still serves.
+    let again = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    assert_eq!(within(30, "a second run", again.wait()).await.unwrap(), 0);
+    arbiter.stop();
+}
+
+#[actix::test]
+async fn subscribers_added_later_replay_from_the_first_event() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(3000).hang());
+    let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    // Wait until some output exists, then subscribe an actor from seq 1.
+    let mut st = s.events();
+    while let Some(ev) = st.next().await {
+        if ev.line() == Some("out 3000") {
+            break;
+        }
+    }
+    let (checker, done) = Checker::start(true, 16);
+    s.info()
+        .addr
+        .send(Subscribe {
+            subscriber: Subscriber::from(checker.recipient::<Event>()),
+            from_seq: 1,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    s.stop(Some(Duration::ZERO)).await.unwrap();
+    let seen = within(30, "the late subscriber", done).await.unwrap();
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+    assert_eq!(seen.all[0].seq, 1);
+    assert_eq!(seen.stdout, 3000);
+}
+
+// ----- invariant 6: stop escalation ------------------------------------------
+
+#[actix::test]
+async fn sigterm_ignored_is_killed_after_the_grace() {
+    let (_dirs, rt, d) = setup(&[("stubborn", None)]);
+    rt.script_pod("stubborn", RunScript::new().stdout_lines(1).hang().ignore_sigterm());
+    let s = d.start(StartRequest::prompt("stubborn", "go")).await.unwrap();
+    within(20, "running", wait_running(&s)).await;
+    let grace = Duration::from_millis(300);
+    let t0 = Instant::now();
+    let code = within(20, "stop", s.stop(Some(grace))).await.unwrap();
+    assert!(t0.elapsed() >= grace, "SIGKILL came before the grace was over");
+    assert_eq!(code, 137);
+    assert_eq!(rt.signals(s.id()), [StopSignal::Term, StopSignal::Kill]);
+    assert!(rt.running().is_empty());
+}
+
+#[actix::test]
+async fn a_cooperative_agent_stops_on_sigterm_alone() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().hang());
+    let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    within(20, "running", wait_running(&s)).await;
+    assert_eq!(within(20, "stop", s.stop(Some(Duration::from_secs(60)))).await.unwrap(), 143);
+    assert_eq!(rt.signals(s.id()), [StopSignal::Term]);
+    let seen = collect(&s).await;
+    assert!(matches!(seen.terminal.unwrap().kind, EventKind::ContainerExited { code: 143 }));
+}
+
+#[actix::test]
+async fn stop_is_idempotent_and_a_shorter_grace_hurries_it() {
+    let (_dirs, rt, d) = setup(&[("stubborn", None)]);
+    rt.script_pod("stubborn", RunScript::new().hang().ignore_sigterm());
+    let s = d.start(StartRequest::prompt("stubborn", "go")).await.unwrap();
+    within(20, "running", wait_running(&s)).await;
+    let slow = s.stop(Some(Duration::from_secs(3600)));
+    let again = s.stop(Some(Duration::from_secs(3600)));
+    let fast = s.stop(Some(Duration::ZERO));
+    let (a, b, c) = within(20, "three stops", futures_util::future::join3(slow, again, fast)).await;
+    assert_eq!((a.unwrap(), b.unwrap(), c.unwrap()), (137, 137, 137));
+    assert_eq!(s.stop(None).await.unwrap(), 137, "stop after the end");
+    assert_eq!(rt.signals(s.id()), [StopSignal::Term, StopSignal::Kill]);
+    // Exactly one terminal event.
+    let seen = collect(&s).await;
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+}
+
+#[actix::test]
+async fn a_stop_that_cannot_complete_is_an_error_not_a_hang() {
+    let (_dirs, rt, d) = setup(&[("stuck", None)]);
+    rt.script_pod("stuck", RunScript::new().hang().stop_fails());
+    let s = d.start(StartRequest::prompt("stuck", "go")).await.unwrap();
+    within(20, "running", wait_running(&s)).await;
+    let r = within(20, "stop", s.stop(Some(Duration::from_millis(50)))).await;
+    assert!(matches!(r, Err(Error::StopFailed { .. })), "{r:?}");
+    let seen = collect(&s).await;
+    assert!(matches!(&seen.terminal.unwrap().kind, EventKind::Error { code, .. } if code == "stop_failed"));
+}
+
+#[actix::test]
+async fn stopping_a_run_that_is_building_ends_it_without_a_container() {
+    let (_dirs, rt, d) = setup(&[("slow", None)]);
+    rt.script_build("cldpd-slow", BuildScript::hang());
+    let s = d.start(StartRequest::prompt("slow", "go")).await.unwrap();
+    let mut st = s.info().state.clone();
+    within(10, "building", st.wait_for(|s| matches!(s, cldpd::SessionState::Building))).await.unwrap();
+    drop(st);
+    assert!(matches!(within(10, "stop", s.stop(None)).await, Err(Error::Stopped)));
+    let seen = collect(&s).await;
+    assert_flow(&seen.flow, &["build_started", "error"]);
+    assert_eq!(rt.run_count("slow"), 0);
+}
+
+#[actix::test]
+async fn dispatcher_shutdown_stops_every_live_run() {
+    let (_dirs, rt, d) = setup(&[("web", None), ("stubborn", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(1).hang());
+    rt.script_pod("stubborn", RunScript::new().hang().ignore_sigterm());
+    let mut sessions = Vec::new();
+    for i in 0..20 {
+        let pod = if i % 4 == 0 { "stubborn" } else { "web" };
+        sessions.push(d.start(StartRequest::prompt(pod, "go")).await.unwrap());
+    }
+    for s in &sessions {
+        within(20, "running", wait_running(s)).await;
+    }
+    within(30, "shutdown", d.shutdown(Some(Duration::from_millis(200)))).await.unwrap();
+    for s in &sessions {
+        let code = s.wait().await.unwrap();
+        assert!(code == 143 || code == 137, "{code}");
+    }
+    assert!(rt.running().is_empty());
+    assert!(d.sessions().await.unwrap().is_empty());
+    assert!(matches!(d.start(StartRequest::prompt("web", "go")).await, Err(Error::ShuttingDown)));
+}
+
+// ----- panics ----------------------------------------------------------------
+
+#[actix::test]
+async fn a_panicking_runtime_ends_the_run_with_an_error_and_nothing_else() {
+    let (_dirs, rt, d) = setup(&[("boom", None), ("early", None), ("web", None)]);
+    rt.script_pod("boom", RunScript::new().stdout_lines(10).panic("fault runtime panics (expected)"));
+    rt.script_pod("early", RunScript::new().panic_on_start("run() panics (expected)"));
+    rt.script_pod("web", RunScript::new().stdout_lines(1).exit(0));
+    for pod in ["boom", "early"] {
+        let s = d.start(StartRequest::prompt(pod, "go")).await.unwrap();
+        let seen = within(20, "the run", collect(&s)).await;
+        assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+        match &seen.terminal.as_ref().unwrap().kind {
+            EventKind::Error { code, message } => {
+                assert_eq!(code, "internal");
+                assert!(message.contains("panicked"), "{message}");
+            }
+            k => panic!("{k:?}"),
+        }
+    }
+    // The containers of the failed runs were removed.
+    assert!(rt.running().is_empty(), "{:?}", rt.running());
+    let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    assert_eq!(within(20, "a healthy run", s.wait()).await.unwrap(), 0);
+}
+
+#[actix::test]
+async fn a_panicking_build_fails_its_run_only() {
+    let (_dirs, rt, d) = setup(&[("boom", None), ("web", None)]);
+    rt.script_build("cldpd-boom", BuildScript::panic("build panics (expected)"));
+    let s = d.start(StartRequest::prompt("boom", "go")).await.unwrap();
+    assert!(matches!(within(20, "wait", s.wait()).await, Err(Error::Internal { .. })));
+    let ok = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    assert_eq!(within(20, "a healthy run", ok.wait()).await.unwrap(), 0);
+}
+
+// ----- invariant 8: bad input ------------------------------------------------
+
+#[actix::test]
+async fn bad_input_gives_its_own_error_and_creates_nothing() {
+    let (dirs, rt, d) = setup(&[("web", None)]);
+    std::fs::create_dir_all(dirs.pods().join("nodockerfile")).unwrap();
+    dirs.add_pod("badjson", Some("{ \"image\": "));
+    dirs.add_pod("typo", Some(r#"{ "imgae": "x" }"#));
+    dirs.add_pod("nomount", Some(r#"{ "mounts": [{ "source": "/definitely/not/here", "target": "/w" }] }"#));
+    dirs.add_pod("relmount", Some(r#"{ "mounts": [{ "source": "/tmp", "target": "w" }] }"#));
+    dirs.add_pod("badenv", Some(r#"{ "env": { "1BAD": "x" } }"#));
+    let start = |pod: &str, issue: &str| d.start(StartRequest::issue(pod, issue));
+    let e = start("nope", ISSUE).await.unwrap_err();
+    match &e {
+        Error::PodNotFound { available, .. } => assert!(available.contains(&"web".to_string())),
+        e => panic!("{e:?}"),
+    }
+    for name in ["../web", "a/b", "/x", "", "Web", ".."] {
+        assert!(
+            matches!(start(name, ISSUE).await, Err(Error::InvalidPodName { .. })),
+            "pod name {name:?} must be refused"
+        );
+    }
+    assert!(matches!(start("nodockerfile", ISSUE).await, Err(Error::InvalidPod { .. })));
+    assert!(matches!(start("badjson", ISSUE).await, Err(Error::PodConfig { .. })));
+    match start("typo", ISSUE).await {
+        Err(Error::PodConfig { field, path, .. }) => {
+            assert_eq!(field.as_deref(), Some("imgae"));
+            assert!(path.ends_with("typo/pod.json"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(start("nomount", ISSUE).await, Err(Error::MountSourceMissing { .. })));
+    assert!(matches!(start("relmount", ISSUE).await, Err(Error::MountTargetRelative { .. })));
+    assert!(matches!(start("badenv", ISSUE).await, Err(Error::InvalidEnvName { .. })));
+    assert!(matches!(start("web", "").await, Err(Error::InvalidIssueUrl { .. })));
+    assert!(matches!(start("web", "not a url").await, Err(Error::InvalidIssueUrl { .. })));
+    assert!(matches!(
+        start("web", "https://github.com/acme/web/pull/1").await,
+        Err(Error::InvalidIssueUrl { .. })
+    ));
+    assert!(matches!(d.start(StartRequest::prompt("web", " \n")).await, Err(Error::EmptyPrompt)));
+    // Nothing was created: no session, no log, no build, no container.
+    assert!(d.sessions().await.unwrap().is_empty());
+    let logs = std::fs::read_dir(dirs.state().join("sessions")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(logs, 0);
+    assert_eq!(d.build_count().await.unwrap(), 0);
+    assert!(rt.runs().is_empty());
+}
+
+#[actix::test]
+async fn docker_and_agent_failures_are_clear_errors_and_leave_nothing_running() {
+    let (_dirs, rt, d) = setup(&[("missing", None), ("broken", None), ("web", None)]);
+    rt.script_pod("missing", RunScript::new().not_runnable(127));
+    rt.script_pod("broken", RunScript::new().docker_fails("docker: Error response from daemon: invalid mount config"));
+    let s = d.start(StartRequest::prompt("missing", "go")).await.unwrap();
+    match within(20, "wait", s.wait()).await {
+        Err(e @ Error::AgentNotRunnable { code: 127, .. }) => assert!(e.hint().unwrap().contains("claude")),
+        other => panic!("{other:?}"),
+    }
+    let s = d.start(StartRequest::prompt("broken", "go")).await.unwrap();
+    match within(20, "wait", s.wait()).await {
+        Err(Error::DockerFailed { message }) => assert!(message.contains("invalid mount")),
+        other => panic!("{other:?}"),
+    }
+    rt.set_unavailable(true);
+    assert!(matches!(d.preflight().await, Err(Error::DockerUnavailable { .. })));
+    let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    assert!(matches!(within(20, "wait", s.wait()).await, Err(Error::DockerUnavailable { .. })));
+    assert!(rt.running().is_empty());
+    assert!(d.sessions().await.unwrap().is_empty());
+}
+
+#[actix::test]
+async fn the_actor_api_takes_recipients_at_start() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(10).exit(0));
+    let (checker, done) = Checker::start(true, 16);
+    let info = d
+        .addr()
+        .send(Start(StartRequest::prompt("web", "go").subscribe(checker.recipient::<Event>())))
+        .await
+        .unwrap()
+        .unwrap();
+    let seen = within(20, "checker", done).await.unwrap();
+    assert_eq!(&*seen.all[0].session, info.id);
+    assert_flow(&seen.flow, START);
+}

@@ -1,0 +1,6 @@
+//! Shared support for integration tests. Each test file that needs it says
+//! `mod support;`; not every file uses every item.
+#![allow(dead_code)]
+
+pub mod docker;
+pub mod fault;
