@@ -60,10 +60,9 @@ pub async fn drive(
             }
             res = async { stop.as_mut().expect("guarded").await }, if stop.is_some() => {
                 stop = None;
-                match res {
-                    Err(e @ cldpd::Error::StopFailed { .. }) => stop_error = Some(e),
-                    // The outcome itself comes from `wait` below.
-                    _ => {}
+                // The outcome itself comes from `wait` below.
+                if let Err(e @ cldpd::Error::StopFailed { .. }) = res {
+                    stop_error = Some(e);
                 }
             }
             ev = events.next() => {

@@ -162,9 +162,12 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
                     &mut ui,
                     Level::Ok,
                     format_args!(
-                        "pods directory {} exists ({} pods)",
+                        "pods directory {} exists ({})",
                         pods_dir.display(),
-                        pods.len()
+                        match pods.len() {
+                            1 => "1 pod".to_string(),
+                            n => format!("{n} pods"),
+                        }
                     ),
                     None,
                 );
@@ -236,12 +239,9 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
     }
 }
 
-/// The docker binary the library uses: `CLDPD_DOCKER`, else `docker`.
+/// The docker binary the library uses (`CLDPD_DOCKER`, else `docker`).
 fn docker_binary() -> String {
-    std::env::var("CLDPD_DOCKER")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "docker".to_string())
+    DockerCli::new().binary().display().to_string()
 }
 
 /// Build a one-file `FROM scratch` image through the library's Docker

@@ -147,7 +147,7 @@ fn resolve(ctx: &Ctx, target: &str) -> Result<(String, PathBuf), CliError> {
         return Ok((id.clone(), settings.log_path(id)));
     }
     let mut recent = logs;
-    recent.sort_by(|a, b| b.1.cmp(&a.1));
+    recent.sort_by_key(|r| std::cmp::Reverse(r.1));
     let hint = if recent.is_empty() {
         format!(
             "there are no session logs in {} yet; runs write them there (set --state-dir or CLDPD_STATE_DIR if yours are elsewhere)",
