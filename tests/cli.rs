@@ -487,3 +487,44 @@ fn doctor_names_unset_inherit_env_variables_but_never_prints_values() {
     );
     assert!(out.stdout.contains("checks failed"), "{}", out.stdout);
 }
+
+#[test]
+fn environment_variables_stand_in_for_the_flags_and_empty_means_unset() {
+    let home = tempfile::tempdir().unwrap();
+    let pods = tempfile::tempdir().unwrap();
+    pod(pods.path(), "from-env", None);
+    let bin = env!("CARGO_BIN_EXE_cldpd");
+
+    let out = run(
+        {
+            let mut c = std::process::Command::new(bin);
+            c.env("CLDPD_PODS_DIR", pods.path())
+                .env("CLDPD_STATE_DIR", home.path())
+                .arg("pods");
+            c
+        },
+        LIMIT,
+    );
+    out.expect_code(0);
+    assert!(out.stdout.contains("from-env"), "{}", out.stdout);
+
+    // Empty: the default under HOME, not a usage error.
+    let out = run(
+        {
+            let mut c = std::process::Command::new(bin);
+            c.env("HOME", home.path())
+                .env("CLDPD_PODS_DIR", "")
+                .env("CLDPD_STATE_DIR", "")
+                .arg("pods");
+            c
+        },
+        LIMIT,
+    );
+    refused(
+        &out,
+        &[&format!(
+            "pods directory {}/.cldpd/pods does not exist",
+            home.path().display()
+        )],
+    );
+}

@@ -124,6 +124,13 @@ fn parse_grace(text: &str) -> Result<Duration, String> {
 
 /// Run the command line of this process; returns the exit code.
 pub fn main() -> i32 {
+    // An empty variable means "not set" (as in Settings::from_env), not an
+    // empty path clap would refuse. Nothing else runs yet: no threads.
+    for name in ["CLDPD_PODS_DIR", "CLDPD_STATE_DIR"] {
+        if std::env::var_os(name).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(name);
+        }
+    }
     // Usage errors exit 2 here, --help and --version 0.
     let cli = Cli::parse();
     init_tracing(cli.global.verbose);
