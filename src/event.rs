@@ -200,7 +200,11 @@ impl Serialize for EventData {
                 m.serialize_entry("container", container)?;
                 m.serialize_entry("attempt", attempt)?;
             }
-            EventKind::Output { stream, line, partial } => {
+            EventKind::Output {
+                stream,
+                line,
+                partial,
+            } => {
                 m.serialize_entry("stream", stream)?;
                 m.serialize_entry("line", line)?;
                 if *partial {

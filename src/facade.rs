@@ -88,6 +88,11 @@ impl Dispatcher {
         Ok(Session { info })
     }
 
+    /// Check a start request without starting anything (see [`Validate`]).
+    pub async fn validate(&self, request: StartRequest) -> Result<()> {
+        self.addr.send(Validate(request)).await.map_err(gone)?
+    }
+
     /// Send a follow-up prompt to a running agent (see [`Resume`]).
     pub async fn resume(
         &self,

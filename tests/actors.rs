@@ -39,16 +39,29 @@ async fn collect(session: &cldpd::Session) -> Seen {
 #[actix::test]
 async fn start_events_follow_the_grammar() {
     let (_dirs, rt, d) = setup(&[("web", None)]);
-    rt.script_build("cldpd-web", BuildScript::succeed(["Step 1/2 : FROM scratch", "Step 2/2 : COPY . ."]));
-    rt.script_pod("web", RunScript::new().stdout_lines(3).stderr_lines(2).exit(0));
+    rt.script_build(
+        "cldpd-web",
+        BuildScript::succeed(["Step 1/2 : FROM scratch", "Step 2/2 : COPY . ."]),
+    );
+    rt.script_pod(
+        "web",
+        RunScript::new().stdout_lines(3).stderr_lines(2).exit(0),
+    );
     let s = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
     let seen = within(20, "the run", collect(&s)).await;
     assert!(seen.problems.is_empty(), "{:?}", seen.problems);
     assert_flow(&seen.flow, START);
     assert_eq!((seen.stdout, seen.stderr), (3, 2));
-    let build_lines: Vec<_> = seen.all.iter().filter(|e| e.kind.name() == "build_output").collect();
+    let build_lines: Vec<_> = seen
+        .all
+        .iter()
+        .filter(|e| e.kind.name() == "build_output")
+        .collect();
     assert_eq!(build_lines.len(), 2);
-    assert!(matches!(seen.terminal.unwrap().kind, EventKind::ContainerExited { code: 0 }));
+    assert!(matches!(
+        seen.terminal.unwrap().kind,
+        EventKind::ContainerExited { code: 0 }
+    ));
     assert_eq!(s.wait().await.unwrap(), 0);
     // Every event has this session's id and the log holds the same events.
     assert!(seen.all.iter().all(|e| &*e.session == s.id()));
@@ -59,14 +72,20 @@ async fn start_events_follow_the_grammar() {
     assert_eq!(spec.labels["cldpd.session"], s.id());
     assert_eq!(spec.labels["cldpd.pod"], "web");
     let conv = &spec.labels["cldpd.conversation"];
-    assert_eq!(spec.command[..4], ["claude", "-p", "--session-id", conv.as_str()]);
+    assert_eq!(
+        spec.command[..4],
+        ["claude", "-p", "--session-id", conv.as_str()]
+    );
     assert!(spec.command[4].ends_with(&format!("Work on this GitHub issue: {ISSUE}")));
 }
 
 #[actix::test]
 async fn build_failure_events_follow_the_grammar() {
     let (_dirs, rt, d) = setup(&[("web", None)]);
-    rt.script_build("cldpd-web", BuildScript::fail(["Step 1/1 : RUN make", "make: *** no rule"], 2));
+    rt.script_build(
+        "cldpd-web",
+        BuildScript::fail(["Step 1/1 : RUN make", "make: *** no rule"], 2),
+    );
     let s = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
     let seen = within(20, "the run", collect(&s)).await;
     assert!(seen.problems.is_empty(), "{:?}", seen.problems);
@@ -78,20 +97,35 @@ async fn build_failure_events_follow_the_grammar() {
         }
         k => panic!("{k:?}"),
     }
-    assert!(matches!(s.wait().await, Err(Error::BuildFailed { code: Some(2), .. })));
+    assert!(matches!(
+        s.wait().await,
+        Err(Error::BuildFailed { code: Some(2), .. })
+    ));
     assert_eq!(rt.run_count("web"), 0, "no container after a failed build");
 }
 
 #[actix::test]
 async fn runtime_failure_events_follow_the_grammar() {
     let (_dirs, rt, d) = setup(&[("web", None)]);
-    rt.script_pod("web", RunScript::new().stdout_lines(5).crash("engine lost the container"));
+    rt.script_pod(
+        "web",
+        RunScript::new()
+            .stdout_lines(5)
+            .crash("engine lost the container"),
+    );
     let s = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
     let seen = within(20, "the run", collect(&s)).await;
     assert!(seen.problems.is_empty(), "{:?}", seen.problems);
     assert_flow(
         &seen.flow,
-        &["build_started", "build_output*", "build_complete", "container_started", "output*", "error"],
+        &[
+            "build_started",
+            "build_output*",
+            "build_complete",
+            "container_started",
+            "output*",
+            "error",
+        ],
     );
     assert_eq!(seen.stdout, 5);
     assert!(matches!(s.wait().await, Err(Error::RuntimeFailed { .. })));
@@ -109,11 +143,23 @@ async fn resume_events_follow_the_grammar_and_reach_the_pinned_conversation() {
     assert_eq!(r.info().resume_of.as_deref(), Some(s.id()));
     let seen = within(20, "the resume", collect(&r)).await;
     assert!(seen.problems.is_empty(), "{:?}", seen.problems);
-    assert_flow(&seen.flow, &["container_started", "output*", "container_exited"]);
+    assert_flow(
+        &seen.flow,
+        &["container_started", "output*", "container_exited"],
+    );
     let conv = rt.runs()[0].labels["cldpd.conversation"].clone();
     let exec = rt.execs().pop().unwrap();
     assert_eq!(exec.container, s.id());
-    assert_eq!(exec.command, ["claude", "-p", "--resume", conv.as_str(), "also fix the tests"]);
+    assert_eq!(
+        exec.command,
+        [
+            "claude",
+            "-p",
+            "--resume",
+            conv.as_str(),
+            "also fix the tests"
+        ]
+    );
     // Resume by pod name works while exactly one run of the pod is live.
     let r2 = d.resume("web", "one more").await.unwrap();
     assert_eq!(within(20, "resume 2", r2.wait()).await.unwrap(), 0);
@@ -124,8 +170,14 @@ async fn resume_events_follow_the_grammar_and_reach_the_pinned_conversation() {
 async fn resume_targets_are_checked() {
     let (_dirs, rt, d) = setup(&[("web", None)]);
     rt.script_pod("web", RunScript::new().hang());
-    assert!(matches!(d.resume("web", "hi").await, Err(Error::SessionNotFound { .. })));
-    assert!(matches!(d.resume("web", "  ").await, Err(Error::EmptyPrompt)));
+    assert!(matches!(
+        d.resume("web", "hi").await,
+        Err(Error::SessionNotFound { .. })
+    ));
+    assert!(matches!(
+        d.resume("web", "  ").await,
+        Err(Error::EmptyPrompt)
+    ));
     let a = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
     let b = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
     within(20, "running", wait_running(&a)).await;
@@ -141,7 +193,10 @@ async fn resume_targets_are_checked() {
     // An exec into a container that has gone away is SessionNotFound.
     rt.script_exec("web", RunScript::new().exit(0));
     a.stop(Some(Duration::ZERO)).await.unwrap();
-    assert!(matches!(d.resume(a.id(), "hi").await, Err(Error::SessionNotFound { .. })));
+    assert!(matches!(
+        d.resume(a.id(), "hi").await,
+        Err(Error::SessionNotFound { .. })
+    ));
     d.shutdown(Some(Duration::ZERO)).await.unwrap();
 }
 
@@ -178,10 +233,17 @@ async fn thousand_sessions_of_thousand_lines_lose_nothing() {
     let seens = within(240, "1000 sessions", futures_util::future::join_all(waits)).await;
     for seen in seens {
         let seen = seen.expect("checker reported");
-        assert!(seen.problems.is_empty(), "{:?}", &seen.problems[..seen.problems.len().min(5)]);
+        assert!(
+            seen.problems.is_empty(),
+            "{:?}",
+            &seen.problems[..seen.problems.len().min(5)]
+        );
         assert_eq!(seen.stdout, 1000);
         assert_flow(&seen.flow, START);
-        assert!(matches!(seen.terminal.unwrap().kind, EventKind::ContainerExited { code: 0 }));
+        assert!(matches!(
+            seen.terminal.unwrap().kind,
+            EventKind::ContainerExited { code: 0 }
+        ));
     }
     assert!(rt.running().is_empty());
 }
@@ -206,9 +268,23 @@ async fn one_session_of_a_million_lines_loses_nothing() {
         }
     };
     within(240, "a million lines", count).await;
-    assert!(seen.problems.is_empty(), "{:?}", &seen.problems[..seen.problems.len().min(5)]);
+    assert!(
+        seen.problems.is_empty(),
+        "{:?}",
+        &seen.problems[..seen.problems.len().min(5)]
+    );
     assert_eq!((seen.stdout, seen.stderr), (500_000, 500_000));
-    assert_flow(&seen.flow, &["build_started", "build_output*", "build_complete", "container_started", "output*", "container_exited"]);
+    assert_flow(
+        &seen.flow,
+        &[
+            "build_started",
+            "build_output*",
+            "build_complete",
+            "container_started",
+            "output*",
+            "container_exited",
+        ],
+    );
 }
 
 #[actix::test]
@@ -217,7 +293,10 @@ async fn non_utf8_and_a_ten_mib_line_do_not_end_the_stream() {
     rt.script_pod(
         "odd",
         RunScript::new()
-            .bytes(OutputStream::Stdout, b"before\n\xff\xfe bad \xc3\x28 bytes\n".to_vec())
+            .bytes(
+                OutputStream::Stdout,
+                b"before\n\xff\xfe bad \xc3\x28 bytes\n".to_vec(),
+            )
             .long_line(OutputStream::Stderr, 10 * 1024 * 1024)
             .bytes(OutputStream::Stdout, b"after\n".to_vec())
             .exit(0),
@@ -228,19 +307,38 @@ async fn non_utf8_and_a_ten_mib_line_do_not_end_the_stream() {
         .all
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::Output { stream, line, partial } => Some((*stream, line.as_str(), *partial)),
+            EventKind::Output {
+                stream,
+                line,
+                partial,
+            } => Some((*stream, line.as_str(), *partial)),
             _ => None,
         })
         .collect();
-    let stdout: Vec<&str> = outs.iter().filter(|o| o.0 == OutputStream::Stdout).map(|o| o.1).collect();
+    let stdout: Vec<&str> = outs
+        .iter()
+        .filter(|o| o.0 == OutputStream::Stdout)
+        .map(|o| o.1)
+        .collect();
     assert_eq!(stdout[0], "before");
     assert_eq!(stdout[1], "\u{fffd}\u{fffd} bad \u{fffd}( bytes");
     assert_eq!(stdout[2], "after");
-    let long: Vec<_> = outs.iter().filter(|o| o.0 == OutputStream::Stderr).collect();
-    assert_eq!(long.iter().map(|o| o.1.len()).sum::<usize>(), 10 * 1024 * 1024);
-    assert!(long.iter().all(|o| o.1.len() <= cldpd::runtime::DEFAULT_LINE_CAP));
+    let long: Vec<_> = outs
+        .iter()
+        .filter(|o| o.0 == OutputStream::Stderr)
+        .collect();
+    assert_eq!(
+        long.iter().map(|o| o.1.len()).sum::<usize>(),
+        10 * 1024 * 1024
+    );
+    assert!(long
+        .iter()
+        .all(|o| o.1.len() <= cldpd::runtime::DEFAULT_LINE_CAP));
     assert!(long[..long.len() - 1].iter().all(|o| o.2) && !long.last().unwrap().2);
-    assert!(matches!(seen.terminal.unwrap().kind, EventKind::ContainerExited { code: 0 }));
+    assert!(matches!(
+        seen.terminal.unwrap().kind,
+        EventKind::ContainerExited { code: 0 }
+    ));
 }
 
 // ----- invariant 3: subscribers ---------------------------------------------
@@ -258,10 +356,18 @@ async fn a_never_read_stream_blocks_nothing_and_later_gets_everything() {
     assert_eq!(within(60, "wait", a.wait()).await.unwrap(), 3);
     // Another session is unaffected and stop() answers.
     assert!(matches!(
-        within(10, "b's first event", b_events.next()).await.unwrap().kind,
+        within(10, "b's first event", b_events.next())
+            .await
+            .unwrap()
+            .kind,
         EventKind::BuildStarted { .. }
     ));
-    assert_eq!(within(20, "stop b", b.stop(Some(Duration::ZERO))).await.unwrap(), 137);
+    assert_eq!(
+        within(20, "stop b", b.stop(Some(Duration::ZERO)))
+            .await
+            .unwrap(),
+        137
+    );
     // Reading now yields every event from the first, in order.
     let mut seen = Seen::default();
     let mut next = 1;
@@ -269,9 +375,16 @@ async fn a_never_read_stream_blocks_nothing_and_later_gets_everything() {
     for ev in &all {
         record(&mut seen, &mut next, ev);
     }
-    assert!(seen.problems.is_empty(), "{:?}", &seen.problems[..seen.problems.len().min(5)]);
+    assert!(
+        seen.problems.is_empty(),
+        "{:?}",
+        &seen.problems[..seen.problems.len().min(5)]
+    );
     assert_eq!(seen.stdout, 50_000);
-    assert!(matches!(seen.terminal.unwrap().kind, EventKind::ContainerExited { code: 3 }));
+    assert!(matches!(
+        seen.terminal.unwrap().kind,
+        EventKind::ContainerExited { code: 3 }
+    ));
 }
 
 /// Stops itself after `n` events: a subscriber that dies mid-run.
@@ -374,13 +487,22 @@ async fn subscribers_added_later_replay_from_the_first_event() {
 #[actix::test]
 async fn sigterm_ignored_is_killed_after_the_grace() {
     let (_dirs, rt, d) = setup(&[("stubborn", None)]);
-    rt.script_pod("stubborn", RunScript::new().stdout_lines(1).hang().ignore_sigterm());
-    let s = d.start(StartRequest::prompt("stubborn", "go")).await.unwrap();
+    rt.script_pod(
+        "stubborn",
+        RunScript::new().stdout_lines(1).hang().ignore_sigterm(),
+    );
+    let s = d
+        .start(StartRequest::prompt("stubborn", "go"))
+        .await
+        .unwrap();
     within(20, "running", wait_running(&s)).await;
     let grace = Duration::from_millis(300);
     let t0 = Instant::now();
     let code = within(20, "stop", s.stop(Some(grace))).await.unwrap();
-    assert!(t0.elapsed() >= grace, "SIGKILL came before the grace was over");
+    assert!(
+        t0.elapsed() >= grace,
+        "SIGKILL came before the grace was over"
+    );
     assert_eq!(code, 137);
     assert_eq!(rt.signals(s.id()), [StopSignal::Term, StopSignal::Kill]);
     assert!(rt.running().is_empty());
@@ -392,22 +514,38 @@ async fn a_cooperative_agent_stops_on_sigterm_alone() {
     rt.script_pod("web", RunScript::new().hang());
     let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
     within(20, "running", wait_running(&s)).await;
-    assert_eq!(within(20, "stop", s.stop(Some(Duration::from_secs(60)))).await.unwrap(), 143);
+    assert_eq!(
+        within(20, "stop", s.stop(Some(Duration::from_secs(60))))
+            .await
+            .unwrap(),
+        143
+    );
     assert_eq!(rt.signals(s.id()), [StopSignal::Term]);
     let seen = collect(&s).await;
-    assert!(matches!(seen.terminal.unwrap().kind, EventKind::ContainerExited { code: 143 }));
+    assert!(matches!(
+        seen.terminal.unwrap().kind,
+        EventKind::ContainerExited { code: 143 }
+    ));
 }
 
 #[actix::test]
 async fn stop_is_idempotent_and_a_shorter_grace_hurries_it() {
     let (_dirs, rt, d) = setup(&[("stubborn", None)]);
     rt.script_pod("stubborn", RunScript::new().hang().ignore_sigterm());
-    let s = d.start(StartRequest::prompt("stubborn", "go")).await.unwrap();
+    let s = d
+        .start(StartRequest::prompt("stubborn", "go"))
+        .await
+        .unwrap();
     within(20, "running", wait_running(&s)).await;
     let slow = s.stop(Some(Duration::from_secs(3600)));
     let again = s.stop(Some(Duration::from_secs(3600)));
     let fast = s.stop(Some(Duration::ZERO));
-    let (a, b, c) = within(20, "three stops", futures_util::future::join3(slow, again, fast)).await;
+    let (a, b, c) = within(
+        20,
+        "three stops",
+        futures_util::future::join3(slow, again, fast),
+    )
+    .await;
     assert_eq!((a.unwrap(), b.unwrap(), c.unwrap()), (137, 137, 137));
     assert_eq!(s.stop(None).await.unwrap(), 137, "stop after the end");
     assert_eq!(rt.signals(s.id()), [StopSignal::Term, StopSignal::Kill]);
@@ -425,7 +563,9 @@ async fn a_stop_that_cannot_complete_is_an_error_not_a_hang() {
     let r = within(20, "stop", s.stop(Some(Duration::from_millis(50)))).await;
     assert!(matches!(r, Err(Error::StopFailed { .. })), "{r:?}");
     let seen = collect(&s).await;
-    assert!(matches!(&seen.terminal.unwrap().kind, EventKind::Error { code, .. } if code == "stop_failed"));
+    assert!(
+        matches!(&seen.terminal.unwrap().kind, EventKind::Error { code, .. } if code == "stop_failed")
+    );
 }
 
 #[actix::test]
@@ -434,9 +574,18 @@ async fn stopping_a_run_that_is_building_ends_it_without_a_container() {
     rt.script_build("cldpd-slow", BuildScript::hang());
     let s = d.start(StartRequest::prompt("slow", "go")).await.unwrap();
     let mut st = s.info().state.clone();
-    within(10, "building", st.wait_for(|s| matches!(s, cldpd::SessionState::Building))).await.unwrap();
+    within(
+        10,
+        "building",
+        st.wait_for(|s| matches!(s, cldpd::SessionState::Building)),
+    )
+    .await
+    .unwrap();
     drop(st);
-    assert!(matches!(within(10, "stop", s.stop(None)).await, Err(Error::Stopped)));
+    assert!(matches!(
+        within(10, "stop", s.stop(None)).await,
+        Err(Error::Stopped)
+    ));
     let seen = collect(&s).await;
     assert_flow(&seen.flow, &["build_started", "error"]);
     assert_eq!(rt.run_count("slow"), 0);
@@ -455,14 +604,19 @@ async fn dispatcher_shutdown_stops_every_live_run() {
     for s in &sessions {
         within(20, "running", wait_running(s)).await;
     }
-    within(30, "shutdown", d.shutdown(Some(Duration::from_millis(200)))).await.unwrap();
+    within(30, "shutdown", d.shutdown(Some(Duration::from_millis(200))))
+        .await
+        .unwrap();
     for s in &sessions {
         let code = s.wait().await.unwrap();
         assert!(code == 143 || code == 137, "{code}");
     }
     assert!(rt.running().is_empty());
     assert!(d.sessions().await.unwrap().is_empty());
-    assert!(matches!(d.start(StartRequest::prompt("web", "go")).await, Err(Error::ShuttingDown)));
+    assert!(matches!(
+        d.start(StartRequest::prompt("web", "go")).await,
+        Err(Error::ShuttingDown)
+    ));
 }
 
 // ----- panics ----------------------------------------------------------------
@@ -470,8 +624,16 @@ async fn dispatcher_shutdown_stops_every_live_run() {
 #[actix::test]
 async fn a_panicking_runtime_ends_the_run_with_an_error_and_nothing_else() {
     let (_dirs, rt, d) = setup(&[("boom", None), ("early", None), ("web", None)]);
-    rt.script_pod("boom", RunScript::new().stdout_lines(10).panic("fault runtime panics (expected)"));
-    rt.script_pod("early", RunScript::new().panic_on_start("run() panics (expected)"));
+    rt.script_pod(
+        "boom",
+        RunScript::new()
+            .stdout_lines(10)
+            .panic("fault runtime panics (expected)"),
+    );
+    rt.script_pod(
+        "early",
+        RunScript::new().panic_on_start("run() panics (expected)"),
+    );
     rt.script_pod("web", RunScript::new().stdout_lines(1).exit(0));
     for pod in ["boom", "early"] {
         let s = d.start(StartRequest::prompt(pod, "go")).await.unwrap();
@@ -496,7 +658,10 @@ async fn a_panicking_build_fails_its_run_only() {
     let (_dirs, rt, d) = setup(&[("boom", None), ("web", None)]);
     rt.script_build("cldpd-boom", BuildScript::panic("build panics (expected)"));
     let s = d.start(StartRequest::prompt("boom", "go")).await.unwrap();
-    assert!(matches!(within(20, "wait", s.wait()).await, Err(Error::Internal { .. })));
+    assert!(matches!(
+        within(20, "wait", s.wait()).await,
+        Err(Error::Internal { .. })
+    ));
     let ok = d.start(StartRequest::prompt("web", "go")).await.unwrap();
     assert_eq!(within(20, "a healthy run", ok.wait()).await.unwrap(), 0);
 }
@@ -509,8 +674,14 @@ async fn bad_input_gives_its_own_error_and_creates_nothing() {
     std::fs::create_dir_all(dirs.pods().join("nodockerfile")).unwrap();
     dirs.add_pod("badjson", Some("{ \"image\": "));
     dirs.add_pod("typo", Some(r#"{ "imgae": "x" }"#));
-    dirs.add_pod("nomount", Some(r#"{ "mounts": [{ "source": "/definitely/not/here", "target": "/w" }] }"#));
-    dirs.add_pod("relmount", Some(r#"{ "mounts": [{ "source": "/tmp", "target": "w" }] }"#));
+    dirs.add_pod(
+        "nomount",
+        Some(r#"{ "mounts": [{ "source": "/definitely/not/here", "target": "/w" }] }"#),
+    );
+    dirs.add_pod(
+        "relmount",
+        Some(r#"{ "mounts": [{ "source": "/tmp", "target": "w" }] }"#),
+    );
     dirs.add_pod("badenv", Some(r#"{ "env": { "1BAD": "x" } }"#));
     let start = |pod: &str, issue: &str| d.start(StartRequest::issue(pod, issue));
     let e = start("nope", ISSUE).await.unwrap_err();
@@ -524,8 +695,14 @@ async fn bad_input_gives_its_own_error_and_creates_nothing() {
             "pod name {name:?} must be refused"
         );
     }
-    assert!(matches!(start("nodockerfile", ISSUE).await, Err(Error::InvalidPod { .. })));
-    assert!(matches!(start("badjson", ISSUE).await, Err(Error::PodConfig { .. })));
+    assert!(matches!(
+        start("nodockerfile", ISSUE).await,
+        Err(Error::InvalidPod { .. })
+    ));
+    assert!(matches!(
+        start("badjson", ISSUE).await,
+        Err(Error::PodConfig { .. })
+    ));
     match start("typo", ISSUE).await {
         Err(Error::PodConfig { field, path, .. }) => {
             assert_eq!(field.as_deref(), Some("imgae"));
@@ -533,19 +710,39 @@ async fn bad_input_gives_its_own_error_and_creates_nothing() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(start("nomount", ISSUE).await, Err(Error::MountSourceMissing { .. })));
-    assert!(matches!(start("relmount", ISSUE).await, Err(Error::MountTargetRelative { .. })));
-    assert!(matches!(start("badenv", ISSUE).await, Err(Error::InvalidEnvName { .. })));
-    assert!(matches!(start("web", "").await, Err(Error::InvalidIssueUrl { .. })));
-    assert!(matches!(start("web", "not a url").await, Err(Error::InvalidIssueUrl { .. })));
+    assert!(matches!(
+        start("nomount", ISSUE).await,
+        Err(Error::MountSourceMissing { .. })
+    ));
+    assert!(matches!(
+        start("relmount", ISSUE).await,
+        Err(Error::MountTargetRelative { .. })
+    ));
+    assert!(matches!(
+        start("badenv", ISSUE).await,
+        Err(Error::InvalidEnvName { .. })
+    ));
+    assert!(matches!(
+        start("web", "").await,
+        Err(Error::InvalidIssueUrl { .. })
+    ));
+    assert!(matches!(
+        start("web", "not a url").await,
+        Err(Error::InvalidIssueUrl { .. })
+    ));
     assert!(matches!(
         start("web", "https://github.com/acme/web/pull/1").await,
         Err(Error::InvalidIssueUrl { .. })
     ));
-    assert!(matches!(d.start(StartRequest::prompt("web", " \n")).await, Err(Error::EmptyPrompt)));
+    assert!(matches!(
+        d.start(StartRequest::prompt("web", " \n")).await,
+        Err(Error::EmptyPrompt)
+    ));
     // Nothing was created: no session, no log, no build, no container.
     assert!(d.sessions().await.unwrap().is_empty());
-    let logs = std::fs::read_dir(dirs.state().join("sessions")).map(|d| d.count()).unwrap_or(0);
+    let logs = std::fs::read_dir(dirs.state().join("sessions"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert_eq!(logs, 0);
     assert_eq!(d.build_count().await.unwrap(), 0);
     assert!(rt.runs().is_empty());
@@ -555,10 +752,18 @@ async fn bad_input_gives_its_own_error_and_creates_nothing() {
 async fn docker_and_agent_failures_are_clear_errors_and_leave_nothing_running() {
     let (_dirs, rt, d) = setup(&[("missing", None), ("broken", None), ("web", None)]);
     rt.script_pod("missing", RunScript::new().not_runnable(127));
-    rt.script_pod("broken", RunScript::new().docker_fails("docker: Error response from daemon: invalid mount config"));
-    let s = d.start(StartRequest::prompt("missing", "go")).await.unwrap();
+    rt.script_pod(
+        "broken",
+        RunScript::new().docker_fails("docker: Error response from daemon: invalid mount config"),
+    );
+    let s = d
+        .start(StartRequest::prompt("missing", "go"))
+        .await
+        .unwrap();
     match within(20, "wait", s.wait()).await {
-        Err(e @ Error::AgentNotRunnable { code: 127, .. }) => assert!(e.hint().unwrap().contains("claude")),
+        Err(e @ Error::AgentNotRunnable { code: 127, .. }) => {
+            assert!(e.hint().unwrap().contains("claude"))
+        }
         other => panic!("{other:?}"),
     }
     let s = d.start(StartRequest::prompt("broken", "go")).await.unwrap();
@@ -567,9 +772,15 @@ async fn docker_and_agent_failures_are_clear_errors_and_leave_nothing_running() 
         other => panic!("{other:?}"),
     }
     rt.set_unavailable(true);
-    assert!(matches!(d.preflight().await, Err(Error::DockerUnavailable { .. })));
+    assert!(matches!(
+        d.preflight().await,
+        Err(Error::DockerUnavailable { .. })
+    ));
     let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
-    assert!(matches!(within(20, "wait", s.wait()).await, Err(Error::DockerUnavailable { .. })));
+    assert!(matches!(
+        within(20, "wait", s.wait()).await,
+        Err(Error::DockerUnavailable { .. })
+    ));
     assert!(rt.running().is_empty());
     assert!(d.sessions().await.unwrap().is_empty());
 }
@@ -581,7 +792,9 @@ async fn the_actor_api_takes_recipients_at_start() {
     let (checker, done) = Checker::start(true, 16);
     let info = d
         .addr()
-        .send(Start(StartRequest::prompt("web", "go").subscribe(checker.recipient::<Event>())))
+        .send(Start(
+            StartRequest::prompt("web", "go").subscribe(checker.recipient::<Event>()),
+        ))
         .await
         .unwrap()
         .unwrap();

@@ -32,9 +32,7 @@ use crate::messages::dispatcher::*;
 use crate::messages::session::{Admit, BuildNotice, Enqueued, SessionState, StopSession};
 use crate::owner::Owner;
 use crate::pod::{self, Pod};
-use crate::runtime::{
-    labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, RunSpec, Runtime,
-};
+use crate::runtime::{labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, RunSpec, Runtime};
 use crate::settings::Settings;
 
 struct Entry {
@@ -457,6 +455,14 @@ impl Handler<Start> for DispatcherActor {
         );
         self.admit_or_queue(&id);
         Ok(info)
+    }
+}
+
+impl Handler<Validate> for DispatcherActor {
+    type Result = Result<()>;
+
+    fn handle(&mut self, Validate(req): Validate, _ctx: &mut Context<Self>) -> Self::Result {
+        self.plan_start(&req).map(|_| ())
     }
 }
 

@@ -99,6 +99,12 @@ impl StartRequest {
 #[rtype(result = "Result<SessionInfo, Error>")]
 pub struct Start(pub StartRequest);
 
+/// Check a start request as `Start` would (pod, `pod.json`, overrides,
+/// mounts, env names, task) without creating anything.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct Validate(pub StartRequest);
+
 /// Send a follow-up prompt to a running agent: `claude -p --resume <uuid>
 /// <prompt>` via `docker exec` in the run's container. `target` is a
 /// session id, or a pod name when exactly one run of it is live. Works for

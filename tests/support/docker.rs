@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 /// Where Debian's `busybox-static` installs the static busybox.
 pub const BUSYBOX: &str = "/bin/busybox";
 
-
 /// The Dockerfile lines every test pod starts with.
 const BASE_DOCKERFILE: &str =
     "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
@@ -376,7 +375,12 @@ impl Drop for TestPod {
                 .map(|v| v.clone())
                 .unwrap_or_default(),
         );
-        docker_quiet(["rmi", "-f", "--no-prune"].into_iter().map(String::from).chain(tags));
+        docker_quiet(
+            ["rmi", "-f", "--no-prune"]
+                .into_iter()
+                .map(String::from)
+                .chain(tags),
+        );
         // Layers of failed builds and anything else built from this pod's
         // Dockerfile (leaves first; a parent goes once its child is gone).
         let filter = format!("label={POD_IMAGE_LABEL}={}", self.name);
@@ -385,7 +389,12 @@ impl Drop for TestPod {
             if ids.is_empty() {
                 break;
             }
-            docker_quiet(["rmi", "-f", "--no-prune"].into_iter().map(String::from).chain(ids));
+            docker_quiet(
+                ["rmi", "-f", "--no-prune"]
+                    .into_iter()
+                    .map(String::from)
+                    .chain(ids),
+            );
         }
     }
 }

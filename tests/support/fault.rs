@@ -60,7 +60,7 @@ impl Dirs {
 pub struct Seen {
     /// Every kind name in order, with runs of output/build_output collapsed.
     pub flow: Vec<&'static str>,
-    /// Output lines seen, per stream (stdout, stderr).
+    /// Output lines seen of the current container, per stream.
     pub stdout: u64,
     pub stderr: u64,
     /// Events seen.
@@ -125,18 +125,30 @@ impl Handler<Event> for Checker {
 /// Check one event into `seen`.
 pub fn record(seen: &mut Seen, next_seq: &mut u64, ev: &Event) {
     if seen.terminal.is_some() {
-        seen.problems.push(format!("event after the terminal one: {ev:?}"));
+        seen.problems
+            .push(format!("event after the terminal one: {ev:?}"));
     }
     if ev.seq != *next_seq {
-        seen.problems.push(format!("seq {} where {} was due", ev.seq, next_seq));
+        seen.problems
+            .push(format!("seq {} where {} was due", ev.seq, next_seq));
     }
     *next_seq = ev.seq + 1;
     seen.events += 1;
     let name = ev.kind.name();
+    if name == "container_started" {
+        // Each container (restart attempt) numbers its lines from 1.
+        seen.stdout = 0;
+        seen.stderr = 0;
+    }
     if seen.flow.last() != Some(&name) || !matches!(name, "output" | "build_output") {
         seen.flow.push(name);
     }
-    if let EventKind::Output { stream, line, partial } = &ev.kind {
+    if let EventKind::Output {
+        stream,
+        line,
+        partial,
+    } = &ev.kind
+    {
         let counter = match stream {
             cldpd::OutputStream::Stdout => &mut seen.stdout,
             cldpd::OutputStream::Stderr => &mut seen.stderr,
@@ -150,7 +162,9 @@ pub fn record(seen: &mut Seen, next_seq: &mut u64, ev: &Event) {
             .and_then(|(_, rest)| rest.trim_end_matches('.').parse::<u64>().ok())
         {
             if (line.starts_with("out ") || line.starts_with("err ")) && n != *counter {
-                seen.problems.push(format!("line `{line}` arrived as line {counter} of its stream"));
+                seen.problems.push(format!(
+                    "line `{line}` arrived as line {counter} of its stream"
+                ));
             }
         }
     }
@@ -175,7 +189,10 @@ pub fn assert_flow(flow: &[&str], pattern: &[&str]) {
             }
         }
     }
-    assert!(m(flow, pattern), "event flow {flow:?} does not match {pattern:?}");
+    assert!(
+        m(flow, pattern),
+        "event flow {flow:?} does not match {pattern:?}"
+    );
 }
 
 /// The pattern of a successful start.
@@ -199,7 +216,9 @@ pub async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output
 
 /// A file path inside the state dir's sessions directory.
 pub fn log_of(dirs: &Dirs, session: &str) -> PathBuf {
-    dirs.state().join("sessions").join(format!("{session}.ndjson"))
+    dirs.state()
+        .join("sessions")
+        .join(format!("{session}.ndjson"))
 }
 
 pub fn exists(p: &Path) -> bool {

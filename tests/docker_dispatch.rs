@@ -1,0 +1,278 @@
+//! The dispatcher over the real Docker engine: start → stdout/stderr → exit
+//! code, concurrent runs of one pod, stop escalation, resume from a second
+//! dispatcher, secrets kept out of argv, nothing left behind.
+//!
+//! Without Docker these tests skip with a note, except under `CI=true`,
+//! where they fail.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use cldpd::{Dispatcher, Event, EventKind, OutputStream, Session, Settings, StartRequest};
+use futures_util::StreamExt;
+use support::docker::{containers_with_label, require_docker, TestPod};
+
+const ISSUE: &str = "https://github.com/acme/web/issues/7";
+
+fn dispatcher(pod: &TestPod, state: &tempfile::TempDir) -> Dispatcher {
+    Dispatcher::docker(Settings::new(pod.pods_dir(), state.path()).workers(2))
+}
+
+async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs}s waiting for {what}"))
+}
+
+/// Read events until `pred` matches one; returns the events so far.
+async fn until(
+    events: &mut cldpd::EventStream,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> Vec<Event> {
+    let mut seen = Vec::new();
+    while let Some(ev) = events.next().await {
+        let hit = pred(&ev);
+        seen.push(ev);
+        if hit {
+            return seen;
+        }
+    }
+    panic!("the stream ended first: {seen:#?}");
+}
+
+fn assert_nothing_left(pod: &TestPod) {
+    assert_eq!(
+        pod.containers(),
+        Vec::<String>::new(),
+        "containers left behind"
+    );
+    let sessions = containers_with_label(&format!("cldpd.pod={}", pod.name()));
+    assert!(sessions.is_empty());
+}
+
+#[actix::test]
+async fn a_run_streams_stdout_and_stderr_and_ends_with_the_exit_code() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(
+        "#!/bin/sh\necho \"args: $1 $2\"\necho 'to stdout'\necho 'to stderr' >&2\necho 'last words' >&2\nexit 3\n",
+    );
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let s = d
+        .start(StartRequest::issue(pod.name(), ISSUE))
+        .await
+        .unwrap();
+    let events: Vec<Event> = within(120, "the run", s.events().collect()).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(kinds[0], "build_started");
+    assert!(kinds.contains(&"build_complete"));
+    assert_eq!(*kinds.last().unwrap(), "container_exited");
+    let lines = |stream| -> Vec<&str> {
+        events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Output {
+                    stream: s, line, ..
+                } if *s == stream => Some(line.as_str()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        lines(OutputStream::Stdout),
+        ["args: -p --session-id", "to stdout"]
+    );
+    assert_eq!(lines(OutputStream::Stderr), ["to stderr", "last words"]);
+    assert!(events
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.seq == i as u64 + 1));
+    assert_eq!(s.wait().await.unwrap(), 3);
+    assert_nothing_left(&pod);
+}
+
+#[actix::test]
+async fn five_concurrent_runs_of_one_pod_do_not_collide() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub("#!/bin/sh\necho \"run $4\"\nexit 0\n");
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let mut sessions: Vec<Session> = Vec::new();
+    for i in 0..5 {
+        sessions.push(
+            d.start(StartRequest::prompt(pod.name(), format!("job {i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut ids: Vec<&str> = sessions.iter().map(|s| s.id()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5);
+    for (i, s) in sessions.iter().enumerate() {
+        let events: Vec<Event> = within(180, "a run", s.events().collect()).await;
+        let out: Vec<&str> = events.iter().filter_map(|e| e.line()).collect();
+        assert!(out.contains(&format!("run job {i}").as_str()), "{out:?}");
+        assert_eq!(s.wait().await.unwrap(), 0);
+    }
+    assert_eq!(
+        d.build_count().await.unwrap(),
+        1,
+        "one shared build for five runs"
+    );
+    assert_nothing_left(&pod);
+}
+
+#[actix::test]
+async fn an_agent_that_ignores_sigterm_is_killed_after_the_grace() {
+    if !require_docker() {
+        return;
+    }
+    let pod =
+        TestPod::with_stub("#!/bin/sh\ntrap '' TERM\necho ready\nwhile :; do sleep 1; done\n");
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "go"))
+        .await
+        .unwrap();
+    let mut events = s.events();
+    within(
+        120,
+        "ready",
+        until(&mut events, |e| e.line() == Some("ready")),
+    )
+    .await;
+    let grace = Duration::from_secs(2);
+    let t0 = Instant::now();
+    let code = within(60, "the stop", s.stop(Some(grace))).await.unwrap();
+    assert!(t0.elapsed() >= grace, "killed before the grace was over");
+    assert_eq!(code, 137);
+    let rest: Vec<Event> = events.collect().await;
+    assert!(matches!(
+        rest.last().unwrap().kind,
+        EventKind::ContainerExited { code: 137 }
+    ));
+    assert_nothing_left(&pod);
+}
+
+#[actix::test]
+async fn resume_from_a_second_dispatcher_reaches_the_same_conversation() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(concat!(
+        "#!/bin/sh\n",
+        "if [ \"$2\" = --resume ]; then echo \"resumed $3: $4\"; exit 0; fi\n",
+        "echo \"conversation $3\"\n",
+        "trap 'exit 0' TERM\n",
+        "while :; do sleep 1; done\n",
+    ));
+    let state = tempfile::tempdir().unwrap();
+    let first = dispatcher(&pod, &state);
+    let s = first
+        .start(StartRequest::prompt(pod.name(), "start"))
+        .await
+        .unwrap();
+    let mut events = s.events();
+    let seen = within(
+        120,
+        "the conversation line",
+        until(&mut events, |e| {
+            e.line().is_some_and(|l| l.starts_with("conversation "))
+        }),
+    )
+    .await;
+    let conversation = seen.last().unwrap().line().unwrap()["conversation ".len()..].to_string();
+    assert_eq!(conversation.len(), 36, "a UUID: {conversation}");
+
+    // A second dispatcher (another instance, as another process would be)
+    // finds the run by its labels, by session id and by pod name.
+    let second = dispatcher(&pod, &state);
+    for target in [s.id(), pod.name()] {
+        let r = second.resume(target, "and the follow-up").await.unwrap();
+        let out: Vec<Event> = within(60, "the resume", r.events().collect()).await;
+        let lines: Vec<&str> = out.iter().filter_map(|e| e.line()).collect();
+        assert_eq!(
+            lines,
+            [format!("resumed {conversation}: and the follow-up")]
+        );
+        assert_eq!(r.wait().await.unwrap(), 0);
+    }
+    // It can stop it too.
+    let report = within(
+        60,
+        "stop",
+        second.stop(pod.name(), Some(Duration::from_secs(5))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.session, s.id());
+    assert_eq!(within(60, "the first run", s.wait()).await.unwrap(), 0);
+    assert_nothing_left(&pod);
+}
+
+fn cmdlines_containing(needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if text.contains(needle) {
+                hits.push(text);
+            }
+        }
+    }
+    hits
+}
+
+#[actix::test]
+async fn secrets_reach_the_container_but_never_any_argv() {
+    if !require_docker() {
+        return;
+    }
+    let secret = format!("s3cr3t-{}", uuid::Uuid::new_v4().simple());
+    let inherited = format!("inh3rit-{}", uuid::Uuid::new_v4().simple());
+    let pod = TestPod::builder()
+        .stub(concat!(
+            "#!/bin/sh\n",
+            "echo \"secret=$CLDPD_T_SECRET inherited=$CLDPD_T_INHERITED\"\n",
+            "trap 'exit 0' TERM\n",
+            "while :; do sleep 1; done\n",
+        ))
+        .pod_json(&format!(
+            r#"{{ "env": {{ "CLDPD_T_SECRET": "{secret}" }}, "inheritEnv": ["CLDPD_T_INHERITED", "CLDPD_T_UNSET"] }}"#
+        ))
+        .create();
+    let state = tempfile::tempdir().unwrap();
+    let inh = inherited.clone();
+    let settings = Settings::new(pod.pods_dir(), state.path())
+        .env_lookup(move |name| (name == "CLDPD_T_INHERITED").then(|| inh.clone()));
+    let d = Dispatcher::docker(settings);
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "go"))
+        .await
+        .unwrap();
+    let mut events = s.events();
+    let seen = within(
+        120,
+        "the env line",
+        until(&mut events, |e| {
+            e.line().is_some_and(|l| l.starts_with("secret="))
+        }),
+    )
+    .await;
+    assert_eq!(
+        seen.last().unwrap().line().unwrap(),
+        format!("secret={secret} inherited={inherited}")
+    );
+    // While the container runs (docker client, shim, agent all alive):
+    assert_eq!(cmdlines_containing(&secret), Vec::<String>::new());
+    assert_eq!(cmdlines_containing(&inherited), Vec::<String>::new());
+    s.stop(Some(Duration::from_secs(5))).await.unwrap();
+    assert_nothing_left(&pod);
+}
