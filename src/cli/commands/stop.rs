@@ -17,8 +17,7 @@ pub struct StopArgs {
     /// A session id, or a pod name when exactly one run of it is live
     pub target: String,
 
-    /// Seconds between SIGTERM and SIGKILL [default: 10; the run's own
-    /// stopGraceSecs when this process started it]
+    /// Seconds between SIGTERM and SIGKILL [default: 10]
     #[arg(long, value_name = "SECS", value_parser = parse_grace)]
     pub grace: Option<Duration>,
 
