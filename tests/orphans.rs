@@ -172,3 +172,35 @@ async fn shutdown_stops_adopted_runs_too() {
         .unwrap();
     assert!(rt.running().is_empty(), "{:?}", rt.running());
 }
+
+#[actix::test]
+async fn a_stop_from_another_dispatcher_uses_the_runs_own_grace() {
+    let dirs = Dirs::new(&[("stubborn", Some(r#"{ "stopGraceSecs": 0.2 }"#))]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("stubborn", RunScript::new().hang().ignore_sigterm());
+    // The default grace (10 s) would outlast the 5 s bound below.
+    let owner = Dispatcher::new(dirs.settings(), rt.clone());
+    let s = owner
+        .start(StartRequest::prompt("stubborn", "go"))
+        .await
+        .unwrap();
+    let mut st = s.info().state.clone();
+    within(
+        10,
+        "running",
+        st.wait_for(|s| matches!(s, SessionState::Running { .. })),
+    )
+    .await
+    .unwrap();
+    drop(st);
+    let other = Dispatcher::new(dirs.settings(), rt.clone());
+    let report = within(5, "a stop with the pod's grace", other.stop(s.id(), None))
+        .await
+        .unwrap();
+    assert_eq!(report.session, s.id());
+    assert_eq!(
+        report.code, None,
+        "another process's run: its code is not known here"
+    );
+    assert_eq!(within(5, "the owner's view", s.wait()).await.unwrap(), 137);
+}

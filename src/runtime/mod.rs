@@ -51,6 +51,8 @@ pub mod labels {
     /// The state directory of the dispatcher that started it (adoption is
     /// among dispatchers sharing one).
     pub const STATE_DIR: &str = "cldpd.state";
+    /// The run's stop grace in seconds, for stops from other processes.
+    pub const GRACE: &str = "cldpd.grace";
     /// Restart attempt of this container within its session (0 = first).
     pub const ATTEMPT: &str = "cldpd.attempt";
     /// Start time (RFC 3339).
