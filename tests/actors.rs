@@ -802,3 +802,25 @@ async fn the_actor_api_takes_recipients_at_start() {
     assert_eq!(&*seen.all[0].session, info.id);
     assert_flow(&seen.flow, START);
 }
+
+#[actix::test]
+async fn stopping_a_resume_ends_only_the_follow_up() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(1).hang());
+    rt.script_exec("web", RunScript::new().stdout_lines(1).hang());
+    let s = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
+    within(20, "running", wait_running(&s)).await;
+    let r = d.resume(s.id(), "a long follow-up").await.unwrap();
+    within(20, "resume running", wait_running(&r)).await;
+    assert_eq!(
+        within(20, "stop the resume", r.stop(Some(Duration::from_secs(5))))
+            .await
+            .unwrap(),
+        143
+    );
+    // The run itself goes on: no signal reached its container.
+    assert!(rt.signals(s.id()).is_empty());
+    assert!(matches!(s.state(), cldpd::SessionState::Running { .. }));
+    assert!(rt.running().contains(&s.id().to_string()));
+    assert_eq!(s.stop(Some(Duration::ZERO)).await.unwrap(), 137);
+}

@@ -449,6 +449,8 @@ impl SessionActor {
         if let Some(runner) = self.runner.take() {
             runner.do_send(Release);
         }
+        // A resume's container belongs to the run it resumed.
+        let cleanup = cleanup.filter(|_| matches!(self.plan, Plan::Start(_)));
         // Tell the dispatcher before anyone waiting on the state can ask it
         // anything: its mailbox is FIFO, so it will have forgotten this run.
         self.dispatcher.do_send(SessionEnded {
@@ -502,7 +504,7 @@ impl Drop for SessionActor {
                 let _ = hub.borrow_mut().flush_log();
             }
         }));
-        let cleanup = matches!(self.phase, Phase::Running)
+        let cleanup = (matches!(self.phase, Phase::Running) && matches!(self.plan, Plan::Start(_)))
             .then(|| self.container.clone())
             .flatten();
         self.dispatcher.do_send(SessionEnded {

@@ -285,6 +285,15 @@ pub trait Runtime: Send + Sync + 'static {
     /// already gone is not an error.
     fn signal(&self, container: &str, signal: StopSignal) -> BoxFuture<'static, Result<(), Error>>;
 
+    /// Send a signal to the process a previous [`Runtime::exec`] of `spec`
+    /// started — not to the container, which goes on. The process is found
+    /// by its arguments; one that is already gone is not an error.
+    fn signal_exec(
+        &self,
+        spec: &ExecSpec,
+        signal: StopSignal,
+    ) -> BoxFuture<'static, Result<(), Error>>;
+
     /// Stop a container this process does not drive (found by label):
     /// SIGTERM, wait `grace`, SIGKILL; resolves once it has stopped.
     fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), Error>>;
