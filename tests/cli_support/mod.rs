@@ -95,6 +95,11 @@ impl Live {
         }
     }
 
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -5,6 +5,7 @@ use clap::Subcommand;
 use super::error::CliError;
 use super::Ctx;
 
+mod batch;
 mod completions;
 mod doctor;
 mod logs;
@@ -30,6 +31,8 @@ pub enum Command {
     Ps(ps::PsArgs),
     /// List the pods in the pods directory and whether each is valid
     Pods(pods::PodsArgs),
+    /// Run many jobs from a file, at most --concurrency at a time, and report
+    Batch(batch::BatchArgs),
     /// Check Docker, the pods directory and every pod; one line per check
     Doctor(doctor::DoctorArgs),
     /// Print a shell completion script
@@ -45,6 +48,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<i32, CliError> {
         Command::Logs(args) => logs::run(args, ctx).await,
         Command::Ps(args) => ps::run(args, ctx).await,
         Command::Pods(args) => pods::run(args, ctx),
+        Command::Batch(args) => batch::run(args, ctx).await,
         Command::Doctor(args) => doctor::run(args, ctx).await,
         Command::Completions(args) => completions::run(args),
     }

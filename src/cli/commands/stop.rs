@@ -1,4 +1,5 @@
-//! `cldpd stop <session-or-pod>`: stop a run of any cldpd process.
+//! `cldpd stop <session-or-pod>`: stop a run of any cldpd process;
+//! `cldpd stop --orphans`: stop and remove the runs whose cldpd is gone.
 
 use std::time::Duration;
 
@@ -11,13 +12,20 @@ use crate::cli::{parse_grace, Ctx};
 /// Arguments of `cldpd stop`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Prints the stopped session's id on stdout. The cldpd process that started the
-run (if any) then exits with the container's code (143 after SIGTERM).")]
+Prints the stopped session's id on stdout (with --orphans: one per line). The
+cldpd process that started the run (if any) then exits with the container's
+code (143 after SIGTERM). An orphan is a run whose owning cldpd process is
+gone (see `cldpd ps`); --orphans never touches a run whose owner is alive.")]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["target", "orphans"])))]
 pub struct StopArgs {
     /// A session id, or a pod name when exactly one run of it is live
-    pub target: String,
+    pub target: Option<String>,
 
-    /// Seconds between SIGTERM and SIGKILL [default: 10]
+    /// Stop and remove every orphaned run instead
+    #[arg(long)]
+    pub orphans: bool,
+
+    /// Seconds between SIGTERM and SIGKILL [default: the run's stopGraceSecs, else 10]
     #[arg(long, value_name = "SECS", value_parser = parse_grace)]
     pub grace: Option<Duration>,
 
@@ -29,13 +37,14 @@ pub struct StopArgs {
 /// Run `cldpd stop`.
 pub async fn run(args: StopArgs, ctx: &Ctx) -> Result<i32, CliError> {
     let mut ui = ctx.ui(args.json);
-    let grace = args.grace.unwrap_or(ctx.settings().policy.stop_grace);
+    let Some(target) = args.target else {
+        return orphans(&mut ui, ctx, args.grace).await;
+    };
+    let grace_note = args.grace.map_or("the run's grace".to_string(), grace_text);
     ui.status(format_args!(
-        "stopping {} (SIGTERM, then SIGKILL after {})",
-        args.target,
-        grace_text(grace)
+        "stopping {target} (SIGTERM, then SIGKILL after {grace_note})"
     ));
-    let report = ctx.dispatcher().stop(&args.target, Some(grace)).await?;
+    let report = ctx.dispatcher().stop(&target, args.grace).await?;
     if ui.json {
         ui.json_line(&report);
     } else {
@@ -51,5 +60,26 @@ pub async fn run(args: StopArgs, ctx: &Ctx) -> Result<i32, CliError> {
             )),
         }
     }
+    Ok(0)
+}
+
+async fn orphans(
+    ui: &mut crate::cli::output::Ui,
+    ctx: &Ctx,
+    grace: Option<Duration>,
+) -> Result<i32, CliError> {
+    let reports = ctx.dispatcher().stop_orphans(grace).await?;
+    for report in &reports {
+        if ui.json {
+            ui.json_line(report);
+        } else {
+            ui.print(format_args!("{}\n", report.session));
+        }
+    }
+    ui.status(format_args!(
+        "stopped and removed {} orphaned run{}",
+        reports.len(),
+        if reports.len() == 1 { "" } else { "s" }
+    ));
     Ok(0)
 }
