@@ -462,6 +462,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_batch_file_parses() {
+        let text = include_str!("../config/batch-example.ndjson");
+        let jobs = parse_jobs(text, Path::new("config/batch-example.ndjson")).unwrap();
+        assert_eq!(jobs.len(), 4);
+        assert_eq!(
+            jobs[3].overrides.restart,
+            Some(crate::RestartPolicy::OnFailure)
+        );
+    }
+
+    #[test]
     fn a_malformed_job_names_its_line() {
         let err = |text: &str| match parse_jobs(text, p()) {
             Err(Error::BatchFile { line, message, .. }) => (line, message),
