@@ -242,18 +242,23 @@ impl SessionActor {
             return;
         }
         let quiet = self.last_output.elapsed();
-        if self.phase == Phase::Running && self.stopping.is_none() && quiet >= idle {
+        let watching = self.phase == Phase::Running && self.stopping.is_none();
+        if watching && quiet >= idle {
             self.begin_stop(
                 StopReason::Timeout(TimeoutKind::Idle, idle),
                 self.policy.stop_grace,
                 ctx,
             );
-        } else {
-            let next = idle
-                .saturating_sub(quiet)
-                .max(std::time::Duration::from_millis(10));
-            ctx.run_later(next, move |act, ctx| act.check_idle(ctx));
+            return;
         }
+        // Between containers (back-off, cleanup) or while stopping, look
+        // again a full period later: the next container resets the clock.
+        let next = if watching {
+            idle.saturating_sub(quiet).max(std::time::Duration::from_millis(10))
+        } else {
+            idle
+        };
+        ctx.run_later(next, move |act, ctx| act.check_idle(ctx));
     }
 
     /// The container (or exec process) of the current attempt ended. After
