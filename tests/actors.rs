@@ -23,17 +23,6 @@ fn setup(pods: &[(&str, Option<&str>)]) -> (Dirs, FaultRuntime, Dispatcher) {
     (dirs, rt, d)
 }
 
-async fn collect(session: &cldpd::Session) -> Seen {
-    let mut seen = Seen::default();
-    let mut next = 1;
-    let mut events = session.events();
-    while let Some(ev) = events.next().await {
-        record(&mut seen, &mut next, &ev);
-        seen.all.push(ev);
-    }
-    seen
-}
-
 // ----- invariant 1: ordering -------------------------------------------------
 
 #[actix::test]
@@ -198,20 +187,6 @@ async fn resume_targets_are_checked() {
         Err(Error::SessionNotFound { .. })
     ));
     d.shutdown(Some(Duration::ZERO)).await.unwrap();
-}
-
-async fn wait_running(s: &cldpd::Session) {
-    let mut state = s.info().state.clone();
-    let _ = state
-        .wait_for(|st| matches!(st, cldpd::SessionState::Running { .. }) || st.is_terminal())
-        .await;
-    // The container must have reported its start.
-    let mut events = s.events();
-    while let Some(ev) = events.next().await {
-        if matches!(ev.kind, EventKind::ContainerStarted { .. }) || ev.is_terminal() {
-            break;
-        }
-    }
 }
 
 // ----- invariant 2: lossless -------------------------------------------------
@@ -573,15 +548,10 @@ async fn stopping_a_run_that_is_building_ends_it_without_a_container() {
     let (_dirs, rt, d) = setup(&[("slow", None)]);
     rt.script_build("cldpd-slow", BuildScript::hang());
     let s = d.start(StartRequest::prompt("slow", "go")).await.unwrap();
-    let mut st = s.info().state.clone();
-    within(
-        10,
-        "building",
-        st.wait_for(|s| matches!(s, cldpd::SessionState::Building)),
-    )
-    .await
-    .unwrap();
-    drop(st);
+    wait_state(&s, 10, "building", |s| {
+        matches!(s, cldpd::SessionState::Building)
+    })
+    .await;
     assert!(matches!(
         within(10, "stop", s.stop(None)).await,
         Err(Error::Stopped)

@@ -64,15 +64,10 @@ async fn stop_orphans_reaps_exactly_the_runs_of_dead_owners() {
     rt.script_pod("web", RunScript::new().hang());
     let d1 = Dispatcher::new(dirs.settings(), rt.clone());
     let mine = d1.start(StartRequest::prompt("web", "go")).await.unwrap();
-    let mut st = mine.info().state.clone();
-    within(
-        10,
-        "running",
-        st.wait_for(|s| matches!(s, SessionState::Running { .. })),
-    )
-    .await
-    .unwrap();
-    drop(st);
+    wait_state(&mine, 10, "running", |s| {
+        matches!(s, SessionState::Running { .. })
+    })
+    .await;
     let state = dirs.state().display().to_string();
     let _orphan = foreign_run(&rt, "web-0000dead", &dead_owner(), &state);
     let _alive = foreign_run(&rt, "web-0000a11e", &live_other_owner(), &state);
@@ -184,15 +179,10 @@ async fn a_stop_from_another_dispatcher_uses_the_runs_own_grace() {
         .start(StartRequest::prompt("stubborn", "go"))
         .await
         .unwrap();
-    let mut st = s.info().state.clone();
-    within(
-        10,
-        "running",
-        st.wait_for(|s| matches!(s, SessionState::Running { .. })),
-    )
-    .await
-    .unwrap();
-    drop(st);
+    wait_state(&s, 10, "running", |s| {
+        matches!(s, SessionState::Running { .. })
+    })
+    .await;
     let other = Dispatcher::new(dirs.settings(), rt.clone());
     let report = within(5, "a stop with the pod's grace", other.stop(s.id(), None))
         .await

@@ -254,7 +254,8 @@ impl SessionActor {
         // Between containers (back-off, cleanup) or while stopping, look
         // again a full period later: the next container resets the clock.
         let next = if watching {
-            idle.saturating_sub(quiet).max(std::time::Duration::from_millis(10))
+            idle.saturating_sub(quiet)
+                .max(std::time::Duration::from_millis(10))
         } else {
             idle
         };
