@@ -250,7 +250,7 @@ async fn admission_is_fifo_with_a_cap_and_queued_runs_can_be_stopped() {
         );
     }
     for s in &sessions[..3] {
-        wait_state(&s, 10, "running", |s| {
+        wait_state(s, 10, "running", |s| {
             matches!(s, SessionState::Running { .. })
         })
         .await;
