@@ -794,3 +794,73 @@ async fn stopping_a_resume_ends_only_the_follow_up() {
     assert!(rt.running().contains(&s.id().to_string()));
     assert_eq!(s.stop(Some(Duration::ZERO)).await.unwrap(), 137);
 }
+
+#[actix::test]
+async fn a_panic_in_a_session_ends_its_run_cleanly_and_nothing_else() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(2).hang());
+    let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    let other = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    within(20, "running", wait_running(&s)).await;
+    within(20, "running", wait_running(&other)).await;
+    s.info().addr.do_send(cldpd::messages::session::InjectPanic);
+    // Subscribers get an error event as the last one.
+    let seen = within(20, "the run", collect(&s)).await;
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+    match &seen.terminal.unwrap().kind {
+        EventKind::Error { code, message } => {
+            assert_eq!(code, "internal");
+            assert!(message.contains("stopped unexpectedly"), "{message}");
+        }
+        k => panic!("{k:?}"),
+    }
+    assert!(matches!(s.wait().await, Err(Error::Internal { .. })));
+    // Its container is removed (by the dispatcher, right after).
+    let removed = async {
+        while rt.running().contains(&s.id().to_string()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within(10, "the container's removal", removed).await;
+    // The other run and the dispatcher are unaffected.
+    assert!(matches!(other.state(), cldpd::SessionState::Running { .. }));
+    assert_eq!(other.stop(Some(Duration::ZERO)).await.unwrap(), 137);
+    let again = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    within(20, "a new run", wait_running(&again)).await;
+    again.stop(Some(Duration::ZERO)).await.unwrap();
+}
+
+#[actix::test]
+async fn an_unwritable_log_ends_the_run_with_an_error_event() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod(
+        "web",
+        RunScript::new()
+            .stdout_lines(1)
+            .lines(OutputStream::Stdout, 1000, 0, Some(200.0))
+            .exit(0),
+    );
+    let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    let mut events = s.events();
+    let first_line = async {
+        while let Some(ev) = events.next().await {
+            if ev.line() == Some("out 1") {
+                return;
+            }
+        }
+    };
+    within(20, "the first line", first_line).await;
+    // The disk goes away under the run: its log path is now a directory.
+    std::fs::remove_file(s.log_path()).unwrap();
+    std::fs::create_dir(s.log_path()).unwrap();
+    let rest: Vec<Event> = within(30, "the end", events.collect()).await;
+    match &rest.last().unwrap().kind {
+        EventKind::Error { code, message } => {
+            assert_eq!(code, "log");
+            assert!(message.contains("cannot write"), "{message}");
+        }
+        k => panic!("{k:?}"),
+    }
+    assert!(matches!(s.wait().await, Err(Error::Log { .. })));
+    assert!(rt.running().is_empty(), "the run was stopped");
+}

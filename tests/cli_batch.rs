@@ -270,3 +270,57 @@ fn stop_orphans_reaps_the_runs_of_a_killed_cldpd_and_never_those_of_live_ones() 
     }
     assert!(pod.containers().is_empty());
 }
+
+#[test]
+fn ctrl_c_stops_every_job_and_still_writes_the_report() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(FOREVER);
+    let state = state();
+    let file = state.path().join("jobs.ndjson");
+    let jobs: String = (0..3)
+        .map(|i| format!("{{\"pod\": \"{}\", \"prompt\": \"run {i}\"}}\n", pod.name()))
+        .collect();
+    std::fs::write(&file, jobs).unwrap();
+    let report_path = state.path().join("report.json");
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args([
+        "batch",
+        "--concurrency",
+        "2",
+        "--grace",
+        "5",
+        "--json",
+        "--report",
+    ])
+    .arg(&report_path)
+    .arg(&file);
+    let live = Live::spawn(cmd);
+    // Two jobs run (the agents said so), the third waits in the queue.
+    live.wait_for("two running agents", Duration::from_secs(120), |l| {
+        l.stdout().matches("\"line\":\"ready\"").count() >= 2
+    });
+    live.signal("INT");
+    let out = live.finish(Duration::from_secs(60));
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("cldpd: stopping every job"),
+        "{}",
+        out.stderr
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let states: Vec<&str> = report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["stopped", "stopped", "stopped"]);
+    assert_eq!(
+        report["jobs"][2]["error"]["code"], "stopped",
+        "the queued job never started"
+    );
+    assert!(pod.containers().is_empty());
+}

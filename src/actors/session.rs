@@ -558,6 +558,14 @@ impl Handler<Wait> for SessionActor {
     }
 }
 
+impl Handler<InjectPanic> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _ctx: &mut Context<Self>) {
+        panic!("panic injected into session {} (InjectPanic)", self.id);
+    }
+}
+
 impl Handler<GetStatus> for SessionActor {
     type Result = MessageResult<GetStatus>;
 

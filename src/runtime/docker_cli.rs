@@ -211,6 +211,30 @@ impl DockerCli {
     }
 
     /// A short admin command: killed if its future is dropped (timeout).
+    /// Poll until `container` no longer exists (bounded by
+    /// [`ADMIN_TIMEOUT`]): Docker removes `--rm` containers asynchronously.
+    async fn wait_gone(&self, container: &str) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+        loop {
+            let out = self
+                .admin(
+                    &["container", "inspect", "--format", "{{.Id}}", container],
+                    ADMIN_TIMEOUT,
+                )
+                .await;
+            match out {
+                Ok(o) if !o.success && exit::container_gone(&o.stderr) => return Ok(()),
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::StopFailed {
+                        container: container.to_string(),
+                        message: "its removal did not finish".to_string(),
+                    })
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     fn admin_command(&self, args: &[OsString]) -> Command {
         let mut cmd = self.command(args, &[]);
         cmd.kill_on_drop(true);
@@ -378,7 +402,18 @@ impl Runtime for DockerCli {
     fn remove(&self, container: &str) -> BoxFuture<'static, Result<(), Error>> {
         let fut = self.admin(&["rm", "-f", container], ADMIN_TIMEOUT);
         let container = container.to_string();
-        async move { stop_result(fut.await, "rm -f", &container) }.boxed()
+        let this = self.clone();
+        async move {
+            let out = fut.await;
+            let in_progress = matches!(&out, Ok(o) if o.stderr.contains("is already in progress"));
+            stop_result(out, "rm -f", &container)?;
+            if in_progress {
+                // `--rm` is removing it: resolve once it is really gone.
+                this.wait_gone(&container).await?;
+            }
+            Ok(())
+        }
+        .boxed()
     }
 
     fn list(&self) -> BoxFuture<'static, Result<Vec<ContainerInfo>, Error>> {

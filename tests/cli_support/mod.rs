@@ -115,7 +115,7 @@ impl Live {
         self.stderr.lock().unwrap().clone()
     }
 
-    fn wait_for(&self, what: &str, limit: Duration, cond: impl Fn(&Live) -> bool) {
+    pub fn wait_for(&self, what: &str, limit: Duration, cond: impl Fn(&Live) -> bool) {
         let deadline = Instant::now() + limit;
         while !cond(self) {
             assert!(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use cldpd::batch::{parse_jobs, Batch, BatchReport};
 use cldpd::{Dispatcher, EventKind};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::cli::error::{CliError, EXIT_FAILURE};
 use crate::cli::output::{grace_text, short_duration, truncate_chars, SPINNER_INTERVAL};
@@ -88,12 +88,15 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
     ));
 
     let started = Instant::now();
-    let names: Vec<String> = batch_labels(&text_jobs);
-    let mut state: Vec<Phase> = vec![Phase::Waiting; total];
-    let mut tails: HashMap<usize, Tail> = HashMap::new();
-    let mut counts = Counts {
-        queued: total,
-        ..Counts::default()
+    let mut board = Board {
+        names: batch_labels(&text_jobs),
+        state: vec![Phase::Waiting; total],
+        tails: HashMap::new(),
+        counts: Counts {
+            queued: total,
+            ..Counts::default()
+        },
+        start_time,
     };
     let mut events = batch.events();
     let report = batch.report();
@@ -106,7 +109,7 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
     let mut events_done = false;
     let progress = ui.is_tty() && !ui.json;
     if progress {
-        ui.spin_begin(progress_text(&counts, total));
+        ui.spin_begin(progress_text(&board.counts, total));
     }
 
     while !(events_done && report_done.is_some()) {
@@ -125,49 +128,35 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
                 };
                 stopping = Some(Box::pin(batch.stop(grace)));
                 if progress {
-                    ui.spin_begin(progress_text(&counts, total));
+                    ui.spin_begin(progress_text(&board.counts, total));
                 }
             }
             _ = async { stopping.as_mut().expect("guarded").await }, if stopping.is_some() => {
                 stopping = None;
             }
             ev = events.next(), if !events_done => {
-                let Some((i, ev)) = ev else {
+                let Some(first) = ev else {
                     events_done = true;
                     continue;
                 };
-                if ui.json {
-                    ui.json_line(&ev);
-                    continue;
-                }
-                let tail = tails.entry(i).or_default();
-                match &ev.kind {
-                    EventKind::Output { line, .. } | EventKind::BuildOutput { line } => tail.push(line),
-                    EventKind::ContainerStarted { .. } if !tail.ran => {
-                        tail.ran = true;
-                        tail.lines.clear();
+                // Handle what is already there, then flush once.
+                let mut next = Some(first);
+                let mut handled = 0;
+                while let Some((i, ev)) = next.take() {
+                    board.event(&mut ui, i, &ev, signalled);
+                    handled += 1;
+                    if handled < DRAIN_BATCH {
+                        match events.next().now_or_never() {
+                            Some(Some(more)) => next = Some(more),
+                            Some(None) => events_done = true,
+                            None => {}
+                        }
                     }
-                    _ => {}
                 }
-                let next = match &ev.kind {
-                    EventKind::BuildStarted { .. } | EventKind::ContainerStarted { .. } => Phase::Running,
-                    EventKind::ContainerExited { code: 0 } => Phase::Succeeded,
-                    k if k.is_terminal() => Phase::Failed,
-                    _ => state[i],
-                };
-                if next != state[i] {
-                    counts.move_job(state[i], next);
-                    state[i] = next;
+                if progress {
+                    ui.spin_begin(progress_text(&board.counts, total));
                 }
-                if ev.is_terminal() {
-                    let tail = tails.remove(&i).unwrap_or_default();
-                    let took = ev.time.duration_since(start_time).unwrap_or_default();
-                    ui.print(finished_line(&ev, &names[i], signalled, took, &tail));
-                    ui.flush();
-                }
-                if progress && (next != Phase::Waiting || ev.is_terminal()) {
-                    ui.spin_begin(progress_text(&counts, total));
-                }
+                ui.flush();
             }
             r = &mut report, if report_done.is_none() => {
                 report_done = Some(r);
@@ -200,6 +189,59 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
     } else {
         EXIT_FAILURE
     })
+}
+
+/// Events handled before the loop flushes and looks at signals again.
+const DRAIN_BATCH: usize = 1024;
+
+/// What the batch command knows of every job while it runs.
+struct Board {
+    names: Vec<String>,
+    state: Vec<Phase>,
+    tails: HashMap<usize, Tail>,
+    counts: Counts,
+    start_time: std::time::SystemTime,
+}
+
+impl Board {
+    /// Account for one event of job `i`; print its line when it finished
+    /// (or, with `--json`, print the event).
+    fn event(
+        &mut self,
+        ui: &mut crate::cli::output::Ui,
+        i: usize,
+        ev: &cldpd::Event,
+        stopping: bool,
+    ) {
+        if ui.json {
+            ui.json_line(ev);
+            return;
+        }
+        let tail = self.tails.entry(i).or_default();
+        match &ev.kind {
+            EventKind::Output { line, .. } | EventKind::BuildOutput { line } => tail.push(line),
+            EventKind::ContainerStarted { .. } if !tail.ran => {
+                tail.ran = true;
+                tail.lines.clear();
+            }
+            _ => {}
+        }
+        let next = match &ev.kind {
+            EventKind::BuildStarted { .. } | EventKind::ContainerStarted { .. } => Phase::Running,
+            EventKind::ContainerExited { code: 0 } => Phase::Succeeded,
+            k if k.is_terminal() => Phase::Failed,
+            _ => self.state[i],
+        };
+        if next != self.state[i] {
+            self.counts.move_job(self.state[i], next);
+            self.state[i] = next;
+        }
+        if ev.is_terminal() {
+            let tail = self.tails.remove(&i).unwrap_or_default();
+            let took = ev.time.duration_since(self.start_time).unwrap_or_default();
+            ui.print(finished_line(ev, &self.names[i], stopping, took, &tail));
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,10 +324,10 @@ fn finished_line(
     tail: &Tail,
 ) -> String {
     let (state, outcome, error) = match &ev.kind {
-        EventKind::ContainerExited { code: 0 } => ("ok", "exit 0".to_string(), None),
         EventKind::ContainerExited { code } if stopping => {
             ("stopped", format!("exit {code}"), None)
         }
+        EventKind::ContainerExited { code: 0 } => ("ok", "exit 0".to_string(), None),
         EventKind::ContainerExited { code } => ("FAILED", format!("exit {code}"), None),
         EventKind::Error { code, .. } if code == "stopped" || stopping => {
             ("stopped", code.clone(), None)
