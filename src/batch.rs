@@ -26,8 +26,7 @@
 //! ```
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::join_all;
@@ -262,7 +261,8 @@ pub struct Batch {
     jobs: Vec<Job>,
     sessions: Vec<Session>,
     started: SystemTime,
-    stopping: Arc<AtomicBool>,
+    /// When [`Batch::stop`] was called.
+    stopped_at: Arc<Mutex<Option<SystemTime>>>,
     tail_lines: usize,
 }
 
@@ -297,7 +297,7 @@ impl Batch {
             jobs,
             sessions,
             started,
-            stopping: Arc::new(AtomicBool::new(false)),
+            stopped_at: Arc::new(Mutex::new(None)),
             tail_lines: DEFAULT_TAIL_LINES,
         })
     }
@@ -327,7 +327,10 @@ impl Batch {
     /// Stop every job that has not ended (queued ones never start), each
     /// with `grace`; jobs that end because of it are reported `stopped`.
     pub async fn stop(&self, grace: Option<Duration>) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.stopped_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(SystemTime::now);
         join_all(self.sessions.iter().map(|s| s.stop(grace))).await;
     }
 
@@ -397,14 +400,17 @@ impl Batch {
                 }),
             ),
         };
-        let stopping = self.stopping.load(Ordering::SeqCst);
+        let ended = terminal.as_ref().map_or_else(SystemTime::now, |e| e.time);
+        // A job that ended after the batch was told to stop was stopped,
+        // whatever its agent did on SIGTERM.
+        let stopped_at = *self.stopped_at.lock().unwrap_or_else(|e| e.into_inner());
+        let stopped = stopped_at.is_some_and(|t| ended >= t);
         let state = match (exit_code, &error) {
-            (Some(0), _) => JobState::Succeeded,
             (_, Some(e)) if e.code == "stopped" => JobState::Stopped,
-            _ if stopping => JobState::Stopped,
+            _ if stopped => JobState::Stopped,
+            (Some(0), _) => JobState::Succeeded,
             _ => JobState::Failed,
         };
-        let ended = terminal.as_ref().map_or_else(SystemTime::now, |e| e.time);
         JobReport {
             index,
             name: job.name.clone(),
@@ -458,6 +464,17 @@ mod tests {
         assert_eq!(
             jobs.iter().map(|j| j.line).collect::<Vec<_>>(),
             [Some(2), Some(4)]
+        );
+    }
+
+    #[test]
+    fn the_example_batch_file_parses() {
+        let text = include_str!("../config/batch-example.ndjson");
+        let jobs = parse_jobs(text, Path::new("config/batch-example.ndjson")).unwrap();
+        assert_eq!(jobs.len(), 4);
+        assert_eq!(
+            jobs[3].overrides.restart,
+            Some(crate::RestartPolicy::OnFailure)
         );
     }
 

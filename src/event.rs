@@ -77,8 +77,10 @@ pub enum EventKind {
     BuildComplete {
         /// Image tag.
         image: String,
-        /// True when an identical build of this tag already succeeded in this
-        /// dispatcher and was reused.
+        /// True when this run reused a build instead of causing one: an
+        /// identical earlier build of this tag in this dispatcher, or one in
+        /// flight for another run (exactly one run per real build reports
+        /// `false`).
         #[serde(default)]
         cached: bool,
     },

@@ -23,3 +23,8 @@ pub use messages::dispatcher::{RunInfo, SessionInfo, StartRequest, StopReport, T
 pub use messages::session::{SessionState, SessionStatus};
 pub use pod::{Mount, Pod, PodConfig, RestartPolicy};
 pub use settings::{EnvLookup, Settings};
+
+/// The README's Rust examples, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

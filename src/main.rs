@@ -1,4 +1,9 @@
+//! `cldpd`, the command-line tool: a thin layer over the `cldpd` library.
+//! Everything lives in [`cli`]; this file only runs it and exits with its
+//! code.
+
+mod cli;
+
 fn main() {
-    eprintln!("cldpd: the command-line tool is not built yet");
-    std::process::exit(1);
+    std::process::exit(cli::main());
 }

@@ -23,17 +23,6 @@ fn setup(pods: &[(&str, Option<&str>)]) -> (Dirs, FaultRuntime, Dispatcher) {
     (dirs, rt, d)
 }
 
-async fn collect(session: &cldpd::Session) -> Seen {
-    let mut seen = Seen::default();
-    let mut next = 1;
-    let mut events = session.events();
-    while let Some(ev) = events.next().await {
-        record(&mut seen, &mut next, &ev);
-        seen.all.push(ev);
-    }
-    seen
-}
-
 // ----- invariant 1: ordering -------------------------------------------------
 
 #[actix::test]
@@ -198,20 +187,6 @@ async fn resume_targets_are_checked() {
         Err(Error::SessionNotFound { .. })
     ));
     d.shutdown(Some(Duration::ZERO)).await.unwrap();
-}
-
-async fn wait_running(s: &cldpd::Session) {
-    let mut state = s.info().state.clone();
-    let _ = state
-        .wait_for(|st| matches!(st, cldpd::SessionState::Running { .. }) || st.is_terminal())
-        .await;
-    // The container must have reported its start.
-    let mut events = s.events();
-    while let Some(ev) = events.next().await {
-        if matches!(ev.kind, EventKind::ContainerStarted { .. }) || ev.is_terminal() {
-            break;
-        }
-    }
 }
 
 // ----- invariant 2: lossless -------------------------------------------------
@@ -573,15 +548,10 @@ async fn stopping_a_run_that_is_building_ends_it_without_a_container() {
     let (_dirs, rt, d) = setup(&[("slow", None)]);
     rt.script_build("cldpd-slow", BuildScript::hang());
     let s = d.start(StartRequest::prompt("slow", "go")).await.unwrap();
-    let mut st = s.info().state.clone();
-    within(
-        10,
-        "building",
-        st.wait_for(|s| matches!(s, cldpd::SessionState::Building)),
-    )
-    .await
-    .unwrap();
-    drop(st);
+    wait_state(&s, 10, "building", |s| {
+        matches!(s, cldpd::SessionState::Building)
+    })
+    .await;
     assert!(matches!(
         within(10, "stop", s.stop(None)).await,
         Err(Error::Stopped)
@@ -801,4 +771,96 @@ async fn the_actor_api_takes_recipients_at_start() {
     let seen = within(20, "checker", done).await.unwrap();
     assert_eq!(&*seen.all[0].session, info.id);
     assert_flow(&seen.flow, START);
+}
+
+#[actix::test]
+async fn stopping_a_resume_ends_only_the_follow_up() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(1).hang());
+    rt.script_exec("web", RunScript::new().stdout_lines(1).hang());
+    let s = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
+    within(20, "running", wait_running(&s)).await;
+    let r = d.resume(s.id(), "a long follow-up").await.unwrap();
+    within(20, "resume running", wait_running(&r)).await;
+    assert_eq!(
+        within(20, "stop the resume", r.stop(Some(Duration::from_secs(5))))
+            .await
+            .unwrap(),
+        143
+    );
+    // The run itself goes on: no signal reached its container.
+    assert!(rt.signals(s.id()).is_empty());
+    assert!(matches!(s.state(), cldpd::SessionState::Running { .. }));
+    assert!(rt.running().contains(&s.id().to_string()));
+    assert_eq!(s.stop(Some(Duration::ZERO)).await.unwrap(), 137);
+}
+
+#[actix::test]
+async fn a_panic_in_a_session_ends_its_run_cleanly_and_nothing_else() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(2).hang());
+    let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    let other = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    within(20, "running", wait_running(&s)).await;
+    within(20, "running", wait_running(&other)).await;
+    s.info().addr.do_send(cldpd::messages::session::InjectPanic);
+    // Subscribers get an error event as the last one.
+    let seen = within(20, "the run", collect(&s)).await;
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+    match &seen.terminal.unwrap().kind {
+        EventKind::Error { code, message } => {
+            assert_eq!(code, "internal");
+            assert!(message.contains("stopped unexpectedly"), "{message}");
+        }
+        k => panic!("{k:?}"),
+    }
+    assert!(matches!(s.wait().await, Err(Error::Internal { .. })));
+    // Its container is removed (by the dispatcher, right after).
+    let removed = async {
+        while rt.running().contains(&s.id().to_string()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within(10, "the container's removal", removed).await;
+    // The other run and the dispatcher are unaffected.
+    assert!(matches!(other.state(), cldpd::SessionState::Running { .. }));
+    assert_eq!(other.stop(Some(Duration::ZERO)).await.unwrap(), 137);
+    let again = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    within(20, "a new run", wait_running(&again)).await;
+    again.stop(Some(Duration::ZERO)).await.unwrap();
+}
+
+#[actix::test]
+async fn an_unwritable_log_ends_the_run_with_an_error_event() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod(
+        "web",
+        RunScript::new()
+            .stdout_lines(1)
+            .lines(OutputStream::Stdout, 1000, 0, Some(200.0))
+            .exit(0),
+    );
+    let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    let mut events = s.events();
+    let first_line = async {
+        while let Some(ev) = events.next().await {
+            if ev.line() == Some("out 1") {
+                return;
+            }
+        }
+    };
+    within(20, "the first line", first_line).await;
+    // The disk goes away under the run: its log path is now a directory.
+    std::fs::remove_file(s.log_path()).unwrap();
+    std::fs::create_dir(s.log_path()).unwrap();
+    let rest: Vec<Event> = within(30, "the end", events.collect()).await;
+    match &rest.last().unwrap().kind {
+        EventKind::Error { code, message } => {
+            assert_eq!(code, "log");
+            assert!(message.contains("cannot write"), "{message}");
+        }
+        k => panic!("{k:?}"),
+    }
+    assert!(matches!(s.wait().await, Err(Error::Log { .. })));
+    assert!(rt.running().is_empty(), "the run was stopped");
 }

@@ -144,14 +144,10 @@ async fn stopping_a_batch_stops_running_and_queued_jobs_and_reports_what_finishe
     let first = batch.sessions()[0].clone();
     within(30, "the quick job", first.wait()).await.unwrap();
     for s in &batch.sessions()[1..3] {
-        let mut st = s.info().state.clone();
-        within(
-            30,
-            "running",
-            st.wait_for(|s| matches!(s, cldpd::SessionState::Running { .. })),
-        )
-        .await
-        .unwrap();
+        wait_state(s, 30, "running", |s| {
+            matches!(s, cldpd::SessionState::Running { .. })
+        })
+        .await;
     }
     within(30, "stop", batch.stop(Some(Duration::from_millis(100)))).await;
     let report = within(30, "report", batch.report()).await;

@@ -168,6 +168,7 @@ async fn resume_from_a_second_dispatcher_reaches_the_same_conversation() {
     }
     let pod = TestPod::with_stub(concat!(
         "#!/bin/sh\n",
+        "if [ \"$2\" = --resume ] && [ \"$4\" = wait ]; then trap 'exit 5' TERM; echo waiting; while :; do sleep 1; done; fi\n",
         "if [ \"$2\" = --resume ]; then echo \"resumed $3: $4\"; exit 0; fi\n",
         "echo \"conversation $3\"\n",
         "trap 'exit 0' TERM\n",
@@ -204,7 +205,31 @@ async fn resume_from_a_second_dispatcher_reaches_the_same_conversation() {
         );
         assert_eq!(r.wait().await.unwrap(), 0);
     }
-    // It can stop it too.
+    // Stopping a follow-up ends that process only, not the run.
+    let waiting = second.resume(s.id(), "wait").await.unwrap();
+    let mut w = waiting.events();
+    within(
+        60,
+        "the waiting follow-up",
+        until(&mut w, |e| e.line() == Some("waiting")),
+    )
+    .await;
+    assert_eq!(
+        within(
+            60,
+            "stop the follow-up",
+            waiting.stop(Some(Duration::from_secs(10)))
+        )
+        .await
+        .unwrap(),
+        5
+    );
+    assert!(
+        matches!(s.state(), cldpd::SessionState::Running { .. }),
+        "{:?}",
+        s.state()
+    );
+    // It can stop the run too.
     let report = within(
         60,
         "stop",

@@ -64,15 +64,10 @@ async fn stop_orphans_reaps_exactly_the_runs_of_dead_owners() {
     rt.script_pod("web", RunScript::new().hang());
     let d1 = Dispatcher::new(dirs.settings(), rt.clone());
     let mine = d1.start(StartRequest::prompt("web", "go")).await.unwrap();
-    let mut st = mine.info().state.clone();
-    within(
-        10,
-        "running",
-        st.wait_for(|s| matches!(s, SessionState::Running { .. })),
-    )
-    .await
-    .unwrap();
-    drop(st);
+    wait_state(&mine, 10, "running", |s| {
+        matches!(s, SessionState::Running { .. })
+    })
+    .await;
     let state = dirs.state().display().to_string();
     let _orphan = foreign_run(&rt, "web-0000dead", &dead_owner(), &state);
     let _alive = foreign_run(&rt, "web-0000a11e", &live_other_owner(), &state);
@@ -171,4 +166,31 @@ async fn shutdown_stops_adopted_runs_too() {
         .await
         .unwrap();
     assert!(rt.running().is_empty(), "{:?}", rt.running());
+}
+
+#[actix::test]
+async fn a_stop_from_another_dispatcher_uses_the_runs_own_grace() {
+    let dirs = Dirs::new(&[("stubborn", Some(r#"{ "stopGraceSecs": 0.2 }"#))]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("stubborn", RunScript::new().hang().ignore_sigterm());
+    // The default grace (10 s) would outlast the 5 s bound below.
+    let owner = Dispatcher::new(dirs.settings(), rt.clone());
+    let s = owner
+        .start(StartRequest::prompt("stubborn", "go"))
+        .await
+        .unwrap();
+    wait_state(&s, 10, "running", |s| {
+        matches!(s, SessionState::Running { .. })
+    })
+    .await;
+    let other = Dispatcher::new(dirs.settings(), rt.clone());
+    let report = within(5, "a stop with the pod's grace", other.stop(s.id(), None))
+        .await
+        .unwrap();
+    assert_eq!(report.session, s.id());
+    assert_eq!(
+        report.code, None,
+        "another process's run: its code is not known here"
+    );
+    assert_eq!(within(5, "the owner's view", s.wait()).await.unwrap(), 137);
 }

@@ -13,17 +13,6 @@ use cldpd::{
 use futures_util::StreamExt;
 use support::fault::*;
 
-async fn run_to_end(s: &cldpd::Session) -> Seen {
-    let mut seen = Seen::default();
-    let mut next = 1;
-    let mut events = s.events();
-    while let Some(ev) = events.next().await {
-        record(&mut seen, &mut next, &ev);
-        seen.all.push(ev);
-    }
-    seen
-}
-
 fn restart_policy(policy: RestartPolicy, max: u32, backoff_ms: u64) -> PodConfig {
     PodConfig {
         restart: Some(policy),
@@ -53,7 +42,7 @@ async fn on_failure_restarts_within_the_intensity_and_the_seq_continues() {
         10,
     ));
     let s = d.start(req).await.unwrap();
-    let seen = within(30, "the run", run_to_end(&s)).await;
+    let seen = within(30, "the run", collect(&s)).await;
     assert!(seen.problems.is_empty(), "{:?}", seen.problems);
     let mut pattern = vec!["build_started", "build_output*", "build_complete"];
     for _ in 0..3 {
@@ -114,7 +103,7 @@ async fn beyond_the_intensity_the_run_ends_with_its_own_error() {
     let req =
         StartRequest::prompt("broken", "go").overrides(restart_policy(RestartPolicy::Always, 2, 5));
     let s = d.start(req).await.unwrap();
-    let seen = within(30, "the run", run_to_end(&s)).await;
+    let seen = within(30, "the run", collect(&s)).await;
     assert_eq!(seen.flow.iter().filter(|k| **k == "restarting").count(), 2);
     match &seen.terminal.unwrap().kind {
         EventKind::Error { code, message } => {
@@ -159,18 +148,13 @@ async fn stop_during_back_off_ends_the_run_without_another_start() {
     rt.script_pod("flaky", RunScript::new().stdout_lines(1).exit(4));
     let d = Dispatcher::new(dirs.settings(), rt.clone());
     let s = d.start(StartRequest::prompt("flaky", "go")).await.unwrap();
-    let mut st = s.info().state.clone();
-    within(
-        30,
-        "back-off",
-        st.wait_for(|s| matches!(s, SessionState::Restarting { .. })),
-    )
-    .await
-    .unwrap();
-    drop(st);
+    wait_state(&s, 30, "back-off", |s| {
+        matches!(s, SessionState::Restarting { .. })
+    })
+    .await;
     // The exit code of the last container is the outcome.
     assert_eq!(within(10, "stop", s.stop(None)).await.unwrap(), 4);
-    let seen = run_to_end(&s).await;
+    let seen = collect(&s).await;
     assert_flow(
         &seen.flow,
         &[
@@ -206,7 +190,7 @@ async fn the_run_timeout_stops_the_run_and_names_itself() {
         }) => assert_eq!(after, Duration::from_millis(300)),
         other => panic!("{other:?}"),
     }
-    let seen = run_to_end(&s).await;
+    let seen = collect(&s).await;
     match &seen.terminal.unwrap().kind {
         EventKind::Error { code, message } => {
             assert_eq!(code, "timeout");
@@ -266,14 +250,10 @@ async fn admission_is_fifo_with_a_cap_and_queued_runs_can_be_stopped() {
         );
     }
     for s in &sessions[..3] {
-        let mut st = s.info().state.clone();
-        within(
-            10,
-            "running",
-            st.wait_for(|s| matches!(s, SessionState::Running { .. })),
-        )
-        .await
-        .unwrap();
+        wait_state(s, 10, "running", |s| {
+            matches!(s, SessionState::Running { .. })
+        })
+        .await;
     }
     // The other seven wait, and their subscribers see Queued first.
     for (i, s) in sessions[3..].iter().enumerate() {
@@ -289,15 +269,10 @@ async fn admission_is_fifo_with_a_cap_and_queued_runs_can_be_stopped() {
     // Ending a running one admits exactly the head of the queue.
     for i in 0..6 {
         sessions[i].stop(Some(Duration::ZERO)).await.unwrap();
-        let mut st = sessions[i + 3].info().state.clone();
-        within(
-            10,
-            "admitted",
-            st.wait_for(|s| matches!(s, SessionState::Running { .. })),
-        )
-        .await
-        .unwrap();
-        drop(st);
+        wait_state(&sessions[i + 3], 10, "admitted", |s| {
+            matches!(s, SessionState::Running { .. })
+        })
+        .await;
         for later in &sessions[i + 4..9] {
             assert!(
                 matches!(later.state(), SessionState::Queued { .. }),
@@ -328,7 +303,7 @@ async fn a_hundred_queued_runs_of_one_pod_share_one_build() {
         sessions.push(d.start(StartRequest::prompt("many", "go")).await.unwrap());
     }
     for s in &sessions {
-        let seen = within(60, "a run", run_to_end(s)).await;
+        let seen = within(60, "a run", collect(s)).await;
         assert!(seen.problems.is_empty());
         assert_flow(&seen.flow, START);
     }
@@ -364,7 +339,7 @@ async fn a_failed_shared_build_fails_every_waiting_run_with_its_output() {
         sessions.push(d.start(StartRequest::prompt("bad", "go")).await.unwrap());
     }
     for s in &sessions {
-        let seen = within(30, "a run", run_to_end(s)).await;
+        let seen = within(30, "a run", collect(s)).await;
         assert_flow(&seen.flow, &["build_started", "build_output*", "error"]);
         let lines: Vec<&str> = seen
             .all

@@ -9,7 +9,9 @@
 //!   *fingerprint* of the build inputs (every file of the pod directory —
 //!   relative path, size, modification time — plus the Dockerfile path and
 //!   build args). A later run with the same fingerprint skips `docker
-//!   build` and reports `BuildComplete { cached: true }`. Editing any file of
+//!   build` and reports `BuildComplete { cached: true }`; so do the runs
+//!   that joined a build in flight (exactly one run per real build reports
+//!   `cached: false`). Editing any file of
 //!   the pod triggers a real build again. A pod directory with more than
 //!   [`MAX_FINGERPRINT_FILES`] files is always built.
 //! - **Cancellation**: when every run waiting on a build has ended (stopped
@@ -132,9 +134,11 @@ impl Builds {
                 self.memo.remove(image);
             }
         }
-        for w in b.waiters {
+        // One run is reported as the one the image was built for; the
+        // others reused its build (`cached`).
+        for (i, w) in b.waiters.into_iter().enumerate() {
             w.reply
-                .do_send(BuildNotice::Done(result.clone().map(|()| false)));
+                .do_send(BuildNotice::Done(result.clone().map(|()| i > 0)));
         }
     }
 

@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::future::join_all;
@@ -37,7 +38,7 @@ use crate::settings::Settings;
 
 /// How often the end of adopted runs is checked (they have no session
 /// actor to report it).
-const ADOPTED_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+const ADOPTED_POLL: Duration = Duration::from_secs(2);
 
 mod pod_cache;
 
@@ -225,6 +226,10 @@ impl DispatcherActor {
         let mut labels_map = std::collections::BTreeMap::new();
         labels_map.insert(labels::POD.to_string(), pod.name.clone());
         labels_map.insert(labels::IMAGE.to_string(), image.clone());
+        labels_map.insert(
+            labels::GRACE.to_string(),
+            policy.stop_grace.as_secs_f64().to_string(),
+        );
         labels_map.insert(
             labels::STATE_DIR.to_string(),
             self.settings.state_dir.display().to_string(),
@@ -722,7 +727,15 @@ impl Handler<Stop> for DispatcherActor {
                                 code,
                             });
                         }
-                        let grace = grace.unwrap_or(default_grace);
+                        // The run's own grace, from its labels, unless the
+                        // caller gave one.
+                        let own = m
+                            .labels
+                            .as_ref()
+                            .and_then(|c| c.label(labels::GRACE))
+                            .and_then(|g| g.parse::<f64>().ok())
+                            .and_then(|g| Duration::try_from_secs_f64(g).ok());
+                        let grace = grace.or(own).unwrap_or(default_grace);
                         guarded("the runtime's stop", runtime.stop(&container, grace)).await??;
                         Ok(StopReport {
                             session: m.session,

@@ -44,6 +44,9 @@ pub struct RunnerActor {
     session: Arc<Recipient<RunnerReport>>,
     attempt: u32,
     container: String,
+    /// For an exec job, its spec: signals go to that process, not to the
+    /// container. Boxed, as is the job: the actor stays small.
+    exec: Option<Box<ExecSpec>>,
     /// Boxed: a `RunSpec` is large and only needed until the start.
     job: Option<Box<Job>>,
     ended: bool,
@@ -62,6 +65,10 @@ impl RunnerActor {
             session: Arc::new(session),
             attempt,
             container: job.container().to_string(),
+            exec: match &job {
+                Job::Exec(spec) => Some(Box::new(spec.clone())),
+                Job::Run(_) => None,
+            },
             job: Some(Box::new(job)),
             ended: false,
         }
@@ -121,12 +128,17 @@ impl Handler<Signal> for RunnerActor {
     fn handle(&mut self, Signal(sig): Signal, _ctx: &mut Context<Self>) {
         let runtime = self.runtime.clone();
         let container = self.container.clone();
+        let exec = self.exec.clone();
         let session = self.session.clone();
         let attempt = self.attempt;
         // Detached: a signal in flight is never cancelled by the runner
         // stopping (its container may outlive it).
         actix::spawn(async move {
-            let result = match guard("the runtime's signal", || runtime.signal(&container, sig)) {
+            let send = || match &exec {
+                Some(spec) => runtime.signal_exec(spec, sig),
+                None => runtime.signal(&container, sig),
+            };
+            let result = match guard("the runtime's signal", send) {
                 Ok(fut) => guarded("the runtime's signal", fut).await.and_then(|r| r),
                 Err(e) => Err(e),
             };

@@ -291,18 +291,24 @@ impl SessionActor {
             return;
         }
         let quiet = self.last_output.elapsed();
-        if self.phase == Phase::Running && self.stopping.is_none() && quiet >= idle {
+        let watching = self.phase == Phase::Running && self.stopping.is_none();
+        if watching && quiet >= idle {
             self.begin_stop(
                 StopReason::Timeout(TimeoutKind::Idle, idle),
                 self.policy.stop_grace,
                 ctx,
             );
-        } else {
-            let next = idle
-                .saturating_sub(quiet)
-                .max(std::time::Duration::from_millis(10));
-            ctx.run_later(next, move |act, ctx| act.check_idle(ctx));
+            return;
         }
+        // Between containers (back-off, cleanup) or while stopping, look
+        // again a full period later: the next container resets the clock.
+        let next = if watching {
+            idle.saturating_sub(quiet)
+                .max(std::time::Duration::from_millis(10))
+        } else {
+            idle
+        };
+        ctx.run_later(next, move |act, ctx| act.check_idle(ctx));
     }
 
     /// The container (or exec process) of the current attempt ended. After
@@ -498,6 +504,8 @@ impl SessionActor {
         if let Some(runner) = self.runner.take() {
             runner.do_send(Release);
         }
+        // A resume's container belongs to the run it resumed.
+        let cleanup = cleanup.filter(|_| matches!(self.plan, Plan::Start(_)));
         // Tell the dispatcher before anyone waiting on the state can ask it
         // anything: its mailbox is FIFO, so it will have forgotten this run.
         self.dispatcher.do_send(SessionEnded {
@@ -551,7 +559,7 @@ impl Drop for SessionActor {
                 let _ = hub.borrow_mut().flush_log();
             }
         }));
-        let cleanup = matches!(self.phase, Phase::Running)
+        let cleanup = (matches!(self.phase, Phase::Running) && matches!(self.plan, Plan::Start(_)))
             .then(|| self.container.clone())
             .flatten();
         self.dispatcher.do_send(SessionEnded {
@@ -596,6 +604,14 @@ impl Handler<Wait> for SessionActor {
 
     fn handle(&mut self, _: Wait, _ctx: &mut Context<Self>) -> Self::Result {
         self.outcome_future()
+    }
+}
+
+impl Handler<InjectPanic> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _ctx: &mut Context<Self>) {
+        panic!("panic injected into session {} (InjectPanic)", self.id);
     }
 }
 

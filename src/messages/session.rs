@@ -181,3 +181,11 @@ pub enum RunnerEvent {
     /// The runner actor died without reporting an end (panic).
     Lost,
 }
+
+/// Fault injection: make the session actor panic inside its handler, as a
+/// bug in cldpd would. The run must still end cleanly: an `error` event
+/// (code `internal`) to its subscribers, its container removed, and the
+/// dispatcher serving other runs. For supervision tests.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct InjectPanic;

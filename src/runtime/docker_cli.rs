@@ -211,6 +211,30 @@ impl DockerCli {
     }
 
     /// A short admin command: killed if its future is dropped (timeout).
+    /// Poll until `container` no longer exists (bounded by
+    /// [`ADMIN_TIMEOUT`]): Docker removes `--rm` containers asynchronously.
+    async fn wait_gone(&self, container: &str) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+        loop {
+            let out = self
+                .admin(
+                    &["container", "inspect", "--format", "{{.Id}}", container],
+                    ADMIN_TIMEOUT,
+                )
+                .await;
+            match out {
+                Ok(o) if !o.success && exit::container_gone(&o.stderr) => return Ok(()),
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::StopFailed {
+                        container: container.to_string(),
+                        message: "its removal did not finish".to_string(),
+                    })
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     fn admin_command(&self, args: &[OsString]) -> Command {
         let mut cmd = self.command(args, &[]);
         cmd.kill_on_drop(true);
@@ -340,6 +364,29 @@ impl Runtime for DockerCli {
         async move { stop_result(fut.await, "kill", &container) }.boxed()
     }
 
+    fn signal_exec(
+        &self,
+        spec: &ExecSpec,
+        signal: StopSignal,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        let marker = exec_marker(&spec.command);
+        let fut = self.admin(
+            &[
+                "exec",
+                &spec.container,
+                "sh",
+                "-c",
+                SIGNAL_EXEC_SCRIPT,
+                "cldpd-signal",
+                signal.name(),
+                &marker,
+            ],
+            ADMIN_TIMEOUT,
+        );
+        let container = spec.container.clone();
+        async move { stop_result(fut.await, "exec kill", &container) }.boxed()
+    }
+
     fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), Error>> {
         // Whole seconds, rounded up. `-t` is understood by every client
         // (`--time` is deprecated since client 28, `--timeout` is new).
@@ -355,7 +402,18 @@ impl Runtime for DockerCli {
     fn remove(&self, container: &str) -> BoxFuture<'static, Result<(), Error>> {
         let fut = self.admin(&["rm", "-f", container], ADMIN_TIMEOUT);
         let container = container.to_string();
-        async move { stop_result(fut.await, "rm -f", &container) }.boxed()
+        let this = self.clone();
+        async move {
+            let out = fut.await;
+            let in_progress = matches!(&out, Ok(o) if o.stderr.contains("is already in progress"));
+            stop_result(out, "rm -f", &container)?;
+            if in_progress {
+                // `--rm` is removing it: resolve once it is really gone.
+                this.wait_gone(&container).await?;
+            }
+            Ok(())
+        }
+        .boxed()
     }
 
     fn list(&self) -> BoxFuture<'static, Result<Vec<ContainerInfo>, Error>> {
@@ -608,5 +666,46 @@ mod tests {
         assert_eq!(lines[0], "home=/home/agent");
         let want = own_docker_config().map(|c| c.to_string_lossy().into_owned());
         assert_eq!(lines[1], format!("config={}", want.unwrap_or_default()));
+    }
+}
+
+/// Signals the processes of a container whose command line contains a
+/// marker (`$2`), skipping itself. The shell drops the NUL separators of
+/// `/proc/<pid>/cmdline`, so the marker is the exec's arguments run
+/// together. Needs `sh` and `cat` in the image (any image with a shell).
+const SIGNAL_EXEC_SCRIPT: &str = r#"sig=$1; marker=$2; self=$$
+for d in /proc/[0-9]*; do
+  p=${d#/proc/}
+  [ "$p" = "$self" ] && continue
+  c=$(cat "$d/cmdline" 2>/dev/null) || continue
+  case "$c" in *"$marker"*) kill -s "$sig" "$p" 2>/dev/null ;; esac
+done
+exit 0"#;
+
+/// What identifies an exec's process: its arguments after the program
+/// (which an interpreter may rewrite), without the last one (the prompt,
+/// free text), run together: `-p--resume<uuid>` for a resume.
+fn exec_marker(command: &[String]) -> String {
+    let args = command.get(1..).unwrap_or_default();
+    let args = if args.len() >= 2 {
+        &args[..args.len() - 1]
+    } else {
+        args
+    };
+    args.concat()
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use super::exec_marker;
+
+    #[test]
+    fn the_marker_is_the_arguments_without_program_and_prompt() {
+        let cmd: Vec<String> = ["claude", "-p", "--resume", "u-1", "free text"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(exec_marker(&cmd), "-p--resumeu-1");
+        assert_eq!(exec_marker(&["x".to_string(), "y".to_string()]), "y");
+        assert_eq!(exec_marker(&[]), "");
     }
 }

@@ -157,7 +157,15 @@ struct Live {
     ignore_sigterm: bool,
     stop_fails: bool,
     /// Exec processes running in it (ended with it).
-    execs: Vec<Arc<Shared>>,
+    execs: Vec<ExecProcess>,
+}
+
+/// An exec process: its command (to find it for `signal_exec`), whether it
+/// ignores SIGTERM, and its shared state.
+struct ExecProcess {
+    command: Box<[String]>,
+    ignore_sigterm: bool,
+    shared: Arc<Shared>,
 }
 
 /// Labels in one allocation: for each, the key's and the value's length
@@ -237,7 +245,7 @@ impl Registry {
         if let Some(live) = self.live.remove(name) {
             live.shared.end(code);
             for exec in &live.execs {
-                exec.end(KILL_CODE);
+                exec.shared.end(KILL_CODE);
             }
         }
     }
@@ -286,7 +294,7 @@ impl Inner {
             }
             Kind::Exec => {
                 if let Some(live) = reg.live.get_mut(container) {
-                    live.execs.retain(|e| !Arc::ptr_eq(e, shared));
+                    live.execs.retain(|e| !Arc::ptr_eq(&e.shared, shared));
                 }
             }
         }
@@ -297,6 +305,35 @@ impl Inner {
     /// Deliver `signal` to the live container `name` (only if it is still
     /// `only`, when given). Returns its shared state, or `None` when there
     /// was no such live container.
+    /// Signal the exec processes of `container` running `command`.
+    fn deliver_exec(
+        &self,
+        container: &str,
+        command: &[String],
+        signal: StopSignal,
+    ) -> Result<(), Error> {
+        let mut reg = self.lock();
+        if reg.unavailable {
+            return Err(unavailable());
+        }
+        let Some(live) = reg.live.get_mut(container) else {
+            return Ok(());
+        };
+        for exec in live.execs.iter().filter(|e| &*e.command == command) {
+            match signal {
+                StopSignal::Term if exec.ignore_sigterm => {}
+                StopSignal::Term => {
+                    exec.shared.end(TERM_CODE);
+                }
+                StopSignal::Kill => {
+                    exec.shared.end(KILL_CODE);
+                }
+            }
+        }
+        live.execs.retain(|e| e.shared.code().is_none());
+        Ok(())
+    }
+
     fn deliver(
         &self,
         name: &str,

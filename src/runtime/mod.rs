@@ -51,6 +51,8 @@ pub mod labels {
     /// The state directory of the dispatcher that started it (adoption is
     /// among dispatchers sharing one).
     pub const STATE_DIR: &str = "cldpd.state";
+    /// The run's stop grace in seconds, for stops from other processes.
+    pub const GRACE: &str = "cldpd.grace";
     /// Restart attempt of this container within its session (0 = first).
     pub const ATTEMPT: &str = "cldpd.attempt";
     /// Start time (RFC 3339).
@@ -282,6 +284,15 @@ pub trait Runtime: Send + Sync + 'static {
     /// Send a signal to a container's main process. A container that is
     /// already gone is not an error.
     fn signal(&self, container: &str, signal: StopSignal) -> BoxFuture<'static, Result<(), Error>>;
+
+    /// Send a signal to the process a previous [`Runtime::exec`] of `spec`
+    /// started — not to the container, which goes on. The process is found
+    /// by its arguments; one that is already gone is not an error.
+    fn signal_exec(
+        &self,
+        spec: &ExecSpec,
+        signal: StopSignal,
+    ) -> BoxFuture<'static, Result<(), Error>>;
 
     /// Stop a container this process does not drive (found by label):
     /// SIGTERM, wait `grace`, SIGKILL; resolves once it has stopped.

@@ -224,3 +224,44 @@ pub fn log_of(dirs: &Dirs, session: &str) -> PathBuf {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// Every event of a session, checked, with all events kept.
+pub async fn collect(s: &cldpd::Session) -> Seen {
+    use futures_util::StreamExt;
+    let mut seen = Seen::default();
+    let mut next = 1;
+    let mut events = s.events();
+    while let Some(ev) = events.next().await {
+        record(&mut seen, &mut next, &ev);
+        seen.all.push(ev);
+    }
+    seen
+}
+
+/// Wait (bounded) until the session's state satisfies `pred`.
+pub async fn wait_state(
+    s: &cldpd::Session,
+    secs: u64,
+    what: &str,
+    pred: impl FnMut(&cldpd::SessionState) -> bool,
+) {
+    let mut st = s.info().state.clone();
+    within(secs, what, st.wait_for(pred))
+        .await
+        .expect("the session's state");
+}
+
+/// Wait (bounded) until the session's container has reported its start
+/// (its `container_started` event), or the run ended.
+pub async fn wait_running(s: &cldpd::Session) {
+    use futures_util::StreamExt;
+    let mut events = s.events();
+    let started = async {
+        while let Some(ev) = events.next().await {
+            if matches!(ev.kind, EventKind::ContainerStarted { .. }) || ev.is_terminal() {
+                return;
+            }
+        }
+    };
+    within(20, "container_started", started).await;
+}

@@ -36,7 +36,10 @@ pub(crate) fn daemon_down(text: &str) -> bool {
 /// running (so a signal or an exec has nothing to reach).
 pub(crate) fn container_gone(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    lower.contains("no such container") || lower.contains("is not running")
+    lower.contains("no such container")
+        || lower.contains("is not running")
+        // `--rm` already removing it after its exit (seen after `docker stop`).
+        || lower.contains("is already in progress")
 }
 
 /// True for a stderr line that the docker client itself writes when a
@@ -259,6 +262,9 @@ mod tests {
         ));
         assert!(container_gone(
             "Error response from daemon: Container abc is not running"
+        ));
+        assert!(container_gone(
+            "Error response from daemon: removal of container c is already in progress"
         ));
         assert!(!container_gone(
             "Error response from daemon: Invalid signal: BOGUS"

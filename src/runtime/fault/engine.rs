@@ -11,7 +11,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 
 use super::process::{Kind, Process, Shared, BATCH_LINES};
 use super::script::{BuildOutcome, OnStart};
-use super::{failed, unavailable, FaultRuntime, Live, PackedLabels, BUILD_TAIL};
+use super::{failed, unavailable, ExecProcess, FaultRuntime, Live, PackedLabels, BUILD_TAIL};
 use crate::error::Error;
 use crate::runtime::{
     labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, ProcessEvent, RunSpec, Runtime,
@@ -193,7 +193,11 @@ impl Runtime for FaultRuntime {
         }
         let shared = Arc::new(Shared::new());
         if let Some(live) = reg.live.get_mut(spec.container.as_str()) {
-            live.execs.push(shared.clone());
+            live.execs.push(ExecProcess {
+                command: spec.command.clone().into_boxed_slice(),
+                ignore_sigterm: script.ignore_sigterm,
+                shared: shared.clone(),
+            });
         }
         drop(reg);
         let name: Arc<str> = Arc::from(spec.container);
@@ -212,6 +216,17 @@ impl Runtime for FaultRuntime {
         let inner = self.inner.clone();
         let name = container.to_owned();
         async move { inner.deliver(&name, signal, None).map(drop) }.boxed()
+    }
+
+    fn signal_exec(
+        &self,
+        spec: &ExecSpec,
+        signal: StopSignal,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        let result = self
+            .inner
+            .deliver_exec(&spec.container, &spec.command, signal);
+        async move { result }.boxed()
     }
 
     fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), Error>> {

@@ -1,0 +1,68 @@
+//! The async facade, for code that is not an actor: `Dispatcher::start`
+//! returns a `Session` whose `events()` is a `Stream` of every event from
+//! the first, and whose `wait()` gives the agent's exit code.
+//!
+//! Runs against the demo pod in `config/pods/hello` (run `./demo.sh` once
+//! first: it puts a static busybox into the pod directory):
+//!
+//! ```text
+//! cargo run --example facade
+//! cargo run --example facade -- https://github.com/cldpd/demo/issues/2
+//! ```
+
+use cldpd::{Dispatcher, EventKind, OutputStream, Settings, StartRequest};
+use futures_util::StreamExt;
+
+#[actix::main]
+async fn main() {
+    let issue = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "https://github.com/cldpd/demo/issues/1".to_string());
+    let pods_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pods");
+    let dispatcher = Dispatcher::docker(Settings::from_env().pods_dir(pods_dir));
+
+    let session = match dispatcher.start(StartRequest::issue("hello", issue)).await {
+        Ok(session) => session,
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
+            }
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "started session {} (log: {})",
+        session.id(),
+        session.log_path().display()
+    );
+
+    let mut events = session.events();
+    while let Some(event) = events.next().await {
+        match &event.kind {
+            EventKind::Output {
+                stream: OutputStream::Stdout,
+                line,
+                ..
+            } => println!("{line}"),
+            EventKind::Output {
+                stream: OutputStream::Stderr,
+                line,
+                ..
+            } => eprintln!("{line}"),
+            EventKind::BuildOutput { .. } => {}
+            other => println!("-- {}", other.name()),
+        }
+    }
+
+    match session.wait().await {
+        Ok(code) => {
+            println!("the agent exited with {code}");
+            std::process::exit(code);
+        }
+        Err(e) => {
+            eprintln!("the run failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}

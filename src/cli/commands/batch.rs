@@ -1,0 +1,356 @@
+//! `cldpd batch <file>`: run many jobs, at most `--concurrency` at a time,
+//! and report.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use cldpd::batch::{parse_jobs, Batch, BatchReport};
+use cldpd::{Dispatcher, EventKind};
+use futures_util::{FutureExt, StreamExt};
+
+use crate::cli::error::{CliError, EXIT_FAILURE};
+use crate::cli::output::{grace_text, short_duration, truncate_chars, SPINNER_INTERVAL};
+use crate::cli::signals::Signals;
+use crate::cli::{parse_grace, Ctx};
+
+/// Arguments of `cldpd batch`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+The job file is a JSON array or NDJSON (one object per line; blank lines and
+lines starting with # are skipped). Each job is {\"pod\": \"<name>\", \"issue\":
+\"<url>\"} or {\"pod\": ..., \"prompt\": \"...\"}, with an optional \"name\" and any
+pod.json field as a per-job override (e.g. \"timeoutSecs\", \"restart\"). A
+malformed or invalid job is reported with its line number and nothing starts.
+
+Output: one line per finished job on stdout (on a terminal, a progress line
+with the counts on stderr); --json: every event of every job as NDJSON.
+Ctrl-C stops every job (SIGTERM, grace, SIGKILL) and still writes the report.
+Runs orphaned by a dead cldpd with the same state directory are adopted: they
+count against --concurrency and are stopped with the batch.
+
+Exit status: 0 when every job succeeded (exit 0), 1 otherwise.")]
+pub struct BatchArgs {
+    /// The job file (JSON array or NDJSON)
+    pub file: PathBuf,
+
+    /// Most jobs running at once; the rest wait in order
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+
+    /// Write the report (JSON) to this file
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Seconds between SIGTERM and SIGKILL when the batch is stopped
+    /// [default: each pod's stopGraceSecs, else 10]
+    #[arg(long, value_name = "SECS", value_parser = parse_grace)]
+    pub grace: Option<Duration>,
+
+    /// Every event of every job as NDJSON on stdout (each has its session)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Default)]
+struct Counts {
+    queued: usize,
+    running: usize,
+    succeeded: usize,
+    failed: usize,
+}
+
+/// Run `cldpd batch`.
+pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
+    let mut ui = ctx.ui(args.json);
+    let text = std::fs::read_to_string(&args.file).map_err(|e| {
+        CliError::new(format!("cannot read {}: {e}", args.file.display()))
+            .hint("pass a JSON array or NDJSON file of jobs")
+    })?;
+    let jobs = parse_jobs(&text, &args.file)?;
+    let text_jobs = jobs.clone();
+    let settings = ctx
+        .settings()
+        .clone()
+        .max_concurrent(args.concurrency as usize)
+        .workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .adopt_orphans(true);
+    let dispatcher = Dispatcher::docker(settings);
+    dispatcher.preflight().await?;
+    let mut signals = Signals::install()?;
+    let total = jobs.len();
+    let start_time = std::time::SystemTime::now();
+    let batch = Batch::start(&dispatcher, jobs).await?;
+    ui.status(format_args!(
+        "batch of {total} jobs, at most {} at a time",
+        args.concurrency
+    ));
+
+    let started = Instant::now();
+    let mut board = Board {
+        names: batch_labels(&text_jobs),
+        state: vec![Phase::Waiting; total],
+        tails: HashMap::new(),
+        counts: Counts {
+            queued: total,
+            ..Counts::default()
+        },
+        start_time,
+    };
+    let mut events = batch.events();
+    let report = batch.report();
+    tokio::pin!(report);
+    let mut report_done: Option<BatchReport> = None;
+    let mut tick = tokio::time::interval(SPINNER_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut stopping: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>> = None;
+    let mut signalled = false;
+    let mut events_done = false;
+    let progress = ui.is_tty() && !ui.json;
+    if progress {
+        ui.spin_begin(progress_text(&board.counts, total));
+    }
+
+    while !(events_done && report_done.is_some()) {
+        tokio::select! {
+            biased;
+            _ = signals.recv() => {
+                ui.spin_end();
+                let grace = if signalled {
+                    ui.notice("killing every job now (SIGKILL)");
+                    Some(Duration::ZERO)
+                } else {
+                    signalled = true;
+                    let text = args.grace.map_or("each pod's grace".to_string(), grace_text);
+                    ui.notice(format_args!("stopping every job (SIGTERM, then SIGKILL after {text})"));
+                    args.grace
+                };
+                stopping = Some(Box::pin(batch.stop(grace)));
+                if progress {
+                    ui.spin_begin(progress_text(&board.counts, total));
+                }
+            }
+            _ = async { stopping.as_mut().expect("guarded").await }, if stopping.is_some() => {
+                stopping = None;
+            }
+            ev = events.next(), if !events_done => {
+                let Some(first) = ev else {
+                    events_done = true;
+                    continue;
+                };
+                // Handle what is already there, then flush once.
+                let mut next = Some(first);
+                let mut handled = 0;
+                while let Some((i, ev)) = next.take() {
+                    board.event(&mut ui, i, &ev, signalled);
+                    handled += 1;
+                    if handled < DRAIN_BATCH {
+                        match events.next().now_or_never() {
+                            Some(Some(more)) => next = Some(more),
+                            Some(None) => events_done = true,
+                            None => {}
+                        }
+                    }
+                }
+                if progress {
+                    ui.spin_begin(progress_text(&board.counts, total));
+                }
+                ui.flush();
+            }
+            r = &mut report, if report_done.is_none() => {
+                report_done = Some(r);
+            }
+            _ = tick.tick(), if ui.spinning() => ui.spin_tick(),
+        }
+    }
+    ui.spin_end();
+    let report = report_done.expect("loop ends with the report");
+    if let Some(path) = &args.report {
+        let json = serde_json::to_vec_pretty(&report).expect("report serialises");
+        std::fs::write(path, json).map_err(|e| {
+            CliError::new(format!(
+                "cannot write the report to {}: {e}",
+                path.display()
+            ))
+        })?;
+        ui.status(format_args!("report written to {}", path.display()));
+    }
+    ui.status(format_args!(
+        "batch done in {}: {} succeeded, {} failed, {} stopped",
+        short_duration(started.elapsed()),
+        report.succeeded,
+        report.failed,
+        report.stopped
+    ));
+    ui.flush();
+    Ok(if report.all_succeeded() {
+        0
+    } else {
+        EXIT_FAILURE
+    })
+}
+
+/// Events handled before the loop flushes and looks at signals again.
+const DRAIN_BATCH: usize = 1024;
+
+/// What the batch command knows of every job while it runs.
+struct Board {
+    names: Vec<String>,
+    state: Vec<Phase>,
+    tails: HashMap<usize, Tail>,
+    counts: Counts,
+    start_time: std::time::SystemTime,
+}
+
+impl Board {
+    /// Account for one event of job `i`; print its line when it finished
+    /// (or, with `--json`, print the event).
+    fn event(
+        &mut self,
+        ui: &mut crate::cli::output::Ui,
+        i: usize,
+        ev: &cldpd::Event,
+        stopping: bool,
+    ) {
+        if ui.json {
+            ui.json_line(ev);
+            return;
+        }
+        let tail = self.tails.entry(i).or_default();
+        match &ev.kind {
+            EventKind::Output { line, .. } | EventKind::BuildOutput { line } => tail.push(line),
+            EventKind::ContainerStarted { .. } if !tail.ran => {
+                tail.ran = true;
+                tail.lines.clear();
+            }
+            _ => {}
+        }
+        let next = match &ev.kind {
+            EventKind::BuildStarted { .. } | EventKind::ContainerStarted { .. } => Phase::Running,
+            EventKind::ContainerExited { code: 0 } => Phase::Succeeded,
+            k if k.is_terminal() => Phase::Failed,
+            _ => self.state[i],
+        };
+        if next != self.state[i] {
+            self.counts.move_job(self.state[i], next);
+            self.state[i] = next;
+        }
+        if ev.is_terminal() {
+            let tail = self.tails.remove(&i).unwrap_or_default();
+            let took = ev.time.duration_since(self.start_time).unwrap_or_default();
+            ui.print(finished_line(ev, &self.names[i], stopping, took, &tail));
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl Counts {
+    fn slot(&mut self, p: Phase) -> &mut usize {
+        match p {
+            Phase::Waiting => &mut self.queued,
+            Phase::Running => &mut self.running,
+            Phase::Succeeded => &mut self.succeeded,
+            Phase::Failed => &mut self.failed,
+        }
+    }
+
+    fn move_job(&mut self, from: Phase, to: Phase) {
+        *self.slot(from) -= 1;
+        *self.slot(to) += 1;
+    }
+}
+
+fn progress_text(c: &Counts, total: usize) -> String {
+    let done = c.succeeded + c.failed;
+    let width = 20;
+    let filled = (done * width).checked_div(total).unwrap_or(width);
+    format!(
+        "[{}{}] {done}/{total}  queued {}  running {}  succeeded {}  failed {}",
+        "#".repeat(filled),
+        "-".repeat(width - filled),
+        c.queued,
+        c.running,
+        c.succeeded,
+        c.failed
+    )
+}
+
+/// The last few output lines of a job, for its finished line.
+#[derive(Default)]
+struct Tail {
+    lines: std::collections::VecDeque<String>,
+    ran: bool,
+}
+
+impl Tail {
+    const KEEP: usize = 3;
+
+    fn push(&mut self, line: &str) {
+        if self.lines.len() == Self::KEEP {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line.to_string());
+    }
+}
+
+/// What each job is about: its name, else its issue URL, else its prompt.
+fn batch_labels(jobs: &[cldpd::batch::Job]) -> Vec<String> {
+    jobs.iter()
+        .map(|j| match (&j.name, &j.task) {
+            (Some(n), _) => n.clone(),
+            (None, cldpd::Task::Issue(url)) => url.clone(),
+            (None, cldpd::Task::Prompt(p)) => {
+                truncate_chars(p.lines().next().unwrap_or_default(), 40)
+            }
+        })
+        .collect()
+}
+
+/// One line per finished job: `STATE SESSION POD OUTCOME DURATION WHAT`,
+/// then for a failure its error and last output lines.
+fn finished_line(
+    ev: &cldpd::Event,
+    what: &str,
+    stopping: bool,
+    took: Duration,
+    tail: &Tail,
+) -> String {
+    let (state, outcome, error) = match &ev.kind {
+        EventKind::ContainerExited { code } if stopping => {
+            ("stopped", format!("exit {code}"), None)
+        }
+        EventKind::ContainerExited { code: 0 } => ("ok", "exit 0".to_string(), None),
+        EventKind::ContainerExited { code } => ("FAILED", format!("exit {code}"), None),
+        EventKind::Error { code, .. } if code == "stopped" || stopping => {
+            ("stopped", code.clone(), None)
+        }
+        EventKind::Error { code, message } => ("FAILED", code.clone(), Some(message.as_str())),
+        _ => ("?", String::new(), None),
+    };
+    let mut line = format!(
+        "{state:<8} {:<24} {outcome:<16} {:>8}  {what}",
+        ev.session,
+        short_duration(took),
+    );
+    if state == "FAILED" {
+        if let Some(message) = error {
+            line.push_str(&format!(
+                "\n         {}",
+                message.lines().next().unwrap_or_default()
+            ));
+        }
+        for l in &tail.lines {
+            line.push_str(&format!("\n         | {l}"));
+        }
+    }
+    line.push('\n');
+    line
+}

@@ -1,0 +1,317 @@
+//! `cldpd doctor`: is everything in place to run pods? One line per check,
+//! exit 1 when any fails.
+//!
+//! Checks: Docker is reachable (`docker info`), Docker can build (a tiny
+//! `FROM scratch` probe image, built through the library's runtime and
+//! removed again), the pods directory exists, every pod is valid
+//! (`Pod::check`: Dockerfile, `pod.json`, mount sources), and every
+//! `inheritEnv` variable is set (values are never printed).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Args;
+use cldpd::runtime::{BuildEvent, BuildSpec, DockerCli, Runtime};
+use futures_util::StreamExt;
+
+use crate::cli::error::{CliError, EXIT_FAILURE};
+use crate::cli::output::{elapsed, Ui};
+use crate::cli::Ctx;
+
+/// Longest wait for `docker info`.
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the probe build.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Repository of the probe image; each probe has its own tag.
+const PROBE_REPO: &str = "cldpd-doctor-probe";
+
+/// Arguments of `cldpd doctor`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Checks that Docker is reachable and can build an image (a tiny FROM scratch
+probe, removed again), that the pods directory exists, that every pod is
+valid, and that every inheritEnv variable of every pod is set. Exits 1 when
+a check fails.")]
+pub struct DoctorArgs {}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Warn,
+    Skip,
+    Fail,
+}
+
+struct Report {
+    checks: usize,
+    failed: usize,
+}
+
+impl Report {
+    fn line(
+        &mut self,
+        ui: &mut Ui,
+        level: Level,
+        what: impl std::fmt::Display,
+        hint: Option<String>,
+    ) {
+        let tag = match level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Skip => "skip",
+            Level::Fail => "FAIL",
+        };
+        self.checks += 1;
+        if level == Level::Fail {
+            self.failed += 1;
+        }
+        ui.print(format_args!("{tag}  {what}\n"));
+        if let Some(hint) = hint {
+            ui.print(format_args!("      hint: {hint}\n"));
+        }
+        ui.flush();
+    }
+
+    fn error(&mut self, ui: &mut Ui, prefix: &str, e: &cldpd::Error) {
+        self.line(ui, Level::Fail, format_args!("{prefix}{e}"), e.hint());
+    }
+}
+
+/// Run `cldpd doctor`.
+pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
+    let mut ui = ctx.ui(false);
+    let mut report = Report {
+        checks: 0,
+        failed: 0,
+    };
+    let docker = docker_binary();
+
+    // Docker.
+    let preflight = tokio::time::timeout(PREFLIGHT_TIMEOUT, ctx.dispatcher().preflight()).await;
+    let reachable = match preflight {
+        Ok(Ok(version)) => {
+            report.line(
+                &mut ui,
+                Level::Ok,
+                format_args!("docker is reachable ({docker}, server {version})"),
+                None,
+            );
+            true
+        }
+        Ok(Err(e)) => {
+            report.error(&mut ui, "", &e);
+            false
+        }
+        Err(_) => {
+            report.line(
+                &mut ui,
+                Level::Fail,
+                format_args!(
+                    "`{docker} info` did not answer within {}s",
+                    PREFLIGHT_TIMEOUT.as_secs()
+                ),
+                Some("check that the Docker daemon is running and responsive".into()),
+            );
+            false
+        }
+    };
+    if reachable {
+        let started = Instant::now();
+        match probe_build(&docker).await {
+            Ok(()) => report.line(
+                &mut ui,
+                Level::Ok,
+                format_args!(
+                    "docker can build images (a FROM scratch probe built and removed in {})",
+                    elapsed(started)
+                ),
+                None,
+            ),
+            Err(e) => report.line(
+                &mut ui,
+                Level::Fail,
+                format_args!("docker cannot build images: {}", e.message),
+                e.hint,
+            ),
+        }
+    } else {
+        report.line(
+            &mut ui,
+            Level::Skip,
+            "docker can build images: not checked, docker is unreachable",
+            None,
+        );
+    }
+
+    // Pods.
+    let pods_dir = &ctx.settings().pods_dir;
+    if !pods_dir.is_dir() {
+        report.error(
+            &mut ui,
+            "",
+            &cldpd::Error::PodsDirMissing {
+                path: pods_dir.clone(),
+            },
+        );
+    } else {
+        match super::pods::survey(ctx) {
+            Err(e) => report.line(&mut ui, Level::Fail, &e.message, e.hint),
+            Ok(pods) => {
+                report.line(
+                    &mut ui,
+                    Level::Ok,
+                    format_args!(
+                        "pods directory {} exists ({})",
+                        pods_dir.display(),
+                        match pods.len() {
+                            1 => "1 pod".to_string(),
+                            n => format!("{n} pods"),
+                        }
+                    ),
+                    None,
+                );
+                if pods.is_empty() {
+                    report.line(
+                        &mut ui,
+                        Level::Warn,
+                        format_args!("no pods in {}", pods_dir.display()),
+                        Some("a pod is a directory <pods-dir>/<name>/ with a Dockerfile".into()),
+                    );
+                }
+                for (row, pod) in &pods {
+                    if row.valid {
+                        report.line(
+                            &mut ui,
+                            Level::Ok,
+                            format_args!("pod {} is valid", row.name),
+                            None,
+                        );
+                    }
+                    for p in &row.problems {
+                        report.line(
+                            &mut ui,
+                            Level::Fail,
+                            format_args!("pod {}: {}", row.name, p.message),
+                            p.hint.clone(),
+                        );
+                    }
+                    let Some(pod) = pod else { continue };
+                    for name in &pod.config.inherit_env {
+                        match std::env::var_os(name) {
+                            Some(v) if !v.is_empty() => report.line(
+                                &mut ui,
+                                Level::Ok,
+                                format_args!("pod {}: {name} is set", row.name),
+                                None,
+                            ),
+                            Some(_) => report.line(
+                                &mut ui,
+                                Level::Warn,
+                                format_args!("pod {}: {name} is set but empty", row.name),
+                                None,
+                            ),
+                            None => report.line(
+                                &mut ui,
+                                Level::Fail,
+                                format_args!("pod {}: {name} (inheritEnv) is not set", row.name),
+                                Some(format!(
+                                    "export {name} before `cldpd start {}`; an unset variable is skipped and the agent runs without it",
+                                    row.name
+                                )),
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    if report.failed == 0 {
+        ui.print(format_args!("all {} checks passed\n", report.checks));
+        Ok(0)
+    } else {
+        ui.print(format_args!(
+            "{} of {} checks failed\n",
+            report.failed, report.checks
+        ));
+        Ok(EXIT_FAILURE)
+    }
+}
+
+/// The docker binary the library uses (`CLDPD_DOCKER`, else `docker`).
+fn docker_binary() -> String {
+    DockerCli::new().binary().display().to_string()
+}
+
+/// Build a one-file `FROM scratch` image through the library's Docker
+/// runtime, then remove it. Its content is unique, so concurrent doctors
+/// never share (and never delete) each other's layers.
+async fn probe_build(docker: &str) -> Result<(), CliError> {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let unique = format!("{}-{nanos:x}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("cldpd-doctor-{unique}"));
+    let _cleanup = RemoveDir(dir.clone());
+    let io = |e| {
+        CliError::new(format!(
+            "cannot write the probe build context in {}: {e}",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY probe.txt /probe.txt\n",
+    )
+    .map_err(io)?;
+    std::fs::write(
+        dir.join("probe.txt"),
+        format!("cldpd doctor probe {unique}\n"),
+    )
+    .map_err(io)?;
+    let image = format!("{PROBE_REPO}:{unique}");
+    let spec = BuildSpec {
+        pod: "doctor".into(),
+        image: image.clone(),
+        context: dir.clone(),
+        dockerfile: dir.join("Dockerfile"),
+        build_args: Vec::new(),
+        labels: Default::default(),
+    };
+    let mut events = DockerCli::new().build(spec);
+    let outcome = tokio::time::timeout(PROBE_TIMEOUT, async {
+        while let Some(ev) = events.next().await {
+            if let BuildEvent::Finished(result) = ev {
+                return result;
+            }
+        }
+        Err(cldpd::Error::internal("the build ended without a result"))
+    })
+    .await;
+    // Remove the probe whatever happened (a timed-out build may still tag it).
+    let _ = Command::new(docker)
+        .args(["rmi", "-f", &image])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(CliError::new(format!(
+            "the probe build did not finish within {}s",
+            PROBE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

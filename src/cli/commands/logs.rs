@@ -1,0 +1,180 @@
+//! `cldpd logs <session>`: a run's events read back from its session log
+//! (`<state-dir>/sessions/<session>.ndjson`), also after the container is
+//! gone; `--follow` keeps reading while the run is live.
+//!
+//! `--follow` polls the file every 100 ms and ends after the run's final
+//! event. A run whose cldpd process died never writes one: following ends
+//! then too, once Docker has no running container for the session and the
+//! log has been quiet for a second (a minute before the run's container
+//! started, as an image build can be silent that long), with exit code 1.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Args;
+use cldpd::log::LogReader;
+use cldpd::EventKind;
+
+use crate::cli::error::{CliError, EXIT_FAILURE};
+use crate::cli::render::Renderer;
+use crate::cli::Ctx;
+
+/// How often `--follow` looks for new events.
+const POLL: Duration = Duration::from_millis(100);
+/// Quiet time after which `--follow` asks Docker whether the run is live.
+const QUIET_RUNNING: Duration = Duration::from_secs(1);
+/// The same before the run's container started (queued, building).
+const QUIET_BEFORE_START: Duration = Duration::from_secs(60);
+
+/// Arguments of `cldpd logs`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+The container's stdout lines go to stdout and its stderr lines to stderr, as
+they did live; cldpd's lifecycle lines (building, started, exited) go to
+stderr. Exits 0 once the log is shown (1 when --follow saw the run vanish
+without a final event).")]
+pub struct LogsArgs {
+    /// A session id (e.g. hello-1a2b3c4d), or a pod name for its latest run
+    pub session: String,
+
+    /// Keep reading while the run is live, until its final event
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// Print every event as one JSON object per line on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run `cldpd logs`.
+pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
+    let mut ui = ctx.ui(args.json);
+    let (id, path) = resolve(ctx, &args.session)?;
+    if id != args.session {
+        ui.status(format_args!(
+            "showing {id}, the latest run of pod {}",
+            args.session
+        ));
+    }
+    let mut reader = LogReader::open(&path)?;
+    let mut renderer = Renderer::replay();
+    let mut container: Option<String> = None;
+    let mut last_event = Instant::now();
+    let mut last_check: Option<Instant> = None;
+    let mut gone = false;
+    loop {
+        while let Some(ev) = reader.next_event()? {
+            last_event = Instant::now();
+            if let EventKind::ContainerStarted { container: c, .. } = &ev.kind {
+                container = Some(c.clone());
+            }
+            renderer.event(&mut ui, &ev);
+            if ev.is_terminal() {
+                return Ok(0);
+            }
+        }
+        ui.flush();
+        if !args.follow {
+            return Ok(0);
+        }
+        if gone {
+            ui.status(format_args!(
+                "{id} is gone and its log has no final event (was its cldpd process killed?)"
+            ));
+            return Ok(EXIT_FAILURE);
+        }
+        let quiet_limit = if container.is_some() {
+            QUIET_RUNNING
+        } else {
+            QUIET_BEFORE_START
+        };
+        let due = last_check.is_none_or(|t| t.elapsed() >= QUIET_RUNNING);
+        if last_event.elapsed() >= quiet_limit && due {
+            last_check = Some(Instant::now());
+            // Read once more after the check, then give up.
+            gone = !live_in_docker(ctx, &id, container.as_deref()).await;
+            if gone {
+                continue;
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// True when Docker runs a container of session `id` (or the container the
+/// log names, for a resume, which runs in another session's container).
+async fn live_in_docker(ctx: &Ctx, id: &str, container: Option<&str>) -> bool {
+    match ctx.dispatcher().runs().await {
+        Ok(runs) => runs.iter().any(|r| {
+            r.state == "running" && (r.session == id || Some(r.container.as_str()) == container)
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask Docker whether the run is live");
+            false
+        }
+    }
+}
+
+/// The session id and log file for `target`: a session id, or a pod name
+/// (its newest log).
+fn resolve(ctx: &Ctx, target: &str) -> Result<(String, PathBuf), CliError> {
+    let settings = ctx.settings();
+    let dir = settings.sessions_dir();
+    // Session ids use the characters of pod names: this refuses paths.
+    if cldpd::pod::validate_pod_name(target).is_err() {
+        return Err(
+            CliError::new(format!("invalid session id `{target}`")).hint(
+                "a session id looks like hello-1a2b3c4d: see `cldpd ps`, or the file names in "
+                    .to_string()
+                    + &dir.display().to_string(),
+            ),
+        );
+    }
+    let path = settings.log_path(target);
+    if path.is_file() {
+        return Ok((target.to_string(), path));
+    }
+    let logs = session_logs(&dir);
+    let prefix = format!("{target}-");
+    let latest = logs
+        .iter()
+        .filter(|(id, _)| {
+            id.strip_prefix(&prefix)
+                .is_some_and(|rest| rest.len() == 8 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .max_by_key(|(_, modified)| *modified);
+    if let Some((id, _)) = latest {
+        return Ok((id.clone(), settings.log_path(id)));
+    }
+    let mut recent = logs;
+    recent.sort_by_key(|r| std::cmp::Reverse(r.1));
+    let hint = if recent.is_empty() {
+        format!(
+            "there are no session logs in {} yet; runs write them there (set --state-dir or CLDPD_STATE_DIR if yours are elsewhere)",
+            dir.display()
+        )
+    } else {
+        let names: Vec<&str> = recent.iter().take(5).map(|(id, _)| id.as_str()).collect();
+        format!("recent sessions: {}", names.join(", "))
+    };
+    Err(CliError::new(format!(
+        "no session log for `{target}` in {}",
+        dir.display()
+    ))
+    .hint(hint))
+}
+
+/// `(session id, last modified)` of every log in `dir`.
+fn session_logs(dir: &std::path::Path) -> Vec<(String, SystemTime)> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    read.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let id = name.strip_suffix(".ndjson")?.to_string();
+            let modified = e.metadata().ok()?.modified().ok()?;
+            Some((id, modified))
+        })
+        .collect()
+}

@@ -1,0 +1,66 @@
+//! One module per subcommand: its clap arguments and its `run`.
+
+use clap::Subcommand;
+
+use super::error::CliError;
+use super::Ctx;
+
+mod batch;
+mod completions;
+mod doctor;
+mod logs;
+mod pods;
+mod ps;
+mod resume;
+mod start;
+mod stop;
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a pod's image, run its agent on an issue, stream the output,
+    /// exit with the agent's exit code
+    Start(start::StartArgs),
+    /// Send a follow-up prompt to a running agent (same conversation)
+    Resume(resume::ResumeArgs),
+    /// Stop a run started by any cldpd process (SIGTERM, grace, SIGKILL)
+    Stop(stop::StopArgs),
+    /// Show a run's events from its session log, also after it ended
+    Logs(logs::LogsArgs),
+    /// List runs, found through their Docker labels
+    Ps(ps::PsArgs),
+    /// List the pods in the pods directory and whether each is valid
+    Pods(pods::PodsArgs),
+    /// Run many jobs from a file, at most --concurrency at a time, and report
+    Batch(batch::BatchArgs),
+    /// Check Docker, the pods directory and every pod; one line per check
+    Doctor(doctor::DoctorArgs),
+    /// Print a shell completion script
+    Completions(completions::CompletionsArgs),
+}
+
+/// Run one subcommand; returns the exit code.
+pub async fn run(command: Command, ctx: &Ctx) -> Result<i32, CliError> {
+    match command {
+        Command::Start(args) => start::run(args, ctx).await,
+        Command::Resume(args) => resume::run(args, ctx).await,
+        Command::Stop(args) => stop::run(args, ctx).await,
+        Command::Logs(args) => logs::run(args, ctx).await,
+        Command::Ps(args) => ps::run(args, ctx).await,
+        Command::Pods(args) => pods::run(args, ctx),
+        Command::Batch(args) => batch::run(args, ctx).await,
+        Command::Doctor(args) => doctor::run(args, ctx).await,
+        Command::Completions(args) => completions::run(args),
+    }
+}
+
+/// The stop grace of a pod: its `stopGraceSecs`, else the dispatcher's
+/// default (10 s). Only for messages; the library applies the same rule.
+pub fn pod_grace(ctx: &Ctx, pod: &str) -> std::time::Duration {
+    let settings = ctx.settings();
+    cldpd::pod::Pod::discover(&settings.pods_dir, pod)
+        .ok()
+        .and_then(|p| p.config.stop_grace_secs)
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(settings.policy.stop_grace)
+}

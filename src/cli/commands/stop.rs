@@ -1,0 +1,85 @@
+//! `cldpd stop <session-or-pod>`: stop a run of any cldpd process;
+//! `cldpd stop --orphans`: stop and remove the runs whose cldpd is gone.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::cli::error::CliError;
+use crate::cli::output::grace_text;
+use crate::cli::{parse_grace, Ctx};
+
+/// Arguments of `cldpd stop`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Prints the stopped session's id on stdout (with --orphans: one per line). The
+cldpd process that started the run (if any) then exits with the container's
+code (143 after SIGTERM). An orphan is a run whose owning cldpd process is
+gone (see `cldpd ps`); --orphans never touches a run whose owner is alive.")]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["target", "orphans"])))]
+pub struct StopArgs {
+    /// A session id, or a pod name when exactly one run of it is live
+    pub target: Option<String>,
+
+    /// Stop and remove every orphaned run instead
+    #[arg(long)]
+    pub orphans: bool,
+
+    /// Seconds between SIGTERM and SIGKILL [default: the run's stopGraceSecs, else 10]
+    #[arg(long, value_name = "SECS", value_parser = parse_grace)]
+    pub grace: Option<Duration>,
+
+    /// Print what was stopped as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run `cldpd stop`.
+pub async fn run(args: StopArgs, ctx: &Ctx) -> Result<i32, CliError> {
+    let mut ui = ctx.ui(args.json);
+    let Some(target) = args.target else {
+        return orphans(&mut ui, ctx, args.grace).await;
+    };
+    let grace_note = args.grace.map_or("the run's grace".to_string(), grace_text);
+    ui.status(format_args!(
+        "stopping {target} (SIGTERM, then SIGKILL after {grace_note})"
+    ));
+    let report = ctx.dispatcher().stop(&target, args.grace).await?;
+    if ui.json {
+        ui.json_line(&report);
+    } else {
+        ui.print(format_args!("{}\n", report.session));
+        match report.code {
+            Some(code) => ui.status(format_args!(
+                "stopped {} (container {}, exited {code})",
+                report.session, report.container
+            )),
+            None => ui.status(format_args!(
+                "stopped {} (container {})",
+                report.session, report.container
+            )),
+        }
+    }
+    Ok(0)
+}
+
+async fn orphans(
+    ui: &mut crate::cli::output::Ui,
+    ctx: &Ctx,
+    grace: Option<Duration>,
+) -> Result<i32, CliError> {
+    let reports = ctx.dispatcher().stop_orphans(grace).await?;
+    for report in &reports {
+        if ui.json {
+            ui.json_line(report);
+        } else {
+            ui.print(format_args!("{}\n", report.session));
+        }
+    }
+    ui.status(format_args!(
+        "stopped and removed {} orphaned run{}",
+        reports.len(),
+        if reports.len() == 1 { "" } else { "s" }
+    ));
+    Ok(0)
+}

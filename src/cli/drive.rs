@@ -1,0 +1,117 @@
+//! Follow a live run to its end: render its events, turn Ctrl-C / SIGTERM
+//! into a graceful stop (a second one: kill at once), and work out the exit
+//! code. Shared by `start` and `resume`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use cldpd::Session;
+use futures_util::{FutureExt, StreamExt};
+
+use super::error::{exit_code_for, CliError, EXIT_FAILURE};
+use super::output::{grace_text, Ui, SPINNER_INTERVAL};
+use super::render::Renderer;
+use super::signals::{Sig, Signals};
+
+/// Events handled before the loop looks at signals and the clock again.
+const DRAIN_BATCH: usize = 1024;
+
+type StopFuture = Pin<Box<dyn Future<Output = cldpd::Result<i32>>>>;
+
+/// Render `session` until it ends; returns the process exit code: the
+/// container's code, [`EXIT_FAILURE`] when the run failed, or `128 + n` when
+/// signal `n` stopped it before a container ran. `grace` is the SIGTERM →
+/// SIGKILL period of a stop caused by a signal.
+pub async fn drive(
+    ui: &mut Ui,
+    session: &Session,
+    signals: &mut Signals,
+    grace: Duration,
+    resume_of: Option<String>,
+) -> i32 {
+    let mut events = session.events();
+    let mut renderer = Renderer::live(resume_of);
+    let mut tick = tokio::time::interval(SPINNER_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut stop: Option<StopFuture> = None;
+    let mut stop_error: Option<cldpd::Error> = None;
+    let mut signalled: Option<Sig> = None;
+
+    loop {
+        tokio::select! {
+            biased;
+            sig = signals.recv() => {
+                ui.spin_end();
+                let grace = if signalled.is_none() {
+                    ui.notice(format_args!(
+                        "stopping {} (SIGTERM, then SIGKILL after {})",
+                        session.id(),
+                        grace_text(grace)
+                    ));
+                    signalled = Some(sig);
+                    grace
+                } else {
+                    ui.notice(format_args!("killing {} now (SIGKILL)", session.id()));
+                    Duration::ZERO
+                };
+                let s = session.clone();
+                stop = Some(Box::pin(async move { s.stop(Some(grace)).await }));
+            }
+            res = async { stop.as_mut().expect("guarded").await }, if stop.is_some() => {
+                stop = None;
+                // The outcome itself comes from `wait` below.
+                if let Err(e @ cldpd::Error::StopFailed { .. }) = res {
+                    stop_error = Some(e);
+                }
+            }
+            ev = events.next() => {
+                let Some(ev) = ev else { break };
+                let mut done = ev.is_terminal();
+                renderer.event(ui, &ev);
+                // Handle what is already there before flushing.
+                for _ in 0..DRAIN_BATCH {
+                    if done {
+                        break;
+                    }
+                    match events.next().now_or_never() {
+                        Some(Some(ev)) => {
+                            done = ev.is_terminal();
+                            renderer.event(ui, &ev);
+                        }
+                        Some(None) => done = true,
+                        None => break,
+                    }
+                }
+                ui.flush();
+                if done {
+                    break;
+                }
+            }
+            _ = tick.tick(), if ui.spinning() => ui.spin_tick(),
+        }
+    }
+    ui.spin_end();
+    ui.flush();
+
+    let outcome = session.wait().await;
+    if let Some(e) = stop_error {
+        ui.error(&e.into());
+        return EXIT_FAILURE;
+    }
+    match outcome {
+        Ok(code) => exit_code_for(code),
+        Err(cldpd::Error::Stopped) if signalled.is_some() => {
+            let sig = signalled.expect("checked");
+            ui.status(format_args!(
+                "stopped by {} before a container started",
+                sig.name()
+            ));
+            128 + sig.number()
+        }
+        Err(e) => {
+            ui.error(&CliError::from(e));
+            EXIT_FAILURE
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! The `cldpd` binary against bad input and bad usage: no Docker needed.
+//! Every bad input of ARCHITECTURE.md invariant 8 that cldpd can refuse up
+//! front exits 1 with a message naming the problem, and (checked when
+//! Docker is reachable) creates no container and no image.
+//!
+//! The bad inputs only Docker can reveal (agent missing, docker's own exit
+//! 125, build failure) are in `cli_docker.rs`.
+
+mod cli_support;
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use cli_support::{cldpd, run, Finished, LIMIT};
+use support::docker::{docker, docker_available, unique_name};
+
+const ISSUE: &str = "https://github.com/cldpd/demo/issues/1";
+
+/// A pod directory with a Dockerfile (never built here) and, optionally, a
+/// `pod.json`.
+fn pod(pods: &Path, name: &str, pod_json: Option<&str>) {
+    let dir = pods.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), "FROM scratch\n").unwrap();
+    if let Some(json) = pod_json {
+        std::fs::write(dir.join("pod.json"), json).unwrap();
+    }
+}
+
+/// Exit 1, every `needles` on stderr (the `cldpd: ` line), nothing on stdout.
+fn refused(out: &Finished, needles: &[&str]) {
+    out.expect_code(1);
+    let first = out.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("cldpd: "),
+        "the first stderr line is the error:\n{}",
+        out.stderr
+    );
+    for needle in needles {
+        assert!(
+            out.stderr.contains(needle),
+            "stderr should mention `{needle}`:\n{}",
+            out.stderr
+        );
+    }
+    assert_eq!(out.stdout, "", "nothing on stdout for an error");
+}
+
+/// No container labelled with the pod and no image `cldpd-<pod>`.
+fn nothing_created(pod: &str) {
+    if !docker_available() {
+        return;
+    }
+    let ps = docker(["ps", "-aq", "--filter", &format!("label=cldpd.pod={pod}")]);
+    assert_eq!(
+        String::from_utf8_lossy(&ps.stdout).trim(),
+        "",
+        "container of {pod}"
+    );
+    let images = docker(["images", "-q", &format!("cldpd-{pod}")]);
+    assert_eq!(
+        String::from_utf8_lossy(&images.stdout).trim(),
+        "",
+        "image of {pod}"
+    );
+}
+
+#[test]
+fn every_bad_start_input_exits_1_naming_the_problem_and_creates_nothing() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let p = pods.path();
+    let base = unique_name();
+    let name = |suffix: &str| format!("{base}-{suffix}");
+
+    pod(p, &name("ok"), None);
+    std::fs::create_dir_all(p.join(name("nodockerfile"))).unwrap();
+    pod(p, &name("badjson"), Some("{ \"env\": {"));
+    pod(p, &name("typo"), Some(r#"{ "imgae": "x" }"#));
+    pod(
+        p,
+        &name("nomount"),
+        Some(r#"{ "mounts": [ { "source": "/nonexistent/cldpd-test", "target": "/src" } ] }"#),
+    );
+    pod(
+        p,
+        &name("relmount"),
+        Some(r#"{ "mounts": [ { "source": "/tmp", "target": "src" } ] }"#),
+    );
+    pod(p, &name("badenv"), Some(r#"{ "env": { "1BAD": "x" } }"#));
+
+    let cases: Vec<(Vec<String>, Vec<String>)> = vec![
+        (
+            vec!["start".into(), name("nope"), "--issue".into(), ISSUE.into()],
+            vec![
+                format!("pod `{}` not found", name("nope")),
+                "hint: pods that exist:".into(),
+                name("ok"),
+            ],
+        ),
+        (
+            vec![
+                "start".into(),
+                "../x".into(),
+                "--issue".into(),
+                ISSUE.into(),
+            ],
+            vec!["invalid pod name `../x`".into(), "..".into()],
+        ),
+        (
+            vec!["start".into(), "/x".into(), "--issue".into(), ISSUE.into()],
+            vec!["invalid pod name `/x`".into(), "absolute".into()],
+        ),
+        (
+            vec!["start".into(), "".into(), "--issue".into(), ISSUE.into()],
+            vec!["invalid pod name ``".into(), "empty".into()],
+        ),
+        (
+            vec!["start".into(), "Web".into(), "--issue".into(), ISSUE.into()],
+            vec!["invalid pod name `Web`".into(), "uppercase".into()],
+        ),
+        (
+            vec!["start".into(), "a:b".into(), "--issue".into(), ISSUE.into()],
+            vec!["invalid pod name `a:b`".into()],
+        ),
+        (
+            vec![
+                "start".into(),
+                name("nodockerfile"),
+                "--issue".into(),
+                ISSUE.into(),
+            ],
+            vec!["no Dockerfile".into(), name("nodockerfile")],
+        ),
+        (
+            vec![
+                "start".into(),
+                name("badjson"),
+                "--issue".into(),
+                ISSUE.into(),
+            ],
+            vec![
+                format!("{}/pod.json", name("badjson")),
+                "invalid JSON".into(),
+            ],
+        ),
+        (
+            vec!["start".into(), name("typo"), "--issue".into(), ISSUE.into()],
+            vec![
+                format!("{}/pod.json", name("typo")),
+                "unknown field `imgae`".into(),
+            ],
+        ),
+        (
+            vec![
+                "start".into(),
+                name("nomount"),
+                "--issue".into(),
+                ISSUE.into(),
+            ],
+            vec!["mount source /nonexistent/cldpd-test does not exist".into()],
+        ),
+        (
+            vec![
+                "start".into(),
+                name("relmount"),
+                "--issue".into(),
+                ISSUE.into(),
+            ],
+            vec!["mount target `src` is not an absolute path".into()],
+        ),
+        (
+            vec![
+                "start".into(),
+                name("badenv"),
+                "--issue".into(),
+                ISSUE.into(),
+            ],
+            vec!["invalid environment variable name `1BAD`".into()],
+        ),
+        (
+            vec!["start".into(), name("ok")],
+            vec!["no task given".into(), "--issue".into()],
+        ),
+        (
+            vec!["start".into(), name("ok"), "--issue".into(), "".into()],
+            vec!["invalid issue URL".into(), "missing".into()],
+        ),
+        (
+            vec![
+                "start".into(),
+                name("ok"),
+                "--issue".into(),
+                "https://github.com/acme/web/pull/3".into(),
+            ],
+            vec!["invalid issue URL `https://github.com/acme/web/pull/3`".into()],
+        ),
+        (
+            vec![
+                "start".into(),
+                name("ok"),
+                "--issue".into(),
+                "not a url".into(),
+            ],
+            vec!["invalid issue URL `not a url`".into()],
+        ),
+        (
+            vec!["start".into(), name("ok"), "--prompt".into(), "  ".into()],
+            vec!["the prompt is empty".into()],
+        ),
+        (
+            vec!["resume".into(), name("ok"), "--prompt".into(), "".into()],
+            vec!["the prompt is empty".into()],
+        ),
+        (
+            vec!["resume".into(), name("ok")],
+            vec!["no follow-up prompt given".into(), "--prompt".into()],
+        ),
+    ];
+    for (args, needles) in &cases {
+        let mut cmd = cldpd(p, state.path());
+        cmd.args(args);
+        let out = run(cmd, LIMIT);
+        let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+        refused(&out, &needles);
+        assert!(
+            out.stderr.contains("\nhint: "),
+            "{args:?}: a hint follows the error:\n{}",
+            out.stderr
+        );
+    }
+    for suffix in [
+        "ok",
+        "nope",
+        "nodockerfile",
+        "badjson",
+        "typo",
+        "nomount",
+        "relmount",
+        "badenv",
+    ] {
+        nothing_created(&name(suffix));
+    }
+}
+
+#[test]
+fn a_missing_pods_directory_is_named_with_what_to_do() {
+    let state = tempfile::tempdir().unwrap();
+    let missing = state.path().join("no-such-pods");
+    for args in [vec!["start", "web", "--issue", ISSUE], vec!["pods"]] {
+        let mut cmd = cldpd(&missing, state.path());
+        cmd.args(&args);
+        let out = run(cmd, LIMIT);
+        refused(
+            &out,
+            &[
+                "pods directory",
+                "no-such-pods",
+                "does not exist",
+                "--pods-dir",
+            ],
+        );
+    }
+}
+
+#[test]
+fn docker_unreachable_exits_1_with_a_hint() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let name = unique_name();
+    pod(pods.path(), &name, None);
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.env("CLDPD_DOCKER", "/nonexistent/docker")
+        .args(["start", &name, "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("cldpd: docker is not available")
+            && out.stderr.contains("/nonexistent/docker")
+            && out.stderr.contains("hint: "),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stdout, "");
+    nothing_created(&name);
+
+    let mut ps = cldpd(pods.path(), state.path());
+    ps.env("CLDPD_DOCKER", "/nonexistent/docker").arg("ps");
+    let out = run(ps, LIMIT);
+    refused(&out, &["docker is not available"]);
+
+    let mut doctor = cldpd(pods.path(), state.path());
+    doctor
+        .env("CLDPD_DOCKER", "/nonexistent/docker")
+        .arg("doctor");
+    let out = run(doctor, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stdout.contains("FAIL  docker is not available"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("skip  docker can build images"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(&format!("ok    pod {name} is valid")),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn logs_of_an_unknown_or_malformed_session_are_refused() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["logs", "web-0a1b2c3d"]);
+    refused(
+        &run(cmd, LIMIT),
+        &["no session log for `web-0a1b2c3d`", "hint: "],
+    );
+
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["logs", "../../etc/passwd"]);
+    refused(&run(cmd, LIMIT), &["invalid session id `../../etc/passwd`"]);
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["start"],
+        vec!["start", "web", "--issue"],
+        vec!["start", "web", "--bogus"],
+        vec!["start", "web", "--issue", ISSUE, "--prompt", "x"],
+        vec!["start", "web", "--issue", ISSUE, "--grace", "soon"],
+        vec!["frobnicate"],
+        vec![],
+    ] {
+        let mut cmd = cldpd(pods.path(), state.path());
+        cmd.args(&args);
+        let out = run(cmd, LIMIT);
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains("error:") || out.stderr.contains("Usage:"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    for args in [
+        vec!["--help"],
+        vec!["start", "--help"],
+        vec!["help", "logs"],
+        vec!["--version"],
+    ] {
+        let mut cmd = cldpd(pods.path(), state.path());
+        cmd.args(&args);
+        run(cmd, LIMIT).expect_code(0);
+    }
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.arg("--help");
+    let help = run(cmd, LIMIT).stdout;
+    for needle in [
+        "Exit status:",
+        "usage error",
+        "container's exit code",
+        "CLDPD_DOCKER",
+    ] {
+        assert!(
+            help.contains(needle),
+            "--help should mention {needle}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let mut cmd = cldpd(pods.path(), state.path());
+        cmd.args(["completions", shell]);
+        let out = run(cmd, LIMIT);
+        out.expect_code(0);
+        assert!(out.stdout.contains("cldpd"), "{shell}");
+        assert!(
+            out.stdout.contains("resume"),
+            "{shell}: subcommands completed"
+        );
+    }
+}
+
+#[test]
+fn pods_lists_valid_and_invalid_pods_with_why() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    pod(pods.path(), "good", Some(r#"{ "env": { "A": "1" } }"#));
+    pod(pods.path(), "typo", Some(r#"{ "workdri": "/x" }"#));
+    std::fs::create_dir_all(pods.path().join("empty")).unwrap();
+
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.arg("pods");
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(lines[0].starts_with("NAME") && lines[0].contains("STATUS"));
+    assert!(
+        lines[1].starts_with("empty")
+            && lines[1].contains("invalid")
+            && lines[1].contains("no Dockerfile")
+    );
+    assert!(
+        lines[2].starts_with("good")
+            && lines[2].contains("valid")
+            && lines[2].contains("cldpd-good")
+    );
+    assert!(
+        lines[3].starts_with("typo")
+            && lines[3].contains("invalid")
+            && lines[3].contains("`workdri`")
+    );
+
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["pods", "--json"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    let rows: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1]["name"], "good");
+    assert_eq!(rows[1]["valid"], true);
+    assert_eq!(rows[1]["image"], "cldpd-good");
+    assert_eq!(rows[2]["valid"], false);
+    assert_eq!(rows[2]["problems"][0]["code"], "pod_config");
+    assert!(rows[2]["problems"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("workdri"));
+}
+
+#[test]
+fn doctor_names_unset_inherit_env_variables_but_never_prints_values() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    pod(
+        pods.path(),
+        "agent",
+        Some(r#"{ "inheritEnv": ["CLDPD_TEST_SET_SECRET", "CLDPD_TEST_UNSET_VAR"] }"#),
+    );
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.env("CLDPD_TEST_SET_SECRET", "s3cr3t-value-xyz")
+        .env_remove("CLDPD_TEST_UNSET_VAR")
+        .arg("doctor");
+    let out = run(cmd, Duration::from_secs(180));
+    out.expect_code(1);
+    assert!(
+        out.stdout
+            .contains("ok    pod agent: CLDPD_TEST_SET_SECRET is set"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("FAIL  pod agent: CLDPD_TEST_UNSET_VAR (inheritEnv) is not set"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("hint: export CLDPD_TEST_UNSET_VAR"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("s3cr3t") && !out.stderr.contains("s3cr3t"),
+        "a value was printed:\n{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("checks failed"), "{}", out.stdout);
+}
+
+#[test]
+fn environment_variables_stand_in_for_the_flags_and_empty_means_unset() {
+    let home = tempfile::tempdir().unwrap();
+    let pods = tempfile::tempdir().unwrap();
+    pod(pods.path(), "from-env", None);
+    let bin = env!("CARGO_BIN_EXE_cldpd");
+
+    let out = run(
+        {
+            let mut c = std::process::Command::new(bin);
+            c.env("CLDPD_PODS_DIR", pods.path())
+                .env("CLDPD_STATE_DIR", home.path())
+                .arg("pods");
+            c
+        },
+        LIMIT,
+    );
+    out.expect_code(0);
+    assert!(out.stdout.contains("from-env"), "{}", out.stdout);
+
+    // Empty: the default under HOME, not a usage error.
+    let out = run(
+        {
+            let mut c = std::process::Command::new(bin);
+            c.env("HOME", home.path())
+                .env("CLDPD_PODS_DIR", "")
+                .env("CLDPD_STATE_DIR", "")
+                .arg("pods");
+            c
+        },
+        LIMIT,
+    );
+    refused(
+        &out,
+        &[&format!(
+            "pods directory {}/.cldpd/pods does not exist",
+            home.path().display()
+        )],
+    );
+}

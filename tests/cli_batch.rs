@@ -1,0 +1,326 @@
+//! `cldpd batch` and `cldpd stop --orphans` with the real binary and Docker:
+//! a batch of 20 runs at concurrency 4 builds once, never runs more than 4
+//! containers (sampled from `docker ps`) and reports exactly; orphans of a
+//! cldpd killed with SIGKILL are reaped, runs of two live cldpd processes
+//! are not; a malformed job file names the line and starts nothing.
+
+mod cli_support;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use cli_support::{cldpd, run, Live, LIMIT};
+use support::docker::{docker, require_docker, TestPod};
+
+/// Succeeds, or exits 3 when its prompt says `fail`; takes a little while so
+/// that runs overlap.
+const JOB: &str = "#!/bin/sh\necho \"job: $4\"\nsleep 0.5\ncase \"$4\" in *fail*) echo 'it failed' >&2; exit 3;; esac\nexit 0\n";
+
+/// Runs until stopped.
+const FOREVER: &str = "#!/bin/sh\ntrap 'exit 0' TERM\necho ready\nwhile :; do sleep 0.1; done\n";
+
+fn state() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("cldpd-cli-batch-")
+        .tempdir()
+        .unwrap()
+}
+
+fn container_names(pod: &TestPod) -> Vec<String> {
+    let out = docker([
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        &format!("label={}", pod.label_filter()),
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn running_containers(pod: &TestPod) -> usize {
+    let out = docker([
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label={}", pod.label_filter()),
+    ]);
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn a_batch_of_twenty_at_concurrency_four_builds_once_and_never_runs_more_than_four() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(JOB);
+    let state = state();
+    let jobs: String = (0..20)
+        .map(|i| {
+            let prompt = if i % 5 == 4 {
+                format!("job {i} fail")
+            } else {
+                format!("job {i}")
+            };
+            format!(
+                "{{\"pod\": \"{}\", \"prompt\": \"{prompt}\", \"name\": \"j{i}\"}}\n",
+                pod.name()
+            )
+        })
+        .collect();
+    let file = state.path().join("jobs.ndjson");
+    std::fs::write(&file, jobs).unwrap();
+    let report_path = state.path().join("report.json");
+
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["batch", "--concurrency", "4", "--json", "--report"])
+        .arg(&report_path)
+        .arg(&file);
+    let mut live = Live::spawn(cmd);
+    // Sample the engine while the batch runs (a measurement, bounded by the
+    // batch's end; nothing waits on it).
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while live.running() && Instant::now() < deadline {
+        peak = peak.max(running_containers(&pod));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = live.finish(Duration::from_secs(60));
+    out.expect_code(1); // four jobs fail
+    assert!(peak <= 4, "{peak} containers ran at once");
+    assert!(peak >= 2, "the runs never overlapped ({peak})");
+
+    // --json: every event of every job, each with its session.
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let builds: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["type"] == "build_complete")
+        .collect();
+    assert_eq!(builds.len(), 20);
+    assert_eq!(
+        builds.iter().filter(|e| e["cached"] == false).count(),
+        1,
+        "one image build"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "container_exited")
+            .count(),
+        20
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert_eq!(report["total"], 20);
+    assert_eq!(report["succeeded"], 16);
+    assert_eq!(report["failed"], 4);
+    for (i, job) in report["jobs"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(job["name"], format!("j{i}"));
+        if i % 5 == 4 {
+            assert_eq!(job["state"], "failed");
+            assert_eq!(job["exit_code"], 3);
+            assert_eq!(job["tail"].as_array().unwrap().last().unwrap(), "it failed");
+        } else {
+            assert_eq!(job["state"], "succeeded");
+            assert_eq!(job["exit_code"], 0);
+        }
+    }
+    assert_eq!(running_containers(&pod), 0);
+    assert!(pod.containers().is_empty());
+}
+
+#[test]
+fn human_batch_output_is_one_line_per_finished_job() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(JOB);
+    let state = state();
+    let file = state.path().join("jobs.json");
+    std::fs::write(
+        &file,
+        format!(
+            "[{{\"pod\": \"{0}\", \"prompt\": \"a\"}},\n {{\"pod\": \"{0}\", \"prompt\": \"b\"}}]",
+            pod.name()
+        ),
+    )
+    .unwrap();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["batch"]).arg(&file);
+    let out = run(cmd, Duration::from_secs(180));
+    out.expect_code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(lines.iter().all(|l| l.starts_with("ok ")), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("2 succeeded, 0 failed, 0 stopped"),
+        "{}",
+        out.stderr
+    );
+    assert!(pod.containers().is_empty());
+}
+
+#[test]
+fn a_malformed_job_names_its_line_and_nothing_starts() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(JOB);
+    let state = state();
+    let file = state.path().join("jobs.ndjson");
+    std::fs::write(
+        &file,
+        format!("{{\"pod\": \"{0}\", \"prompt\": \"a\"}}\n{{\"pod\": \"{0}\", \"prompt\": \"b\", \"timeoutSec\": 5}}\n", pod.name()),
+    )
+    .unwrap();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["batch"]).arg(&file);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert!(out.stderr.contains("jobs.ndjson:2:"), "{}", out.stderr);
+    assert!(out.stderr.contains("timeoutSec"), "{}", out.stderr);
+    assert!(pod.containers().is_empty());
+    // A job naming an unknown pod: refused with its line, nothing built.
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"pod\": \"{}\", \"prompt\": \"a\"}}\n{{\"pod\": \"nope\", \"prompt\": \"b\"}}\n",
+            pod.name()
+        ),
+    )
+    .unwrap();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["batch"]).arg(&file);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("job 2 (line 2): pod `nope` not found"),
+        "{}",
+        out.stderr
+    );
+    assert!(pod.containers().is_empty());
+    let images = docker(["images", "-q", &pod.image()]);
+    assert!(images.stdout.is_empty(), "no image was built");
+}
+
+#[test]
+fn stop_orphans_reaps_the_runs_of_a_killed_cldpd_and_never_those_of_live_ones() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(FOREVER);
+    let state = state();
+    let start = |n: usize| {
+        let mut cmd = cldpd(pod.pods_dir(), state.path());
+        cmd.args(["start", pod.name(), "--prompt", &format!("run {n}")]);
+        let live = Live::spawn(cmd);
+        let id = live.session_id(Duration::from_secs(60));
+        live.wait_stdout("ready\n", Duration::from_secs(60));
+        (live, id)
+    };
+    let (a, a_id) = start(1);
+    let (b, b_id) = start(2);
+    let (c, c_id) = start(3);
+    // SIGKILL: cldpd cannot stop its run; the container is left running.
+    c.signal("KILL");
+    let _ = c.finish(Duration::from_secs(20));
+
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "--json"]);
+    let out = run(ps, LIMIT);
+    out.expect_code(0);
+    let rows: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let orphan = |id: &str| {
+        rows.iter()
+            .find(|r| r["session"] == id)
+            .unwrap_or_else(|| panic!("{id} not in ps: {}", out.stdout))["orphan"]
+            .clone()
+    };
+    assert_eq!(orphan(&c_id), true);
+    assert_eq!(orphan(&a_id), false);
+    assert_eq!(orphan(&b_id), false);
+
+    let mut reap = cldpd(pod.pods_dir(), state.path());
+    reap.args(["stop", "--orphans", "--grace", "5"]);
+    let out = run(reap, LIMIT);
+    out.expect_code(0);
+    assert_eq!(out.stdout, format!("{c_id}\n"));
+    let left = container_names(&pod);
+    assert!(!left.contains(&c_id), "the orphan is gone: {left:?}");
+    assert!(
+        left.contains(&a_id) && left.contains(&b_id),
+        "live owners' runs stay: {left:?}"
+    );
+
+    for live in [a, b] {
+        live.signal("TERM");
+        live.finish(Duration::from_secs(30)).expect_code(0);
+    }
+    assert!(pod.containers().is_empty());
+}
+
+#[test]
+fn ctrl_c_stops_every_job_and_still_writes_the_report() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(FOREVER);
+    let state = state();
+    let file = state.path().join("jobs.ndjson");
+    let jobs: String = (0..3)
+        .map(|i| format!("{{\"pod\": \"{}\", \"prompt\": \"run {i}\"}}\n", pod.name()))
+        .collect();
+    std::fs::write(&file, jobs).unwrap();
+    let report_path = state.path().join("report.json");
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args([
+        "batch",
+        "--concurrency",
+        "2",
+        "--grace",
+        "5",
+        "--json",
+        "--report",
+    ])
+    .arg(&report_path)
+    .arg(&file);
+    let live = Live::spawn(cmd);
+    // Two jobs run (the agents said so), the third waits in the queue.
+    live.wait_for("two running agents", Duration::from_secs(120), |l| {
+        l.stdout().matches("\"line\":\"ready\"").count() >= 2
+    });
+    live.signal("INT");
+    let out = live.finish(Duration::from_secs(60));
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("cldpd: stopping every job"),
+        "{}",
+        out.stderr
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let states: Vec<&str> = report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["stopped", "stopped", "stopped"]);
+    assert_eq!(
+        report["jobs"][2]["error"]["code"], "stopped",
+        "the queued job never started"
+    );
+    assert!(pod.containers().is_empty());
+}

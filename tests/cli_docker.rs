@@ -1,0 +1,585 @@
+//! The `cldpd` binary against a real Docker engine: every command, flag
+//! order both ways, `--json`, exit-code propagation, Ctrl-C / SIGTERM / a
+//! second Ctrl-C, `stop` from a second process, `logs` (also `--follow`),
+//! `ps`, `resume`, `doctor`, and the failures only Docker can reveal.
+//!
+//! Each test has its own pod (unique name, `support::docker::TestPod`,
+//! whose `Drop` removes its containers and images) and its own state
+//! directory; every process is bounded in time. Signals are sent once the
+//! agent has printed `ready` (so the container is really running), found by
+//! reading the child's output, never by sleeping. Without Docker these tests
+//! are skipped, except under `CI=true`, where they fail.
+
+mod cli_support;
+mod support;
+
+use std::time::Duration;
+
+use cli_support::{cldpd, run, Finished, Live, LIMIT};
+use support::docker::{docker, require_docker, TestPod};
+
+const ISSUE: &str = "https://github.com/cldpd/demo/issues/1";
+
+/// How long a build plus the start of a container may take.
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// Prints on both pipes and exits 7.
+const EXIT_7: &str = "#!/bin/sh\necho \"out 1\"\necho \"err 1\" >&2\necho \"out 2: $*\"\nexit 7\n";
+
+/// Runs until SIGTERM, then says so and exits 42.
+const GRACEFUL: &str = "#!/bin/sh\ntrap 'echo \"got TERM\" >&2; exit 42' TERM\necho ready\nwhile :; do sleep 0.1; done\n";
+
+/// Ignores SIGTERM: only SIGKILL ends it.
+const STUBBORN: &str =
+    "#!/bin/sh\ntrap 'echo \"ignoring TERM\" >&2' TERM\necho ready\nwhile :; do sleep 0.1; done\n";
+
+/// Runs until signalled (SIGTERM ends it: 143); a resume prints its
+/// arguments and exits 5.
+const LOOP_OR_RESUME: &str = "#!/bin/sh\ncase \"$*\" in *--resume*) echo \"resumed: $*\"; exit 5;; esac\necho ready\nwhile :; do sleep 0.1; done\n";
+
+/// A few lines over about two seconds, then exit 0.
+const SLOW_LINES: &str = "#!/bin/sh\necho ready\nfor i in $(seq 1 10); do echo \"line $i\"; sleep 0.2; done\necho \"err end\" >&2\n";
+
+fn state() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("cldpd-cli-state-")
+        .tempdir()
+        .unwrap()
+}
+
+fn no_containers_left(pod: &TestPod) {
+    assert_eq!(
+        pod.containers(),
+        Vec::<String>::new(),
+        "containers of {}",
+        pod.name()
+    );
+}
+
+/// The position of `needle` in `text`, panicking with the text.
+fn pos(text: &str, needle: &str) -> usize {
+    text.find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` missing in:\n{text}"))
+}
+
+/// Every stdout line parsed as JSON; panics on a line that is not.
+fn ndjson(out: &Finished) -> Vec<serde_json::Value> {
+    out.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// `seq` is 1, 2, 3, ... and every event names `session`.
+fn gapless(events: &[serde_json::Value], session: &str) {
+    for (i, ev) in events.iter().enumerate() {
+        assert_eq!(ev["seq"], (i + 1) as u64, "gap at {i}: {ev}");
+        assert_eq!(ev["session"], session, "{ev}");
+        assert!(
+            ev["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{ev}"
+        );
+    }
+}
+
+#[test]
+fn start_streams_both_pipes_and_exits_with_the_agent_code_whatever_the_flag_order() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(EXIT_7);
+    let state = state();
+    let name = pod.name();
+    let orders: [Vec<&str>; 3] = [
+        vec!["start", name, "--issue", ISSUE],
+        vec!["start", "--issue", ISSUE, name],
+        vec!["start", "--issue", ISSUE, name, "--grace", "2"],
+    ];
+    for args in orders {
+        let mut cmd = cldpd(pod.pods_dir(), state.path());
+        cmd.args(&args);
+        let out = run(cmd, LIMIT);
+        out.expect_code(7);
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(
+            lines.len(),
+            2,
+            "{args:?}: only the agent's stdout:\n{}",
+            out.stdout
+        );
+        assert_eq!(lines[0], "out 1");
+        assert!(
+            lines[1].starts_with("out 2: -p --session-id ")
+                && lines[1].ends_with(&format!(" Work on this GitHub issue: {ISSUE}")),
+            "{}",
+            lines[1]
+        );
+        let err = &out.stderr;
+        let building = pos(err, &format!("cldpd: building cldpd-{name}"));
+        let started = pos(err, &format!("cldpd: started {name}-"));
+        let agent = pos(err, "\nerr 1\n");
+        let exited = pos(err, "cldpd: exited 7\n");
+        assert!(
+            building < started && started < agent && agent < exited,
+            "{err}"
+        );
+        assert!(
+            !err.contains("Step 1/"),
+            "build output only with -v:\n{err}"
+        );
+    }
+
+    // -v (after the subcommand: global flags go anywhere) shows the build.
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", name, "--issue", ISSUE, "-v"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(7);
+    assert!(out.stderr.contains("Step 1/"), "{}", out.stderr);
+    no_containers_left(&pod);
+}
+
+#[test]
+fn json_is_ndjson_of_every_event_with_gapless_seq_and_nothing_else_on_stdout() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(EXIT_7);
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", "--json", pod.name(), "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(7);
+    let events = ndjson(&out);
+    let session = events[0]["session"].as_str().unwrap().to_string();
+    assert!(session.starts_with(&format!("{}-", pod.name())));
+    gapless(&events, &session);
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types[0], "build_started");
+    assert_eq!(events[0]["image"], pod.image());
+    let complete = types.iter().position(|t| *t == "build_complete").unwrap();
+    assert_eq!(types[complete + 1], "container_started");
+    assert_eq!(*types.last().unwrap(), "container_exited");
+    assert_eq!(events.last().unwrap()["code"], 7);
+    let output: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["type"] == "output")
+        .map(|e| (e["stream"].as_str().unwrap(), e["line"].as_str().unwrap()))
+        .collect();
+    assert!(output.contains(&("stdout", "out 1")), "{output:?}");
+    assert!(output.contains(&("stderr", "err 1")), "{output:?}");
+    assert_eq!(output.len(), 3, "{output:?}");
+    assert!(
+        !out.stderr.contains("cldpd: started"),
+        "no status lines with --json:\n{}",
+        out.stderr
+    );
+    no_containers_left(&pod);
+}
+
+/// Start a run of `pod` (extra args appended), wait until its agent runs.
+fn start_live(pod: &TestPod, state: &std::path::Path, extra: &[&str]) -> (Live, String) {
+    let mut cmd = cldpd(pod.pods_dir(), state);
+    cmd.args(["start", pod.name(), "--issue", ISSUE])
+        .args(extra);
+    let live = Live::spawn(cmd);
+    let id = live.session_id(STARTUP);
+    live.wait_stdout("ready\n", STARTUP);
+    (live, id)
+}
+
+fn graceful_stop_on(signal: &str) {
+    let pod = TestPod::with_stub(GRACEFUL);
+    let state = state();
+    let (live, id) = start_live(&pod, state.path(), &["--grace", "30"]);
+    live.signal(signal);
+    // Well within the 30 s grace: the agent handled SIGTERM itself.
+    let out = live.finish(Duration::from_secs(20));
+    out.expect_code(42);
+    assert!(
+        out.stderr.contains(&format!(
+            "cldpd: stopping {id} (SIGTERM, then SIGKILL after 30s)"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("got TERM"), "{}", out.stderr);
+    assert!(out.stderr.contains("cldpd: exited 42"), "{}", out.stderr);
+    no_containers_left(&pod);
+}
+
+#[test]
+fn ctrl_c_stops_the_run_gracefully_and_exits_with_the_container_code() {
+    if !require_docker() {
+        return;
+    }
+    graceful_stop_on("INT");
+}
+
+#[test]
+fn sigterm_stops_the_run_gracefully_and_exits_with_the_container_code() {
+    if !require_docker() {
+        return;
+    }
+    graceful_stop_on("TERM");
+}
+
+#[test]
+fn a_second_ctrl_c_kills_at_once() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(STUBBORN);
+    let state = state();
+    let (live, id) = start_live(&pod, state.path(), &["--grace", "300"]);
+    live.signal("INT");
+    live.wait_stderr("ignoring TERM", Duration::from_secs(20));
+    live.signal("INT");
+    // Far less than the 300 s grace.
+    let out = live.finish(Duration::from_secs(30));
+    out.expect_code(137);
+    assert!(
+        out.stderr.contains(&format!("cldpd: stopping {id}")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("cldpd: killing {id} now (SIGKILL)")),
+        "{}",
+        out.stderr
+    );
+    no_containers_left(&pod);
+}
+
+#[test]
+fn stop_from_a_second_process_ends_the_run_of_the_first() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(LOOP_OR_RESUME);
+    let state = state();
+    let (live, id) = start_live(&pod, state.path(), &[]);
+
+    let mut stop = cldpd(pod.pods_dir(), state.path());
+    stop.args(["stop", "--grace", "5", &id]);
+    let out = run(stop, LIMIT);
+    out.expect_code(0);
+    assert_eq!(out.stdout, format!("{id}\n"));
+    assert!(
+        out.stderr.contains(&format!("cldpd: stopped {id}")),
+        "{}",
+        out.stderr
+    );
+
+    let first = live.finish(Duration::from_secs(30));
+    first.expect_code(143);
+    assert!(
+        first.stderr.contains("cldpd: exited 143"),
+        "{}",
+        first.stderr
+    );
+    no_containers_left(&pod);
+
+    // Nothing left to stop: exit 1 with a hint.
+    let mut again = cldpd(pod.pods_dir(), state.path());
+    again.args(["stop", &id]);
+    let out = run(again, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains(&format!("no running session matches `{id}`"))
+            && out.stderr.contains("hint: "),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn ps_shows_a_live_run_and_resume_reaches_it_from_another_process() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(LOOP_OR_RESUME);
+    let state = state();
+    let (live, id) = start_live(&pod, state.path(), &[]);
+
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.arg("ps");
+    let out = run(ps, LIMIT);
+    out.expect_code(0);
+    assert!(out.stdout.starts_with("SESSION"), "{}", out.stdout);
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not listed:\n{}", out.stdout));
+    for needle in [pod.name(), ISSUE, "running"] {
+        assert!(row.contains(needle), "{row}");
+    }
+
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "--json"]);
+    let out = run(ps, LIMIT);
+    out.expect_code(0);
+    let rows = ndjson(&out);
+    let mine = rows
+        .iter()
+        .find(|r| r["session"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not in {rows:?}"));
+    assert_eq!(mine["pod"], pod.name());
+    assert_eq!(mine["issue"], ISSUE);
+    assert_eq!(mine["state"], "running");
+    assert_eq!(mine["orphan"], false);
+
+    // Resume by pod name (one live run), flags after the target ...
+    let mut resume = cldpd(pod.pods_dir(), state.path());
+    resume.args(["resume", pod.name(), "--prompt", "more please"]);
+    let out = run(resume, LIMIT);
+    out.expect_code(5);
+    assert!(
+        out.stdout.starts_with("resumed: -p --resume ") && out.stdout.ends_with(" more please\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains(&format!("(resuming {id})")),
+        "{}",
+        out.stderr
+    );
+    // ... and by session id, flags first, as JSON.
+    let mut resume = cldpd(pod.pods_dir(), state.path());
+    resume.args(["resume", "--json", "--prompt", "again", &id]);
+    let out = run(resume, LIMIT);
+    out.expect_code(5);
+    let events = ndjson(&out);
+    let session = events[0]["session"].as_str().unwrap().to_string();
+    assert_ne!(session, id, "a resume is a session of its own");
+    gapless(&events, &session);
+    assert_eq!(events[0]["type"], "container_started");
+    assert_eq!(events.last().unwrap()["code"], 5);
+
+    live.signal("INT");
+    live.finish(Duration::from_secs(30)).expect_code(143);
+    no_containers_left(&pod);
+}
+
+#[test]
+fn logs_follow_during_the_run_and_read_back_after_it() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(SLOW_LINES);
+    let state = state();
+    let (live, id) = start_live(&pod, state.path(), &[]);
+
+    let mut follow = cldpd(pod.pods_dir(), state.path());
+    follow.args(["logs", "--follow", &id]);
+    let follow = Live::spawn(follow);
+    let run_out = live.finish(LIMIT);
+    run_out.expect_code(0);
+    let followed = follow.finish(Duration::from_secs(30));
+    followed.expect_code(0);
+    let expected: String = std::iter::once("ready\n".to_string())
+        .chain((1..=10).map(|i| format!("line {i}\n")))
+        .collect();
+    assert_eq!(run_out.stdout, expected);
+    assert_eq!(followed.stdout, expected, "--follow saw every line");
+    assert!(followed.stderr.contains("err end\n"), "{}", followed.stderr);
+    assert!(
+        followed.stderr.contains("cldpd: exited 0"),
+        "{}",
+        followed.stderr
+    );
+
+    // After the run (the container is gone): the same output.
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", &id]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    assert_eq!(out.stdout, expected);
+    assert!(
+        out.stderr.contains(&format!("cldpd: started {id}")),
+        "{}",
+        out.stderr
+    );
+
+    // By pod name: its latest run.
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", pod.name()]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    assert_eq!(out.stdout, expected);
+    assert!(
+        out.stderr.contains(&format!("showing {id}")),
+        "{}",
+        out.stderr
+    );
+
+    // As JSON: the whole run, gapless, ending with the exit.
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", "--json", &id]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    let events = ndjson(&out);
+    gapless(&events, &id);
+    assert_eq!(events[0]["type"], "build_started");
+    assert_eq!(events.last().unwrap()["type"], "container_exited");
+    assert_eq!(events.last().unwrap()["code"], 0);
+    no_containers_left(&pod);
+}
+
+#[test]
+fn logs_follow_ends_when_the_run_is_gone_without_a_final_event() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(LOOP_OR_RESUME);
+    let state = state();
+    let (live, id) = start_live(&pod, state.path(), &[]);
+    // The owning cldpd dies without a word; its container is left behind
+    // (findable by label) until removed.
+    live.signal("KILL");
+    let killed = live.finish(Duration::from_secs(10));
+    assert_eq!(killed.code, None);
+
+    let mut follow = cldpd(pod.pods_dir(), state.path());
+    follow.args(["logs", "-f", &id]);
+    let follow = Live::spawn(follow);
+    follow.wait_stderr(&format!("cldpd: started {id}"), Duration::from_secs(10));
+    let containers = pod.containers();
+    assert_eq!(containers.len(), 1, "the run's container is still there");
+    let rm = docker(["rm", "-f", &containers[0]]);
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    let out = follow.finish(Duration::from_secs(20));
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains(&format!("{id} is gone and its log has no final event")),
+        "{}",
+        out.stderr
+    );
+    no_containers_left(&pod);
+}
+
+#[test]
+fn agent_missing_exits_1_with_a_hint_and_leaves_no_container() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::builder().no_agent().create();
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains(&format!(
+            "cldpd: agent command `claude` was not found in image `{}`",
+            pod.image()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("hint: install `claude`"),
+        "{}",
+        out.stderr
+    );
+    no_containers_left(&pod);
+}
+
+#[test]
+fn dockers_own_failure_exits_1_with_its_message_and_leaves_no_container() {
+    if !require_docker() {
+        return;
+    }
+    // More CPUs than any machine here has: `docker run` itself fails (125).
+    let pod = TestPod::builder()
+        .pod_json(r#"{ "cpus": 100000 }"#)
+        .create();
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains("cldpd: docker could not run the container")
+            && out.stderr.contains("CPU"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("hint: "), "{}", out.stderr);
+    no_containers_left(&pod);
+}
+
+#[test]
+fn a_failed_build_exits_1_and_shows_the_tail_of_its_output() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::builder()
+        .dockerfile_line("RUN [\"/bin/false\"]")
+        .create();
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains(&format!("cldpd: building image `{}` failed", pod.image())),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("/bin/false"),
+        "the tail: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("hint: "), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+    no_containers_left(&pod);
+}
+
+#[test]
+fn doctor_passes_with_docker_and_valid_pods_and_removes_its_probe() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::builder()
+        .pod_json(r#"{ "inheritEnv": ["CLDPD_TEST_DOCTOR_VAR"] }"#)
+        .create();
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.env("CLDPD_TEST_DOCTOR_VAR", "value").arg("doctor");
+    let out = run(cmd, Duration::from_secs(180));
+    out.expect_code(0);
+    for needle in [
+        "ok    docker is reachable".to_string(),
+        "ok    docker can build images".to_string(),
+        format!(
+            "ok    pods directory {} exists (1 pod)",
+            pod.pods_dir().display()
+        ),
+        format!("ok    pod {} is valid", pod.name()),
+        format!("ok    pod {}: CLDPD_TEST_DOCTOR_VAR is set", pod.name()),
+        "all 5 checks passed".to_string(),
+    ] {
+        assert!(
+            out.stdout.contains(&needle),
+            "`{needle}` in:\n{}",
+            out.stdout
+        );
+    }
+    let probes = docker(["images", "-q", "cldpd-doctor-probe"]);
+    assert_eq!(
+        String::from_utf8_lossy(&probes.stdout).trim(),
+        "",
+        "doctor left its probe image"
+    );
+}

@@ -1,0 +1,206 @@
+//! Running the real `cldpd` binary in tests: bounded in time, with its own
+//! state directory, output captured while it runs.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The default limit for one command.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+/// A `cldpd` command with `--pods-dir <pods>` and `CLDPD_STATE_DIR=<state>`,
+/// and none of the caller's cldpd environment.
+pub fn cldpd(pods: &Path, state: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cldpd"));
+    cmd.arg("--pods-dir")
+        .arg(pods)
+        .env("CLDPD_STATE_DIR", state)
+        .env_remove("CLDPD_PODS_DIR")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// What a finished command did.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit code (`None`: ended by a signal).
+    pub code: Option<i32>,
+    /// Everything it wrote to stdout.
+    pub stdout: String,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Panic with the output unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "expected exit {code}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// A running `cldpd` process whose output is collected as it comes.
+pub struct Live {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+fn collect(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => into
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    })
+}
+
+impl Live {
+    /// Start `cmd` with stdout and stderr captured.
+    pub fn spawn(mut cmd: Command) -> Live {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the cldpd binary");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), stdout.clone()),
+            collect(child.stderr.take().unwrap(), stderr.clone()),
+        ];
+        Live {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn wait_for(&self, what: &str, limit: Duration, cond: impl Fn(&Live) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !cond(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}\n--- stdout:\n{}\n--- stderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until stdout contains `needle`.
+    pub fn wait_stdout(&self, needle: &str, limit: Duration) {
+        self.wait_for(&format!("`{needle}` on stdout"), limit, |l| {
+            l.stdout().contains(needle)
+        });
+    }
+
+    /// Wait until stderr contains `needle`.
+    pub fn wait_stderr(&self, needle: &str, limit: Duration) {
+        self.wait_for(&format!("`{needle}` on stderr"), limit, |l| {
+            l.stderr().contains(needle)
+        });
+    }
+
+    /// The session id from the `cldpd: started <id>` status line (waits for
+    /// it).
+    pub fn session_id(&self, limit: Duration) -> String {
+        self.wait_stderr("cldpd: started ", limit);
+        let err = self.stderr();
+        let rest = &err[err.find("cldpd: started ").unwrap() + "cldpd: started ".len()..];
+        rest.split_whitespace().next().unwrap().to_string()
+    }
+
+    /// Send a signal (`"INT"`, `"TERM"`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{name} {} failed", self.pid());
+    }
+
+    /// Wait for the exit (killing it and panicking after `limit`).
+    pub fn finish(mut self, limit: Duration) -> Finished {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for cldpd") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "cldpd did not exit within {limit:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        Finished {
+            code: status.code(),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Run `cmd` to the end within `limit`.
+pub fn run(cmd: Command, limit: Duration) -> Finished {
+    Live::spawn(cmd).finish(limit)
+}
