@@ -413,17 +413,20 @@ pub(crate) mod fast_json {
         out.extend_from_slice(&buf[i..]);
     }
 
-    /// Seconds since the epoch and `YYYY-MM-DDTHH:MM:SS.` for them.
+    /// The last time formatted on this thread: its seconds since the epoch,
+    /// microseconds, and `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`. The events of one
+    /// batch share their time, so most events copy it whole.
     struct DateCache {
         secs: u64,
-        prefix: [u8; 20],
+        micros: u32,
+        text: [u8; 27],
     }
 
     thread_local! {
         static DATE: RefCell<Option<DateCache>> = const { RefCell::new(None) };
     }
 
-    /// `humantime::format_rfc3339_micros(t)`, the date part cached.
+    /// `humantime::format_rfc3339_micros(t)`, cached.
     fn time(out: &mut Vec<u8>, t: SystemTime) {
         let Ok(since) = t.duration_since(UNIX_EPOCH) else {
             return slow_time(out, t);
@@ -440,24 +443,29 @@ pub(crate) mod fast_json {
                 if bytes.len() != 27 || bytes[19] != b'.' {
                     return false;
                 }
-                let mut prefix = [0u8; 20];
-                prefix.copy_from_slice(&bytes[..20]);
-                *d = Some(DateCache { secs, prefix });
+                let mut text = [0u8; 27];
+                text.copy_from_slice(bytes);
+                *d = Some(DateCache {
+                    secs,
+                    micros: 0,
+                    text,
+                });
             }
-            out.extend_from_slice(&d.as_ref().expect("cached").prefix);
+            let c = d.as_mut().expect("cached");
+            if c.micros != micros {
+                let mut m = micros;
+                for digit in c.text[20..26].iter_mut().rev() {
+                    *digit = b'0' + (m % 10) as u8;
+                    m /= 10;
+                }
+                c.micros = micros;
+            }
+            out.extend_from_slice(&c.text);
             true
         });
         if !cached {
-            return slow_time(out, t);
+            slow_time(out, t);
         }
-        let mut digits = [b'0'; 6];
-        let mut m = micros;
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (m % 10) as u8;
-            m /= 10;
-        }
-        out.extend_from_slice(&digits);
-        out.push(b'Z');
     }
 
     fn slow_time(out: &mut Vec<u8>, t: SystemTime) {
