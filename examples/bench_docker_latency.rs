@@ -6,6 +6,11 @@
 //! - **cldpd**: a long-lived `Dispatcher` over the Docker CLI backend (the
 //!   realistic embedding); its first run builds the image, every later run
 //!   finds it memoised (a fingerprint walk instead of `docker build`);
+//! - **cldpd binary**: `cldpd --pods-dir … --state-dir … start <pod>
+//!   --prompt go`, one process per run (so every run is a new dispatcher:
+//!   the image is looked at with `docker build` again, from its cache),
+//!   output line read from its stdout. Build it first:
+//!   `cargo build --release --bin cldpd` (skipped when missing);
 //! - **docker run**: plain `docker run --rm <image> claude -p go`;
 //! - **docker run (cldpd's flags)**: the argv shape cldpd uses (`--init`,
 //!   `--name`, a dozen labels of the same sizes, prefixed `bench.` rather
@@ -17,6 +22,7 @@
 //! container are removed at the end (`docker rmi --no-prune`).
 //!
 //! ```text
+//! cargo build --release --bin cldpd
 //! cargo run --release --example bench_docker_latency -- --runs 30
 //! ```
 
@@ -43,8 +49,13 @@ struct Times {
 
 /// `docker <args>`: time to the first stdout line and to the client's exit.
 async fn docker_run(args: &[String]) -> Times {
+    process_run("docker", args).await
+}
+
+/// `<program> <args>`: time to the first stdout line and to its exit.
+async fn process_run(program: &str, args: &[String]) -> Times {
     let t0 = Instant::now();
-    let mut child = tokio::process::Command::new("docker")
+    let mut child = tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -58,7 +69,7 @@ async fn docker_run(args: &[String]) -> Times {
     while lines.next_line().await.expect("read").is_some() {}
     let status = child.wait().await.expect("wait");
     let exit = t0.elapsed();
-    assert!(status.success(), "docker run failed: {status}");
+    assert!(status.success(), "{program} failed: {status}");
     Times { first, exit }
 }
 
@@ -99,13 +110,33 @@ fn main() {
     print_machine();
     print_docker_versions();
     print_command("bench_docker_latency", &[("runs", runs.to_string())]);
-    println!("note: the cldpd binary is not on main yet (src/main.rs is a stub); measured through the library only");
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("cldpd")))
+        .filter(|b| b.is_file());
+    match &binary {
+        Some(b) => println!("cldpd binary: {}", b.display()),
+        None => println!(
+            "note: no cldpd binary beside this example (cargo build --release --bin cldpd); the binary is not measured"
+        ),
+    }
 
     let pod = DockerPod::new(STUB);
     let name = pod.name.clone();
     let image = pod.image();
     let state = tempfile::tempdir().unwrap();
     let settings = Settings::new(pod.pods_dir(), state.path());
+    let bin_state = tempfile::tempdir().unwrap();
+    let bin_args: Vec<String> = vec![
+        "--pods-dir".into(),
+        pod.pods_dir().display().to_string(),
+        "--state-dir".into(),
+        bin_state.path().display().to_string(),
+        "start".into(),
+        pod.name.clone(),
+        "--prompt".into(),
+        "go".into(),
+    ];
     actix::System::new().block_on(async move {
         let d = Dispatcher::docker(settings);
         let sub_thread = Arbiter::new();
@@ -161,9 +192,18 @@ fn main() {
         let mut p_exit = Vec::new();
         let mut f_first = Vec::new();
         let mut f_exit = Vec::new();
+        let mut b_first = Vec::new();
+        let mut b_exit = Vec::new();
+        let variants = if binary.is_some() { 4 } else { 3 };
         for round in 0..runs {
-            for k in 0..3 {
-                match (round + k) % 3 {
+            for k in 0..variants {
+                match (round + k) % variants {
+                    3 => {
+                        let b = binary.as_ref().expect("variant 3 only with a binary");
+                        let t = process_run(b.to_str().unwrap(), &bin_args).await;
+                        b_first.push(ms(t.first));
+                        b_exit.push(ms(t.exit));
+                    }
                     0 => {
                         let t = cldpd_run(&d, &name, &sub_thread).await;
                         c_first.push(ms(t.first));
@@ -182,8 +222,12 @@ fn main() {
                     }
                 }
             }
+            let bin = match (b_first.get(round), b_exit.get(round)) {
+                (Some(f), Some(e)) => format!(" | cldpd binary {f:.0} / {e:.0} ms"),
+                _ => String::new(),
+            };
             println!(
-                "run {}: cldpd first line {:.0} ms, exit {:.0} ms | docker run {:.0} / {:.0} ms | docker run with cldpd's flags {:.0} / {:.0} ms",
+                "run {}: cldpd (library) first line {:.0} ms, exit {:.0} ms | docker run {:.0} / {:.0} ms | docker run with cldpd's flags {:.0} / {:.0} ms{bin}",
                 round + 1,
                 c_first[round],
                 c_exit[round],
@@ -218,9 +262,22 @@ fn main() {
             median(&c_first) / median(&f_first),
             median(&c_exit) / median(&f_exit)
         );
+        if !b_first.is_empty() {
+            println!(
+                "result: cldpd binary start → first line {}",
+                spread(&b_first, "ms", 0)
+            );
+            println!("result: cldpd binary start → exit {}", spread(&b_exit, "ms", 0));
+            println!(
+                "result: ratio cldpd binary / docker run (medians): first line {:.3}, exit {:.3}",
+                median(&b_first) / median(&p_first),
+                median(&b_exit) / median(&p_exit)
+            );
+        }
         let pairs: Vec<f64> = c_exit.iter().zip(&p_exit).map(|(c, p)| c / p).collect();
         println!("result: per-round ratio cldpd / docker run, exit: {}", spread(&pairs, "", 3));
     });
     drop(pod);
+    drop(bin_state);
     println!("cleanup: image and containers removed");
 }
