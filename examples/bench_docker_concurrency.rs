@@ -7,7 +7,10 @@
 //!   and its admission control queues the rest (FIFO);
 //! - **docker run**: 50 `docker run --rm <image> claude -p go` launched
 //!   with the same parallelism (that many workers, each running the next
-//!   one when its previous one exited).
+//!   one when its previous one exited);
+//! - **docker run (cldpd's flags)**: the same, with the argv shape cldpd
+//!   uses (`--init`, `--name`, a dozen `bench.*` labels), to tell cldpd's
+//!   own cost from the cost of its flags in the daemon.
 //!
 //! Reports the total wall time and the peak memory (RSS sampled from /proc
 //! every 10 ms) of this process plus its docker client processes (for
@@ -59,17 +62,69 @@ async fn cldpd_round(d: &Dispatcher, pod: &str) -> Round {
     }
 }
 
-async fn docker_round(image: &str, conc: usize) -> Round {
+/// cldpd's `docker run` flags for run `n` (labels keyed `bench.*`, so no
+/// cldpd process takes the container for its own).
+fn flagged(image: &str, pod: &str, n: usize) -> Vec<String> {
+    let name = format!("{pod}-plain-{n}");
+    let mut v: Vec<String> = ["run", "--rm", "--init", "--name", &name]
+        .map(String::from)
+        .to_vec();
+    for (k, val) in [
+        ("bench.session", name.as_str()),
+        ("bench.pod", pod),
+        ("bench.image", image),
+        ("bench.agent", "[\"claude\"]"),
+        ("bench.attempt", "0"),
+        ("bench.conversation", "00000000-0000-4000-8000-000000000000"),
+        ("bench.started", "2026-01-01T00:00:00Z"),
+        ("bench.grace", "10"),
+        ("bench.owner", "bench"),
+        ("bench.owner.host", "bench"),
+        ("bench.owner.pid", "1"),
+        ("bench.owner.start", "123456"),
+        ("bench.state", "/tmp"),
+    ] {
+        v.push("--label".into());
+        v.push(format!("{k}={val}"));
+    }
+    v.extend(
+        [
+            image,
+            "claude",
+            "-p",
+            "--session-id",
+            "00000000-0000-4000-8000-000000000000",
+            "go",
+        ]
+        .map(String::from),
+    );
+    v
+}
+
+async fn docker_round(image: &str, conc: usize, flags: Option<&str>) -> Round {
     let next = Arc::new(AtomicUsize::new(0));
     let sampler = TreeSampler::start(Duration::from_millis(10), false);
     let t0 = Instant::now();
+    let stamp = uuid::Uuid::new_v4().simple().to_string();
+    let flags = flags.map(|pod| format!("{pod}-{}", &stamp[..6]));
     let workers = (0..conc).map(|_| {
         let next = next.clone();
         let image = image.to_string();
+        let flags = flags.clone();
         async move {
-            while next.fetch_add(1, Ordering::Relaxed) < RUNS {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= RUNS {
+                    break;
+                }
+                let args = match &flags {
+                    Some(pod) => flagged(&image, pod, n),
+                    None => ["run", "--rm", &image, "claude", "-p", "go"]
+                        .map(String::from)
+                        .to_vec(),
+                };
                 let status = tokio::process::Command::new("docker")
-                    .args(["run", "--rm", &image, "claude", "-p", "go"])
+                    .args(&args)
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
@@ -117,16 +172,23 @@ fn main() {
             let mut c_mem = Vec::new();
             let mut p_wall = Vec::new();
             let mut p_mem = Vec::new();
+            let mut f_wall = Vec::new();
             for round in 0..runs {
-                let (c, p) = if round % 2 == 0 {
-                    let c = cldpd_round(&d, &name).await;
-                    (c, docker_round(&image, conc).await)
-                } else {
-                    let p = docker_round(&image, conc).await;
-                    (cldpd_round(&d, &name).await, p)
-                };
+                // Rotate the order of the three every round.
+                let mut c = None;
+                let mut p = None;
+                let mut f = None;
+                for k in 0..3 {
+                    match (round + k) % 3 {
+                        0 => c = Some(cldpd_round(&d, &name).await),
+                        1 => p = Some(docker_round(&image, conc, None).await),
+                        _ => f = Some(docker_round(&image, conc, Some(&name)).await),
+                    }
+                }
+                let (c, p, f) = (c.unwrap(), p.unwrap(), f.unwrap());
+                f_wall.push(secs(f.wall));
                 println!(
-                    "run {} (concurrency {conc}): cldpd {:.2} s, peak {:.1} MiB (this process + docker clients, up to {} processes) | docker run {:.2} s, peak {:.1} MiB (docker clients, up to {} processes; this harness {:.1} MiB)",
+                    "run {} (concurrency {conc}): cldpd {:.2} s, peak {:.1} MiB (this process + docker clients, up to {} processes) | docker run {:.2} s, peak {:.1} MiB (docker clients, up to {} processes; this harness {:.1} MiB) | docker run with cldpd's flags {:.2} s",
                     round + 1,
                     secs(c.wall),
                     mib(c.peak_kib),
@@ -135,6 +197,7 @@ fn main() {
                     mib(p.peak_kib),
                     p.procs,
                     mib(rss_kib()),
+                    secs(f.wall),
                 );
                 c_wall.push(secs(c.wall));
                 c_mem.push(mib(c.peak_kib));
@@ -146,8 +209,13 @@ fn main() {
             println!("result: concurrency {conc}: cldpd wall {}", spread(&c_wall, "s", 2));
             println!("result: concurrency {conc}: docker run wall {}", spread(&p_wall, "s", 2));
             println!(
-                "result: concurrency {conc}: ratio cldpd / docker run wall (medians) {:.3}",
-                median(&c_wall) / median(&p_wall)
+                "result: concurrency {conc}: docker run with cldpd's flags wall {}",
+                spread(&f_wall, "s", 2)
+            );
+            println!(
+                "result: concurrency {conc}: ratio cldpd / docker run wall (medians) {:.3}; cldpd / docker run with cldpd's flags {:.3}",
+                median(&c_wall) / median(&p_wall),
+                median(&c_wall) / median(&f_wall)
             );
             println!(
                 "result: concurrency {conc}: peak memory cldpd process + docker clients {}",
