@@ -130,7 +130,10 @@ fn start_streams_both_pipes_and_exits_with_the_agent_code_whatever_the_flag_orde
     }
 
     // -v (after the subcommand: global flags go anywhere) shows the build.
-    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    // A fresh state directory: no build recorded, so it builds again (with
+    // the first one's, the image is reused and nothing is built).
+    let fresh = self::state();
+    let mut cmd = cldpd(pod.pods_dir(), fresh.path());
     cmd.args(["start", name, "--issue", ISSUE, "-v"]);
     let out = run(cmd, LIMIT);
     out.expect_code(7);

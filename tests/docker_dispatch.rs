@@ -301,3 +301,51 @@ async fn secrets_reach_the_container_but_never_any_argv() {
     s.stop(Some(Duration::from_secs(5))).await.unwrap();
     assert_nothing_left(&pod);
 }
+
+#[actix::test]
+async fn a_new_dispatcher_reuses_the_image_built_by_an_earlier_one() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub("#!/bin/sh\necho hi\n");
+    let state = tempfile::tempdir().unwrap();
+    let run = || async {
+        // A new dispatcher each time, as each `cldpd start` process is.
+        let d = dispatcher(&pod, &state);
+        let s = d
+            .start(StartRequest::prompt(pod.name(), "go"))
+            .await
+            .unwrap();
+        let events: Vec<Event> = within(120, "a run", s.events().collect()).await;
+        assert_eq!(s.wait().await.unwrap(), 0);
+        let cached = events
+            .iter()
+            .find_map(|e| match &e.kind {
+                EventKind::BuildComplete { cached, .. } => Some(*cached),
+                _ => None,
+            })
+            .unwrap();
+        let build_lines = events
+            .iter()
+            .filter(|e| e.kind.name() == "build_output")
+            .count();
+        (cached, build_lines)
+    };
+    let (cached, lines) = run().await;
+    assert!(!cached && lines > 0, "the first run builds");
+    let (cached, lines) = run().await;
+    assert!(
+        cached && lines == 0,
+        "the second dispatcher runs the recorded image, no docker build"
+    );
+    // The recorded image disappears: the next run notices and builds.
+    let out = support::docker::docker(["rmi", "-f", "--no-prune", &pod.image()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (cached, lines) = run().await;
+    assert!(!cached && lines > 0, "rebuilt after the image was removed");
+    assert_nothing_left(&pod);
+}

@@ -197,7 +197,7 @@ async fn defaults_build_succeeds_and_runs_exit_zero() {
 
     let build = build_events(&rt, "web").await;
     assert!(matches!(&build[0], BuildEvent::Output(l) if l == &["Step 1/1 : FROM scratch"]));
-    assert!(matches!(build[1], BuildEvent::Finished(Ok(()))));
+    assert!(matches!(build[1], BuildEvent::Finished(Ok(_))));
     assert_eq!(build.len(), 2);
 
     let mut run = rt.run(spec("web", "web-1"));
@@ -263,7 +263,7 @@ async fn build_scripts_are_keyed_by_image_then_pod() {
 
     let build = build_events(&rt, "web").await;
     assert!(matches!(&build[0], BuildEvent::Output(l) if l == &["a", "b"]));
-    assert!(matches!(build[1], BuildEvent::Finished(Ok(()))));
+    assert!(matches!(build[1], BuildEvent::Finished(Ok(_))));
     assert!(bounded(rt.image_exists("cldpd-web")).await.unwrap());
     let build = build_events(&rt, "api").await;
     assert!(matches!(&build[0], BuildEvent::Output(l) if l == &["by pod"]));
@@ -306,7 +306,7 @@ async fn build_delay_postpones_the_finish() {
     let t = Instant::now();
     let build = build_events(&rt, "web").await;
     assert!(t.elapsed() >= Duration::from_millis(40));
-    assert!(matches!(build.last(), Some(BuildEvent::Finished(Ok(())))));
+    assert!(matches!(build.last(), Some(BuildEvent::Finished(Ok(_)))));
 }
 
 #[tokio::test]

@@ -367,3 +367,60 @@ async fn a_failed_shared_build_fails_every_waiting_run_with_its_output() {
     assert_eq!(rt.build_count("cldpd-bad"), 1);
     assert_eq!(rt.run_count("bad"), 0);
 }
+
+#[actix::test]
+async fn builds_are_remembered_across_dispatchers_by_image_id() {
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", RunScript::new().exit(0));
+    let build_of = |seen: &Seen| -> bool {
+        seen.all
+            .iter()
+            .find_map(|e| match &e.kind {
+                EventKind::BuildComplete { cached, .. } => Some(*cached),
+                _ => None,
+            })
+            .expect("a build_complete event")
+    };
+    let run_once = |rt: FaultRuntime| {
+        let settings = dirs.settings();
+        async move {
+            // A new dispatcher each time, as a new `cldpd start` process is.
+            let d = Dispatcher::new(settings, rt);
+            let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+            let seen = within(30, "a run", collect(&s)).await;
+            assert_eq!(s.wait().await.unwrap(), 0);
+            seen
+        }
+    };
+    let first = run_once(rt.clone()).await;
+    assert!(!build_of(&first), "the first run builds");
+    let id = "sha256:fault-cldpd-web-1";
+    assert_eq!(
+        rt.runs().last().unwrap().image,
+        id,
+        "runs use the built image's id"
+    );
+    assert_eq!(rt.runs().last().unwrap().labels["cldpd.image"], "cldpd-web");
+
+    let second = run_once(rt.clone()).await;
+    assert!(
+        build_of(&second),
+        "another dispatcher reuses the recorded build"
+    );
+    assert_eq!(rt.build_count("cldpd-web"), 1);
+    assert_eq!(rt.runs().last().unwrap().image, id);
+
+    // The image was removed behind cldpd's back: checked, then rebuilt.
+    rt.remove_image(id);
+    let third = run_once(rt.clone()).await;
+    assert!(!build_of(&third));
+    assert_eq!(rt.build_count("cldpd-web"), 2);
+    assert_eq!(rt.runs().last().unwrap().image, "sha256:fault-cldpd-web-2");
+
+    // Editing the pod means new inputs: built again.
+    std::fs::write(dirs.pods().join("web").join("notes.txt"), "changed").unwrap();
+    let fourth = run_once(rt.clone()).await;
+    assert!(!build_of(&fourth));
+    assert_eq!(rt.build_count("cldpd-web"), 3);
+}

@@ -20,13 +20,13 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use actix::{Recipient, SpawnHandle};
 
-use crate::messages::session::BuildNotice;
-use crate::runtime::BuildSpec;
+use crate::messages::session::{BuildDone, BuildNotice};
+use crate::runtime::{BuildSpec, BuiltImage};
 
 /// Lines of an in-flight build kept for runs that join it late.
 pub const REPLAY_LINES: usize = 500;
@@ -44,20 +44,38 @@ struct InFlight {
     waiters: Vec<Waiter>,
     replay: VecDeque<String>,
     handle: Option<SpawnHandle>,
+    /// A stored memo being checked against Docker (no build yet).
+    stored: Option<Memo>,
+}
+
+/// A successful build remembered: its inputs and what to run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Memo {
+    /// [`fingerprint`] of the inputs, as hex (stable text in the file).
+    fingerprint: String,
+    /// The image id (`sha256:…`), else the tag.
+    run: String,
 }
 
 /// The dispatcher's build bookkeeping (the actor drives the builds).
 #[derive(Default)]
 pub(crate) struct Builds {
-    memo: HashMap<String, u64>,
+    memo: HashMap<String, Memo>,
     inflight: HashMap<String, InFlight>,
     started: u64,
+    /// `<state-dir>/images`: memos of builds by image id, shared by every
+    /// process using this state directory.
+    store: Option<PathBuf>,
 }
 
 /// What the dispatcher must do for a build request.
 pub(crate) enum Join {
-    /// The image is already built from identical inputs.
-    Cached,
+    /// The image is already built from identical inputs: run this (its id).
+    Cached(String),
+    /// A build of these inputs was recorded by another process (or an
+    /// earlier dispatcher): check that its image still exists, then call
+    /// [`Builds::verified`]. Until then further requests join.
+    Verify(String),
     /// Joined a build in flight.
     Joined,
     /// No build in flight: start one (then call [`Builds::started`]).
@@ -65,6 +83,48 @@ pub(crate) enum Join {
 }
 
 impl Builds {
+    /// Bookkeeping whose memos also go to (and come from) `store`.
+    pub(crate) fn with_store(store: PathBuf) -> Self {
+        Builds {
+            store: Some(store),
+            ..Builds::default()
+        }
+    }
+
+    fn store_path(&self, tag: &str) -> Option<PathBuf> {
+        let file = tag
+            .replace('%', "%25")
+            .replace('/', "%2F")
+            .replace(':', "%3A");
+        self.store
+            .as_ref()
+            .map(|dir| dir.join(format!("{file}.json")))
+    }
+
+    /// A memo of `tag` from another process (or an earlier run of this
+    /// one). Only memos with an image id are written, so running it runs
+    /// exactly what was built from these inputs, whatever the tag points
+    /// at now.
+    fn load(&self, tag: &str) -> Option<Memo> {
+        let bytes = std::fs::read(self.store_path(tag)?).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn save(&self, tag: &str, memo: &Memo) {
+        let Some(path) = self.store_path(tag) else {
+            return;
+        };
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(memo).expect("memo serialises")))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::debug!(tag, error = %e, "could not record the build memo");
+        }
+    }
+
     /// Register `session` as needing `spec.image`.
     pub(crate) fn join(
         &mut self,
@@ -73,9 +133,9 @@ impl Builds {
         session: String,
         reply: Recipient<BuildNotice>,
     ) -> Join {
-        if let Some(fp) = fingerprint {
-            if self.memo.get(&spec.image) == Some(&fp) {
-                return Join::Cached;
+        if let Some(fp) = fingerprint.map(|f| format!("{f:016x}")) {
+            if let Some(m) = self.memo.get(&spec.image).filter(|m| m.fingerprint == fp) {
+                return Join::Cached(m.run.clone());
             }
         }
         if let Some(b) = self.inflight.get_mut(&spec.image) {
@@ -85,6 +145,10 @@ impl Builds {
             b.waiters.push(Waiter { session, reply });
             return Join::Joined;
         }
+        let stored = fingerprint
+            .map(|f| format!("{f:016x}"))
+            .and_then(|fp| self.load(&spec.image).filter(|m| m.fingerprint == fp));
+        let verify = stored.as_ref().map(|m| m.run.clone());
         self.inflight.insert(
             spec.image.clone(),
             InFlight {
@@ -92,14 +156,50 @@ impl Builds {
                 waiters: vec![Waiter { session, reply }],
                 replay: VecDeque::new(),
                 handle: None,
+                stored,
             },
         );
-        Join::Start
+        match verify {
+            Some(run) => Join::Verify(run),
+            None => Join::Start,
+        }
+    }
+
+    /// The image of a stored memo for `image` was looked up: it exists
+    /// (every waiter runs it, `cached`; returns true) or not (the memo is
+    /// dropped and the caller starts a real build; returns false).
+    pub(crate) fn verified(&mut self, image: &str, exists: bool) -> bool {
+        let Some(b) = self.inflight.get_mut(image) else {
+            return true; // nobody waits any more
+        };
+        let Some(memo) = b.stored.take() else {
+            return true;
+        };
+        if !exists {
+            self.forget(image);
+            return false;
+        }
+        let b = self.inflight.remove(image).expect("checked above");
+        for w in b.waiters {
+            w.reply.do_send(BuildNotice::Done(Ok(BuildDone {
+                cached: true,
+                image: memo.run.clone(),
+            })));
+        }
+        self.memo.insert(image.to_string(), memo);
+        true
     }
 
     /// Record the future driving the build of `image`.
     pub(crate) fn started(&mut self, image: &str, handle: SpawnHandle) {
         self.started += 1;
+        if let Some(b) = self.inflight.get_mut(image) {
+            b.handle = Some(handle);
+        }
+    }
+
+    /// Record the future checking the stored memo of `image`.
+    pub(crate) fn verifying(&mut self, image: &str, handle: SpawnHandle) {
         if let Some(b) = self.inflight.get_mut(image) {
             b.handle = Some(handle);
         }
@@ -122,13 +222,24 @@ impl Builds {
     }
 
     /// The build of `image` ended.
-    pub(crate) fn finished(&mut self, image: &str, result: Result<(), crate::Error>) {
+    pub(crate) fn finished(&mut self, image: &str, result: Result<BuiltImage, crate::Error>) {
         let Some(b) = self.inflight.remove(image) else {
             return;
         };
+        let run = match &result {
+            Ok(built) => built.id.clone().unwrap_or_else(|| image.to_string()),
+            Err(_) => image.to_string(),
+        };
         match (&result, b.fingerprint) {
-            (Ok(()), Some(fp)) => {
-                self.memo.insert(image.to_string(), fp);
+            (Ok(built), Some(fp)) => {
+                let memo = Memo {
+                    fingerprint: format!("{fp:016x}"),
+                    run: run.clone(),
+                };
+                if built.id.is_some() {
+                    self.save(image, &memo);
+                }
+                self.memo.insert(image.to_string(), memo);
             }
             _ => {
                 self.memo.remove(image);
@@ -137,8 +248,11 @@ impl Builds {
         // One run is reported as the one the image was built for; the
         // others reused its build (`cached`).
         for (i, w) in b.waiters.into_iter().enumerate() {
-            w.reply
-                .do_send(BuildNotice::Done(result.clone().map(|()| i > 0)));
+            let done = result.clone().map(|_| BuildDone {
+                cached: i > 0,
+                image: run.clone(),
+            });
+            w.reply.do_send(BuildNotice::Done(done));
         }
     }
 
@@ -161,6 +275,9 @@ impl Builds {
     /// Forget a memoised build (its image vanished).
     pub(crate) fn forget(&mut self, image: &str) {
         self.memo.remove(image);
+        if let Some(path) = self.store_path(image) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// Builds actually started so far.

@@ -30,7 +30,9 @@ use crate::actors::supervisor::{guard, guarded, guarded_stream, Policy};
 use crate::error::{Error, Result};
 use crate::log::LogWriter;
 use crate::messages::dispatcher::*;
-use crate::messages::session::{Admit, BuildNotice, Enqueued, SessionState, StopSession};
+use crate::messages::session::{
+    Admit, BuildDone, BuildNotice, Enqueued, SessionState, StopSession,
+};
 use crate::owner::Owner;
 use crate::pod::{self, Pod};
 use crate::runtime::{labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, RunSpec, Runtime};
@@ -80,6 +82,7 @@ impl DispatcherActor {
     /// actix system.
     pub fn new(settings: Settings, runtime: Arc<dyn Runtime>) -> Self {
         let resume_policy = Arc::new(settings.policy.clone());
+        let builds = Builds::with_store(settings.state_dir.join("images"));
         DispatcherActor {
             settings: Arc::new(settings),
             runtime,
@@ -90,7 +93,7 @@ impl DispatcherActor {
             queue: VecDeque::new(),
             running: 0,
             adopted: HashMap::new(),
-            builds: Builds::default(),
+            builds,
             pods: PodCache::default(),
             templates: HashMap::new(),
             resume_policy,
@@ -908,9 +911,26 @@ impl Handler<RequestBuild> for DispatcherActor {
             .builds
             .join(&msg.spec, msg.fingerprint, msg.session, msg.reply.clone())
         {
-            Join::Cached => msg.reply.do_send(BuildNotice::Done(Ok(true))),
+            Join::Cached(image) => msg.reply.do_send(BuildNotice::Done(Ok(BuildDone {
+                cached: true,
+                image,
+            }))),
             Join::Joined => {}
             Join::Start => self.start_build(msg.spec, ctx),
+            Join::Verify(id) => {
+                let exists = guarded("the runtime's image_exists", self.runtime.image_exists(&id));
+                let spec = msg.spec;
+                let image = spec.image.clone();
+                let handle = ctx.spawn(actix::fut::wrap_future(exists).map(
+                    move |found, act: &mut Self, ctx| {
+                        let found = matches!(found, Ok(Ok(true)));
+                        if !act.builds.verified(&spec.image, found) {
+                            act.start_build(spec, ctx);
+                        }
+                    },
+                ));
+                self.builds.verifying(&image, handle);
+            }
         }
     }
 }

@@ -103,6 +103,9 @@ struct Stopping {
 pub struct SessionActor {
     id: Arc<str>,
     image: Arc<str>,
+    /// What the containers run: the built image's id once the build is done
+    /// (the tag may move; the id is what was built from these inputs).
+    run_image: Option<Box<str>>,
     plan: Plan,
     policy: Arc<Policy>,
     runtime: Arc<dyn Runtime>,
@@ -139,6 +142,7 @@ impl SessionActor {
         SessionActor {
             id,
             image,
+            run_image: None,
             plan,
             policy,
             runtime,
@@ -218,6 +222,9 @@ impl SessionActor {
                     prompt,
                 } = &**plan;
                 let mut spec = template.run.clone();
+                if let Some(image) = &self.run_image {
+                    spec.image = image.to_string();
+                }
                 spec.session = self.id.to_string();
                 spec.env = env.clone();
                 spec.mounts = mounts.clone();
@@ -570,6 +577,12 @@ impl Drop for SessionActor {
     }
 }
 
+/// Docker's message when the image to run does not exist (removed since it
+/// was built): the next run builds it again.
+fn image_missing(message: &str) -> bool {
+    message.contains("Unable to find image") || message.contains("No such image")
+}
+
 // ----- public messages -------------------------------------------------------
 
 impl Handler<Subscribe> for SessionActor {
@@ -690,11 +703,12 @@ impl Handler<BuildNotice> for SessionActor {
                         .map(|line| EventKind::BuildOutput { line }),
                 );
             }
-            BuildNotice::Done(Ok(cached)) => {
+            BuildNotice::Done(Ok(done)) => {
                 self.emit(EventKind::BuildComplete {
                     image: self.image.to_string(),
-                    cached,
+                    cached: done.cached,
                 });
+                self.run_image = Some(done.image.into_boxed_str());
                 self.start_attempt(ctx);
             }
             BuildNotice::Done(Err(e)) => self.finish(Ending::Failed(e), None, ctx),
@@ -732,8 +746,7 @@ impl Handler<RunnerReport> for SessionActor {
                 self.container_ended(Ending::Exited(code), ctx);
             }
             RunnerEvent::Process(ProcessEvent::Failed(e)) => {
-                if matches!(&e, Error::DockerFailed { message } if message.contains("Unable to find image"))
-                {
+                if matches!(&e, Error::DockerFailed { message } if image_missing(message)) {
                     self.dispatcher.do_send(ForgetImage(self.image.to_string()));
                 }
                 self.container_ended(Ending::Failed(e), ctx);

@@ -155,8 +155,18 @@ pub struct Enqueued {
 pub enum BuildNotice {
     /// Build output lines.
     Lines(Vec<String>),
-    /// The build ended: `Ok(cached)`.
-    Done(Result<bool, Error>),
+    /// The build ended.
+    Done(Result<BuildDone, Error>),
+}
+
+/// A build a run can use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[doc(hidden)]
+pub struct BuildDone {
+    /// This run reused a build instead of causing one.
+    pub cached: bool,
+    /// What to run: the image id when known, else the tag.
+    pub image: String,
 }
 
 /// From the runner: what its container did.

@@ -299,8 +299,16 @@ impl Runtime for DockerCli {
     }
 
     fn build(&self, spec: BuildSpec) -> BoxStream<'static, BuildEvent> {
-        let cmd = self.command(&args::build_args(&spec), &spec.build_args);
-        Box::pin(BuildStream::new(cmd, self.binary.clone(), spec.image))
+        // docker writes the new image's id there: runs use the id.
+        let iidfile =
+            std::env::temp_dir().join(format!("cldpd-iid-{}", uuid::Uuid::new_v4().simple()));
+        let cmd = self.command(&args::build_args(&spec, Some(&iidfile)), &spec.build_args);
+        Box::pin(BuildStream::new(
+            cmd,
+            self.binary.clone(),
+            spec.image,
+            iidfile,
+        ))
     }
 
     fn image_exists(&self, image: &str) -> BoxFuture<'static, Result<bool, Error>> {
@@ -333,7 +341,13 @@ impl Runtime for DockerCli {
         let ctx = ProcessContext {
             kind: Kind::Run,
             binary: self.binary.clone(),
-            image: Some(spec.image.clone()),
+            // For messages: the tag people know rather than the id run.
+            image: Some(
+                spec.labels
+                    .get(labels::IMAGE)
+                    .cloned()
+                    .unwrap_or_else(|| spec.image.clone()),
+            ),
             container: spec.container.clone(),
             command0: spec.command.first().cloned().unwrap_or_default(),
             line_cap: spec.line_cap,
@@ -603,7 +617,7 @@ mod tests {
             }
         }
         assert!(
-            stdout[0].starts_with("argv: run --rm --init --name c1"),
+            stdout[0].starts_with("argv: run --rm --init --pull never --name c1"),
             "{}",
             stdout[0]
         );

@@ -482,6 +482,13 @@ impl FaultRuntime {
         self
     }
 
+    /// Remove an image (tag or id), as `docker rmi` would: `image_exists`
+    /// is false afterwards. Containers already running are not affected.
+    pub fn remove_image(&self, image: &str) -> &Self {
+        self.inner.lock().images.remove(image);
+        self
+    }
+
     /// Record every [`RunSpec`] and [`ExecSpec`] received, for
     /// [`runs`](Self::runs) and [`execs`](Self::execs) (on by default).
     /// Recording keeps a copy of each spec until

@@ -210,7 +210,16 @@ pub enum BuildEvent {
     /// Lines of build output.
     Output(Vec<String>),
     /// The build ended.
-    Finished(Result<(), Error>),
+    Finished(Result<BuiltImage, Error>),
+}
+
+/// A successful build.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuiltImage {
+    /// The image's content id (`sha256:…`), when the backend reports it.
+    /// Runs use it instead of the tag, so that they run exactly what was
+    /// built even if the tag is moved later.
+    pub id: Option<String>,
 }
 
 /// The two signals cldpd sends.

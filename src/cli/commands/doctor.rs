@@ -299,7 +299,7 @@ async fn probe_build(docker: &str) -> Result<(), CliError> {
         .stderr(Stdio::null())
         .status();
     match outcome {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(CliError::new(format!(
             "the probe build did not finish within {}s",

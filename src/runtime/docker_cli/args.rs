@@ -16,7 +16,7 @@ use crate::runtime::{labels, BindMount, BuildSpec, ExecSpec, RunSpec};
 /// `--force-rm` makes the legacy builder (the only one on engines without
 /// buildx) remove the intermediate container of a failed `RUN` step, which
 /// it otherwise leaves behind in state `Created`.
-pub(crate) fn build_args(spec: &BuildSpec) -> Vec<OsString> {
+pub(crate) fn build_args(spec: &BuildSpec, iidfile: Option<&std::path::Path>) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "build".into(),
         "-t".into(),
@@ -25,6 +25,10 @@ pub(crate) fn build_args(spec: &BuildSpec) -> Vec<OsString> {
         spec.dockerfile.clone().into_os_string(),
         "--force-rm".into(),
     ];
+    if let Some(path) = iidfile {
+        args.push("--iidfile".into());
+        args.push(path.as_os_str().to_owned());
+    }
     for (name, _value) in &spec.build_args {
         args.push("--build-arg".into());
         args.push(name.into());
@@ -34,7 +38,7 @@ pub(crate) fn build_args(spec: &BuildSpec) -> Vec<OsString> {
     args
 }
 
-/// `run --rm --init --name <container> [--label k=v]... [-e NAME]...
+/// `run --rm --init --pull never --name <container> [--label k=v]... [-e NAME]...
 /// [--mount type=bind,source=<abs>,target=<t>[,readonly]]... [-w <dir>]
 /// [--cpus N] [--memory <bytes>] [--pids-limit N] <image> <command>...`.
 ///
@@ -46,6 +50,9 @@ pub(crate) fn run_args(spec: &RunSpec) -> Vec<OsString> {
         "run".into(),
         "--rm".into(),
         "--init".into(),
+        // cldpd builds what it runs: never reach for a registry.
+        "--pull".into(),
+        "never".into(),
         "--name".into(),
         spec.container.clone().into(),
     ];
@@ -206,6 +213,8 @@ mod tests {
                 "run",
                 "--rm",
                 "--init",
+                "--pull",
+                "never",
                 "--name",
                 "cldpd-web-0a1b2c3d-0",
                 "--label",
@@ -265,7 +274,7 @@ mod tests {
         };
         assert_eq!(
             strings(&run_args(&spec)),
-            ["run", "--rm", "--init", "--name", "c", "img", "claude"]
+            ["run", "--rm", "--init", "--pull", "never", "--name", "c", "img", "claude"]
         );
     }
 
@@ -320,7 +329,7 @@ mod tests {
             build_args: vec![("NPM_TOKEN".into(), SecretValue::new("npm_secret"))],
             labels,
         };
-        let args = strings(&build_args(&spec));
+        let args = strings(&build_args(&spec, None));
         assert_eq!(
             args,
             [

@@ -416,17 +416,25 @@ pub(crate) struct BuildStream {
     state: State<BuildEvent>,
     binary: PathBuf,
     image: String,
+    iidfile: PathBuf,
     queue: VecDeque<BuildEvent>,
 }
 
 impl BuildStream {
-    pub(crate) fn new(command: Command, binary: PathBuf, image: String) -> Self {
+    pub(crate) fn new(command: Command, binary: PathBuf, image: String, iidfile: PathBuf) -> Self {
         BuildStream {
             state: State::Spawn(Box::new(command)),
             binary,
             image,
+            iidfile,
             queue: VecDeque::new(),
         }
+    }
+}
+
+impl Drop for BuildStream {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.iidfile);
     }
 }
 
@@ -459,7 +467,12 @@ impl Stream for BuildStream {
                         unreachable!()
                     };
                     let Live { child, mut pipes } = *live;
-                    let fut = finish_build(child, pipes.take_tail(), this.image.clone());
+                    let fut = finish_build(
+                        child,
+                        pipes.take_tail(),
+                        this.image.clone(),
+                        this.iidfile.clone(),
+                    );
                     this.state = State::Finishing(Box::pin(fut));
                 }
                 State::Streaming(live) => {
@@ -486,9 +499,19 @@ impl Stream for BuildStream {
     }
 }
 
-async fn finish_build(mut child: Child, tail: Vec<String>, image: String) -> Vec<BuildEvent> {
+async fn finish_build(
+    mut child: Child,
+    tail: Vec<String>,
+    image: String,
+    iidfile: PathBuf,
+) -> Vec<BuildEvent> {
     let result = match child.wait().await {
-        Ok(status) if status.success() => Ok(()),
+        Ok(status) if status.success() => Ok(crate::runtime::BuiltImage {
+            id: std::fs::read_to_string(&iidfile)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+        }),
         Ok(status) => {
             if tail.iter().any(|l| exit::daemon_down(l)) {
                 let down: Vec<String> = tail

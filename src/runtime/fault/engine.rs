@@ -14,8 +14,8 @@ use super::script::{BuildOutcome, OnStart};
 use super::{failed, unavailable, ExecProcess, FaultRuntime, Live, PackedLabels, BUILD_TAIL};
 use crate::error::Error;
 use crate::runtime::{
-    labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, ProcessEvent, RunSpec, Runtime,
-    StopSignal,
+    labels, BuildEvent, BuildSpec, BuiltImage, ContainerInfo, ExecSpec, ProcessEvent, RunSpec,
+    Runtime, StopSignal,
 };
 
 impl Runtime for FaultRuntime {
@@ -37,7 +37,11 @@ impl Runtime for FaultRuntime {
         if reg.unavailable {
             return stream::iter([BuildEvent::Finished(Err(unavailable()))]).boxed();
         }
-        *reg.build_counts.entry(spec.image.clone()).or_default() += 1;
+        let n = {
+            let count = reg.build_counts.entry(spec.image.clone()).or_default();
+            *count += 1;
+            *count
+        };
         let script = reg
             .builds
             .get(&spec.image)
@@ -58,8 +62,11 @@ impl Runtime for FaultRuntime {
             let image = spec.image;
             match &script.outcome {
                 BuildOutcome::Succeed => {
-                    inner.lock().images.insert(image);
-                    BuildEvent::Finished(Ok(()))
+                    let id = format!("sha256:fault-{image}-{n}");
+                    let mut reg = inner.lock();
+                    reg.images.insert(image);
+                    reg.images.insert(id.clone());
+                    BuildEvent::Finished(Ok(BuiltImage { id: Some(id) }))
                 }
                 BuildOutcome::Fail(code) => {
                     let tail =
