@@ -390,6 +390,9 @@ async fn builds_are_remembered_across_dispatchers_by_image_id() {
             let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
             let seen = within(30, "a run", collect(&s)).await;
             assert_eq!(s.wait().await.unwrap(), 0);
+            // Whether checked, rebuilt or reused: the usual order, no gaps.
+            assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+            assert_flow(&seen.flow, START);
             seen
         }
     };
@@ -423,4 +426,5 @@ async fn builds_are_remembered_across_dispatchers_by_image_id() {
     let fourth = run_once(rt.clone()).await;
     assert!(!build_of(&fourth));
     assert_eq!(rt.build_count("cldpd-web"), 3);
+    assert!(rt.running().is_empty(), "{:?}", rt.running());
 }

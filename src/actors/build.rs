@@ -44,8 +44,6 @@ struct InFlight {
     waiters: Vec<Waiter>,
     replay: VecDeque<String>,
     handle: Option<SpawnHandle>,
-    /// A stored memo being checked against Docker (no build yet).
-    stored: Option<Memo>,
 }
 
 /// A successful build remembered: its inputs and what to run.
@@ -55,6 +53,9 @@ struct Memo {
     fingerprint: String,
     /// The image id (`sha256:…`), else the tag.
     run: String,
+    /// Known to exist: built by this dispatcher, or checked since.
+    #[serde(skip)]
+    verified: bool,
 }
 
 /// The dispatcher's build bookkeeping (the actor drives the builds).
@@ -70,12 +71,9 @@ pub(crate) struct Builds {
 
 /// What the dispatcher must do for a build request.
 pub(crate) enum Join {
-    /// The image is already built from identical inputs: run this (its id).
-    Cached(String),
-    /// A build of these inputs was recorded by another process (or an
-    /// earlier dispatcher): check that its image still exists, then call
-    /// [`Builds::verified`]. Until then further requests join.
-    Verify(String),
+    /// The image is already built from identical inputs: run this (its
+    /// id); `verify` when that is only recorded, not known, to exist.
+    Cached { image: String, verify: bool },
     /// Joined a build in flight.
     Joined,
     /// No build in flight: start one (then call [`Builds::started`]).
@@ -135,7 +133,18 @@ impl Builds {
     ) -> Join {
         if let Some(fp) = fingerprint.map(|f| format!("{f:016x}")) {
             if let Some(m) = self.memo.get(&spec.image).filter(|m| m.fingerprint == fp) {
-                return Join::Cached(m.run.clone());
+                return Join::Cached {
+                    image: m.run.clone(),
+                    verify: !m.verified,
+                };
+            }
+            if let Some(m) = self.load(&spec.image).filter(|m| m.fingerprint == fp) {
+                let image = m.run.clone();
+                self.memo.insert(spec.image.clone(), m);
+                return Join::Cached {
+                    image,
+                    verify: true,
+                };
             }
         }
         if let Some(b) = self.inflight.get_mut(&spec.image) {
@@ -145,10 +154,6 @@ impl Builds {
             b.waiters.push(Waiter { session, reply });
             return Join::Joined;
         }
-        let stored = fingerprint
-            .map(|f| format!("{f:016x}"))
-            .and_then(|fp| self.load(&spec.image).filter(|m| m.fingerprint == fp));
-        let verify = stored.as_ref().map(|m| m.run.clone());
         self.inflight.insert(
             spec.image.clone(),
             InFlight {
@@ -156,50 +161,21 @@ impl Builds {
                 waiters: vec![Waiter { session, reply }],
                 replay: VecDeque::new(),
                 handle: None,
-                stored,
             },
         );
-        match verify {
-            Some(run) => Join::Verify(run),
-            None => Join::Start,
-        }
+        Join::Start
     }
 
-    /// The image of a stored memo for `image` was looked up: it exists
-    /// (every waiter runs it, `cached`; returns true) or not (the memo is
-    /// dropped and the caller starts a real build; returns false).
-    pub(crate) fn verified(&mut self, image: &str, exists: bool) -> bool {
-        let Some(b) = self.inflight.get_mut(image) else {
-            return true; // nobody waits any more
-        };
-        let Some(memo) = b.stored.take() else {
-            return true;
-        };
-        if !exists {
-            self.forget(image);
-            return false;
+    /// A session found the recorded image of `image` where it should be.
+    pub(crate) fn checked(&mut self, image: &str) {
+        if let Some(m) = self.memo.get_mut(image) {
+            m.verified = true;
         }
-        let b = self.inflight.remove(image).expect("checked above");
-        for w in b.waiters {
-            w.reply.do_send(BuildNotice::Done(Ok(BuildDone {
-                cached: true,
-                image: memo.run.clone(),
-            })));
-        }
-        self.memo.insert(image.to_string(), memo);
-        true
     }
 
     /// Record the future driving the build of `image`.
     pub(crate) fn started(&mut self, image: &str, handle: SpawnHandle) {
         self.started += 1;
-        if let Some(b) = self.inflight.get_mut(image) {
-            b.handle = Some(handle);
-        }
-    }
-
-    /// Record the future checking the stored memo of `image`.
-    pub(crate) fn verifying(&mut self, image: &str, handle: SpawnHandle) {
         if let Some(b) = self.inflight.get_mut(image) {
             b.handle = Some(handle);
         }
@@ -235,6 +211,7 @@ impl Builds {
                 let memo = Memo {
                     fingerprint: format!("{fp:016x}"),
                     run: run.clone(),
+                    verified: true,
                 };
                 if built.id.is_some() {
                     self.save(image, &memo);
@@ -251,6 +228,7 @@ impl Builds {
             let done = result.clone().map(|_| BuildDone {
                 cached: i > 0,
                 image: run.clone(),
+                verify: false,
             });
             w.reply.do_send(BuildNotice::Done(done));
         }

@@ -911,27 +911,22 @@ impl Handler<RequestBuild> for DispatcherActor {
             .builds
             .join(&msg.spec, msg.fingerprint, msg.session, msg.reply.clone())
         {
-            Join::Cached(image) => msg.reply.do_send(BuildNotice::Done(Ok(BuildDone {
+            Join::Cached { image, verify } => msg.reply.do_send(BuildNotice::Done(Ok(BuildDone {
                 cached: true,
                 image,
+                verify,
             }))),
             Join::Joined => {}
             Join::Start => self.start_build(msg.spec, ctx),
-            Join::Verify(id) => {
-                let exists = guarded("the runtime's image_exists", self.runtime.image_exists(&id));
-                let spec = msg.spec;
-                let image = spec.image.clone();
-                let handle = ctx.spawn(actix::fut::wrap_future(exists).map(
-                    move |found, act: &mut Self, ctx| {
-                        let found = matches!(found, Ok(Ok(true)));
-                        if !act.builds.verified(&spec.image, found) {
-                            act.start_build(spec, ctx);
-                        }
-                    },
-                ));
-                self.builds.verifying(&image, handle);
-            }
         }
+    }
+}
+
+impl Handler<ImageFound> for DispatcherActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ImageFound, _ctx: &mut Context<Self>) {
+        self.builds.checked(&msg.0);
     }
 }
 

@@ -14,7 +14,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 
 use crate::actors::supervisor::{guard, guarded, guarded_stream};
 use crate::error::Error;
-use crate::messages::runner::{Release, Signal};
+use crate::messages::runner::{Abandon, Release, Signal};
 use crate::messages::session::{RunnerEvent, RunnerReport};
 use crate::runtime::{ExecSpec, ProcessEvent, RunSpec, Runtime};
 
@@ -42,7 +42,7 @@ pub struct RunnerActor {
     runtime: Arc<dyn Runtime>,
     /// Shared with the output pump (one sender, not two).
     session: Arc<Recipient<RunnerReport>>,
-    attempt: u32,
+    generation: u32,
     container: String,
     /// For an exec job, its spec: signals go to that process, not to the
     /// container. Boxed, as is the job: the actor stays small.
@@ -53,17 +53,19 @@ pub struct RunnerActor {
 }
 
 impl RunnerActor {
-    /// A runner for `job`, reporting to `session` tagged with `attempt`.
+    /// A runner for `job`, reporting to `session` tagged with `generation`
+    /// (the session numbers its runners, so reports of an old one are told
+    /// apart).
     pub fn new(
         runtime: Arc<dyn Runtime>,
         session: Recipient<RunnerReport>,
-        attempt: u32,
+        generation: u32,
         job: Job,
     ) -> Self {
         RunnerActor {
             runtime,
             session: Arc::new(session),
-            attempt,
+            generation,
             container: job.container().to_string(),
             exec: match &job {
                 Job::Exec(spec) => Some(Box::new(spec.clone())),
@@ -90,13 +92,13 @@ impl Actor for RunnerActor {
             Err(e) => stream::once(async move { ProcessEvent::Failed(e) }).boxed(),
         };
         let session = self.session.clone();
-        let attempt = self.attempt;
+        let generation = self.generation;
         let pump = async move {
             let mut events = events;
             while let Some(ev) = events.next().await {
                 let terminal = matches!(ev, ProcessEvent::Exited { .. } | ProcessEvent::Failed(_));
                 let report = RunnerReport {
-                    attempt,
+                    generation,
                     event: RunnerEvent::Process(ev),
                 };
                 if session.send(report).await.is_err() || terminal {
@@ -108,7 +110,7 @@ impl Actor for RunnerActor {
             };
             let _ = session
                 .send(RunnerReport {
-                    attempt,
+                    generation,
                     event: RunnerEvent::Process(ProcessEvent::Failed(lost)),
                 })
                 .await;
@@ -130,7 +132,7 @@ impl Handler<Signal> for RunnerActor {
         let container = self.container.clone();
         let exec = self.exec.clone();
         let session = self.session.clone();
-        let attempt = self.attempt;
+        let generation = self.generation;
         // Detached: a signal in flight is never cancelled by the runner
         // stopping (its container may outlive it).
         actix::spawn(async move {
@@ -144,11 +146,26 @@ impl Handler<Signal> for RunnerActor {
             };
             if let Err(e) = result {
                 session.do_send(RunnerReport {
-                    attempt,
+                    generation,
                     event: RunnerEvent::SignalFailed(sig, e),
                 });
             }
         });
+    }
+}
+
+impl Handler<Abandon> for RunnerActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Abandon, _ctx: &mut Context<Self>) -> Self::Result {
+        let remove = guarded("the runtime's remove", self.runtime.remove(&self.container));
+        Box::pin(actix::fut::wrap_future(remove).map(|removed, act: &mut Self, ctx| {
+            if let Ok(Err(e)) | Err(e) = removed {
+                tracing::warn!(container = %act.container, error = %e, "could not remove an abandoned container");
+            }
+            act.ended = true;
+            ctx.stop();
+        }))
     }
 }
 
@@ -165,7 +182,7 @@ impl Drop for RunnerActor {
     fn drop(&mut self) {
         if !self.ended {
             self.session.do_send(RunnerReport {
-                attempt: self.attempt,
+                generation: self.generation,
                 event: RunnerEvent::Lost,
             });
         }

@@ -29,8 +29,8 @@ use crate::actors::runner::{Job, RunnerActor};
 use crate::actors::supervisor::{guarded, Decision, Ending, Policy, RestartTracker};
 use crate::error::{Error, TimeoutKind};
 use crate::event::{Event, EventData, EventKind};
-use crate::messages::dispatcher::{ForgetImage, RequestBuild, SessionEnded};
-use crate::messages::runner::{Release, Signal};
+use crate::messages::dispatcher::{ForgetImage, ImageFound, RequestBuild, SessionEnded};
+use crate::messages::runner::{Abandon, Release, Signal};
 use crate::messages::session::*;
 use crate::runtime::{
     labels, BindMount, BuildSpec, ExecSpec, ProcessEvent, RunSpec, Runtime, SecretValue, StopSignal,
@@ -115,6 +115,11 @@ pub struct SessionActor {
     phase: Phase,
     seq: u64,
     attempt: u32,
+    /// Number of the current runner (reports of older ones are ignored).
+    generation: u32,
+    /// Set while a recorded image is being checked: the container already
+    /// starts, its reports wait here (boxed: rare).
+    checking: Option<Box<Checking>>,
     runner: Option<Addr<RunnerActor>>,
     container: Option<String>,
     tracker: RestartTracker,
@@ -152,6 +157,8 @@ impl SessionActor {
             phase: Phase::Created,
             seq: 0,
             attempt: 0,
+            generation: 0,
+            checking: None,
             runner: None,
             container: None,
             tracker: RestartTracker::default(),
@@ -259,10 +266,11 @@ impl SessionActor {
             Plan::Resume { exec } => Job::Exec((**exec).clone()),
         };
         let container = job.container().to_string();
+        self.generation += 1;
         let runner = RunnerActor::new(
             self.runtime.clone(),
             ctx.address().recipient(),
-            self.attempt,
+            self.generation,
             job,
         );
         self.runner = Some(runner.start());
@@ -577,6 +585,12 @@ impl Drop for SessionActor {
     }
 }
 
+/// Runner reports held while a recorded image is checked.
+struct Checking {
+    cached: bool,
+    reports: Vec<RunnerEvent>,
+}
+
 /// Docker's message when the image to run does not exist (removed since it
 /// was built): the next run builds it again.
 fn image_missing(message: &str) -> bool {
@@ -703,6 +717,26 @@ impl Handler<BuildNotice> for SessionActor {
                         .map(|line| EventKind::BuildOutput { line }),
                 );
             }
+            BuildNotice::Done(Ok(done)) if done.verify => {
+                // Recorded by another process: check the image exists while
+                // the container starts; report nothing until it is known.
+                let check = guarded(
+                    "the runtime's image_exists",
+                    self.runtime.image_exists(&done.image),
+                );
+                ctx.spawn(
+                    actix::fut::wrap_future(check).map(|found, act: &mut Self, ctx| {
+                        act.image_checked(matches!(found, Ok(Ok(true))), ctx);
+                        act.flush(ctx);
+                    }),
+                );
+                self.checking = Some(Box::new(Checking {
+                    cached: done.cached,
+                    reports: Vec::new(),
+                }));
+                self.run_image = Some(done.image.into_boxed_str());
+                self.start_attempt(ctx);
+            }
             BuildNotice::Done(Ok(done)) => {
                 self.emit(EventKind::BuildComplete {
                     image: self.image.to_string(),
@@ -723,10 +757,21 @@ impl Handler<RunnerReport> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: RunnerReport, ctx: &mut Context<Self>) {
-        if msg.attempt != self.attempt || self.phase != Phase::Running {
-            return; // a report from a runner of an earlier attempt
+        if msg.generation != self.generation || self.phase != Phase::Running {
+            return; // a report from an earlier runner
         }
-        match msg.event {
+        if let Some(checking) = &mut self.checking {
+            checking.reports.push(msg.event);
+            return;
+        }
+        self.runner_event(msg.event, ctx);
+        self.flush(ctx);
+    }
+}
+
+impl SessionActor {
+    fn runner_event(&mut self, event: RunnerEvent, ctx: &mut Context<Self>) {
+        match event {
             RunnerEvent::Process(ProcessEvent::Started { container }) => {
                 self.last_output = Instant::now();
                 self.emit(EventKind::ContainerStarted {
@@ -771,6 +816,70 @@ impl Handler<RunnerReport> for SessionActor {
                 self.finish(Ending::Failed(err), container, ctx);
             }
         }
-        self.flush(ctx);
+    }
+
+    /// The recorded image was looked up. Found: the build is complete and
+    /// the held reports go out. Gone: the container cannot have run it;
+    /// that runner is dropped, the record forgotten, and the image built.
+    fn image_checked(&mut self, found: bool, ctx: &mut Context<Self>) {
+        let Some(checking) = self.checking.take() else {
+            return;
+        };
+        if self.phase == Phase::Ended {
+            return;
+        }
+        if found {
+            self.dispatcher.do_send(ImageFound(self.image.to_string()));
+            self.emit(EventKind::BuildComplete {
+                image: self.image.to_string(),
+                cached: checking.cached,
+            });
+            for event in checking.reports {
+                if self.phase != Phase::Running {
+                    break;
+                }
+                self.runner_event(event, ctx);
+            }
+            return;
+        }
+        tracing::info!(session = %self.id, image = %self.image, "the recorded image is gone; building it");
+        self.generation += 1;
+        let runner = self.runner.take();
+        self.dispatcher.do_send(ForgetImage(self.image.to_string()));
+        self.run_image = None;
+        if let Some(stopping) = self.stopping.take() {
+            // Stopped while checking: no container ran.
+            if let Some(t) = stopping.timer {
+                ctx.cancel_future(t);
+            }
+            if let Some(runner) = runner {
+                runner.do_send(Abandon);
+            }
+            return self.finish(Ending::Failed(Error::Stopped), None, ctx);
+        }
+        self.phase = Phase::Building;
+        self.set_state(SessionState::Building);
+        // The attempt's container name is used again: the abandoned runner
+        // removes whatever it started under it before the new build's run.
+        ctx.spawn(
+            actix::fut::wrap_future(async move {
+                if let Some(runner) = runner {
+                    let _ = runner.send(Abandon).await;
+                }
+            })
+            .map(|(), act: &mut Self, ctx| {
+                if act.phase != Phase::Building {
+                    return;
+                }
+                if let Plan::Start(plan) = &act.plan {
+                    act.dispatcher.do_send(RequestBuild {
+                        session: act.id.to_string(),
+                        spec: plan.template.build.clone(),
+                        fingerprint: build::fingerprint(&plan.template.build),
+                        reply: ctx.address().recipient(),
+                    });
+                }
+            }),
+        );
     }
 }

@@ -266,6 +266,12 @@ pub struct RequestBuild {
     pub reply: Recipient<BuildNotice>,
 }
 
+/// From a session: the recorded image of this tag exists (checked).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+#[doc(hidden)]
+pub struct ImageFound(pub String);
+
 /// From a session: the image of a memoised build has vanished.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

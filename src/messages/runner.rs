@@ -15,3 +15,10 @@ pub struct Signal(pub StopSignal);
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct Release;
+
+/// Force-remove the runner's container, then stop (its run is void: the
+/// session found the image it was started with gone). Resolves once the
+/// container is removed.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Abandon;

@@ -167,15 +167,25 @@ pub struct BuildDone {
     pub cached: bool,
     /// What to run: the image id when known, else the tag.
     pub image: String,
+    /// The build was recorded by another process and not yet checked in
+    /// this one: the session checks the image still exists (while its
+    /// container already starts) before it reports the build complete.
+    pub verify: bool,
 }
+
+/// From the dispatcher: whether a recorded image still exists.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+#[doc(hidden)]
+pub struct ImageChecked(pub bool);
 
 /// From the runner: what its container did.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 #[doc(hidden)]
 pub struct RunnerReport {
-    /// The attempt the runner was started for.
-    pub attempt: u32,
+    /// Which of the session's runners sent it (the session numbers them).
+    pub generation: u32,
     /// What happened.
     pub event: RunnerEvent,
 }
