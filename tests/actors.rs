@@ -864,3 +864,32 @@ async fn an_unwritable_log_ends_the_run_with_an_error_event() {
     assert!(matches!(s.wait().await, Err(Error::Log { .. })));
     assert!(rt.running().is_empty(), "the run was stopped");
 }
+
+#[actix::test]
+async fn a_runner_that_dies_ends_its_run_with_an_error_and_its_container_removed() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(2).hang());
+    let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    within(20, "running", wait_running(&s)).await;
+    s.info()
+        .addr
+        .do_send(cldpd::messages::session::InjectRunnerPanic);
+    let seen = within(20, "the run", collect(&s)).await;
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+    match &seen.terminal.unwrap().kind {
+        EventKind::Error { code, message } => {
+            assert_eq!(code, "internal");
+            assert!(message.contains("runner"), "{message}");
+        }
+        k => panic!("{k:?}"),
+    }
+    let removed = async {
+        while rt.running().contains(&s.id().to_string()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within(10, "the container's removal", removed).await;
+    let again = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    within(20, "a new run", wait_running(&again)).await;
+    again.stop(Some(Duration::ZERO)).await.unwrap();
+}

@@ -14,7 +14,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 
 use crate::actors::supervisor::{guard, guarded, guarded_stream};
 use crate::error::Error;
-use crate::messages::runner::{Abandon, Release, Signal};
+use crate::messages::runner::{Abandon, InjectPanic, Release, Signal};
 use crate::messages::session::{RunnerEvent, RunnerReport};
 use crate::runtime::{ExecSpec, ProcessEvent, RunSpec, Runtime};
 
@@ -166,6 +166,17 @@ impl Handler<Abandon> for RunnerActor {
             act.ended = true;
             ctx.stop();
         }))
+    }
+}
+
+impl Handler<InjectPanic> for RunnerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _ctx: &mut Context<Self>) {
+        panic!(
+            "panic injected into the runner of {} (InjectPanic)",
+            self.container
+        );
     }
 }
 

@@ -642,6 +642,16 @@ impl Handler<InjectPanic> for SessionActor {
     }
 }
 
+impl Handler<InjectRunnerPanic> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectRunnerPanic, _ctx: &mut Context<Self>) {
+        if let Some(runner) = &self.runner {
+            runner.do_send(crate::messages::runner::InjectPanic);
+        }
+    }
+}
+
 impl Handler<GetStatus> for SessionActor {
     type Result = MessageResult<GetStatus>;
 

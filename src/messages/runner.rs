@@ -22,3 +22,10 @@ pub struct Release;
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct Abandon;
+
+/// Fault injection: make the runner actor panic inside its handler (see
+/// [`crate::messages::session::InjectPanic`]; sent through
+/// [`crate::messages::session::InjectRunnerPanic`]).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct InjectPanic;

@@ -209,3 +209,10 @@ pub enum RunnerEvent {
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct InjectPanic;
+
+/// Fault injection: make the session's current runner actor panic (the
+/// runner dies; the session must end the run with an `error` event and the
+/// container removed). For supervision tests.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct InjectRunnerPanic;
