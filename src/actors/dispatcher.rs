@@ -7,7 +7,7 @@
 //!   session's log, starts a [`SessionActor`] on one of its worker threads
 //!   (round robin) and admits it, or queues it FIFO when `max_concurrent`
 //!   containers already run.
-//! - Builds go through [`Builds`](super::build): one per tag at a time,
+//! - Builds go through the crate's build coordinator: one per tag at a time,
 //!   shared, memoised.
 //! - `Resume`, `Stop` and `ListRuns` consult Docker's labels, so they work
 //!   for runs of other processes too.

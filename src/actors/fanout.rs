@@ -1,7 +1,7 @@
 //! Fan-out of one session's events to its subscribers: lossless, in order,
 //! bounded in memory, and never blocked by a subscriber.
 //!
-//! Each session owns a [`Hub`] (on the session's own thread). Publishing an
+//! Each session owns a `Hub` (on the session's own thread). Publishing an
 //! event appends it to the session log and offers it to every subscriber
 //! with a non-blocking `try_send`:
 //!

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The session numbers its events (`seq` from 1, no gaps), appends them to
-//! its log and fans them out ([`fanout`](super::fanout)); applies the
+//! its log and fans them out ([`fanout`]); applies the
 //! restart policy and timeouts ([`supervisor`](super::supervisor)); and runs
 //! the stop escalation: SIGTERM, the grace period, SIGKILL, then
 //! `kill_timeout` before giving up with [`Error::StopFailed`]. The actor
