@@ -161,6 +161,48 @@ async fn an_agent_that_ignores_sigterm_is_killed_after_the_grace() {
     assert_nothing_left(&pod);
 }
 
+/// A stop that arrives as the `docker run` client has just been spawned,
+/// before the daemon has created (or started) the container, must still
+/// deliver SIGTERM: the agent gets its graceful exit, not a SIGKILL after
+/// the whole grace.
+#[actix::test]
+async fn a_stop_right_after_the_start_still_delivers_sigterm() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(
+        "#!/bin/sh\ntrap 'echo got-term; exit 0' TERM\necho ready\nwhile :; do sleep 1 & wait $!; done\n",
+    );
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "go"))
+        .await
+        .unwrap();
+    let mut events = s.events();
+    within(
+        120,
+        "container_started",
+        until(&mut events, |e| e.kind.name() == "container_started"),
+    )
+    .await;
+    // A grace far longer than the test's bound: if SIGTERM were lost, the
+    // run would only end with the SIGKILL after it (exit 137).
+    let code = within(50, "the stop", s.stop(Some(Duration::from_secs(60))))
+        .await
+        .unwrap();
+    assert!(
+        code == 0 || code == 143,
+        "SIGTERM did not reach the agent: exit {code}"
+    );
+    let rest: Vec<Event> = events.collect().await;
+    assert!(matches!(
+        rest.last().unwrap().kind,
+        EventKind::ContainerExited { .. }
+    ));
+    assert_nothing_left(&pod);
+}
+
 #[actix::test]
 async fn resume_from_a_second_dispatcher_reaches_the_same_conversation() {
     if !require_docker() {

@@ -51,7 +51,11 @@
 //! the `run`/`exec` clients are not killed when their stream is dropped;
 //! stopping always goes through `docker kill` / `docker stop` /
 //! `docker rm -f` by container name. Short admin commands run under a
-//! timeout and are killed when it fires.
+//! timeout and are killed when it fires. A run counts as started when its
+//! client is spawned, before the daemon has created the container: a
+//! signal that finds no container while that client still runs is asked
+//! again (10 ms, doubling to 200 ms) until the container exists, so a stop
+//! right after a start still delivers SIGTERM.
 //!
 //! ```no_run
 //! use cldpd::runtime::{DockerCli, Runtime};
@@ -64,6 +68,7 @@
 
 mod admin;
 mod args;
+mod clients;
 mod exit;
 mod inspect;
 mod stream;
@@ -75,11 +80,12 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::process::Command;
 
 pub(crate) use self::admin::spawn_error;
 use self::admin::{run_admin, runtime_failed, stop_result, unavailable, AdminError, AdminOutput};
+use self::clients::Clients;
 use self::exit::Kind;
 use self::stream::{BuildStream, ProcessContext, ProcessStream};
 use crate::error::Error;
@@ -130,6 +136,8 @@ const STOP_SLACK: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct DockerCli {
     binary: PathBuf,
+    /// `docker run` clients of this process still running (shared by clones).
+    clients: Clients,
 }
 
 impl Default for DockerCli {
@@ -162,6 +170,7 @@ impl DockerCli {
     pub fn with_binary(binary: impl Into<PathBuf>) -> Self {
         DockerCli {
             binary: binary.into(),
+            clients: Clients::default(),
         }
     }
 
@@ -352,7 +361,16 @@ impl Runtime for DockerCli {
             command0: spec.command.first().cloned().unwrap_or_default(),
             line_cap: spec.line_cap,
         };
-        Box::pin(ProcessStream::new(cmd, ctx))
+        // Counted as running until its process has ended (or the stream is
+        // dropped), so that a signal in the meantime waits for the
+        // container to exist (see `signal`).
+        let mut client = Some(self.clients.track(&spec.container));
+        Box::pin(ProcessStream::new(cmd, ctx).map(move |event| {
+            if matches!(event, ProcessEvent::Exited { .. } | ProcessEvent::Failed(_)) {
+                client.take();
+            }
+            event
+        }))
     }
 
     fn exec(&self, spec: ExecSpec) -> BoxStream<'static, ProcessEvent> {
@@ -370,12 +388,31 @@ impl Runtime for DockerCli {
     }
 
     fn signal(&self, container: &str, signal: StopSignal) -> BoxFuture<'static, Result<(), Error>> {
-        let fut = self.admin(
-            &["kill", "--signal", signal.name(), container],
-            ADMIN_TIMEOUT,
-        );
+        let this = self.clone();
         let container = container.to_string();
-        async move { stop_result(fut.await, "kill", &container) }.boxed()
+        async move {
+            let args = ["kill", "--signal", signal.name(), &container];
+            let mut delays = clients::retry_delays();
+            let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+            loop {
+                let out = this.admin(&args, ADMIN_TIMEOUT).await;
+                let not_yet = matches!(&out, Ok(o) if !o.success && exit::container_gone(&o.stderr));
+                // "No such container" while our `docker run` client of it
+                // still runs: the daemon has not created (or started) it
+                // yet. Ask again rather than lose the signal.
+                if not_yet
+                    && this.clients.running(&container)
+                    && tokio::time::Instant::now() < deadline
+                {
+                    let delay = delays.next().unwrap_or(ADMIN_TIMEOUT);
+                    tracing::debug!(%container, ?delay, "signal before the container exists: asking again");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                return stop_result(out, "kill", &container);
+            }
+        }
+        .boxed()
     }
 
     fn signal_exec(
