@@ -266,6 +266,24 @@ async fn resume_from_a_second_dispatcher_reaches_the_same_conversation() {
         .unwrap(),
         5
     );
+    // A follow-up stopped as soon as it counts as started (its exec may
+    // not run yet) still gets SIGTERM, not a SIGKILL after the grace.
+    let early = second.resume(s.id(), "wait").await.unwrap();
+    let mut e = early.events();
+    within(
+        60,
+        "the follow-up's start",
+        until(&mut e, |e| e.kind.name() == "container_started"),
+    )
+    .await;
+    let code = within(
+        50,
+        "stop the follow-up at once",
+        early.stop(Some(Duration::from_secs(60))),
+    )
+    .await
+    .unwrap();
+    assert!(code == 5 || code == 143, "SIGTERM was lost: exit {code}");
     assert!(
         matches!(s.state(), cldpd::SessionState::Running { .. }),
         "{:?}",

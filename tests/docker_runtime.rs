@@ -575,6 +575,101 @@ async fn term_reaches_an_agent_that_traps_it() {
     assert_no_leftovers(&pod);
 }
 
+/// A run counts as started when its client is spawned; a SIGTERM sent in
+/// the next instant, before the daemon has created the container, is
+/// delivered once the container exists instead of being taken for "gone"
+/// (which would leave this container running until the test's bound).
+#[tokio::test]
+async fn term_sent_before_the_container_exists_is_delivered() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(
+        "#!/bin/sh\ntrap 'echo got-term; exit 0' TERM\necho ready\nwhile :; do sleep 1 & wait $!; done\n",
+    );
+    pod.build_image();
+    let docker = DockerCli::new();
+    let container = pod.container_name("ear1");
+    bounded(async {
+        let mut stream = docker.run(run_spec(&pod, &container, &["claude"]));
+        let mut seen = Seen::default();
+        let first = stream.next().await.expect("Started");
+        assert!(matches!(first, ProcessEvent::Started { .. }), "{first:?}");
+        seen.events.push(first);
+        let (signalled, ()) = tokio::join!(
+            docker.signal(&container, StopSignal::Term),
+            read_to_end(&mut stream, &mut seen)
+        );
+        signalled.unwrap();
+        seen.assert_well_formed();
+        match seen.terminal() {
+            // Trapped, or arrived before the trap was set.
+            ProcessEvent::Exited { code: 0 | 143 } => {}
+            other => panic!("{other:?}"),
+        }
+    })
+    .await;
+    assert_no_leftovers(&pod);
+}
+
+/// Signals to a follow-up (`docker exec`) reach its process even when sent
+/// as its client has just been spawned, and a signal to one that has
+/// already ended is not an error.
+#[tokio::test]
+async fn exec_signals_reach_a_starting_exec_and_tolerate_an_ended_one() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(IDLE_STUB);
+    pod.build_image();
+    let docker = DockerCli::new();
+    let container = pod.container_name("exs1");
+    bounded(async {
+        let mut stream = docker.run(run_spec(&pod, &container, &["claude"]));
+        let mut seen = Seen::default();
+        read_until(&mut stream, &mut seen, is_line("ready")).await;
+
+        let exec = ExecSpec {
+            container: container.clone(),
+            command: [
+                "sh",
+                "-c",
+                "trap 'exit 5' TERM; while :; do sleep 1 & wait $!; done",
+                "--follow-up",
+            ]
+            .map(String::from)
+            .to_vec(),
+            workdir: None,
+            line_cap: DEFAULT_LINE_CAP,
+        };
+        let mut out = Seen::default();
+        let mut follow_up = docker.exec(exec.clone());
+        let first = follow_up.next().await.expect("Started");
+        assert!(matches!(first, ProcessEvent::Started { .. }), "{first:?}");
+        out.events.push(first);
+        let (signalled, ()) = tokio::join!(
+            docker.signal_exec(&exec, StopSignal::Term),
+            read_to_end(&mut follow_up, &mut out)
+        );
+        signalled.unwrap();
+        match out.terminal() {
+            ProcessEvent::Exited { code: 5 | 143 } => {}
+            other => panic!("{other:?}"),
+        }
+        // Ended: signalling it again finds nothing and is fine.
+        docker.signal_exec(&exec, StopSignal::Kill).await.unwrap();
+        // The run itself was not touched.
+        docker.signal(&container, StopSignal::Kill).await.unwrap();
+        read_to_end(&mut stream, &mut seen).await;
+        assert!(matches!(
+            seen.terminal(),
+            ProcessEvent::Exited { code: 137 }
+        ));
+    })
+    .await;
+    assert_no_leftovers(&pod);
+}
+
 /// Ticks every 0.2 s and ignores SIGTERM.
 const STUBBORN_STUB: &str =
     "#!/bin/sh\ntrap '' TERM\necho ready\ni=0\nwhile :; do i=$((i+1)); echo \"tick $i\"; sleep 0.2; done\n";

@@ -260,6 +260,49 @@ impl DockerCli {
         let binary = self.binary.clone();
         async move { run_admin(cmd, &binary, limit).await }.boxed()
     }
+
+    /// `stream` of a `run` or `exec` client, counted in `clients` under
+    /// `key` until its process has ended or the stream is dropped.
+    fn tracked(&self, key: &str, stream: ProcessStream) -> BoxStream<'static, ProcessEvent> {
+        let mut client = Some(self.clients.track(key));
+        Box::pin(stream.map(move |event| {
+            if matches!(event, ProcessEvent::Exited { .. } | ProcessEvent::Failed(_)) {
+                client.take();
+            }
+            event
+        }))
+    }
+
+    /// Run an admin command; while its answer is `not_yet` and the client
+    /// tracked under `key` still runs (its container or process does not
+    /// exist *yet*), ask again after a growing delay, for at most
+    /// `ADMIN_TIMEOUT`. A signal sent right after a start is thus not lost.
+    fn admin_while_starting(
+        &self,
+        key: String,
+        args: Vec<String>,
+        not_yet: fn(&AdminOutput) -> bool,
+    ) -> BoxFuture<'static, Result<AdminOutput, AdminError>> {
+        let this = self.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut delays = clients::retry_delays();
+            let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+            loop {
+                let out = this.admin(&args, ADMIN_TIMEOUT).await;
+                let retry = matches!(&out, Ok(o) if not_yet(o))
+                    && this.clients.running(&key)
+                    && tokio::time::Instant::now() < deadline;
+                if !retry {
+                    return out;
+                }
+                let delay = delays.next().unwrap_or(ADMIN_TIMEOUT);
+                tracing::debug!(%key, ?delay, "signal before its target exists: asking again");
+                tokio::time::sleep(delay).await;
+            }
+        }
+        .boxed()
+    }
 }
 
 /// Find `binary` on our own `PATH` when it is a bare name.
@@ -364,13 +407,7 @@ impl Runtime for DockerCli {
         // Counted as running until its process has ended (or the stream is
         // dropped), so that a signal in the meantime waits for the
         // container to exist (see `signal`).
-        let mut client = Some(self.clients.track(&spec.container));
-        Box::pin(ProcessStream::new(cmd, ctx).map(move |event| {
-            if matches!(event, ProcessEvent::Exited { .. } | ProcessEvent::Failed(_)) {
-                client.take();
-            }
-            event
-        }))
+        self.tracked(&spec.container, ProcessStream::new(cmd, ctx))
     }
 
     fn exec(&self, spec: ExecSpec) -> BoxStream<'static, ProcessEvent> {
@@ -384,35 +421,20 @@ impl Runtime for DockerCli {
             command0: spec.command.first().cloned().unwrap_or_default(),
             line_cap: spec.line_cap,
         };
-        Box::pin(ProcessStream::new(cmd, ctx))
+        self.tracked(&exec_key(&spec), ProcessStream::new(cmd, ctx))
     }
 
     fn signal(&self, container: &str, signal: StopSignal) -> BoxFuture<'static, Result<(), Error>> {
-        let this = self.clone();
+        let args = ["kill", "--signal", signal.name(), container]
+            .map(String::from)
+            .to_vec();
+        // "No such container" (or "is not running") while our `docker run`
+        // client of it still runs: the daemon has not created (or started)
+        // it yet.
+        let not_yet = |o: &AdminOutput| !o.success && exit::container_gone(&o.stderr);
+        let out = self.admin_while_starting(container.to_string(), args, not_yet);
         let container = container.to_string();
-        async move {
-            let args = ["kill", "--signal", signal.name(), &container];
-            let mut delays = clients::retry_delays();
-            let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
-            loop {
-                let out = this.admin(&args, ADMIN_TIMEOUT).await;
-                let not_yet = matches!(&out, Ok(o) if !o.success && exit::container_gone(&o.stderr));
-                // "No such container" while our `docker run` client of it
-                // still runs: the daemon has not created (or started) it
-                // yet. Ask again rather than lose the signal.
-                if not_yet
-                    && this.clients.running(&container)
-                    && tokio::time::Instant::now() < deadline
-                {
-                    let delay = delays.next().unwrap_or(ADMIN_TIMEOUT);
-                    tracing::debug!(%container, ?delay, "signal before the container exists: asking again");
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
-                return stop_result(out, "kill", &container);
-            }
-        }
-        .boxed()
+        async move { stop_result(out.await, "kill", &container) }.boxed()
     }
 
     fn signal_exec(
@@ -421,21 +443,29 @@ impl Runtime for DockerCli {
         signal: StopSignal,
     ) -> BoxFuture<'static, Result<(), Error>> {
         let marker = exec_marker(&spec.command);
-        let fut = self.admin(
-            &[
-                "exec",
-                &spec.container,
-                "sh",
-                "-c",
-                SIGNAL_EXEC_SCRIPT,
-                "cldpd-signal",
-                signal.name(),
-                &marker,
-            ],
-            ADMIN_TIMEOUT,
-        );
+        let args = [
+            "exec",
+            &spec.container,
+            "sh",
+            "-c",
+            SIGNAL_EXEC_SCRIPT,
+            "cldpd-signal",
+            signal.name(),
+            &marker,
+        ]
+        .map(String::from);
+        // The script found no such process: not started yet while the
+        // exec's client runs, already ended otherwise.
+        let none = |o: &AdminOutput| o.code == Some(NO_PROCESS_MATCHED);
+        let out = self.admin_while_starting(exec_key(spec), args.to_vec(), none);
         let container = spec.container.clone();
-        async move { stop_result(fut.await, "exec kill", &container) }.boxed()
+        async move {
+            match out.await {
+                Ok(o) if none(&o) => Ok(()),
+                out => stop_result(out, "exec kill", &container),
+            }
+        }
+        .boxed()
     }
 
     fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), Error>> {
@@ -729,9 +759,17 @@ for d in /proc/[0-9]*; do
   p=${d#/proc/}
   [ "$p" = "$self" ] && continue
   c=$(cat "$d/cmdline" 2>/dev/null) || continue
-  case "$c" in *"$marker"*) kill -s "$sig" "$p" 2>/dev/null ;; esac
+  case "$c" in *"$marker"*) kill -s "$sig" "$p" 2>/dev/null && n=$((n+1)) ;; esac
 done
-exit 0"#;
+[ "${n:-0}" -gt 0 ] || exit 3"#;
+
+/// How `SIGNAL_EXEC_SCRIPT` says that no process matched.
+const NO_PROCESS_MATCHED: i32 = 3;
+
+/// What `clients` tracks an exec's client under.
+fn exec_key(spec: &ExecSpec) -> String {
+    format!("{}\0{}", spec.container, exec_marker(&spec.command))
+}
 
 /// What identifies an exec's process: its arguments after the program
 /// (which an interpreter may rewrite), without the last one (the prompt,
