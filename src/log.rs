@@ -12,6 +12,17 @@
 //! held open, so thousands of live sessions do not hold thousands of file
 //! descriptors.
 //!
+//! # Liveness
+//!
+//! A live run writes its log as events happen. While it has no running
+//! container (queued, building, waiting to restart) it may have nothing to
+//! write for a long time, so its dispatcher touches the file's
+//! modification time every [`HEARTBEAT`]. A log neither written nor touched
+//! for [`STALE_AFTER`] ([`is_fresh`] is false) whose run has no container in
+//! Docker belongs to a run whose process is gone: `cldpd logs --follow`
+//! uses this to follow a queued run of another process as long as it
+//! lives, and no longer.
+//!
 //! # Retention
 //!
 //! [`prune`] deletes logs of finished sessions whose last write is older
@@ -47,6 +58,31 @@ thread_local! {
     /// any session on this thread: busy sessions do not allocate (and
     /// grow, copy, free) a buffer per batch, idle ones hold none.
     static SPARE: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// How often a dispatcher touches the logs of its live runs that have no
+/// running container (the default of [`crate::Settings::log_heartbeat`]).
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// A log not modified for this long belongs to a run that is not waiting
+/// for a container in a live process (three missed heartbeats).
+pub const STALE_AFTER: Duration = Duration::from_secs(30);
+
+/// Mark the log at `path` as belonging to a live run: set its modification
+/// time to now without writing anything.
+pub(crate) fn touch(path: &Path) -> std::io::Result<()> {
+    OpenOptions::new()
+        .append(true)
+        .open(path)?
+        .set_modified(SystemTime::now())
+}
+
+/// Whether the log at `path` was written or touched within
+/// [`STALE_AFTER`]: its run is live (or ended only moments ago).
+pub fn is_fresh(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().map_or(true, |age| age < STALE_AFTER))
 }
 
 /// The log file of `session` under `sessions_dir`.

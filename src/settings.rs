@@ -48,6 +48,11 @@ pub struct Settings {
     /// Adopt the orphaned runs of a dead dispatcher that used the same state
     /// directory (see [`crate::owner`]); default off.
     pub adopt_orphans: bool,
+    /// How often the logs of live runs without a running container
+    /// (queued, building, between restarts) are touched, so that readers
+    /// in other processes can tell them from runs whose process died
+    /// (default [`crate::log::HEARTBEAT`]).
+    pub log_heartbeat: Duration,
 }
 
 impl std::fmt::Debug for Settings {
@@ -62,6 +67,7 @@ impl std::fmt::Debug for Settings {
             .field("fanout", &self.fanout)
             .field("retention", &self.retention)
             .field("adopt_orphans", &self.adopt_orphans)
+            .field("log_heartbeat", &self.log_heartbeat)
             .finish_non_exhaustive()
     }
 }
@@ -80,6 +86,7 @@ impl Settings {
             retention: Retention::default(),
             env_lookup: Arc::new(|name| std::env::var(name).ok()),
             adopt_orphans: false,
+            log_heartbeat: crate::log::HEARTBEAT,
         }
     }
 
@@ -118,6 +125,13 @@ impl Settings {
     /// Limit the containers running at once.
     pub fn max_concurrent(mut self, n: usize) -> Self {
         self.max_concurrent = Some(n.max(1));
+        self
+    }
+
+    /// How often the logs of live runs without a running container are
+    /// touched (see [`crate::log::HEARTBEAT`]); at least 1 ms.
+    pub fn log_heartbeat(mut self, every: Duration) -> Self {
+        self.log_heartbeat = every.max(Duration::from_millis(1));
         self
     }
 

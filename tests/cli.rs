@@ -528,3 +528,75 @@ fn environment_variables_stand_in_for_the_flags_and_empty_means_unset() {
         )],
     );
 }
+
+/// A session log as a queued run of another process leaves it: `Queued`,
+/// nothing after. Returns its path.
+fn queued_log(state: &Path, id: &str) -> std::path::PathBuf {
+    let dir = state.join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{id}.ndjson"));
+    let ev = cldpd::Event::new(id, 1, cldpd::EventKind::Queued { position: 3 });
+    std::fs::write(&path, serde_json::to_string(&ev).unwrap() + "\n").unwrap();
+    path
+}
+
+#[test]
+fn logs_follow_gives_up_on_a_queued_run_whose_log_went_stale() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let id = "job-0a1b2c3d";
+    let path = queued_log(state.path(), id);
+    // Untouched for longer than three heartbeats: its dispatcher is gone.
+    let stale = std::time::SystemTime::now() - cldpd::log::STALE_AFTER - Duration::from_secs(5);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(stale)
+        .unwrap();
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["logs", "--follow", id]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains(&format!("{id} is gone and its log has no final event")),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn logs_follow_keeps_following_a_queued_run_whose_log_is_fresh() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let id = "job-1b2c3d4e";
+    let path = queued_log(state.path(), id);
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["-v", "logs", "--follow", id]);
+    let follow = cli_support::Live::spawn(cmd);
+    // No container in Docker, but the log was just written: live.
+    follow.wait_stderr("the log is fresh: the run is live", LIMIT);
+    // Its run goes on and ends; the follower shows it and exits 0.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    for (seq, kind) in [
+        (
+            2,
+            cldpd::EventKind::BuildStarted {
+                image: "cldpd-job".into(),
+            },
+        ),
+        (3, cldpd::EventKind::ContainerExited { code: 0 }),
+    ] {
+        let ev = cldpd::Event::new(id, seq, kind);
+        use std::io::Write;
+        writeln!(f, "{}", serde_json::to_string(&ev).unwrap()).unwrap();
+    }
+    drop(f);
+    let out = follow.finish(LIMIT);
+    out.expect_code(0);
+    assert!(out.stderr.contains("exited 0"), "{}", out.stderr);
+}

@@ -288,6 +288,64 @@ async fn admission_is_fifo_with_a_cap_and_queued_runs_can_be_stopped() {
     assert_eq!(rt.run_count("job"), 9, "the stopped queued run never ran");
 }
 
+/// While a run has no running container (queued, building) its
+/// dispatcher touches its log, so that `cldpd logs --follow` in another
+/// process can tell it from a run whose process died; a running
+/// container's log is left alone (Docker answers for it).
+#[actix::test]
+async fn logs_of_queued_and_building_runs_are_kept_fresh() {
+    let dirs = Dirs::new(&[("job", None), ("slow", None)]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("job", RunScript::new().hang());
+    rt.script_build("slow", BuildScript::hang());
+    let d = Dispatcher::new(
+        dirs.settings()
+            .max_concurrent(2)
+            .log_heartbeat(Duration::from_millis(20)),
+        rt.clone(),
+    );
+    let running = d.start(StartRequest::prompt("job", "a")).await.unwrap();
+    wait_state(&running, 10, "running", |s| {
+        matches!(s, SessionState::Running { .. })
+    })
+    .await;
+    let building = d.start(StartRequest::prompt("slow", "b")).await.unwrap();
+    wait_state(&building, 10, "building", |s| {
+        matches!(s, SessionState::Building)
+    })
+    .await;
+    let queued = d.start(StartRequest::prompt("job", "c")).await.unwrap();
+    wait_state(&queued, 10, "queued", |s| {
+        matches!(s, SessionState::Queued { .. })
+    })
+    .await;
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let age_back = |s: &cldpd::Session| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.log_path())
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        assert!(!cldpd::log::is_fresh(s.log_path()));
+    };
+    for s in [&running, &building, &queued] {
+        age_back(s);
+    }
+    within(10, "both waiting logs touched", async {
+        while !(cldpd::log::is_fresh(queued.log_path())
+            && cldpd::log::is_fresh(building.log_path()))
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // A heartbeat passed (it touches every waiting run in one pass); the
+    // running container's log was not touched.
+    assert!(!cldpd::log::is_fresh(running.log_path()));
+    d.shutdown(Some(Duration::ZERO)).await.unwrap();
+}
+
 #[actix::test]
 async fn a_hundred_queued_runs_of_one_pod_share_one_build() {
     let dirs = Dirs::new(&[("many", None)]);

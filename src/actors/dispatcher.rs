@@ -530,6 +530,25 @@ impl DispatcherActor {
         }
     }
 
+    /// Touch the logs of the live runs that have no running container
+    /// (queued, building, restarting, stopping before a start), so that
+    /// other processes reading them can tell them from dead runs (see
+    /// [`crate::log::HEARTBEAT`]). A running container is found in Docker
+    /// instead; its logs are not touched.
+    fn heartbeat(&self) {
+        for entry in self.sessions.values() {
+            let waiting = match &*entry.info.state.borrow() {
+                SessionState::Running { .. } => false,
+                state => !state.is_terminal(),
+            };
+            if waiting {
+                if let Err(e) = crate::log::touch(&entry.info.log_path) {
+                    tracing::debug!(session = %entry.info.id, error = %e, "cannot touch the session log");
+                }
+            }
+        }
+    }
+
     /// Drop adopted runs that have ended; their slots go to the queue.
     fn refresh_adopted(&mut self, ctx: &mut Context<Self>) {
         if self.adopted.is_empty() {
@@ -581,6 +600,7 @@ impl Actor for DispatcherActor {
             );
             ctx.run_interval(ADOPTED_POLL, |act, ctx| act.refresh_adopted(ctx));
         }
+        ctx.run_interval(self.settings.log_heartbeat, |act, _| act.heartbeat());
         let dir = self.settings.sessions_dir();
         let rule = self.settings.retention;
         // Pruning touches only finished runs' files; off the actor thread.

@@ -21,10 +21,9 @@ use crate::cli::Ctx;
 
 /// How often `--follow` looks for new events.
 const POLL: Duration = Duration::from_millis(100);
-/// Quiet time after which `--follow` asks Docker whether the run is live.
-const QUIET_RUNNING: Duration = Duration::from_secs(1);
-/// The same before the run's container started (queued, building).
-const QUIET_BEFORE_START: Duration = Duration::from_secs(60);
+/// Quiet time after which `--follow` checks whether the run is live; then
+/// again as often.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// Arguments of `cldpd logs`.
 #[derive(Debug, Args)]
@@ -62,12 +61,22 @@ pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
     let mut last_event = Instant::now();
     let mut last_check: Option<Instant> = None;
     let mut gone = false;
+    let mut waiting = false;
     loop {
         while let Some(ev) = reader.next_event()? {
             last_event = Instant::now();
             if let EventKind::ContainerStarted { container: c, .. } = &ev.kind {
                 container = Some(c.clone());
             }
+            // Queued, building or waiting to restart: no container runs.
+            waiting = matches!(
+                ev.kind,
+                EventKind::Queued { .. }
+                    | EventKind::BuildStarted { .. }
+                    | EventKind::BuildOutput { .. }
+                    | EventKind::BuildComplete { .. }
+                    | EventKind::Restarting { .. }
+            );
             renderer.event(&mut ui, &ev);
             if ev.is_terminal() {
                 return Ok(0);
@@ -83,16 +92,18 @@ pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
             ));
             return Ok(EXIT_FAILURE);
         }
-        let quiet_limit = if container.is_some() {
-            QUIET_RUNNING
-        } else {
-            QUIET_BEFORE_START
-        };
-        let due = last_check.is_none_or(|t| t.elapsed() >= QUIET_RUNNING);
-        if last_event.elapsed() >= quiet_limit && due {
+        let due = last_check.is_none_or(|t| t.elapsed() >= QUIET);
+        if last_event.elapsed() >= QUIET && due {
             last_check = Some(Instant::now());
-            // Read once more after the check, then give up.
-            gone = !live_in_docker(ctx, &id, container.as_deref()).await;
+            // Live: waiting for a container and its log written or touched
+            // lately (its dispatcher touches it meanwhile), or Docker runs
+            // its container. Otherwise read once more, then give up.
+            gone = if waiting && cldpd::log::is_fresh(&path) {
+                tracing::debug!(session = %id, "the log is fresh: the run is live");
+                false
+            } else {
+                !live_in_docker(ctx, &id, container.as_deref()).await
+            };
             if gone {
                 continue;
             }

@@ -89,7 +89,10 @@ mod tests {
 
     #[test]
     fn delays_double_up_to_the_cap() {
-        let d: Vec<u64> = retry_delays().take(7).map(|d| d.as_millis() as u64).collect();
+        let d: Vec<u64> = retry_delays()
+            .take(7)
+            .map(|d| d.as_millis() as u64)
+            .collect();
         assert_eq!(d, [10, 20, 40, 80, 160, 200, 200]);
     }
 }
