@@ -586,3 +586,88 @@ fn doctor_passes_with_docker_and_valid_pods_and_removes_its_probe() {
         "doctor left its probe image"
     );
 }
+
+/// The demo pod of `config/pods/hello` (its stub agent, `pod.json` and
+/// `template.md`, under a unique name so that its image tag is the test's
+/// own): a run on an issue, an exit code asked for in the prompt, and a
+/// waiting run resumed in the same conversation and stopped from a second
+/// process, as the README suggests trying.
+#[test]
+fn the_demo_pod_runs_resumes_and_stops_as_the_readme_says() {
+    if !require_docker() {
+        return;
+    }
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pods/hello");
+    let read = |f: &str| std::fs::read_to_string(demo.join(f)).unwrap();
+    let dockerfile = read("Dockerfile");
+    assert!(
+        dockerfile.contains("FROM scratch") && dockerfile.contains("COPY claude /bin/claude"),
+        "the test pod mirrors this Dockerfile: {dockerfile}"
+    );
+    let pod = TestPod::builder()
+        .stub(&read("claude"))
+        .pod_json(&read("pod.json"))
+        .file("template.md", &read("template.md"))
+        .dockerfile_line("WORKDIR /work")
+        .create();
+    let state = state();
+
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    for line in [
+        "hello from the demo agent (start, conversation ",
+        "workdir: /work, GREETING=hi from pod.json",
+        "  > You are the cldpd demo agent. Standing orders:",
+        &format!("  > Work on this GitHub issue: {ISSUE}"),
+        "working... step 3/3",
+        "done",
+    ] {
+        assert!(out.stdout.contains(line), "{line:?} in {}", out.stdout);
+    }
+    assert!(
+        out.stderr.contains("(this line went to stderr)"),
+        "{}",
+        out.stderr
+    );
+
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--prompt", "fail with exit=3"]);
+    run(cmd, LIMIT).expect_code(3);
+
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--prompt", "wait=300"]);
+    let live = Live::spawn(cmd);
+    let id = live.session_id(STARTUP);
+    live.wait_stdout("(try cldpd ps, resume, stop)", STARTUP);
+    let conversation = {
+        let out = live.stdout();
+        let start = out.find("(start, conversation ").unwrap() + "(start, conversation ".len();
+        out[start..start + 36].to_string()
+    };
+    let mut resume = cldpd(pod.pods_dir(), state.path());
+    resume.args(["resume", pod.name(), "--prompt", "what now?"]);
+    let out = run(resume, LIMIT);
+    out.expect_code(0);
+    assert!(
+        out.stdout.contains(&format!(
+            "hello from the demo agent (resume, conversation {conversation})"
+        )),
+        "{}",
+        out.stdout
+    );
+    let mut stop = cldpd(pod.pods_dir(), state.path());
+    stop.args(["stop", &id]);
+    run(stop, LIMIT).expect_code(0);
+    let first = live.finish(Duration::from_secs(30));
+    first.expect_code(143);
+    assert!(
+        first
+            .stdout
+            .contains("got SIGTERM: cleaning up and leaving"),
+        "{}",
+        first.stdout
+    );
+    no_containers_left(&pod);
+}
