@@ -183,44 +183,33 @@ fn main() {
     }
 
     println!("bench_fanout: {sessions} sessions x {lines} lines of 80 B, one counting subscriber each (mailbox {mailbox}), {workers} session threads, {sub_threads} subscriber thread(s), one process per run");
-    print_machine();
-    println!(
-        "state and pods directories under {}",
-        base.as_deref().unwrap_or(&std::env::temp_dir()).display()
+    print_fault_header(
+        "bench_fanout",
+        base.as_deref(),
+        vec![
+            ("sessions", sessions.to_string()),
+            ("lines", lines.to_string()),
+            ("runs", runs.to_string()),
+            ("mailbox", mailbox.to_string()),
+        ],
     );
-    let mut repro = vec![
-        ("sessions", sessions.to_string()),
-        ("lines", lines.to_string()),
-        ("runs", runs.to_string()),
-        ("mailbox", mailbox.to_string()),
-    ];
-    if let Some(b) = &base {
-        repro.push(("dir", b.display().to_string()));
-    }
-    print_command("bench_fanout", &repro);
     let data = run_children(runs);
     let lost: f64 = column(&data, "lost").iter().map(|x| x.abs()).sum();
     let terminals: f64 = column(&data, "terminals").iter().sum();
     let errors: f64 = column(&data, "errors").iter().sum();
-    println!(
-        "result: wall time {}",
-        spread(&column(&data, "wall"), "s", 3)
-    );
-    println!(
-        "result: delivered {}",
-        spread(&column(&data, "rate"), "lines/s", 0)
-    );
-    println!(
-        "result: CPU time per line (all threads) {}",
-        spread(&column(&data, "cpu_us_per_line"), "µs", 3)
+    print_result("wall time", &data, "wall", "s", 3);
+    print_result("delivered", &data, "rate", "lines/s", 0);
+    print_result(
+        "CPU time per line (all threads)",
+        &data,
+        "cpu_us_per_line",
+        "µs",
+        3,
     );
     println!("result: lines lost {lost} (all runs)");
     println!(
         "result: terminal events received {terminals} of {} (all runs); seq/order errors {errors}",
         sessions * runs
     );
-    println!(
-        "result: peak RSS {}",
-        spread(&column(&data, "peak_mib"), "MiB", 1)
-    );
+    print_result("peak RSS", &data, "peak_mib", "MiB", 1);
 }

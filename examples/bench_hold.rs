@@ -237,47 +237,42 @@ fn main() {
             "no subscriber"
         }
     );
-    print_machine();
-    println!(
-        "state and pods directories under {}",
-        base.as_deref().unwrap_or(&std::env::temp_dir()).display()
+    print_fault_header(
+        "bench_hold",
+        base.as_deref(),
+        vec![
+            ("sessions", n.to_string()),
+            ("runs", runs.to_string()),
+            ("subscriber", subscriber.to_string()),
+        ],
     );
-    let mut repro = vec![
-        ("sessions", n.to_string()),
-        ("runs", runs.to_string()),
-        ("subscriber", subscriber.to_string()),
-    ];
-    if let Some(b) = &base {
-        repro.push(("dir", b.display().to_string()));
-    }
-    print_command("bench_hold", &repro);
     let data = run_children(runs);
-    println!(
-        "result: starts/s {}",
-        spread(&column(&data, "rate"), "starts/s", 0)
+    print_result("starts/s", &data, "rate", "starts/s", 0);
+    print_result(
+        "dispatcher thread CPU per start",
+        &data,
+        "dispatcher_us",
+        "µs",
+        1,
     );
-    println!(
-        "result: dispatcher thread CPU per start {}",
-        spread(&column(&data, "dispatcher_us"), "µs", 1)
-    );
-    println!(
-        "result: process CPU per session (start to printed) {}",
-        spread(&column(&data, "cpu_us"), "µs", 1)
+    print_result(
+        "process CPU per session (start to printed)",
+        &data,
+        "cpu_us",
+        "µs",
+        1,
     );
     println!(
         "result: all {n} printed their line after {}",
         spread(&column(&data, "printed"), "s", 3)
     );
-    println!(
-        "result: RSS per live session {}",
-        spread(&column(&data, "per_session"), "B", 0)
+    print_result("RSS per live session", &data, "per_session", "B", 0);
+    print_result(
+        "heap in use per live session",
+        &data,
+        "heap_per_session",
+        "B",
+        0,
     );
-    println!(
-        "result: heap in use per live session {}",
-        spread(&column(&data, "heap_per_session"), "B", 0)
-    );
-    println!(
-        "result: stop all {}",
-        spread(&column(&data, "stop_all"), "s", 3)
-    );
+    print_result("stop all", &data, "stop_all", "s", 3);
 }

@@ -125,35 +125,21 @@ fn main() {
     }
 
     println!("bench_slow_subscriber: 1 session x {lines} lines of 80 B; the subscriber (mailbox {mailbox}) sleeps {sleep_ms} ms every {every} events; one process per run");
-    print_machine();
-    println!(
-        "state and pods directories under {}",
-        base.as_deref().unwrap_or(&std::env::temp_dir()).display()
+    print_fault_header(
+        "bench_slow_subscriber",
+        base.as_deref(),
+        vec![
+            ("lines", lines.to_string()),
+            ("runs", runs.to_string()),
+            ("mailbox", mailbox.to_string()),
+        ],
     );
-    let mut repro = vec![
-        ("lines", lines.to_string()),
-        ("runs", runs.to_string()),
-        ("mailbox", mailbox.to_string()),
-    ];
-    if let Some(b) = &base {
-        repro.push(("dir", b.display().to_string()));
-    }
-    print_command("bench_slow_subscriber", &repro);
     let data = run_children(runs);
     let lost: f64 = column(&data, "lost").iter().map(|x| x.abs()).sum();
     let errors: f64 = column(&data, "errors").iter().sum();
     let ok: f64 = column(&data, "terminal_ok").iter().sum();
-    println!(
-        "result: peak RSS {}",
-        spread(&column(&data, "peak_mib"), "MiB", 1)
-    );
+    print_result("peak RSS", &data, "peak_mib", "MiB", 1);
     println!("result: lines lost {lost} (all runs); seq/order errors {errors}; terminal events {ok} of {runs}");
-    println!(
-        "result: container exit after {}",
-        spread(&column(&data, "exit"), "s", 3)
-    );
-    println!(
-        "result: subscriber caught up after {}",
-        spread(&column(&data, "caught"), "s", 3)
-    );
+    print_result("container exit after", &data, "exit", "s", 3);
+    print_result("subscriber caught up after", &data, "caught", "s", 3);
 }

@@ -54,6 +54,35 @@ pub fn print_command(example: &str, args: &[(&str, String)]) {
     println!("command: {cmd}");
 }
 
+/// The opening lines of a fault-runtime benchmark: the machine, where its
+/// state lives (`base`, else the system temp dir) and the command that
+/// reproduces it (`--dir` added when `base` is set).
+pub fn print_fault_header(example: &str, base: Option<&Path>, mut repro: Vec<(&str, String)>) {
+    print_machine();
+    println!(
+        "state and pods directories under {}",
+        base.unwrap_or(&std::env::temp_dir()).display()
+    );
+    if let Some(b) = base {
+        repro.push(("dir", b.display().to_string()));
+    }
+    print_command(example, &repro);
+}
+
+/// `result: <what> <median (min, max, n runs)>` of the runs' `key` column.
+pub fn print_result(
+    what: &str,
+    data: &[HashMap<String, f64>],
+    key: &str,
+    unit: &str,
+    digits: usize,
+) {
+    println!(
+        "result: {what} {}",
+        spread(&column(data, key), unit, digits)
+    );
+}
+
 // ----- memory -----------------------------------------------------------------
 
 fn status_field_kib(pid: &str, field: &str) -> Option<u64> {
