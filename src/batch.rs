@@ -92,6 +92,15 @@ impl Job {
         };
         req.overrides(self.overrides.clone())
     }
+
+    /// `e`, refusing this job (the `index`-th of its batch).
+    fn refused(&self, index: usize, e: Error) -> Error {
+        Error::BatchJob {
+            index,
+            line: self.line,
+            source: Box::new(e),
+        }
+    }
 }
 
 /// Parse a job file (JSON array or NDJSON). A malformed job is reported
@@ -274,11 +283,7 @@ impl Batch {
             dispatcher
                 .validate(job.request())
                 .await
-                .map_err(|e| Error::BatchJob {
-                    index,
-                    line: job.line,
-                    source: Box::new(e),
-                })?;
+                .map_err(|e| job.refused(index, e))?;
         }
         let started = SystemTime::now();
         let mut sessions = Vec::with_capacity(jobs.len());
@@ -286,11 +291,7 @@ impl Batch {
             let session = dispatcher
                 .start(job.request())
                 .await
-                .map_err(|e| Error::BatchJob {
-                    index,
-                    line: job.line,
-                    source: Box::new(e),
-                })?;
+                .map_err(|e| job.refused(index, e))?;
             sessions.push(session);
         }
         Ok(Batch {

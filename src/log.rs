@@ -66,7 +66,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// A log not modified for this long belongs to a run that is not waiting
 /// for a container in a live process (three missed heartbeats).
-pub const STALE_AFTER: Duration = Duration::from_secs(30);
+pub const STALE_AFTER: Duration = Duration::from_secs(3 * HEARTBEAT.as_secs());
 
 /// Mark the log at `path` as belonging to a live run: set its modification
 /// time to now without writing anything.

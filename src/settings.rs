@@ -129,9 +129,12 @@ impl Settings {
     }
 
     /// How often the logs of live runs without a running container are
-    /// touched (see [`crate::log::HEARTBEAT`]); at least 1 ms.
+    /// touched (see [`crate::log::HEARTBEAT`]): between 1 ms and
+    /// `HEARTBEAT`, since readers in other processes, which cannot know
+    /// this setting, take a log untouched for [`crate::log::STALE_AFTER`]
+    /// for a dead run.
     pub fn log_heartbeat(mut self, every: Duration) -> Self {
-        self.log_heartbeat = every.max(Duration::from_millis(1));
+        self.log_heartbeat = every.clamp(Duration::from_millis(1), crate::log::HEARTBEAT);
         self
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cldpd::{Dispatcher, Event, EventKind, OutputStream, Session, Settings, StartRequest};
 use futures_util::StreamExt;
-use support::docker::{containers_with_label, require_docker, TestPod};
+use support::docker::{containers_with_label, require_docker, TestPod, TRAP_TERM_STUB};
 
 const ISSUE: &str = "https://github.com/acme/web/issues/7";
 
@@ -170,9 +170,7 @@ async fn a_stop_right_after_the_start_still_delivers_sigterm() {
     if !require_docker() {
         return;
     }
-    let pod = TestPod::with_stub(
-        "#!/bin/sh\ntrap 'echo got-term; exit 0' TERM\necho ready\nwhile :; do sleep 1 & wait $!; done\n",
-    );
+    let pod = TestPod::with_stub(TRAP_TERM_STUB);
     let state = tempfile::tempdir().unwrap();
     let d = dispatcher(&pod, &state);
     let s = d

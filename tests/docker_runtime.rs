@@ -20,7 +20,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use support::docker::{
     container_running, containers_with_label, docker as docker_cmd, require_docker, wait_until,
-    TestPod,
+    TestPod, TRAP_TERM_STUB,
 };
 
 /// Upper bound for any one test.
@@ -130,6 +130,14 @@ async fn read_until(
             return;
         }
     }
+}
+
+/// Read the first event into `seen`: it must be `Started` (the client was
+/// spawned; the container may not exist yet).
+async fn read_started(stream: &mut BoxStream<'static, ProcessEvent>, seen: &mut Seen) {
+    let first = stream.next().await.expect("a Started event");
+    assert!(matches!(first, ProcessEvent::Started { .. }), "{first:?}");
+    seen.events.push(first);
 }
 
 /// Read the rest of the stream into `seen`.
@@ -551,9 +559,7 @@ async fn term_reaches_an_agent_that_traps_it() {
     if !require_docker() {
         return;
     }
-    let pod = TestPod::with_stub(
-        "#!/bin/sh\ntrap 'echo got-term; exit 0' TERM\necho ready\nwhile :; do sleep 0.2; done\n",
-    );
+    let pod = TestPod::with_stub(TRAP_TERM_STUB);
     pod.build_image();
     let docker = DockerCli::new();
     let container = pod.container_name("trm1");
@@ -584,18 +590,14 @@ async fn term_sent_before_the_container_exists_is_delivered() {
     if !require_docker() {
         return;
     }
-    let pod = TestPod::with_stub(
-        "#!/bin/sh\ntrap 'echo got-term; exit 0' TERM\necho ready\nwhile :; do sleep 1 & wait $!; done\n",
-    );
+    let pod = TestPod::with_stub(TRAP_TERM_STUB);
     pod.build_image();
     let docker = DockerCli::new();
     let container = pod.container_name("ear1");
     bounded(async {
         let mut stream = docker.run(run_spec(&pod, &container, &["claude"]));
         let mut seen = Seen::default();
-        let first = stream.next().await.expect("Started");
-        assert!(matches!(first, ProcessEvent::Started { .. }), "{first:?}");
-        seen.events.push(first);
+        read_started(&mut stream, &mut seen).await;
         let (signalled, ()) = tokio::join!(
             docker.signal(&container, StopSignal::Term),
             read_to_end(&mut stream, &mut seen)
@@ -644,9 +646,7 @@ async fn exec_signals_reach_a_starting_exec_and_tolerate_an_ended_one() {
         };
         let mut out = Seen::default();
         let mut follow_up = docker.exec(exec.clone());
-        let first = follow_up.next().await.expect("Started");
-        assert!(matches!(first, ProcessEvent::Started { .. }), "{first:?}");
-        out.events.push(first);
+        read_started(&mut follow_up, &mut out).await;
         let (signalled, ()) = tokio::join!(
             docker.signal_exec(&exec, StopSignal::Term),
             read_to_end(&mut follow_up, &mut out)

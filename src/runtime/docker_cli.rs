@@ -421,7 +421,10 @@ impl Runtime for DockerCli {
             command0: spec.command.first().cloned().unwrap_or_default(),
             line_cap: spec.line_cap,
         };
-        self.tracked(&exec_key(&spec), ProcessStream::new(cmd, ctx))
+        self.tracked(
+            &exec_key(&spec.container, &exec_marker(&spec.command)),
+            ProcessStream::new(cmd, ctx),
+        )
     }
 
     fn signal(&self, container: &str, signal: StopSignal) -> BoxFuture<'static, Result<(), Error>> {
@@ -457,7 +460,8 @@ impl Runtime for DockerCli {
         // The script found no such process: not started yet while the
         // exec's client runs, already ended otherwise.
         let none = |o: &AdminOutput| o.code == Some(NO_PROCESS_MATCHED);
-        let out = self.admin_while_starting(exec_key(spec), args.to_vec(), none);
+        let out =
+            self.admin_while_starting(exec_key(&spec.container, &marker), args.to_vec(), none);
         let container = spec.container.clone();
         async move {
             match out.await {
@@ -766,9 +770,10 @@ done
 /// How `SIGNAL_EXEC_SCRIPT` says that no process matched.
 const NO_PROCESS_MATCHED: i32 = 3;
 
-/// What `clients` tracks an exec's client under.
-fn exec_key(spec: &ExecSpec) -> String {
-    format!("{}\0{}", spec.container, exec_marker(&spec.command))
+/// What `clients` tracks an exec's client under: its container and its
+/// [`exec_marker`].
+fn exec_key(container: &str, marker: &str) -> String {
+    format!("{container}\0{marker}")
 }
 
 /// What identifies an exec's process: its arguments after the program

@@ -34,6 +34,11 @@ pub const BUSYBOX: &str = "/bin/busybox";
 const BASE_DOCKERFILE: &str =
     "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
 
+/// A stub agent that prints `ready`, then waits; SIGTERM makes it print
+/// `got-term` and exit 0 at once (its wait is interruptible).
+pub const TRAP_TERM_STUB: &str =
+    "#!/bin/sh\ntrap 'echo got-term; exit 0' TERM\necho ready\nwhile :; do sleep 1 & wait $!; done\n";
+
 /// Label on every image layer that belongs to one test pod.
 pub const POD_IMAGE_LABEL: &str = "cldpd.test.pod";
 
