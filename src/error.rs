@@ -232,6 +232,21 @@ pub enum Error {
         /// The failure that was not retried.
         last: String,
     },
+    /// The agent's final result is an error (stream-json `result` with
+    /// `is_error: true`, also under `subtype: "success"`). Codes:
+    /// `agent_max_turns`, `agent_max_budget`, `rate_limited` (HTTP 429),
+    /// `api_error` (another API status), `agent_error`.
+    #[error("the agent failed ({subtype}{}) after {turns} turns: {message}", api_error_status.map(|s| format!(", API status {s}")).unwrap_or_default())]
+    AgentFailed {
+        /// The result's subtype (`error_max_turns`, `success`, …).
+        subtype: String,
+        /// The result text, or a description.
+        message: String,
+        /// HTTP status of the API error that ended it, when one did.
+        api_error_status: Option<u16>,
+        /// Turns taken.
+        turns: u32,
+    },
     /// The session's event log could not be written or read.
     #[error("session log {}: {message}", path.display())]
     Log {
@@ -316,6 +331,17 @@ impl Error {
             Error::Stopped => "stopped",
             Error::Timeout { .. } => "timeout",
             Error::RestartLimit { .. } => "restart_limit",
+            Error::AgentFailed {
+                subtype,
+                api_error_status,
+                ..
+            } => match (subtype.as_str(), api_error_status) {
+                ("error_max_turns", _) => "agent_max_turns",
+                ("error_max_budget_usd", _) => "agent_max_budget",
+                (_, Some(429)) => "rate_limited",
+                (_, Some(_)) => "api_error",
+                _ => "agent_error",
+            },
             Error::Log { .. } => "log",
             Error::BatchFile { .. } => "batch_file",
             Error::BatchJob { .. } => "batch_job",
@@ -350,7 +376,7 @@ impl Error {
             }
             Error::InvalidPod { .. } => "add a Dockerfile to the pod directory".to_string(),
             Error::PodConfig { field: Some(f), .. } => format!(
-                "fix or remove `{f}`; the fields are image, env, buildArgs, workdir, inheritEnv, mounts, agentCommand, stopGraceSecs, restart, maxRestarts, withinSecs, backoffMs, backoffMaxMs, timeoutSecs, idleTimeoutSecs, cpus, memory, pidsLimit (see the README)"
+                "fix or remove `{f}`; the fields are image, env, buildArgs, workdir, inheritEnv, mounts, agentCommand, stopGraceSecs, restart, maxRestarts, withinSecs, backoffMs, backoffMaxMs, timeoutSecs, idleTimeoutSecs, cpus, memory, pidsLimit, agentOutput, maxTurns, maxBudgetUsd, network (see the README)"
             ),
             Error::PodConfig { .. } => "pod.json must be one JSON object; see the README for its fields".to_string(),
             Error::MountSourceMissing { .. } => {
@@ -390,6 +416,13 @@ impl Error {
                 return source.hint().map(|h| format!("{h} (the batch did not start)"))
             }
             Error::Internal { .. } => "this is a bug in cldpd or its runtime backend; please report it".to_string(),
+            Error::AgentFailed { subtype, api_error_status, .. } => match (subtype.as_str(), api_error_status) {
+                ("error_max_turns", _) => "raise maxTurns in pod.json, or split the task".to_string(),
+                ("error_max_budget_usd", _) => "raise maxBudgetUsd in pod.json".to_string(),
+                (_, Some(429)) | (_, Some(529)) => "the API is rate-limited or overloaded: retry later, or set \"restart\": \"on-failure\" with a back-off in pod.json".to_string(),
+                (_, Some(401)) => "check ANTHROPIC_API_KEY / CLAUDE_CODE_OAUTH_TOKEN (pass it with inheritEnv)".to_string(),
+                _ => "the agent's own output above says what went wrong (`cldpd logs <session>`)".to_string(),
+            },
             _ => return None,
         })
     }

@@ -36,6 +36,14 @@
 //!
 //! There is exactly one terminal event (`ContainerExited` or `Error`), and
 //! nothing follows it.
+//!
+//! For a Claude Code agent (stream-json, see [`crate::agent`]) each stdout
+//! line is still an `Output` event, and the agent events it yields
+//! (`AgentInit`, `AgentText`, `ToolUse`, `ToolResult`, `AgentResult`,
+//! `AgentUnknown`) follow it directly, in the same `seq`. A run whose
+//! `AgentResult` is an error ends with `Error` (code `agent_max_turns`,
+//! `agent_max_budget`, `rate_limited`, `api_error` or `agent_error`), not
+//! `ContainerExited`.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -113,6 +121,77 @@ pub enum EventKind {
         /// Why the previous container ended.
         reason: String,
     },
+    /// The agent started (stream-json `system`/`init`).
+    AgentInit {
+        /// The conversation id (`claude --session-id`/`--resume`).
+        conversation: String,
+        /// The model it talks to.
+        model: String,
+        /// The tools it may use.
+        tools: Vec<String>,
+        /// Claude Code's version.
+        version: String,
+        /// Its permission mode (`bypassPermissions`, `default`, …).
+        permission_mode: String,
+    },
+    /// Text the agent wrote (an assistant `text` block; cut at
+    /// [`crate::agent::MAX_TEXT`] bytes).
+    AgentText {
+        /// The text.
+        text: String,
+    },
+    /// The agent calls a tool.
+    ToolUse {
+        /// The call's id (matches its `ToolResult`).
+        id: String,
+        /// The tool (`Bash`, `Write`, `Edit`, …).
+        tool: String,
+        /// Its input (long strings cut).
+        input: serde_json::Value,
+    },
+    /// What a tool call returned, summarised (never its whole content).
+    ToolResult {
+        /// The call's id.
+        id: String,
+        /// True when the tool failed.
+        is_error: bool,
+        /// Size of the content in bytes.
+        size: u64,
+        /// Its first line (at most [`crate::agent::MAX_FIRST_LINE`] bytes).
+        first_line: String,
+    },
+    /// The agent's final result (stream-json `result`).
+    AgentResult {
+        /// `success`, `error_max_turns`, `error_during_execution`,
+        /// `error_max_budget_usd`, …
+        subtype: String,
+        /// True when the run failed (also possible under `success`).
+        is_error: bool,
+        /// Turns taken.
+        turns: u32,
+        /// What it cost, in US dollars.
+        cost_usd: Usd,
+        /// Wall time the agent reports.
+        duration_ms: u64,
+        /// Token counts.
+        usage: AgentUsage,
+        /// The result text (cut), when there is one.
+        #[serde(default)]
+        result: Option<String>,
+        /// Why it stopped (`completed`, `max_turns`, …), when given.
+        #[serde(default)]
+        terminal_reason: Option<String>,
+        /// HTTP status of the API error that ended it, when one did.
+        #[serde(default)]
+        api_error_status: Option<u16>,
+    },
+    /// A stream-json message of a type cldpd does not interpret
+    /// (`rate_limit_event`, `system/compact_boundary`, …); its raw line is
+    /// the `output` event before it.
+    AgentUnknown {
+        /// `type`, or `type/subtype`.
+        message_type: String,
+    },
     /// Terminal: the container exited with this code.
     ContainerExited {
         /// Exit code (128 + n when killed by signal n).
@@ -129,6 +208,37 @@ pub enum EventKind {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// An amount in US dollars. Compared by bit pattern, so that events stay
+/// `Eq`; serialised as a plain number.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Usd(pub f64);
+
+impl PartialEq for Usd {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Usd {}
+
+/// Token counts of an agent's run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentUsage {
+    /// Input tokens.
+    #[serde(default)]
+    pub input_tokens: u64,
+    /// Output tokens.
+    #[serde(default)]
+    pub output_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    #[serde(default)]
+    pub cache_read_input_tokens: u64,
+    /// Input tokens written to the prompt cache.
+    #[serde(default)]
+    pub cache_creation_input_tokens: u64,
 }
 
 impl EventKind {
@@ -158,6 +268,12 @@ impl EventKind {
             EventKind::ContainerStarted { .. } => "container_started",
             EventKind::Output { .. } => "output",
             EventKind::Restarting { .. } => "restarting",
+            EventKind::AgentInit { .. } => "agent_init",
+            EventKind::AgentText { .. } => "agent_text",
+            EventKind::ToolUse { .. } => "tool_use",
+            EventKind::ToolResult { .. } => "tool_result",
+            EventKind::AgentResult { .. } => "agent_result",
+            EventKind::AgentUnknown { .. } => "agent_unknown",
             EventKind::ContainerExited { .. } => "container_exited",
             EventKind::Error { .. } => "error",
         }
@@ -221,6 +337,60 @@ impl Serialize for EventData {
                 m.serialize_entry("attempt", attempt)?;
                 m.serialize_entry("delay_ms", delay_ms)?;
                 m.serialize_entry("reason", reason)?;
+            }
+            EventKind::AgentInit {
+                conversation,
+                model,
+                tools,
+                version,
+                permission_mode,
+            } => {
+                m.serialize_entry("conversation", conversation)?;
+                m.serialize_entry("model", model)?;
+                m.serialize_entry("tools", tools)?;
+                m.serialize_entry("version", version)?;
+                m.serialize_entry("permission_mode", permission_mode)?;
+            }
+            EventKind::AgentText { text } => m.serialize_entry("text", text)?,
+            EventKind::ToolUse { id, tool, input } => {
+                m.serialize_entry("id", id)?;
+                m.serialize_entry("tool", tool)?;
+                m.serialize_entry("input", input)?;
+            }
+            EventKind::ToolResult {
+                id,
+                is_error,
+                size,
+                first_line,
+            } => {
+                m.serialize_entry("id", id)?;
+                m.serialize_entry("is_error", is_error)?;
+                m.serialize_entry("size", size)?;
+                m.serialize_entry("first_line", first_line)?;
+            }
+            EventKind::AgentResult {
+                subtype,
+                is_error,
+                turns,
+                cost_usd,
+                duration_ms,
+                usage,
+                result,
+                terminal_reason,
+                api_error_status,
+            } => {
+                m.serialize_entry("subtype", subtype)?;
+                m.serialize_entry("is_error", is_error)?;
+                m.serialize_entry("turns", turns)?;
+                m.serialize_entry("cost_usd", cost_usd)?;
+                m.serialize_entry("duration_ms", duration_ms)?;
+                m.serialize_entry("usage", usage)?;
+                m.serialize_entry("result", result)?;
+                m.serialize_entry("terminal_reason", terminal_reason)?;
+                m.serialize_entry("api_error_status", api_error_status)?;
+            }
+            EventKind::AgentUnknown { message_type } => {
+                m.serialize_entry("message_type", message_type)?
             }
             EventKind::ContainerExited { code } => m.serialize_entry("code", code)?,
             EventKind::Error { code, message } => {
@@ -785,6 +955,81 @@ pub(crate) mod rfc3339 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One event of each agent kind.
+    fn agent_kinds() -> Vec<EventKind> {
+        vec![
+            EventKind::AgentInit {
+                conversation: "f6a692dc-741b-4ecf-a64c-843b2be980c7".into(),
+                model: "claude-opus-5-5".into(),
+                tools: vec!["Bash".into(), "Write".into()],
+                version: "2.1.332".into(),
+                permission_mode: "bypassPermissions".into(),
+            },
+            EventKind::AgentText {
+                text: "Done \"quoted\"\nnext".into(),
+            },
+            EventKind::ToolUse {
+                id: "toolu_1".into(),
+                tool: "Bash".into(),
+                input: serde_json::json!({"command": "echo hi > out.txt", "n": [1, 2.5, null]}),
+            },
+            EventKind::ToolResult {
+                id: "toolu_1".into(),
+                is_error: true,
+                size: 5 * 1024 * 1024,
+                first_line: "first".into(),
+            },
+            EventKind::AgentResult {
+                subtype: "success".into(),
+                is_error: false,
+                turns: 4,
+                cost_usd: Usd(0.00028000000000000003),
+                duration_ms: 1805,
+                usage: AgentUsage {
+                    input_tokens: 20,
+                    output_tokens: 10,
+                    cache_read_input_tokens: 1,
+                    cache_creation_input_tokens: 2,
+                },
+                result: Some("All done.".into()),
+                terminal_reason: Some("completed".into()),
+                api_error_status: Some(529),
+            },
+            EventKind::AgentResult {
+                subtype: "error_max_turns".into(),
+                is_error: true,
+                turns: 2,
+                cost_usd: Usd(0.0),
+                duration_ms: 0,
+                usage: AgentUsage::default(),
+                result: None,
+                terminal_reason: None,
+                api_error_status: None,
+            },
+            EventKind::AgentUnknown {
+                message_type: "rate_limit_event".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn agent_events_round_trip_through_serde_and_the_log_encoder() {
+        for (i, kind) in agent_kinds().into_iter().enumerate() {
+            let ev = Event::new("p-00000001", i as u64 + 1, kind);
+            let json = serde_json::to_string(&ev).unwrap();
+            assert!(
+                json.starts_with(&format!("{{\"type\":\"{}\",\"session\"", ev.kind.name())),
+                "{json}"
+            );
+            let back: Event = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, ev, "{json}");
+            let mut fast = Vec::new();
+            fast_json::write(&ev, &mut fast);
+            assert_eq!(String::from_utf8(fast).unwrap(), json);
+            assert!(!ev.is_terminal());
+        }
+    }
 
     #[test]
     fn serde_form_is_flat_and_tagged() {

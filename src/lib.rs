@@ -2,12 +2,14 @@
 #![warn(missing_docs)]
 
 pub mod actors;
+pub mod agent;
 pub mod batch;
 pub mod error;
 pub mod event;
 mod facade;
 pub mod log;
 pub mod messages;
+pub mod model_server;
 pub mod owner;
 pub mod pod;
 pub mod runtime;

@@ -109,6 +109,10 @@ pub const POD_CONFIG_FIELDS: &[&str] = &[
     "cpus",
     "memory",
     "pidsLimit",
+    "agentOutput",
+    "maxTurns",
+    "maxBudgetUsd",
+    "network",
 ];
 
 /// The field names of one entry of `mounts`.
@@ -174,8 +178,10 @@ pub struct PodConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
     /// The agent program and its fixed leading arguments; default
-    /// `["claude"]`. cldpd appends `-p --session-id <uuid> <prompt>` on
-    /// start and `-p --resume <uuid> <prompt>` on resume.
+    /// `["claude"]`. cldpd appends `-p [--output-format stream-json
+    /// --verbose] --session-id <uuid>` on start and `-p [...] --resume
+    /// <uuid>` on resume; the prompt goes on the agent's stdin, never in
+    /// argv (see [`crate::agent`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_command: Option<Vec<String>>,
     /// Seconds between SIGTERM and SIGKILL when the run is stopped; default 10.
@@ -212,6 +218,23 @@ pub struct PodConfig {
     /// Process limit (`docker run --pids-limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<u32>,
+    /// What the agent prints: `"stream-json"` (default, Claude Code, parsed
+    /// into typed agent events) or `"text"` (any other agent); see
+    /// [`crate::agent`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_output: Option<crate::agent::AgentOutput>,
+    /// Most agent turns (`claude --max-turns`); exceeding it ends the run
+    /// with the error `agent_max_turns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u32>,
+    /// Most US dollars the agent may spend (`claude --max-budget-usd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_budget_usd: Option<f64>,
+    /// The container's network (`docker run --network`): `"bridge"`
+    /// (default), `"none"` (no network: a sandboxed agent), `"host"`, or the
+    /// name of a Docker network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// A discovered pod.
@@ -1252,6 +1275,30 @@ impl PodConfig {
                 ));
             }
         }
+        if let Some(usd) = self.max_budget_usd {
+            if !usd.is_finite() || usd <= 0.0 {
+                problems.push(field_error(
+                    "maxBudgetUsd",
+                    format!("`{usd}` must be an amount above 0, e.g. 2.5"),
+                ));
+            }
+        }
+        if self.max_turns == Some(0) {
+            problems.push(field_error("maxTurns", "must be at least 1".into()));
+        }
+        if let Some(net) = &self.network {
+            let ok = !net.is_empty()
+                && !net.starts_with('-')
+                && net
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+            if !ok {
+                problems.push(field_error(
+                    "network",
+                    format!("`{net}` is not a network name; use \"bridge\", \"none\", \"host\" or the name of a Docker network"),
+                ));
+            }
+        }
         if let Some(memory) = &self.memory {
             match parse_memory(memory) {
                 None => problems.push(field_error(
@@ -1307,6 +1354,10 @@ impl PodConfig {
             cpus,
             memory,
             pids_limit,
+            agent_output,
+            max_turns,
+            max_budget_usd,
+            network,
         } = over;
         let mut merged_env = self.env.clone();
         merged_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -1343,6 +1394,23 @@ impl PodConfig {
             cpus: cpus.or(self.cpus),
             memory: memory.clone().or_else(|| self.memory.clone()),
             pids_limit: pids_limit.or(self.pids_limit),
+            agent_output: agent_output.or(self.agent_output),
+            max_turns: max_turns.or(self.max_turns),
+            max_budget_usd: max_budget_usd.or(self.max_budget_usd),
+            network: network.clone().or_else(|| self.network.clone()),
+        }
+    }
+
+    /// `agentOutput`, defaulted.
+    pub fn agent_output(&self) -> crate::agent::AgentOutput {
+        self.agent_output.unwrap_or_default()
+    }
+
+    /// `maxTurns` and `maxBudgetUsd`.
+    pub fn agent_limits(&self) -> crate::agent::AgentLimits {
+        crate::agent::AgentLimits {
+            max_turns: self.max_turns,
+            max_budget_usd: self.max_budget_usd,
         }
     }
 
@@ -2348,6 +2416,10 @@ mod tests {
             cpus: Some(1.0),
             memory: Some("1m".into()),
             pids_limit: Some(1),
+            agent_output: Some(crate::agent::AgentOutput::Text),
+            max_turns: Some(2),
+            max_budget_usd: Some(0.5),
+            network: Some("none".into()),
         };
         let Value::Object(map) = serde_json::to_value(&full).unwrap() else {
             panic!()
@@ -2625,6 +2697,39 @@ mod tests {
             Some("cpus")
         );
         assert!(discover_with(r#"{"cpus": 0.5}"#).is_ok());
+    }
+
+    #[test]
+    fn agent_fields_are_parsed_and_checked() {
+        let pod = discover_with(
+            r#"{"agentOutput": "text", "maxTurns": 5, "maxBudgetUsd": 1.5, "network": "none"}"#,
+        )
+        .unwrap();
+        assert_eq!(pod.config.agent_output(), crate::agent::AgentOutput::Text);
+        assert_eq!(pod.config.agent_limits().max_turns, Some(5));
+        assert_eq!(pod.config.agent_limits().max_budget_usd, Some(1.5));
+        assert_eq!(pod.config.network.as_deref(), Some("none"));
+        let defaults = discover_with("{}").unwrap();
+        assert_eq!(
+            defaults.config.agent_output(),
+            crate::agent::AgentOutput::StreamJson
+        );
+        assert!(discover_with(r#"{"network": "my-net_1.x"}"#).is_ok());
+        for (json, field) in [
+            (r#"{"agentOutput": "json"}"#, "agentOutput"),
+            (r#"{"maxTurns": 0}"#, "maxTurns"),
+            (r#"{"maxBudgetUsd": 0}"#, "maxBudgetUsd"),
+            (r#"{"maxBudgetUsd": -1}"#, "maxBudgetUsd"),
+            (r#"{"network": ""}"#, "network"),
+            (r#"{"network": "--privileged"}"#, "network"),
+            (r#"{"network": "a b"}"#, "network"),
+        ] {
+            assert_eq!(
+                config_field(discover_with(json)).as_deref(),
+                Some(field),
+                "{json}"
+            );
+        }
     }
 
     #[test]

@@ -62,10 +62,24 @@ async fn start_events_follow_the_grammar() {
     assert_eq!(spec.labels["cldpd.pod"], "web");
     let conv = &spec.labels["cldpd.conversation"];
     assert_eq!(
-        spec.command[..4],
-        ["claude", "-p", "--session-id", conv.as_str()]
+        spec.command,
+        [
+            "claude",
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--session-id",
+            conv.as_str()
+        ]
     );
-    assert!(spec.command[4].ends_with(&format!("Work on this GitHub issue: {ISSUE}")));
+    // The prompt is on stdin, never in argv.
+    let prompt = String::from_utf8(spec.stdin.as_ref().unwrap().bytes().to_vec()).unwrap();
+    assert!(prompt.ends_with(&format!("Work on this GitHub issue: {ISSUE}")));
+    assert_eq!(
+        rt.stdins(),
+        [(s.id().to_string(), spec.stdin.clone().unwrap())]
+    );
 }
 
 #[actix::test]
@@ -144,11 +158,14 @@ async fn resume_events_follow_the_grammar_and_reach_the_pinned_conversation() {
         [
             "claude",
             "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
             "--resume",
-            conv.as_str(),
-            "also fix the tests"
+            conv.as_str()
         ]
     );
+    assert_eq!(exec.stdin.unwrap().bytes(), b"also fix the tests");
     // Resume by pod name works while exactly one run of the pod is live.
     let r2 = d.resume("web", "one more").await.unwrap();
     assert_eq!(within(20, "resume 2", r2.wait()).await.unwrap(), 0);

@@ -600,3 +600,55 @@ fn logs_follow_keeps_following_a_queued_run_whose_log_is_fresh() {
     out.expect_code(0);
     assert!(out.stderr.contains("exited 0"), "{}", out.stderr);
 }
+
+#[test]
+fn model_server_serves_its_script_on_loopback_until_sigterm() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.json");
+    std::fs::write(
+        &script,
+        r#"{"turns": [{"content": [{"type": "text", "text": "scripted hello"}]}]}"#,
+    )
+    .unwrap();
+    let mut cmd = cldpd(dir.path(), dir.path());
+    cmd.args(["model-server", "--script"]).arg(&script);
+    let live = cli_support::Live::spawn(cmd);
+    live.wait_stdout("ANTHROPIC_BASE_URL=http://127.0.0.1:", LIMIT);
+    let url = live
+        .stdout()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("ANTHROPIC_BASE_URL=http://")
+                .map(str::to_string)
+        })
+        .unwrap();
+    let body = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut s = std::net::TcpStream::connect(url.trim()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "POST /v1/messages?beta=true HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.contains("scripted hello"), "{answer}");
+    assert!(answer.contains("event: message_stop"), "{answer}");
+    live.wait_stderr("POST /v1/messages?beta=true -> 200 (turn 0", LIMIT);
+    live.signal("TERM");
+    live.finish(LIMIT).expect_code(0);
+
+    // A bad script is refused, naming the problem.
+    std::fs::write(&script, r#"{"turns": [{"error": {"status": 200}}]}"#).unwrap();
+    let mut cmd = cldpd(dir.path(), dir.path());
+    cmd.args(["model-server", "--script"]).arg(&script);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("turns[0].error.status"),
+        "{}",
+        out.stderr
+    );
+}

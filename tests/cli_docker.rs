@@ -24,7 +24,8 @@ const ISSUE: &str = "https://github.com/cldpd/demo/issues/1";
 const STARTUP: Duration = Duration::from_secs(60);
 
 /// Prints on both pipes and exits 7.
-const EXIT_7: &str = "#!/bin/sh\necho \"out 1\"\necho \"err 1\" >&2\necho \"out 2: $*\"\nexit 7\n";
+const EXIT_7: &str =
+    "#!/bin/sh\necho \"out 1\"\necho \"err 1\" >&2\necho \"out 2: $* $(cat)\"\nexit 7\n";
 
 /// Runs until SIGTERM, then says so and exits 42.
 const GRACEFUL: &str = "#!/bin/sh\ntrap 'echo \"got TERM\" >&2; exit 42' TERM\necho ready\nwhile :; do sleep 0.1; done\n";
@@ -35,7 +36,7 @@ const STUBBORN: &str =
 
 /// Runs until signalled (SIGTERM ends it: 143); a resume prints its
 /// arguments and exits 5.
-const LOOP_OR_RESUME: &str = "#!/bin/sh\ncase \"$*\" in *--resume*) echo \"resumed: $*\"; exit 5;; esac\necho ready\nwhile :; do sleep 0.1; done\n";
+const LOOP_OR_RESUME: &str = "#!/bin/sh\ncase \"$*\" in *--resume*) echo \"resumed: $* $(cat)\"; exit 5;; esac\necho ready\nwhile :; do sleep 0.1; done\n";
 
 /// A few lines over about two seconds, then exit 0.
 const SLOW_LINES: &str = "#!/bin/sh\necho ready\nfor i in $(seq 1 10); do echo \"line $i\"; sleep 0.2; done\necho \"err end\" >&2\n";
@@ -109,7 +110,7 @@ fn start_streams_both_pipes_and_exits_with_the_agent_code_whatever_the_flag_orde
         );
         assert_eq!(lines[0], "out 1");
         assert!(
-            lines[1].starts_with("out 2: -p --session-id ")
+            lines[1].starts_with("out 2: -p --output-format stream-json --verbose --session-id ")
                 && lines[1].ends_with(&format!(" Work on this GitHub issue: {ISSUE}")),
             "{}",
             lines[1]
@@ -340,7 +341,9 @@ fn ps_shows_a_live_run_and_resume_reaches_it_from_another_process() {
     let out = run(resume, LIMIT);
     out.expect_code(5);
     assert!(
-        out.stdout.starts_with("resumed: -p --resume ") && out.stdout.ends_with(" more please\n"),
+        out.stdout
+            .starts_with("resumed: -p --output-format stream-json --verbose --resume ")
+            && out.stdout.ends_with(" more please\n"),
         "{}",
         out.stdout
     );

@@ -83,7 +83,7 @@ async fn a_run_streams_stdout_and_stderr_and_ends_with_the_exit_code() {
     };
     assert_eq!(
         lines(OutputStream::Stdout),
-        ["args: -p --session-id", "to stdout"]
+        ["args: -p --output-format", "to stdout"]
     );
     assert_eq!(lines(OutputStream::Stderr), ["to stderr", "last words"]);
     assert!(events
@@ -99,7 +99,8 @@ async fn five_concurrent_runs_of_one_pod_do_not_collide() {
     if !require_docker() {
         return;
     }
-    let pod = TestPod::with_stub("#!/bin/sh\necho \"run $4\"\nexit 0\n");
+    // The prompt comes on stdin.
+    let pod = TestPod::with_stub("#!/bin/sh\necho \"run $(cat)\"\nexit 0\n");
     let state = tempfile::tempdir().unwrap();
     let d = dispatcher(&pod, &state);
     let mut sessions: Vec<Session> = Vec::new();
@@ -208,9 +209,12 @@ async fn resume_from_a_second_dispatcher_reaches_the_same_conversation() {
     }
     let pod = TestPod::with_stub(concat!(
         "#!/bin/sh\n",
-        "if [ \"$2\" = --resume ] && [ \"$4\" = wait ]; then trap 'exit 5' TERM; echo waiting; while :; do sleep 1; done; fi\n",
-        "if [ \"$2\" = --resume ]; then echo \"resumed $3: $4\"; exit 0; fi\n",
-        "echo \"conversation $3\"\n",
+        // argv: -p --output-format stream-json --verbose --resume|--session-id <uuid>;
+        // the prompt on stdin.
+        "p=$(cat)\n",
+        "if [ \"$5\" = --resume ] && [ \"$p\" = wait ]; then trap 'exit 5' TERM; echo waiting; while :; do sleep 1; done; fi\n",
+        "if [ \"$5\" = --resume ]; then echo \"resumed $6: $p\"; exit 0; fi\n",
+        "echo \"conversation $6\"\n",
         "trap 'exit 0' TERM\n",
         "while :; do sleep 1; done\n",
     ));
@@ -406,4 +410,34 @@ async fn a_new_dispatcher_reuses_the_image_built_by_an_earlier_one() {
     let (cached, lines) = run().await;
     assert!(!cached && lines > 0, "rebuilt after the image was removed");
     assert_nothing_left(&pod);
+}
+
+#[actix::test]
+async fn network_none_leaves_only_loopback_and_the_default_is_bridge() {
+    if !require_docker() {
+        return;
+    }
+    let stub = "#!/bin/sh\nls /sys/class/net\n";
+    let isolated = TestPod::builder()
+        .stub(stub)
+        .pod_json(r#"{"network": "none", "agentOutput": "text"}"#)
+        .create();
+    let bridged = TestPod::builder()
+        .stub(stub)
+        .pod_json(r#"{"agentOutput": "text"}"#)
+        .create();
+    for (pod, want_eth0) in [(&isolated, false), (&bridged, true)] {
+        let state = tempfile::tempdir().unwrap();
+        let d = dispatcher(pod, &state);
+        let s = d
+            .start(StartRequest::prompt(pod.name(), "list the interfaces"))
+            .await
+            .unwrap();
+        let events: Vec<Event> = within(120, "the run", s.events().collect()).await;
+        let lines: Vec<&str> = events.iter().filter_map(|e| e.line()).collect();
+        assert!(lines.contains(&"lo"), "{lines:?}");
+        assert_eq!(lines.contains(&"eth0"), want_eth0, "{lines:?}");
+        assert_eq!(s.wait().await.unwrap(), 0);
+        assert_nothing_left(pod);
+    }
 }

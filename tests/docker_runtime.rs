@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cldpd::runtime::{
     BindMount, BuildEvent, BuildSpec, DockerCli, ExecSpec, OutputLine, ProcessEvent, Resources,
-    RunSpec, Runtime, SecretValue, StopSignal, DEFAULT_LINE_CAP,
+    RunSpec, Runtime, SecretValue, Stdin, StopSignal, DEFAULT_LINE_CAP,
 };
 use cldpd::{Error, OutputStream};
 use futures_util::stream::BoxStream;
@@ -49,6 +49,8 @@ fn run_spec(pod: &TestPod, container: &str, command: &[&str]) -> RunSpec {
         labels,
         resources: Resources::default(),
         line_cap: DEFAULT_LINE_CAP,
+        stdin: None,
+        network: None,
     }
 }
 
@@ -643,6 +645,7 @@ async fn exec_signals_reach_a_starting_exec_and_tolerate_an_ended_one() {
             .to_vec(),
             workdir: None,
             line_cap: DEFAULT_LINE_CAP,
+            stdin: None,
         };
         let mut out = Seen::default();
         let mut follow_up = docker.exec(exec.clone());
@@ -781,6 +784,7 @@ async fn exec_runs_in_a_running_container() {
                 .to_vec(),
             workdir: Some("/bin".into()),
             line_cap: DEFAULT_LINE_CAP,
+            stdin: None,
         };
         let mut out = Seen::default();
         read_to_end(&mut docker.exec(exec), &mut out).await;
@@ -795,6 +799,7 @@ async fn exec_runs_in_a_running_container() {
             command: vec!["no-such-agent".into(), "-p".into()],
             workdir: None,
             line_cap: DEFAULT_LINE_CAP,
+            stdin: None,
         };
         let mut out = Seen::default();
         read_to_end(&mut docker.exec(exec), &mut out).await;
@@ -817,6 +822,7 @@ async fn exec_runs_in_a_running_container() {
             command: vec!["claude".into()],
             workdir: None,
             line_cap: DEFAULT_LINE_CAP,
+            stdin: None,
         };
         let events: Vec<ProcessEvent> = docker.exec(exec).collect().await;
         assert_eq!(events.len(), 1, "{events:?}");
@@ -858,6 +864,7 @@ async fn exec_into_a_stopped_container_is_session_not_found() {
         command: vec!["claude".into()],
         workdir: None,
         line_cap: DEFAULT_LINE_CAP,
+        stdin: None,
     };
     let events: Vec<ProcessEvent> = bounded(docker_cli.exec(exec).collect()).await;
     assert!(
@@ -999,6 +1006,8 @@ async fn unreachable_daemon_is_docker_unavailable() {
             labels: BTreeMap::new(),
             resources: Resources::default(),
             line_cap: DEFAULT_LINE_CAP,
+            stdin: None,
+            network: None,
         };
         let events: Vec<ProcessEvent> = docker.run(spec).collect().await;
         assert!(
@@ -1011,6 +1020,7 @@ async fn unreachable_daemon_is_docker_unavailable() {
             command: vec!["claude".into()],
             workdir: None,
             line_cap: DEFAULT_LINE_CAP,
+            stdin: None,
         };
         let events: Vec<ProcessEvent> = docker.exec(exec).collect().await;
         assert!(
@@ -1034,4 +1044,58 @@ async fn unreachable_daemon_is_docker_unavailable() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn stdin_reaches_the_process_whole_and_an_unread_one_is_no_error() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub("#!/bin/sh\nwc -c\n");
+    pod.build_image();
+    let docker = DockerCli::new();
+    // 1 MiB + a leading dash: far over one argv string's 128 KiB.
+    let mut prompt = b"-rf ".to_vec();
+    prompt.resize(1 << 20, b'x');
+    let mut spec = run_spec(&pod, &pod.container_name("in01"), &["claude"]);
+    spec.stdin = Some(Stdin::new(prompt.clone()));
+    let seen = bounded(run_all(&docker, spec)).await;
+    seen.assert_well_formed();
+    assert_eq!(seen.stdout(), [(1usize << 20).to_string()]);
+    assert!(matches!(seen.terminal(), ProcessEvent::Exited { code: 0 }));
+
+    // A process that never reads its stdin ends normally.
+    let mut spec = run_spec(&pod, &pod.container_name("in02"), &["true"]);
+    spec.stdin = Some(Stdin::new(prompt));
+    let seen = bounded(run_all(&docker, spec)).await;
+    assert!(
+        matches!(seen.terminal(), ProcessEvent::Exited { code: 0 }),
+        "{:?}",
+        seen.events
+    );
+
+    // Exec: the follow-up on stdin.
+    let mut spec = run_spec(
+        &pod,
+        &pod.container_name("in03"),
+        &["sh", "-c", "echo ready; while :; do sleep 0.2; done"],
+    );
+    spec.stdin = None;
+    let container = spec.container.clone();
+    let mut run = docker.run(spec);
+    let mut seen = Seen::default();
+    bounded(read_until(&mut run, &mut seen, is_line("ready"))).await;
+    let exec = ExecSpec {
+        container: container.clone(),
+        command: vec!["sh".into(), "-c".into(), "cat".into()],
+        workdir: None,
+        line_cap: DEFAULT_LINE_CAP,
+        stdin: Some(Stdin::new("-- follow-up\nsecond line\n")),
+    };
+    let mut out = Seen::default();
+    bounded(read_to_end(&mut docker.exec(exec), &mut out)).await;
+    assert_eq!(out.stdout(), ["-- follow-up", "second line"]);
+    bounded(docker.remove(&container)).await.unwrap();
+    drop(run);
+    assert_no_leftovers(&pod);
 }

@@ -91,6 +91,8 @@ fn spec(pod: &str, container: &str) -> RunSpec {
         .collect(),
         resources: Default::default(),
         line_cap: DEFAULT_LINE_CAP,
+        stdin: None,
+        network: None,
     }
 }
 
@@ -100,6 +102,7 @@ fn exec_spec(container: &str) -> ExecSpec {
         command: vec!["claude".into(), "--resume".into()],
         workdir: None,
         line_cap: DEFAULT_LINE_CAP,
+        stdin: None,
     }
 }
 

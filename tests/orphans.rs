@@ -40,6 +40,8 @@ fn foreign_run(
         labels: l,
         resources: Default::default(),
         line_cap: 1024,
+        stdin: None,
+        network: None,
     })
 }
 

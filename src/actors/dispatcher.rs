@@ -27,6 +27,7 @@ use crate::actors::build::{Builds, Join};
 use crate::actors::fanout::{self, Hub};
 use crate::actors::session::{Plan, RunTemplate, SessionActor, StartPlan};
 use crate::actors::supervisor::{guard, guarded, guarded_stream, Policy};
+use crate::agent::AgentOutput;
 use crate::error::{Error, Result};
 use crate::log::LogWriter;
 use crate::messages::dispatcher::*;
@@ -35,7 +36,9 @@ use crate::messages::session::{
 };
 use crate::owner::Owner;
 use crate::pod::{self, Pod};
-use crate::runtime::{labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, RunSpec, Runtime};
+use crate::runtime::{
+    labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, RunSpec, Runtime, Stdin,
+};
 use crate::settings::Settings;
 
 /// How often the end of adopted runs is checked (they have no session
@@ -241,6 +244,14 @@ impl DispatcherActor {
             labels::AGENT.to_string(),
             serde_json::to_string(&pod.agent_command()).expect("strings serialise"),
         );
+        labels_map.insert(
+            labels::AGENT_OUTPUT.to_string(),
+            match pod.config.agent_output() {
+                AgentOutput::StreamJson => "stream-json",
+                AgentOutput::Text => "text",
+            }
+            .to_string(),
+        );
         if let Some(w) = &pod.config.workdir {
             labels_map.insert(labels::WORKDIR.to_string(), w.clone());
         }
@@ -269,11 +280,15 @@ impl DispatcherActor {
             labels: labels_map,
             resources: pod.config.resources(),
             line_cap: self.settings.line_cap,
+            stdin: None,
+            network: pod.config.network.clone(),
         };
         Ok(RunTemplate {
             build,
             run,
             agent: pod.agent_command(),
+            agent_output: pod.config.agent_output(),
+            limits: pod.config.agent_limits(),
             policy: Arc::new(policy),
             image: Arc::from(image_tag.as_str()),
         })
@@ -680,18 +695,19 @@ impl Handler<Resume> for DispatcherActor {
                     .unwrap_or_else(|| vec!["claude".to_string()]);
                 let pod_name = c.label(labels::POD).unwrap_or("resume").to_string();
                 let image = c.label(labels::IMAGE).unwrap_or_default().to_string();
+                let agent_output = match c.label(labels::AGENT_OUTPUT) {
+                    Some("text") => AgentOutput::Text,
+                    _ => AgentOutput::StreamJson,
+                };
                 let mut command = agent;
-                command.extend([
-                    "-p".into(),
-                    "--resume".into(),
-                    conversation.to_string(),
-                    msg.prompt.clone(),
-                ]);
+                command.extend(crate::agent::resume_args(agent_output, conversation));
                 let exec = ExecSpec {
                     container,
                     command,
                     workdir: c.label(labels::WORKDIR).map(str::to_string),
                     line_cap: act.settings.line_cap,
+                    // The follow-up goes on stdin, never in argv.
+                    stdin: Some(Stdin::new(msg.prompt.clone())),
                 };
                 let (id, log) = act.new_session(&pod_name)?;
                 let policy = act.resume_policy.clone();
@@ -703,6 +719,7 @@ impl Handler<Resume> for DispatcherActor {
                     image,
                     Plan::Resume {
                         exec: Box::new(exec),
+                        agent_output,
                     },
                     policy,
                     msg.subscribers,

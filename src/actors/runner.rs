@@ -19,6 +19,8 @@ use crate::messages::session::{RunnerEvent, RunnerReport};
 use crate::runtime::{ExecSpec, ProcessEvent, RunSpec, Runtime};
 
 /// What a runner runs.
+// One job per runner, moved once: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Job {
     /// A new container.

@@ -27,13 +27,15 @@ use crate::actors::dispatcher::DispatcherActor;
 use crate::actors::fanout::{self, SharedHub};
 use crate::actors::runner::{Job, RunnerActor};
 use crate::actors::supervisor::{guarded, Decision, Ending, Policy, RestartTracker};
+use crate::agent::{self, AgentLimits, AgentOutput, StreamJsonParser};
 use crate::error::{Error, TimeoutKind};
-use crate::event::{Event, EventData, EventKind};
+use crate::event::{Event, EventData, EventKind, OutputStream};
 use crate::messages::dispatcher::{ForgetImage, ImageFound, RequestBuild, SessionEnded};
 use crate::messages::runner::{Abandon, Release, Signal};
 use crate::messages::session::*;
 use crate::runtime::{
-    labels, BindMount, BuildSpec, ExecSpec, ProcessEvent, RunSpec, Runtime, SecretValue, StopSignal,
+    labels, BindMount, BuildSpec, ExecSpec, ProcessEvent, RunSpec, Runtime, SecretValue, Stdin,
+    StopSignal,
 };
 
 /// What a session runs.
@@ -42,7 +44,10 @@ pub(crate) enum Plan {
     /// Build the image, then run containers (one per attempt).
     Start(Box<StartPlan>),
     /// Exec a follow-up into a running container.
-    Resume { exec: Box<ExecSpec> },
+    Resume {
+        exec: Box<ExecSpec>,
+        agent_output: AgentOutput,
+    },
 }
 
 /// The parts of a [`Plan::Start`]: what is this run's own, and the
@@ -68,6 +73,10 @@ pub(crate) struct RunTemplate {
     /// common to every run.
     pub(crate) run: RunSpec,
     pub(crate) agent: Vec<String>,
+    /// What the agent prints (parsed into agent events or not).
+    pub(crate) agent_output: AgentOutput,
+    /// `--max-turns` / `--max-budget-usd`.
+    pub(crate) limits: AgentLimits,
     pub(crate) policy: Arc<Policy>,
     /// The image tag, shared by the sessions' actors.
     pub(crate) image: Arc<str>,
@@ -130,6 +139,9 @@ pub struct SessionActor {
     first_start: Option<Instant>,
     last_output: Instant,
     finished: bool,
+    /// The stream-json parser of the current process (`None` for agents
+    /// whose output is plain text). Boxed: only agent runs have one.
+    parser: Option<Box<StreamJsonParser>>,
 }
 
 impl SessionActor {
@@ -168,6 +180,7 @@ impl SessionActor {
             first_start: None,
             last_output: Instant::now(),
             finished: false,
+            parser: None,
         }
     }
 
@@ -242,12 +255,14 @@ impl SessionActor {
                     format!("{}-r{}", self.id, self.attempt)
                 };
                 spec.command = template.agent.clone();
-                spec.command.extend([
-                    "-p".into(),
-                    "--session-id".into(),
-                    conversation.clone(),
-                    prompt.clone(),
-                ]);
+                spec.command.extend(agent::start_args(
+                    template.agent_output,
+                    &conversation,
+                    &template.limits,
+                ));
+                // The prompt goes on stdin, never in argv (128 KiB cap;
+                // a prompt that begins with `-` stays text).
+                spec.stdin = Some(Stdin::new(prompt.clone()));
                 spec.labels
                     .insert(labels::SESSION.into(), self.id.to_string());
                 if let Some(url) = issue {
@@ -263,8 +278,13 @@ impl SessionActor {
                 );
                 Job::Run(spec)
             }
-            Plan::Resume { exec } => Job::Exec((**exec).clone()),
+            Plan::Resume { exec, .. } => Job::Exec((**exec).clone()),
         };
+        let output = match &self.plan {
+            Plan::Start(plan) => plan.template.agent_output,
+            Plan::Resume { agent_output, .. } => *agent_output,
+        };
+        self.parser = (output == AgentOutput::StreamJson).then(Box::default);
         let container = job.container().to_string();
         self.generation += 1;
         let runner = RunnerActor::new(
@@ -791,14 +811,54 @@ impl SessionActor {
             }
             RunnerEvent::Process(ProcessEvent::Output(lines)) => {
                 self.last_output = Instant::now();
-                self.emit_all(lines.into_iter().map(|l| EventKind::Output {
-                    stream: l.stream,
-                    line: l.text,
-                    partial: l.partial,
-                }));
+                let Some(parser) = self.parser.as_mut() else {
+                    return self.emit_all(lines.into_iter().map(|l| EventKind::Output {
+                        stream: l.stream,
+                        line: l.text,
+                        partial: l.partial,
+                    }));
+                };
+                // Each line stays an `output` event; the agent events it
+                // completes follow it (see `crate::agent`).
+                let mut kinds = Vec::with_capacity(lines.len());
+                for l in lines {
+                    let typed = if l.stream == OutputStream::Stdout {
+                        parser.feed(&l.text, l.partial)
+                    } else {
+                        Vec::new()
+                    };
+                    kinds.push(EventKind::Output {
+                        stream: l.stream,
+                        line: l.text,
+                        partial: l.partial,
+                    });
+                    kinds.extend(typed);
+                }
+                self.emit_all(kinds.into_iter());
             }
             RunnerEvent::Process(ProcessEvent::Exited { code }) => {
-                self.container_ended(Ending::Exited(code), ctx);
+                // An error result of the agent fails the run whatever
+                // its exit code (Claude Code reports a failed API call as
+                // `subtype: "success"`, `is_error: true`).
+                let failed = self
+                    .parser
+                    .as_ref()
+                    .and_then(|p| p.outcome())
+                    .filter(|o| o.is_error)
+                    .map(|o| Error::AgentFailed {
+                        subtype: o.subtype.clone(),
+                        message: o
+                            .result
+                            .clone()
+                            .unwrap_or_else(|| format!("exit code {code}")),
+                        api_error_status: o.api_error_status,
+                        turns: o.turns,
+                    });
+                let ending = match failed {
+                    Some(e) => Ending::Failed(e),
+                    None => Ending::Exited(code),
+                };
+                self.container_ended(ending, ctx);
             }
             RunnerEvent::Process(ProcessEvent::Failed(e)) => {
                 if matches!(&e, Error::DockerFailed { message } if image_missing(message)) {

@@ -166,6 +166,12 @@ impl RestartTracker {
             | (_, Ending::Failed(Error::DockerFailed { .. }))
             | (_, Ending::Failed(Error::Internal { .. }))
             | (_, Ending::Failed(Error::Log { .. })) => false,
+            // The same task hits the same limit again.
+            (_, Ending::Failed(Error::AgentFailed { subtype, .. }))
+                if subtype == "error_max_turns" || subtype == "error_max_budget_usd" =>
+            {
+                false
+            }
             (RestartPolicy::Always, _) => true,
             (RestartPolicy::OnFailure, Ending::Exited(0)) => false,
             (RestartPolicy::OnFailure, _) => true,

@@ -6,6 +6,13 @@
 //! only with `-v` (a failed build's tail is part of its error). On a
 //! terminal, a live build shows a progress line instead. `--json`: every
 //! event as one NDJSON object on stdout, nothing else.
+//!
+//! Claude Code agents (stream-json): the raw JSON lines are not shown;
+//! their typed events are — the agent's text on stdout, each tool call as
+//! `cldpd: ▸ Bash: <short input>` and its result's first line on stderr,
+//! and the end as `cldpd: success in 4 turns, $0.0123, 45 s`. A stdout line
+//! that starts with `{` is held until the next event: an agent event after
+//! it means it was a stream-json line (dropped), anything else prints it.
 
 use std::time::SystemTime;
 
@@ -21,6 +28,13 @@ pub struct Renderer {
     /// For a resume: the session whose container it runs in.
     resume_of: Option<String>,
     build_started: Option<SystemTime>,
+    /// A stdout line starting with `{`, held until the next event says
+    /// whether it was a stream-json line.
+    held: Option<String>,
+    /// Pieces of a split `{` line of an agent run, dropped.
+    skipping: bool,
+    /// An agent (stream-json) run: seen `agent_init`.
+    agent: bool,
 }
 
 impl Renderer {
@@ -30,6 +44,9 @@ impl Renderer {
             live: true,
             resume_of,
             build_started: None,
+            held: None,
+            skipping: false,
+            agent: false,
         }
     }
 
@@ -39,6 +56,9 @@ impl Renderer {
             live: false,
             resume_of: None,
             build_started: None,
+            held: None,
+            skipping: false,
+            agent: false,
         }
     }
 
@@ -48,15 +68,63 @@ impl Renderer {
             ui.json_line(ev);
             return;
         }
+        if let Some(held) = self.held.take() {
+            if !is_agent_event(&ev.kind) {
+                ui.stdout_line(&held, true);
+            }
+        }
         match &ev.kind {
             EventKind::Output {
-                stream,
+                stream: OutputStream::Stdout,
                 line,
                 partial,
-            } => match stream {
-                OutputStream::Stdout => ui.stdout_line(line, !partial),
-                OutputStream::Stderr => ui.stderr_line(line, !partial),
-            },
+            } => {
+                if self.skipping {
+                    self.skipping = *partial;
+                } else if *partial && self.agent && line.starts_with('{') {
+                    self.skipping = true;
+                } else if !partial && line.starts_with('{') {
+                    self.held = Some(line.clone());
+                } else {
+                    ui.stdout_line(line, !partial);
+                }
+            }
+            EventKind::Output {
+                stream: OutputStream::Stderr,
+                line,
+                partial,
+            } => ui.stderr_line(line, !partial),
+            EventKind::AgentInit { model, version, .. } => {
+                self.agent = true;
+                ui.status(format_args!("agent: Claude Code {version}, model {model}"));
+            }
+            EventKind::AgentText { text } => {
+                for line in text.lines() {
+                    ui.stdout_line(line, true);
+                }
+            }
+            EventKind::ToolUse { tool, input, .. } => {
+                ui.status(format_args!("▸ {tool}: {}", short_input(input)))
+            }
+            EventKind::ToolResult {
+                is_error,
+                first_line,
+                size,
+                ..
+            } => {
+                let more = if *size as usize > first_line.len() {
+                    " …"
+                } else {
+                    ""
+                };
+                if *is_error {
+                    ui.status(format_args!("  ✗ {first_line}{more}"));
+                } else if !first_line.is_empty() {
+                    ui.status(format_args!("  ↳ {first_line}{more}"));
+                }
+            }
+            EventKind::AgentResult { .. } => ui.status(result_line(&ev.kind)),
+            EventKind::AgentUnknown { .. } => {}
             EventKind::Queued { position } => ui.status(format_args!(
                 "{} is queued (position {position})",
                 ev.session
@@ -126,6 +194,70 @@ impl Renderer {
     }
 }
 
+/// The kinds a stream-json line yields.
+fn is_agent_event(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::AgentInit { .. }
+            | EventKind::AgentText { .. }
+            | EventKind::ToolUse { .. }
+            | EventKind::ToolResult { .. }
+            | EventKind::AgentResult { .. }
+            | EventKind::AgentUnknown { .. }
+    )
+}
+
+/// A tool's input in one short line: the command, path or pattern it
+/// names, else its JSON; at most 100 characters.
+pub fn short_input(input: &serde_json::Value) -> String {
+    let main = [
+        "command",
+        "file_path",
+        "path",
+        "pattern",
+        "url",
+        "description",
+    ]
+    .iter()
+    .find_map(|k| input[*k].as_str())
+    .map(str::to_string)
+    .unwrap_or_else(|| input.to_string());
+    let one_line = main.lines().next().unwrap_or_default();
+    let mut out: String = one_line.chars().take(100).collect();
+    if out.len() < main.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// `success in 4 turns, $0.0123, 45 s` for an `agent_result`.
+pub fn result_line(kind: &EventKind) -> String {
+    let EventKind::AgentResult {
+        subtype,
+        is_error,
+        turns,
+        cost_usd,
+        duration_ms,
+        api_error_status,
+        ..
+    } = kind
+    else {
+        return String::new();
+    };
+    let what = match (is_error, subtype.as_str(), api_error_status) {
+        (false, s, _) => s.to_string(),
+        (true, "success", Some(status)) => format!("API error {status}"),
+        (true, "success", None) => "error".to_string(),
+        (true, s, _) => s.to_string(),
+    };
+    let plural = if *turns == 1 { "" } else { "s" };
+    format!(
+        "{what} in {turns} turn{plural}, ${:.4}, {}",
+        cost_usd.0,
+        short_duration(std::time::Duration::from_millis(*duration_ms))
+    )
+}
+
 /// True for a line that names a build step: `Step 2/4 : RUN ...` (legacy
 /// builder) or `#5 [2/4] RUN ...` (BuildKit).
 fn is_build_step(line: &str) -> bool {
@@ -142,6 +274,39 @@ fn is_build_step(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_results_and_inputs_read_in_one_line() {
+        let ok = EventKind::AgentResult {
+            subtype: "success".into(),
+            is_error: false,
+            turns: 4,
+            cost_usd: cldpd::event::Usd(0.0123),
+            duration_ms: 45_000,
+            usage: Default::default(),
+            result: None,
+            terminal_reason: None,
+            api_error_status: None,
+        };
+        assert_eq!(result_line(&ok), "success in 4 turns, $0.0123, 45.0s");
+        let failed = EventKind::AgentResult {
+            subtype: "success".into(),
+            is_error: true,
+            turns: 1,
+            cost_usd: cldpd::event::Usd(0.0),
+            duration_ms: 100,
+            usage: Default::default(),
+            result: None,
+            terminal_reason: None,
+            api_error_status: Some(529),
+        };
+        assert!(result_line(&failed).starts_with("API error 529 in 1 turn, "));
+        assert_eq!(
+            short_input(&serde_json::json!({"command": "ls -la\nrm x", "description": "d"})),
+            "ls -la…"
+        );
+        assert_eq!(short_input(&serde_json::json!({"x": 1})), "{\"x\":1}");
+    }
 
     #[test]
     fn build_steps_of_both_builders_are_recognised() {

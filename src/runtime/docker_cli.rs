@@ -403,7 +403,11 @@ impl Runtime for DockerCli {
             container: spec.container.clone(),
             command0: spec.command.first().cloned().unwrap_or_default(),
             line_cap: spec.line_cap,
+            stdin: spec.stdin.clone(),
         };
+        if spec.stdin.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
         // Counted as running until its process has ended (or the stream is
         // dropped), so that a signal in the meantime waits for the
         // container to exist (see `signal`).
@@ -420,9 +424,16 @@ impl Runtime for DockerCli {
             container: spec.container.clone(),
             command0: spec.command.first().cloned().unwrap_or_default(),
             line_cap: spec.line_cap,
+            stdin: spec.stdin.clone(),
         };
+        if spec.stdin.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
         self.tracked(
-            &exec_key(&spec.container, &exec_marker(&spec.command)),
+            &exec_key(
+                &spec.container,
+                &exec_marker(&spec.command, spec.stdin.is_some()),
+            ),
             ProcessStream::new(cmd, ctx),
         )
     }
@@ -445,7 +456,7 @@ impl Runtime for DockerCli {
         spec: &ExecSpec,
         signal: StopSignal,
     ) -> BoxFuture<'static, Result<(), Error>> {
-        let marker = exec_marker(&spec.command);
+        let marker = exec_marker(&spec.command, spec.stdin.is_some());
         let args = [
             "exec",
             &spec.container,
@@ -614,6 +625,8 @@ mod tests {
             labels: Default::default(),
             resources: Default::default(),
             line_cap: 1024,
+            stdin: None,
+            network: None,
         };
         let events: Vec<_> = d.run(spec).collect().await;
         assert_eq!(events.len(), 1, "{events:?}");
@@ -669,6 +682,8 @@ mod tests {
             labels: Default::default(),
             resources: Default::default(),
             line_cap: 1024,
+            stdin: None,
+            network: None,
         };
         let events: Vec<_> = d.run(spec).collect().await;
         assert!(matches!(&events[0], ProcessEvent::Started { container } if container == "c1"));
@@ -737,6 +752,8 @@ mod tests {
             labels: Default::default(),
             resources: Default::default(),
             line_cap: 1024,
+            stdin: None,
+            network: None,
         };
         let events: Vec<_> = DockerCli::with_binary(&fake).run(spec).collect().await;
         let lines: Vec<String> = events
@@ -777,11 +794,13 @@ fn exec_key(container: &str, marker: &str) -> String {
 }
 
 /// What identifies an exec's process: its arguments after the program
-/// (which an interpreter may rewrite), without the last one (the prompt,
-/// free text), run together: `-p--resume<uuid>` for a resume.
-fn exec_marker(command: &[String]) -> String {
+/// (which an interpreter may rewrite), run together:
+/// `-p--output-formatstream-json--verbose--resume<uuid>` for a resume. An
+/// exec whose prompt is in argv (no stdin; the last argument, free text)
+/// leaves that argument out.
+fn exec_marker(command: &[String], prompt_on_stdin: bool) -> String {
     let args = command.get(1..).unwrap_or_default();
-    let args = if args.len() >= 2 {
+    let args = if args.len() >= 2 && !prompt_on_stdin {
         &args[..args.len() - 1]
     } else {
         args
@@ -798,8 +817,13 @@ mod marker_tests {
         let cmd: Vec<String> = ["claude", "-p", "--resume", "u-1", "free text"]
             .map(String::from)
             .to_vec();
-        assert_eq!(exec_marker(&cmd), "-p--resumeu-1");
-        assert_eq!(exec_marker(&["x".to_string(), "y".to_string()]), "y");
-        assert_eq!(exec_marker(&[]), "");
+        assert_eq!(exec_marker(&cmd, false), "-p--resumeu-1");
+        assert_eq!(exec_marker(&["x".to_string(), "y".to_string()], false), "y");
+        assert_eq!(exec_marker(&[], false), "");
+        // The prompt on stdin: every argument is the command's own.
+        let cmd: Vec<String> = ["claude", "-p", "--resume", "u-1"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(exec_marker(&cmd, true), "-p--resumeu-1");
     }
 }

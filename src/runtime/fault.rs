@@ -15,7 +15,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use crate::error::Error;
 #[cfg(doc)]
 use crate::runtime::{labels, BuildSpec, Runtime};
-use crate::runtime::{ExecSpec, ProcessEvent, RunSpec, StopSignal};
+use crate::runtime::{ExecSpec, ProcessEvent, RunSpec, Stdin, StopSignal};
 
 mod engine;
 mod process;
@@ -110,7 +110,7 @@ const BUILD_TAIL: usize = 20;
 /// #         session: format!("{pod}-0a1b2c3d"), pod: pod.into(), container: container.into(),
 /// #         image: format!("cldpd-{pod}"), command: vec!["claude".into()], env: vec![],
 /// #         workdir: None, mounts: vec![], labels: Default::default(),
-/// #         resources: Default::default(), line_cap: cldpd::runtime::DEFAULT_LINE_CAP,
+/// #         resources: Default::default(), line_cap: cldpd::runtime::DEFAULT_LINE_CAP, stdin: None, network: None,
 /// #     }
 /// # }
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
@@ -216,6 +216,9 @@ struct Registry {
     signals: HashMap<String, Vec<StopSignal>>,
     runs: Vec<RunSpec>,
     execs: Vec<ExecSpec>,
+    /// What each started process was given on stdin (container or exec
+    /// target name, bytes), in order.
+    stdins: Vec<(String, Stdin)>,
 }
 
 impl Default for Registry {
@@ -235,6 +238,7 @@ impl Default for Registry {
             signals: HashMap::new(),
             runs: Vec::new(),
             execs: Vec::new(),
+            stdins: Vec::new(),
         }
     }
 }
@@ -561,6 +565,14 @@ impl FaultRuntime {
         self.inner.lock().execs.clone()
     }
 
+    /// What the processes started so far were given on their stdin (see
+    /// [`Stdin`]): `(container, bytes)` per run or exec that had one, in
+    /// order, whether or not specs are recorded. The fault runtime "writes"
+    /// the whole of it at start, as the real backends do.
+    pub fn stdins(&self) -> Vec<(String, Stdin)> {
+        self.inner.lock().stdins.clone()
+    }
+
     /// Forget counts, signals and recorded specs; `max_running` restarts
     /// from the number live now. Scripts and live containers are kept.
     pub fn reset_observations(&self) {
@@ -570,6 +582,7 @@ impl FaultRuntime {
         reg.signals.clear();
         reg.runs.clear();
         reg.execs.clear();
+        reg.stdins.clear();
         reg.max_running = reg.live.len();
     }
 }

@@ -46,6 +46,9 @@ pub mod labels {
     pub const IMAGE: &str = "cldpd.image";
     /// JSON array of the agent command prefix (e.g. `["claude"]`), for resume.
     pub const AGENT: &str = "cldpd.agent";
+    /// What the agent prints (`stream-json` or `text`, pod.json
+    /// `agentOutput`), for resume.
+    pub const AGENT_OUTPUT: &str = "cldpd.agent.output";
     /// Working directory of the agent inside the container, for resume.
     pub const WORKDIR: &str = "cldpd.workdir";
     /// The state directory of the dispatcher that started it (adoption is
@@ -156,6 +159,65 @@ pub struct RunSpec {
     pub resources: Resources,
     /// Longest line before it is split (see [`LineDecoder`]).
     pub line_cap: usize,
+    /// Bytes for the process's standard input (the agent's prompt), or
+    /// `None` for an empty, closed stdin. See [`Stdin`] for the contract.
+    pub stdin: Option<Stdin>,
+    /// The network to attach the container to (`docker run --network`):
+    /// `bridge`, `none`, `host` or a named network; `None` = the engine's
+    /// default (bridge). Backends that cannot honour it fail the run.
+    pub network: Option<String>,
+}
+
+/// What a backend writes to a container's (or exec process's) standard
+/// input: the prompt, which never goes in argv (Linux caps one argv string
+/// at 128 KiB; a prompt that begins with `-` would read as an option).
+///
+/// The contract every [`Runtime`] keeps for `RunSpec::stdin` and
+/// `ExecSpec::stdin`:
+///
+/// - `Some(bytes)`: the process's stdin is a pipe (`docker run -i`,
+///   `docker exec -i`, an attached stdin on the Engine API). The backend
+///   writes all of `bytes` once the process has started, then closes its
+///   end, so the process reads exactly these bytes followed by EOF. Any
+///   size works (tested with 1 MiB): the write runs beside the reading of
+///   the output, never before it, so a process that writes a lot before it
+///   reads stdin cannot deadlock the run.
+/// - A process that exits (or closes its stdin) before reading everything
+///   is not an error: the rest is dropped, and the run reports the exit as
+///   usual.
+/// - `None`: stdin is empty and closed from the start (`/dev/null`); no
+///   `-i`.
+/// - The bytes are not logged (they may be long, and they are the user's
+///   prompt); traces give only their length.
+/// - A restart of the run writes the same bytes again to the new process.
+///
+/// Cheap to clone (one reference count).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Stdin(std::sync::Arc<[u8]>);
+
+impl Stdin {
+    /// Wrap bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Stdin(bytes.into().into())
+    }
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+    /// How many bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// True when there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Stdin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Stdin({} bytes)", self.0.len())
+    }
 }
 
 /// A command to run inside a running container (resume).
@@ -169,6 +231,9 @@ pub struct ExecSpec {
     pub workdir: Option<String>,
     /// Longest line before it is split.
     pub line_cap: usize,
+    /// Bytes for the process's standard input (the follow-up prompt), or
+    /// `None`; see [`Stdin`].
+    pub stdin: Option<Stdin>,
 }
 
 /// One decoded line of output.

@@ -2,5 +2,6 @@
 //! `mod support;`; not every file uses every item.
 #![allow(dead_code)]
 
+pub mod claude;
 pub mod docker;
 pub mod fault;

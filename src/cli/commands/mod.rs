@@ -9,6 +9,7 @@ mod batch;
 mod completions;
 mod doctor;
 mod logs;
+mod model_server;
 mod pods;
 mod ps;
 mod resume;
@@ -37,6 +38,9 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Print a shell completion script
     Completions(completions::CompletionsArgs),
+    /// Serve a scripted model (Messages API) on 127.0.0.1, to run the real
+    /// Claude Code against offline and for free
+    ModelServer(model_server::ModelServerArgs),
 }
 
 /// Run one subcommand; returns the exit code.
@@ -51,6 +55,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<i32, CliError> {
         Command::Batch(args) => batch::run(args, ctx).await,
         Command::Doctor(args) => doctor::run(args, ctx).await,
         Command::Completions(args) => completions::run(args),
+        Command::ModelServer(args) => model_server::run(args).await,
     }
 }
 

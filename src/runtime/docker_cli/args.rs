@@ -38,8 +38,8 @@ pub(crate) fn build_args(spec: &BuildSpec, iidfile: Option<&std::path::Path>) ->
     args
 }
 
-/// `run --rm --init --pull never --name <container> [--label k=v]... [-e NAME]...
-/// [--mount type=bind,source=<abs>,target=<t>[,readonly]]... [-w <dir>]
+/// `run --rm --init --pull never --name <container> [-i] [--label k=v]... [-e NAME]...
+/// [--mount type=bind,source=<abs>,target=<t>[,readonly]]... [-w <dir>] [--network <net>]
 /// [--cpus N] [--memory <bytes>] [--pids-limit N] <image> <command>...`.
 ///
 /// The labels are `spec.labels` plus [`labels::SESSION`] / [`labels::POD`]
@@ -56,6 +56,10 @@ pub(crate) fn run_args(spec: &RunSpec) -> Vec<OsString> {
         "--name".into(),
         spec.container.clone().into(),
     ];
+    if spec.stdin.is_some() {
+        // The prompt arrives on stdin (see `runtime::Stdin`).
+        args.push("-i".into());
+    }
     let mut all_labels = spec.labels.clone();
     for (key, value) in [(labels::SESSION, &spec.session), (labels::POD, &spec.pod)] {
         if !value.is_empty() && !all_labels.contains_key(key) {
@@ -75,6 +79,10 @@ pub(crate) fn run_args(spec: &RunSpec) -> Vec<OsString> {
         args.push("-w".into());
         args.push(dir.into());
     }
+    if let Some(net) = &spec.network {
+        args.push("--network".into());
+        args.push(net.into());
+    }
     if let Some(cpus) = spec.resources.cpus {
         args.push("--cpus".into());
         args.push(cpus.to_string().into());
@@ -92,9 +100,13 @@ pub(crate) fn run_args(spec: &RunSpec) -> Vec<OsString> {
     args
 }
 
-/// `exec [-w <dir>] <container> <command>...` (no `-i`, no `-t`).
+/// `exec [-i] [-w <dir>] <container> <command>...` (`-i` only with a
+/// stdin to write; never `-t`).
 pub(crate) fn exec_args(spec: &ExecSpec) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["exec".into()];
+    if spec.stdin.is_some() {
+        args.push("-i".into());
+    }
     if let Some(dir) = &spec.workdir {
         args.push("-w".into());
         args.push(dir.into());
@@ -201,6 +213,8 @@ mod tests {
                 pids_limit: Some(256),
             },
             line_cap: DEFAULT_LINE_CAP,
+            stdin: None,
+            network: None,
         }
     }
 
@@ -271,6 +285,8 @@ mod tests {
             labels: BTreeMap::new(),
             resources: Resources::default(),
             line_cap: 1024,
+            stdin: None,
+            network: None,
         };
         assert_eq!(
             strings(&run_args(&spec)),
@@ -362,6 +378,7 @@ mod tests {
             ],
             workdir: Some("/w".into()),
             line_cap: 10,
+            stdin: None,
         };
         assert_eq!(
             strings(&exec_args(&spec)),
@@ -372,5 +389,35 @@ mod tests {
             ..spec
         };
         assert_eq!(strings(&exec_args(&bare))[..2], ["exec", "c1"]);
+    }
+
+    #[test]
+    fn a_stdin_adds_dash_i_and_never_reaches_argv() {
+        let prompt = "-rf the prompt text";
+        let mut run = run_spec();
+        run.stdin = Some(crate::runtime::Stdin::new(prompt));
+        let args = strings(&run_args(&run));
+        assert_eq!(args.iter().filter(|a| *a == "-i").count(), 1);
+        assert!(args.iter().position(|a| a == "-i") < args.iter().position(|a| a == &run.image));
+        assert!(!args.join(" ").contains("the prompt text"));
+        run.stdin = None;
+        assert!(!strings(&run_args(&run)).contains(&"-i".to_string()));
+        assert!(!strings(&run_args(&run)).contains(&"--network".to_string()));
+        run.network = Some("none".into());
+        let args = strings(&run_args(&run));
+        let at = args.iter().position(|a| a == "--network").unwrap();
+        assert_eq!(args[at + 1], "none");
+        assert!(at < args.iter().position(|a| a == &run.image).unwrap());
+        let exec = ExecSpec {
+            container: "c1".into(),
+            command: vec!["claude".into(), "-p".into()],
+            workdir: None,
+            line_cap: 10,
+            stdin: Some(crate::runtime::Stdin::new(prompt)),
+        };
+        assert_eq!(
+            strings(&exec_args(&exec)),
+            ["exec", "-i", "c1", "claude", "-p"]
+        );
     }
 }

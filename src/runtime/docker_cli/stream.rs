@@ -178,6 +178,9 @@ pub(crate) struct ProcessContext {
     pub container: String,
     pub command0: String,
     pub line_cap: usize,
+    /// Written to the client's stdin once it runs, then closed (see
+    /// [`crate::runtime::Stdin`]).
+    pub stdin: Option<crate::runtime::Stdin>,
 }
 
 /// The stream of a `docker run` or `docker exec` client.
@@ -257,6 +260,11 @@ impl Stream for ProcessStream {
                 },
                 State::Spawn(cmd) => match cmd.spawn() {
                     Ok(mut child) => {
+                        if let (Some(bytes), Some(pipe)) =
+                            (this.ctx.stdin.clone(), child.stdin.take())
+                        {
+                            tokio::spawn(write_stdin(pipe, bytes));
+                        }
                         // `docker exec` prints its own OCI errors (126) on
                         // stdout, so an exec keeps the tail of both pipes.
                         let both = this.ctx.kind == Kind::Exec;
@@ -306,6 +314,17 @@ impl Stream for ProcessStream {
             }
         }
     }
+}
+
+/// Write the prompt to the client's stdin beside the reading of its
+/// output, then close it (EOF). A process that stops reading early is not
+/// an error: the rest is dropped.
+async fn write_stdin(mut pipe: tokio::process::ChildStdin, bytes: crate::runtime::Stdin) {
+    use tokio::io::AsyncWriteExt;
+    if let Err(e) = pipe.write_all(bytes.bytes()).await {
+        tracing::debug!(error = %e, len = bytes.len(), "stdin not fully read by the process");
+    }
+    let _ = pipe.shutdown().await;
 }
 
 /// Wait for the client and map its exit (see [`exit::classify`]).

@@ -100,6 +100,9 @@ impl Runtime for FaultRuntime {
         if reg.record_specs {
             reg.runs.push(spec.clone());
         }
+        if let Some(stdin) = &spec.stdin {
+            reg.stdins.push((spec.container.clone(), stdin.clone()));
+        }
         if reg.unavailable {
             return failed(unavailable());
         }
@@ -169,6 +172,9 @@ impl Runtime for FaultRuntime {
         let mut reg = self.inner.lock();
         if reg.record_specs {
             reg.execs.push(spec.clone());
+        }
+        if let Some(stdin) = &spec.stdin {
+            reg.stdins.push((spec.container.clone(), stdin.clone()));
         }
         if reg.unavailable {
             return failed(unavailable());

@@ -1,0 +1,462 @@
+//! The real Claude Code, end to end: cldpd runs it in a container on the
+//! host network against the scripted model server on loopback (offline,
+//! free, deterministic), and turns what it does into typed events.
+//!
+//! The image is built once per test process (tests/support/claude.rs,
+//! `.ci/claude-fixture.sh`). Without Docker these tests skip with a note,
+//! except under `CI=true`, where they fail.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use cldpd::model_server::{ModelServer, Script, Turn};
+use cldpd::{Dispatcher, Error, Event, EventKind, Settings, StartRequest};
+use futures_util::StreamExt;
+use support::claude::ClaudePod;
+use support::docker::require_docker;
+
+fn dispatcher(pod: &ClaudePod, state: &tempfile::TempDir) -> Dispatcher {
+    Dispatcher::docker(Settings::new(pod.pods_dir(), state.path()).workers(2))
+}
+
+async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs}s waiting for {what}"))
+}
+
+/// The events that are not raw lines or build chatter.
+fn typed(events: &[Event]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e.kind.name())
+        .filter(|n| {
+            !matches!(
+                *n,
+                "output" | "build_output" | "build_started" | "build_complete"
+            )
+        })
+        .collect()
+}
+
+fn gapless(events: &[Event]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1, "seq gap at {i}: {events:#?}");
+    }
+}
+
+fn agent_result(events: &[Event]) -> &EventKind {
+    events
+        .iter()
+        .map(|e| &e.kind)
+        .find(|k| matches!(k, EventKind::AgentResult { .. }))
+        .unwrap_or_else(|| panic!("no agent_result in {events:#?}"))
+}
+
+fn output_lines(events: &[Event]) -> String {
+    events
+        .iter()
+        .filter_map(|e| e.line())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[actix::test]
+async fn bash_writes_a_file_in_the_workspace_and_the_events_say_so_in_order() {
+    if !require_docker() {
+        return;
+    }
+    let server = ModelServer::start(
+        Script::new([
+            Turn::bash("echo hello-from-the-agent > /workspace/out.txt").usage(100, 20),
+            Turn::text("I wrote out.txt.").usage(150, 10),
+        ]),
+        0,
+    )
+    .unwrap();
+    let pod = ClaudePod::new(&server.url(), "");
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "Write hello into out.txt"))
+        .await
+        .unwrap();
+    let events: Vec<Event> = within(180, "the agent run", s.events().collect()).await;
+    assert_eq!(
+        typed(&events),
+        [
+            "container_started",
+            "agent_init",
+            "tool_use",
+            "tool_result",
+            "agent_text",
+            "agent_result",
+            "container_exited"
+        ],
+        "{}",
+        output_lines(&events)
+    );
+    gapless(&events);
+    assert_eq!(
+        std::fs::read_to_string(pod.workspace().join("out.txt")).unwrap(),
+        "hello-from-the-agent\n"
+    );
+    let kinds: Vec<&EventKind> = events.iter().map(|e| &e.kind).collect();
+    let init = kinds
+        .iter()
+        .find(|k| matches!(k, EventKind::AgentInit { .. }))
+        .unwrap();
+    let EventKind::AgentInit {
+        conversation,
+        tools,
+        version,
+        permission_mode,
+        ..
+    } = init
+    else {
+        unreachable!()
+    };
+    assert!(tools.iter().any(|t| t == "Bash"), "{tools:?}");
+    assert_eq!(version, "2.1.332");
+    assert_eq!(permission_mode, "bypassPermissions");
+    let (tool_id, input) = kinds
+        .iter()
+        .find_map(|k| match k {
+            EventKind::ToolUse { id, tool, input } if tool == "Bash" => Some((id, input)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        input["command"],
+        "echo hello-from-the-agent > /workspace/out.txt"
+    );
+    assert!(kinds
+        .iter()
+        .any(|k| matches!(k, EventKind::ToolResult { id, is_error: false, .. } if id == tool_id)));
+    match agent_result(&events) {
+        EventKind::AgentResult {
+            subtype,
+            is_error,
+            turns,
+            cost_usd,
+            usage,
+            result,
+            ..
+        } => {
+            assert_eq!(subtype, "success");
+            assert!(!is_error);
+            assert_eq!(*turns, 2);
+            // What the server scripted: 100 + 150 in, 20 + 10 out.
+            assert_eq!((usage.input_tokens, usage.output_tokens), (250, 30));
+            assert!(cost_usd.0 > 0.0);
+            assert_eq!(result.as_deref(), Some("I wrote out.txt."));
+        }
+        _ => unreachable!(),
+    }
+    assert_eq!(s.wait().await.unwrap(), 0);
+    // The conversation the server saw: the prompt, then the tool's result.
+    let reqs = server.message_requests();
+    assert_eq!(reqs.len(), 2, "{reqs:#?}");
+    assert!(reqs[0].body.contains("Write hello into out.txt"));
+    assert!(reqs[1].body.contains("tool_result"));
+    assert_eq!(reqs[0].conversation.as_deref(), Some(conversation.as_str()));
+    assert!(pod.containers().is_empty());
+}
+
+#[actix::test]
+async fn a_1_mib_prompt_that_begins_with_a_dash_reaches_the_model_whole() {
+    if !require_docker() {
+        return;
+    }
+    let server = ModelServer::start(Script::new([Turn::text("read it all")]), 0).unwrap();
+    let pod = ClaudePod::new(&server.url(), "");
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    // Linux caps one argv string at 128 KiB: this only works on stdin.
+    let body: String = (0..(1 << 20) / 16)
+        .map(|i| format!("word{i:011} "))
+        .collect();
+    let prompt = format!("--help {body}END-OF-PROMPT");
+    assert!(prompt.len() > 1 << 20);
+    let s = d
+        .start(StartRequest::prompt(pod.name(), prompt.clone()))
+        .await
+        .unwrap();
+    let events: Vec<Event> = within(180, "the agent run", s.events().collect()).await;
+    assert_eq!(s.wait().await.unwrap(), 0, "{}", output_lines(&events));
+    let reqs = server.message_requests();
+    assert!(!reqs.is_empty());
+    assert!(
+        reqs[0].body.contains(&prompt),
+        "the first request lacks the whole prompt ({} bytes of body)",
+        reqs[0].body.len()
+    );
+}
+
+#[actix::test]
+async fn stop_while_the_model_is_slow_ends_143_and_leaves_no_container() {
+    if !require_docker() {
+        return;
+    }
+    let server =
+        ModelServer::start(Script::new([Turn::text("too late").delay_ms(120_000)]), 0).unwrap();
+    let pod = ClaudePod::new(&server.url(), "");
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "think slowly"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.message_requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never called the model"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let code = within(60, "the stop", s.stop(Some(Duration::from_secs(20)))).await;
+    assert_eq!(code.unwrap(), 143);
+    let events: Vec<Event> = within(30, "the stream's end", s.events().collect()).await;
+    assert!(matches!(
+        events.last().map(|e| &e.kind),
+        Some(EventKind::ContainerExited { code: 143 })
+    ));
+    assert!(pod.containers().is_empty());
+}
+
+#[actix::test]
+async fn an_overloaded_api_is_a_typed_error_and_a_retry_policy_recovers() {
+    if !require_docker() {
+        return;
+    }
+    // Claude Code retries API errors itself; CLAUDE_CODE_MAX_RETRIES=0 makes
+    // the first one final.
+    let env = [("CLAUDE_CODE_MAX_RETRIES", "0")];
+    let server = ModelServer::start(Script::new([Turn::error(529).times(0)]), 0).unwrap();
+    let pod = ClaudePod::with_env(&server.url(), "", &env);
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "hello"))
+        .await
+        .unwrap();
+    let events: Vec<Event> = within(180, "the agent run", s.events().collect()).await;
+    let last = &events.last().unwrap().kind;
+    assert!(
+        matches!(last, EventKind::Error { code, .. } if code == "api_error"),
+        "{last:?}\n{}",
+        output_lines(&events)
+    );
+    match s.wait().await {
+        Err(Error::AgentFailed {
+            api_error_status: Some(529),
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    drop(d);
+
+    // 429 once, then the API answers: the restart policy retries the run.
+    let mut limited = Turn::error(429);
+    limited.error.as_mut().unwrap().retry_after = Some(1);
+    let server =
+        ModelServer::start(Script::new([limited, Turn::text("back again")]).shared(), 0).unwrap();
+    let pod = ClaudePod::with_env(
+        &server.url(),
+        r#""restart": "on-failure", "backoffMs": 100"#,
+        &env,
+    );
+    let d = dispatcher(&pod, &state);
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "hello again"))
+        .await
+        .unwrap();
+    let events: Vec<Event> = within(240, "the retried run", s.events().collect()).await;
+    let names = typed(&events);
+    let first_result = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::AgentResult {
+                is_error,
+                api_error_status,
+                ..
+            } => Some((*is_error, *api_error_status)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(first_result, (true, Some(429)), "{names:?}");
+    let restarting = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::Restarting { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no restart: {names:?}"));
+    assert!(restarting.contains("429"), "{restarting}");
+    assert_eq!(*names.last().unwrap(), "container_exited", "{names:?}");
+    assert_eq!(s.wait().await.unwrap(), 0);
+    gapless(&events);
+}
+
+#[actix::test]
+async fn exceeding_max_turns_ends_as_a_failure() {
+    if !require_docker() {
+        return;
+    }
+    let server = ModelServer::start(Script::new([Turn::bash("true").times(0)]), 0).unwrap();
+    let pod = ClaudePod::new(&server.url(), r#""maxTurns": 2"#);
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "loop for ever"))
+        .await
+        .unwrap();
+    let events: Vec<Event> = within(180, "the agent run", s.events().collect()).await;
+    match agent_result(&events) {
+        EventKind::AgentResult {
+            subtype, is_error, ..
+        } => {
+            assert_eq!(subtype, "error_max_turns");
+            assert!(is_error);
+        }
+        _ => unreachable!(),
+    }
+    assert!(matches!(
+        &events.last().unwrap().kind,
+        EventKind::Error { code, .. } if code == "agent_max_turns"
+    ));
+    assert!(matches!(
+        s.wait().await,
+        Err(Error::AgentFailed { ref subtype, .. }) if subtype == "error_max_turns"
+    ));
+    assert!(server.message_requests().len() <= 3);
+}
+
+#[actix::test]
+async fn resume_of_a_running_session_reaches_the_same_conversation() {
+    if !require_docker() {
+        return;
+    }
+    // One cursor: the first run's agent sits in a long Bash call (Claude
+    // Code refuses a plain `sleep N` as a "standalone sleep"; busybox's is
+    // run), the follow-up gets the text turn.
+    let server = ModelServer::start(
+        Script::new([Turn::bash("busybox sleep 120"), Turn::text("resumed")]).shared(),
+        0,
+    )
+    .unwrap();
+    let pod = ClaudePod::new(&server.url(), "");
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let first = d
+        .start(StartRequest::prompt(pod.name(), "first task MARKER-ONE"))
+        .await
+        .unwrap();
+    let mut events = first.events();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ev = within(120, "the tool call", events.next())
+            .await
+            .expect("the run ended before its tool call");
+        if matches!(ev.kind, EventKind::ToolUse { .. }) {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    let follow = d
+        .resume(first.id(), "-- follow-up MARKER-TWO")
+        .await
+        .unwrap();
+    let fevents: Vec<Event> = within(120, "the follow-up", follow.events().collect()).await;
+    assert_eq!(
+        follow.wait().await.unwrap(),
+        0,
+        "{}",
+        output_lines(&fevents)
+    );
+    assert!(typed(&fevents).contains(&"agent_result"));
+    let reqs = server.message_requests();
+    let last = reqs.last().unwrap();
+    assert!(last.body.contains("MARKER-TWO"));
+    assert!(
+        last.body.contains("MARKER-ONE"),
+        "the resumed request lacks the earlier turns"
+    );
+    assert_eq!(last.conversation, reqs[0].conversation);
+    within(60, "the stop", first.stop(Some(Duration::from_secs(5))))
+        .await
+        .unwrap();
+    assert!(pod.containers().is_empty());
+}
+
+/// Resident memory of this process, in KiB.
+fn own_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[actix::test]
+async fn ten_concurrent_real_agents_complete() {
+    if !require_docker() {
+        return;
+    }
+    let server = ModelServer::start(
+        Script::new([Turn::bash("busybox sleep 4"), Turn::text("finished")]),
+        0,
+    )
+    .unwrap();
+    let pod = ClaudePod::new(&server.url(), "");
+    let state = tempfile::tempdir().unwrap();
+    let d = Dispatcher::docker(Settings::new(pod.pods_dir(), state.path()).workers(4));
+    let started = Instant::now();
+    let mut sessions = Vec::new();
+    for i in 0..10 {
+        sessions.push(
+            d.start(StartRequest::prompt(pod.name(), format!("agent {i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    // While they sit in their Bash call: memory of each agent container.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while server.message_requests().len() < 10 {
+        assert!(Instant::now() < deadline, "not all agents called the model");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = std::process::Command::new(support::docker::docker_bin())
+        .args([
+            "stats",
+            "--no-stream",
+            "--format",
+            "{{.Name}} {{.MemUsage}}",
+        ])
+        .args(pod.containers())
+        .output()
+        .unwrap();
+    let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
+    let cldpd_rss = own_rss_kib();
+    for s in &sessions {
+        let events: Vec<Event> = within(300, "an agent", s.events().collect()).await;
+        assert_eq!(s.wait().await.unwrap(), 0, "{}", output_lines(&events));
+        assert!(matches!(
+            agent_result(&events),
+            EventKind::AgentResult {
+                is_error: false,
+                turns: 2,
+                ..
+            }
+        ));
+    }
+    eprintln!(
+        "10 concurrent agents: {:.1} s; memory per agent container:\n{stats}cldpd (this test process) RSS: {} MiB",
+        started.elapsed().as_secs_f64(),
+        cldpd_rss / 1024
+    );
+    assert!(pod.containers().is_empty());
+}
