@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::runtime::{Resources, SecretValue};
 
 use super::name::image_problem;
-use super::suggest::{describe_data_error, kind_of};
+use super::suggest::{deserialize, kind_of};
 use super::*;
 
 /// `"<path to pod.json> <field>"`, the `origin` of an env name error.
@@ -116,6 +116,7 @@ pub(super) fn nul_field(config_path: &Path, field: &str) -> Error {
     }
 }
 
+/// Parse a memory size: a number (integer or decimal) with an optional unit
 /// `b`, `k`, `m` or `g` (any case; powers of 1024, as Docker counts), e.g.
 /// `"512m"`, `"2G"`, `"1.5g"`, `"1048576"`. `None` when it is not one or
 /// does not fit in a `u64`.
@@ -205,10 +206,7 @@ impl PodConfig {
                 ),
             ));
         };
-        serde_json::from_str(text).map_err(|e| {
-            let (field, message) = describe_data_error(text, root, &e);
-            error(field, message)
-        })
+        deserialize(text, root).map_err(|(field, message)| error(field, message))
     }
 
     /// Every problem with the values, in field order; empty when valid.
@@ -224,10 +222,11 @@ impl PodConfig {
     /// not looked up (see [`Pod::resolve_mounts`]).
     pub fn problems(&self, pod: &str, config_path: &Path) -> Vec<Error> {
         let mut problems = Vec::new();
+        // Every message names the field: the error shows only the file.
         let field_error = |field: &str, message: String| Error::PodConfig {
             path: config_path.to_path_buf(),
             field: Some(field.to_string()),
-            message,
+            message: format!("field `{field}`: {message}"),
         };
         if let Some(image) = &self.image {
             if let Some(problem) = image_problem(image) {
@@ -278,7 +277,7 @@ impl PodConfig {
             match command.first() {
                 None => problems.push(field_error(
                     "agentCommand",
-                    "is empty; name the agent program first, or remove the field to run `claude`"
+                    "it is empty; name the agent program first, or remove the field to run `claude`"
                         .into(),
                 )),
                 Some(program) if program.trim().is_empty() => problems.push(field_error(
@@ -315,7 +314,7 @@ impl PodConfig {
                     "memory",
                     format!("`{memory}` is not a memory size; write a number with an optional unit b, k, m or g, e.g. \"512m\" or \"2g\""),
                 )),
-                Some(0) => problems.push(field_error("memory", "must be above 0".into())),
+                Some(0) => problems.push(field_error("memory", "it must be above 0".into())),
                 Some(_) => {}
             }
         }
@@ -591,10 +590,89 @@ mod tests {
             config_error(parse("{\n  \"image\": \"x\",\n  \"maxRestarts\": \"x\"\n}"));
         assert_eq!(field.as_deref(), Some("maxRestarts"));
         assert!(
-            message.contains("`maxRestarts`: invalid type: string \"x\", expected u32"),
+            message.contains(
+                "field `maxRestarts` must be a whole number from 0 to 4294967295, got a string"
+            ),
             "{message}"
         );
         assert!(message.contains("line 3 column"), "{message}");
+    }
+
+    #[test]
+    fn type_errors_say_what_the_field_takes_and_what_it_got() {
+        let cases = [
+            (
+                r#"{"cpus": "2"}"#,
+                "field `cpus` must be a number, e.g. 1.5, got a string",
+            ),
+            (
+                r#"{"mounts": {"source": "/a"}}"#,
+                "field `mounts` must be an array of mounts",
+            ),
+            (
+                r#"{"inheritEnv": "A"}"#,
+                "field `inheritEnv` must be an array of variable names (strings), got a string",
+            ),
+            (
+                r#"{"agentCommand": "claude --x"}"#,
+                "field `agentCommand` must be an array of strings, the program first",
+            ),
+            (
+                r#"{"maxRestarts": -1}"#,
+                "field `maxRestarts` must be a whole number from 0 to 4294967295, got `-1`",
+            ),
+            (
+                r#"{"pidsLimit": 1.5}"#,
+                "field `pidsLimit` must be a whole number from 0 to 4294967295, got `1.5`",
+            ),
+            (
+                r#"{"backoffMs": -5}"#,
+                "field `backoffMs` must be a whole number of milliseconds, 0 or more, got `-5`",
+            ),
+            (
+                r#"{"timeoutSecs": "1h"}"#,
+                "field `timeoutSecs` must be a number of seconds, got a string",
+            ),
+            (
+                r#"{"stopGraceSecs": true}"#,
+                "field `stopGraceSecs` must be a number of seconds, got true/false",
+            ),
+            (
+                r#"{"memory": 512}"#,
+                "field `memory` must be a string such as \"512m\" or \"2g\", got `512`",
+            ),
+            (
+                r#"{"mounts": [{"source": "/a", "target": "/a", "readOnly": "yes"}]}"#,
+                "field `mounts[0].readOnly` must be true or false, got a string",
+            ),
+            (
+                r#"{"mounts": ["/a:/a"]}"#,
+                "field `mounts[0]` must be a mount object",
+            ),
+            (
+                r#"{"agentCommand": ["claude", false]}"#,
+                "field `agentCommand[1]` must be a string, got true/false",
+            ),
+            (
+                r#"{"env": {"A": "x", "B": 2}}"#,
+                "field `env.B` must be a string, got a number",
+            ),
+        ];
+        for (text, want) in cases {
+            let (_, message) = config_error(parse(text));
+            assert!(message.starts_with(want), "{text}: {message}");
+            assert!(!message.contains("expected"), "{text}: {message}");
+            assert!(message.contains("line 1 column"), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_duplicate_mount_field_is_named() {
+        let (field, message) = config_error(parse(
+            r#"{"mounts": [{"source": "/a", "target": "/a", "source": "/b"}]}"#,
+        ));
+        assert_eq!(field.as_deref(), Some("mounts[0].source"));
+        assert!(message.contains("appears twice"), "{message}");
     }
 
     #[test]
@@ -1015,6 +1093,13 @@ mod tests {
                 "{text}"
             );
         }
+        // The error shows only the file, so the message names the field.
+        let err = discover_with(r#"{"agentCommand": []}"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("field `agentCommand`: it is empty"),
+            "{err}"
+        );
         let pod = discover_with(r#"{"agentCommand": ["/usr/bin/agent"]}"#).unwrap();
         assert_eq!(pod.agent_command(), ["/usr/bin/agent"]);
     }
