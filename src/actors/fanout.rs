@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 use actix::dev::SendError;
-use actix::{Actor, Addr, Handler, Recipient};
+use actix::{Actor, Addr, Handler, Recipient, WeakAddr, WeakRecipient};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -37,13 +37,32 @@ use crate::log::{LogReader, LogWriter};
 /// Any actor: `Subscriber::from(addr.recipient())`. Or a bounded channel,
 /// for code that is not an actor (the async facade's event streams).
 ///
+/// Who keeps whom alive (a decision, not an accident):
+///
+/// - [`Subscriber::Actor`] holds a strong `Recipient`: the session keeps
+///   the actor alive until the run's terminal event has been delivered,
+///   like any holder of its address. That is what `StartRequest::subscribe`
+///   callers rely on when they drop their own `Addr` after the start (the
+///   README's `Printer` does): the actor lives to see the end of the run.
+/// - [`Subscriber::Weak`] holds a `WeakRecipient`: the session never keeps
+///   the actor alive. When the application drops its last address the
+///   actor stops, and the subscription ends with it. Use it for an actor
+///   whose life the application manages (a UI pane, a per-connection
+///   actor) — `Subscriber::from(addr.downgrade())`.
+/// - [`Subscriber::Channel`] holds the `Sender`, which keeps nothing alive:
+///   the receiver belongs to whoever reads it (the facade's
+///   [`EventStream`](crate::EventStream)), and dropping the receiver ends
+///   the subscription. The facade needs nothing more.
+///
 /// Tip: give a subscriber actor a larger mailbox
 /// (`ctx.set_mailbox_capacity(1024)` in `started`); with actix's default of
 /// 16 a fast run makes it lag (lossless, but through the disk).
 #[derive(Clone)]
 pub enum Subscriber {
-    /// An actor.
+    /// An actor, kept alive by the subscription until the run ends.
     Actor(Recipient<Event>),
+    /// An actor the subscription does not keep alive.
+    Weak(WeakRecipient<Event>),
     /// A bounded channel.
     Channel(mpsc::Sender<Event>),
 }
@@ -52,6 +71,7 @@ impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Subscriber::Actor(_) => "Subscriber::Actor",
+            Subscriber::Weak(_) => "Subscriber::Weak",
             Subscriber::Channel(_) => "Subscriber::Channel",
         })
     }
@@ -70,6 +90,22 @@ where
 {
     fn from(addr: Addr<A>) -> Self {
         Subscriber::Actor(addr.recipient())
+    }
+}
+
+impl From<WeakRecipient<Event>> for Subscriber {
+    fn from(r: WeakRecipient<Event>) -> Self {
+        Subscriber::Weak(r)
+    }
+}
+
+impl<A> From<WeakAddr<A>> for Subscriber
+where
+    A: Actor + Handler<Event>,
+    A::Context: actix::dev::ToEnvelope<A, Event>,
+{
+    fn from(addr: WeakAddr<A>) -> Self {
+        Subscriber::Weak(addr.recipient())
     }
 }
 
@@ -93,6 +129,11 @@ impl Subscriber {
                 Err(SendError::Full(ev)) => TrySend::Full(ev),
                 Err(SendError::Closed(_)) => TrySend::Closed,
             },
+            Subscriber::Weak(w) => match w.upgrade().map(|r| r.try_send(ev)) {
+                Some(Ok(())) => TrySend::Sent,
+                Some(Err(SendError::Full(ev))) => TrySend::Full(ev),
+                Some(Err(SendError::Closed(_))) | None => TrySend::Closed,
+            },
             Subscriber::Channel(tx) => match tx.try_send(ev) {
                 Ok(()) => TrySend::Sent,
                 Err(mpsc::error::TrySendError::Full(ev)) => TrySend::Full(ev),
@@ -110,6 +151,11 @@ impl Subscriber {
                 // Resolves once the actor has handled it: its mailbox has
                 // drained to here.
                 Subscriber::Actor(r) => r.send(ev).await.map_err(|_| ()),
+                // Strong only while this one event waits for room.
+                Subscriber::Weak(w) => match w.upgrade() {
+                    Some(r) => r.send(ev).await.map_err(|_| ()),
+                    None => Err(()),
+                },
                 Subscriber::Channel(tx) => tx.send(ev).await.map_err(|_| ()),
             },
         }

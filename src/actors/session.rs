@@ -634,6 +634,7 @@ impl Handler<Wait> for SessionActor {
     }
 }
 
+#[cfg(any(test, feature = "fault-injection"))]
 impl Handler<InjectPanic> for SessionActor {
     type Result = ();
 
@@ -642,6 +643,7 @@ impl Handler<InjectPanic> for SessionActor {
     }
 }
 
+#[cfg(any(test, feature = "fault-injection"))]
 impl Handler<InjectRunnerPanic> for SessionActor {
     type Result = ();
 

@@ -243,37 +243,36 @@ mod opt_time {
 }
 
 // ----- internal ------------------------------------------------------------
+//
+// Crate-private: sent by sessions to their dispatcher. Anyone able to send
+// them could skip admission or corrupt the running count.
 
 /// From a session: it has ended (releases its slot and registry entry).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-#[doc(hidden)]
-pub struct SessionEnded {
-    pub id: String,
+pub(crate) struct SessionEnded {
+    pub(crate) id: String,
     /// Container to force-remove (a session that crashed or failed to stop).
-    pub cleanup: Option<String>,
+    pub(crate) cleanup: Option<String>,
 }
 
 /// From a session: make sure this image exists (single flight per tag).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-#[doc(hidden)]
-pub struct RequestBuild {
-    pub session: String,
-    pub spec: BuildSpec,
+pub(crate) struct RequestBuild {
+    pub(crate) session: String,
+    pub(crate) spec: BuildSpec,
     /// Identity of the build inputs; `None` = always build.
-    pub fingerprint: Option<u64>,
-    pub reply: Recipient<BuildNotice>,
+    pub(crate) fingerprint: Option<u64>,
+    pub(crate) reply: Recipient<BuildNotice>,
 }
 
 /// From a session: the recorded image of this tag exists (checked).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-#[doc(hidden)]
-pub struct ImageFound(pub String);
+pub(crate) struct ImageFound(pub(crate) String);
 
 /// From a session: the image of a memoised build has vanished.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-#[doc(hidden)]
-pub struct ForgetImage(pub String);
+pub(crate) struct ForgetImage(pub(crate) String);
