@@ -261,8 +261,9 @@ pub struct SessionEnded {
 pub struct RequestBuild {
     pub session: String,
     pub spec: BuildSpec,
-    /// Identity of the build inputs; `None` = always build.
-    pub fingerprint: Option<u64>,
+    /// Identity of the build inputs (keyed hash, hex); `None` = always
+    /// build.
+    pub fingerprint: Option<String>,
     pub reply: Recipient<BuildNotice>,
 }
 
