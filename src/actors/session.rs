@@ -89,7 +89,6 @@ enum Phase {
 enum StopReason {
     Requested,
     Timeout(TimeoutKind, std::time::Duration),
-    LogFailed(Error),
 }
 
 struct Stopping {
@@ -130,6 +129,9 @@ pub struct SessionActor {
     first_start: Option<Instant>,
     last_output: Instant,
     finished: bool,
+    /// The final state and container to clean up, reported once the log
+    /// is settled.
+    ended: Option<Box<(SessionState, Option<String>)>>,
 }
 
 impl SessionActor {
@@ -168,6 +170,7 @@ impl SessionActor {
             first_start: None,
             last_output: Instant::now(),
             finished: false,
+            ended: None,
         }
     }
 
@@ -193,25 +196,25 @@ impl SessionActor {
         fanout::publish_all(&self.hub, events);
     }
 
-    /// Write the events of this handler to the log; a log that cannot be
-    /// written ends the run (never a silent loss).
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        let result = self.hub.borrow_mut().flush_log();
-        if let Err(e) = result {
-            if !self.finished
-                && !matches!(
-                    self.stopping.as_deref(),
-                    Some(Stopping {
-                        reason: StopReason::LogFailed(_),
-                        ..
-                    })
-                )
-            {
-                tracing::error!(session = %self.id, error = %e, "session log failed; stopping the run");
-                let grace = self.policy.stop_grace;
-                self.begin_stop(StopReason::LogFailed(e), grace, ctx);
-            }
+    /// Hand the events of this handler over to the log's writer (the state
+    /// thread). Never blocks, never fails: a log that cannot be written
+    /// does not end the run, it records what it is missing
+    /// ([`crate::log`], "Incomplete logs"); the subscribers that keep up
+    /// still get every event.
+    fn flush(&mut self, _ctx: &mut Context<Self>) {
+        self.hub.borrow_mut().flush_log();
+    }
+
+    /// Done at once, or, while the log has more than
+    /// [`crate::log::MAX_BACKLOG`] bytes waiting for the disk, once it has
+    /// room: the runner awaits it before reading more of the container's
+    /// output, which waits in its pipe meanwhile.
+    fn log_room(&self) -> Response<()> {
+        let hub = self.hub.borrow();
+        if hub.log_backlog() <= crate::log::MAX_BACKLOG {
+            return Response::reply(());
         }
+        Response::fut(hub.log_room())
     }
 
     fn set_state(&self, state: SessionState) {
@@ -358,7 +361,6 @@ impl SessionActor {
             let outcome = match stopping.reason {
                 StopReason::Requested => ending,
                 StopReason::Timeout(kind, after) => Ending::Failed(Error::Timeout { kind, after }),
-                StopReason::LogFailed(e) => Ending::Failed(e),
             };
             return self.finish(outcome, None, ctx);
         }
@@ -411,7 +413,6 @@ impl SessionActor {
             Phase::Created | Phase::Queued | Phase::Building => {
                 let err = match reason {
                     StopReason::Timeout(kind, after) => Error::Timeout { kind, after },
-                    StopReason::LogFailed(e) => e,
                     StopReason::Requested => Error::Stopped,
                 };
                 self.finish(Ending::Failed(err), None, ctx);
@@ -424,7 +425,6 @@ impl SessionActor {
                     StopReason::Timeout(kind, after) => {
                         Ending::Failed(Error::Timeout { kind, after })
                     }
-                    StopReason::LogFailed(e) => Ending::Failed(e),
                     StopReason::Requested => self
                         .last_ending
                         .take()
@@ -513,14 +513,35 @@ impl SessionActor {
             Ending::Failed(e) => (EventKind::error(&e), SessionState::Failed(e)),
         };
         self.emit(kind);
-        if let Err(e) = self.hub.borrow_mut().flush_log() {
-            tracing::error!(session = %self.id, error = %e, "could not write the end of the session log");
-        }
+        self.hub.borrow_mut().flush_log();
         if let Some(runner) = self.runner.take() {
             runner.do_send(Release);
         }
         // A resume's container belongs to the run it resumed.
         let cleanup = cleanup.filter(|_| matches!(self.plan, Plan::Start(_)));
+        // The outcome is known once the log holds the whole run (written,
+        // or known to be incomplete), so that whoever reads the log after
+        // `wait` finds the end of it.
+        self.ended = Some(Box::new((state, cleanup)));
+        let settled = self.hub.borrow().log_settled(self.seq);
+        ctx.spawn(
+            actix::fut::wrap_future(async move {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), settled).await;
+            })
+            .map(|(), act: &mut Self, ctx| {
+                act.report_end();
+                ctx.stop();
+            }),
+        );
+    }
+
+    /// Tell the dispatcher, then whoever waits on the state, that the run
+    /// has ended (once).
+    fn report_end(&mut self) {
+        let Some(ended) = self.ended.take() else {
+            return;
+        };
+        let (state, cleanup) = *ended;
         // Tell the dispatcher before anyone waiting on the state can ask it
         // anything: its mailbox is FIFO, so it will have forgotten this run.
         self.dispatcher.do_send(SessionEnded {
@@ -528,7 +549,6 @@ impl SessionActor {
             cleanup,
         });
         self.set_state(state);
-        ctx.stop();
     }
 
     fn outcome_future(&self) -> ResponseFuture<Result<i32, Error>> {
@@ -560,6 +580,8 @@ impl Drop for SessionActor {
     /// removed by the dispatcher.
     fn drop(&mut self) {
         if self.finished {
+            // Stopped while its log was being settled: report it now.
+            self.report_end();
             return;
         }
         let err = Error::internal(
@@ -571,7 +593,7 @@ impl Drop for SessionActor {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if hub.try_borrow_mut().is_ok() {
                 fanout::publish(&hub, ev);
-                let _ = hub.borrow_mut().flush_log();
+                hub.borrow_mut().flush_log();
             }
         }));
         let cleanup = (matches!(self.phase, Phase::Running) && matches!(self.plan, Plan::Start(_)))
@@ -696,20 +718,13 @@ impl Handler<Admit> for SessionActor {
         let Plan::Start(plan) = &self.plan else {
             return;
         };
-        let request = RequestBuild {
-            session: self.id.to_string(),
-            spec: plan.template.build.clone(),
-            // Read when the build is requested (on this session's thread,
-            // not the dispatcher's): the inputs as they are now.
-            fingerprint: build::fingerprint(&plan.template.build),
-            reply: ctx.address().recipient(),
-        };
+        let spec = plan.template.build.clone();
         self.phase = Phase::Building;
         self.set_state(SessionState::Building);
         self.emit(EventKind::BuildStarted {
             image: self.image.to_string(),
         });
-        self.dispatcher.do_send(request);
+        self.request_build(spec, ctx);
         self.flush(ctx);
     }
 }
@@ -766,18 +781,19 @@ impl Handler<BuildNotice> for SessionActor {
 // ----- from the runner -------------------------------------------------------
 
 impl Handler<RunnerReport> for SessionActor {
-    type Result = ();
+    type Result = Response<()>;
 
-    fn handle(&mut self, msg: RunnerReport, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: RunnerReport, ctx: &mut Context<Self>) -> Response<()> {
         if msg.generation != self.generation || self.phase != Phase::Running {
-            return; // a report from an earlier runner
+            return Response::reply(()); // a report from an earlier runner
         }
         if let Some(checking) = &mut self.checking {
             checking.reports.push(msg.event);
-            return;
+            return Response::reply(());
         }
         self.runner_event(msg.event, ctx);
         self.flush(ctx);
+        self.log_room()
     }
 }
 
@@ -884,14 +900,31 @@ impl SessionActor {
                     return;
                 }
                 if let Plan::Start(plan) = &act.plan {
-                    act.dispatcher.do_send(RequestBuild {
-                        session: act.id.to_string(),
-                        spec: plan.template.build.clone(),
-                        fingerprint: build::fingerprint(&plan.template.build),
-                        reply: ctx.address().recipient(),
-                    });
+                    let spec = plan.template.build.clone();
+                    act.request_build(spec, ctx);
                 }
             }),
         );
+    }
+
+    /// Ask the dispatcher for the image, with the fingerprint of its inputs
+    /// as they are now (read in a blocking task: a walk of the pod
+    /// directory).
+    fn request_build(&mut self, spec: BuildSpec, ctx: &mut Context<Self>) {
+        let store = self.hub.borrow().store();
+        let fingerprint = build::fingerprint_async(store, spec.clone());
+        ctx.spawn(actix::fut::wrap_future(fingerprint).map(
+            move |fingerprint, act: &mut Self, ctx| {
+                if act.phase != Phase::Building {
+                    return; // stopped meanwhile
+                }
+                act.dispatcher.do_send(RequestBuild {
+                    session: act.id.to_string(),
+                    spec,
+                    fingerprint,
+                    reply: ctx.address().recipient(),
+                });
+            },
+        ));
     }
 }

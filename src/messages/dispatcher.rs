@@ -262,8 +262,9 @@ pub(crate) struct SessionEnded {
 pub(crate) struct RequestBuild {
     pub(crate) session: String,
     pub(crate) spec: BuildSpec,
-    /// Identity of the build inputs; `None` = always build.
-    pub(crate) fingerprint: Option<u64>,
+    /// Identity of the build inputs (keyed hash, hex); `None` = always
+    /// build.
+    pub(crate) fingerprint: Option<String>,
     pub(crate) reply: Recipient<BuildNotice>,
 }
 
