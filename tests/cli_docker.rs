@@ -254,6 +254,28 @@ fn a_second_ctrl_c_kills_at_once() {
     no_containers_left(&pod);
 }
 
+/// Ctrl-C while a run waits to restart (no container runs) ends it as
+/// interrupted: 130, like a Ctrl-C before its first container, not the
+/// exit code of the container that ended before the back-off.
+#[test]
+fn ctrl_c_during_a_restart_back_off_exits_130() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::builder()
+        .stub("#!/bin/sh\necho ready\nexit 1\n")
+        .pod_json(r#"{ "restart": "on-failure", "backoffMs": 600000 }"#)
+        .create();
+    let state = state();
+    let (live, id) = start_live(&pod, state.path(), &[]);
+    live.wait_stderr(&format!("restarting {id} in"), STARTUP);
+    live.signal("INT");
+    let out = live.finish(Duration::from_secs(30));
+    out.expect_code(130);
+    assert!(out.stderr.contains("stopped by SIGINT"), "{}", out.stderr);
+    no_containers_left(&pod);
+}
+
 #[test]
 fn stop_from_a_second_process_ends_the_run_of_the_first() {
     if !require_docker() {
@@ -517,6 +539,16 @@ fn dockers_own_failure_exits_1_with_its_message_and_leaves_no_container() {
         out.stderr
     );
     assert!(out.stderr.contains("hint: "), "{}", out.stderr);
+    // Docker's own line is the error's message, not a line of agent output.
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.contains("Error response from daemon"))
+            .count(),
+        1,
+        "{}",
+        out.stderr
+    );
     no_containers_left(&pod);
 }
 

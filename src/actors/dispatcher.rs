@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use crate::actors::build::{self, Builds, Join};
 use crate::actors::fanout::{self, Hub};
 use crate::actors::session::{Plan, RunTemplate, SessionActor, StartPlan};
-use crate::actors::supervisor::{guard, guarded, guarded_stream, Policy};
+use crate::actors::supervisor::{guard, guarded, guarded_stream, stops, Policy};
 use crate::error::{Error, Result};
 use crate::log::LogWriter;
 use crate::messages::dispatcher::*;
@@ -285,12 +285,15 @@ impl DispatcherActor {
             Plan::Resume { .. } => Arc::from(image.as_str()),
         };
         let worker = self.worker();
+        // A run (not a resume) can be stopped by another process: see `stops`.
+        let stop_marker =
+            matches!(plan, Plan::Start(_)).then(|| stops::path(&self.settings.state_dir, &id));
         let addr = SessionActor::start_in_arbiter(&worker, move |_| {
             let hub = Hub::new(log, limits);
             for s in subscribers {
                 fanout::subscribe(&hub, s, 1);
             }
-            SessionActor::new(
+            let session = SessionActor::new(
                 id_arc,
                 image_for_actor,
                 plan,
@@ -299,7 +302,11 @@ impl DispatcherActor {
                 dispatcher,
                 hub,
                 tx,
-            )
+            );
+            match stop_marker {
+                Some(marker) => session.with_stop_marker(marker),
+                None => session,
+            }
         });
         let info = SessionInfo {
             id: id.clone(),
@@ -846,6 +853,7 @@ impl Handler<Stop> for DispatcherActor {
         let list = guarded("the runtime's list", self.runtime.list());
         let runtime = self.runtime.clone();
         let default_grace = self.settings.policy.stop_grace;
+        let own_state_dir = self.settings.state_dir.clone();
         Box::pin(
             actix::fut::wrap_future(list)
                 .map(move |listed, act: &mut Self, _| {
@@ -885,6 +893,21 @@ impl Handler<Stop> for DispatcherActor {
                             .and_then(|g| g.parse::<f64>().ok())
                             .and_then(|g| Duration::try_from_secs_f64(g).ok());
                         let grace = grace.or(own).unwrap_or(default_grace);
+                        // Tell the owner first, so that it does not take the
+                        // exit for a failure and restart (see `stops`).
+                        let state_dir = m
+                            .labels
+                            .as_ref()
+                            .and_then(|c| c.label(labels::STATE_DIR))
+                            .map_or(own_state_dir, std::path::PathBuf::from);
+                        let session = m.session.clone();
+                        let recorded = tokio::task::spawn_blocking(move || {
+                            stops::record(&state_dir, &session)
+                        })
+                        .await;
+                        if let Ok(Err(e)) = recorded {
+                            tracing::warn!(session = %m.session, error = %e, "could not record the stop for the run's owner; it may restart the run");
+                        }
                         guarded("the runtime's stop", runtime.stop(&container, grace)).await??;
                         Ok(StopReport {
                             session: m.session,

@@ -26,7 +26,7 @@ use crate::actors::build;
 use crate::actors::dispatcher::DispatcherActor;
 use crate::actors::fanout::{self, SharedHub};
 use crate::actors::runner::{Job, RunnerActor};
-use crate::actors::supervisor::{guarded, Decision, Ending, Policy, RestartTracker};
+use crate::actors::supervisor::{guarded, stops, Decision, Ending, Policy, RestartTracker};
 use crate::error::{Error, TimeoutKind};
 use crate::event::{Event, EventData, EventKind};
 use crate::messages::dispatcher::{ForgetImage, ImageFound, RequestBuild, SessionEnded};
@@ -122,8 +122,6 @@ pub struct SessionActor {
     runner: Option<Addr<RunnerActor>>,
     container: Option<String>,
     tracker: RestartTracker,
-    /// Boxed: rare, and large (an `Error` each); a live session is small.
-    last_ending: Option<Box<Ending>>,
     stopping: Option<Box<Stopping>>,
     backoff_timer: Option<SpawnHandle>,
     first_start: Option<Instant>,
@@ -132,6 +130,9 @@ pub struct SessionActor {
     /// The final state and container to clean up, reported once the log
     /// is settled.
     ended: Option<Box<(SessionState, Option<String>)>>,
+    /// Where another process records a stop of this run (see
+    /// [`stops`]); consulted before any restart.
+    stop_marker: Option<Box<std::path::Path>>,
 }
 
 impl SessionActor {
@@ -164,14 +165,21 @@ impl SessionActor {
             runner: None,
             container: None,
             tracker: RestartTracker::default(),
-            last_ending: None,
             stopping: None,
             backoff_timer: None,
             first_start: None,
             last_output: Instant::now(),
             finished: false,
             ended: None,
+            stop_marker: None,
         }
+    }
+
+    /// Consult `marker` (see [`stops`]) before restarting: a stop recorded
+    /// there by another process ends the run instead.
+    pub(crate) fn with_stop_marker(mut self, marker: std::path::PathBuf) -> Self {
+        self.stop_marker = Some(marker.into_boxed_path());
+        self
     }
 
     fn emit(&mut self, kind: EventKind) {
@@ -354,6 +362,33 @@ impl SessionActor {
     }
 
     fn after_container(&mut self, ending: Ending, ctx: &mut Context<Self>) {
+        let restart =
+            self.stopping.is_none() && RestartTracker::wants_restart(&self.policy, &ending);
+        if let (true, Some(marker)) = (restart, &self.stop_marker) {
+            // Was the container stopped by another process? Ask before
+            // restarting (see `stops`); no container runs meanwhile, so a
+            // stop arriving now just ends the run (as in `Cleanup`).
+            self.phase = Phase::Cleanup;
+            let taken = stops::take(marker.to_path_buf());
+            ctx.spawn(actix::fut::wrap_future(taken).map(
+                move |stopped_elsewhere, act: &mut Self, ctx| {
+                    act.decide(ending, stopped_elsewhere, ctx);
+                    act.flush(ctx);
+                },
+            ));
+            return;
+        }
+        self.decide(ending, false, ctx);
+    }
+
+    /// The run goes on or ends after a container ended: a stop in progress
+    /// (here or, `stopped_elsewhere`, from another process) ends it with
+    /// that container's ending; otherwise the restart policy decides.
+    fn decide(&mut self, ending: Ending, stopped_elsewhere: bool, ctx: &mut Context<Self>) {
+        if stopped_elsewhere && self.stopping.is_none() {
+            tracing::info!(session = %self.id, "stopped by another process: not restarting");
+            return self.finish(ending, None, ctx);
+        }
         if let Some(stopping) = self.stopping.take() {
             if let Some(t) = stopping.timer {
                 ctx.cancel_future(t);
@@ -379,7 +414,6 @@ impl SessionActor {
                 });
                 self.attempt = attempt;
                 self.phase = Phase::Backoff;
-                self.last_ending = Some(Box::new(ending));
                 self.set_state(SessionState::Restarting { attempt });
                 self.backoff_timer = Some(ctx.run_later(delay, |act, ctx| {
                     act.backoff_timer = None;
@@ -425,10 +459,9 @@ impl SessionActor {
                     StopReason::Timeout(kind, after) => {
                         Ending::Failed(Error::Timeout { kind, after })
                     }
-                    StopReason::Requested => self
-                        .last_ending
-                        .take()
-                        .map_or(Ending::Failed(Error::Stopped), |e| *e),
+                    // No container runs: like a stop before the first one
+                    // started (the last one's ending was in `Restarting`).
+                    StopReason::Requested => Ending::Failed(Error::Stopped),
                 };
                 self.finish(ending, None, ctx);
             }

@@ -21,8 +21,9 @@ type StopFuture = Pin<Box<dyn Future<Output = cldpd::Result<i32>>>>;
 
 /// Render `session` until it ends; returns the process exit code: the
 /// container's code, [`EXIT_FAILURE`] when the run failed, or `128 + n` when
-/// signal `n` stopped it before a container ran. `grace` is the SIGTERM →
-/// SIGKILL period of a stop caused by a signal.
+/// signal `n` stopped it while no container ran (before the first one, or
+/// during a restart back-off). `grace` is the SIGTERM → SIGKILL period of a
+/// stop caused by a signal.
 pub async fn drive(
     ui: &mut Ui,
     session: &Session,
@@ -104,7 +105,7 @@ pub async fn drive(
         Err(cldpd::Error::Stopped) if signalled.is_some() => {
             let sig = signalled.expect("checked");
             ui.status(format_args!(
-                "stopped by {} before a container started",
+                "stopped by {} while no container was running",
                 sig.name()
             ));
             128 + sig.number()

@@ -31,8 +31,8 @@ Exit status:
            unreachable, image build failed, agent not runnable, ...
   2        usage error: unknown command, flag or missing argument
   other    start/resume: the container's exit code (143 after SIGTERM, 137
-           after SIGKILL); 130/143 when Ctrl-C/SIGTERM stopped the run before
-           its container started
+           after SIGKILL); 130/143 when Ctrl-C/SIGTERM stopped the run while
+           no container ran (before the first, or during a restart back-off)
 
 Environment:
   CLDPD_PODS_DIR   pods directory (default ~/.cldpd/pods), like --pods-dir
