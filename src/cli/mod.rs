@@ -104,6 +104,16 @@ impl Ctx {
         Ui::new(json, self.verbose)
     }
 
+    /// Stop every live run of the dispatcher, if one was started (each with
+    /// its own grace). Called after every command, also after an error.
+    async fn shutdown(&self) {
+        if let Some(d) = self.dispatcher.get() {
+            if let Err(e) = d.shutdown(None).await {
+                tracing::warn!(error = %e, "could not shut the dispatcher down");
+            }
+        }
+    }
+
     /// The dispatcher (started in the current actix system on first use).
     pub fn dispatcher(&self) -> &Dispatcher {
         self.dispatcher
@@ -136,7 +146,13 @@ pub fn main() -> i32 {
     init_tracing(cli.global.verbose);
     let ctx = Ctx::new(&cli.global);
     let system = actix::System::new();
-    let code = system.block_on(commands::run(cli.command, &ctx));
+    let code = system.block_on(async {
+        let result = commands::run(cli.command, &ctx).await;
+        // Whatever the command did, success or error: nothing it started
+        // outlives it.
+        ctx.shutdown().await;
+        result
+    });
     match code {
         Ok(code) => code,
         Err(e) => {
