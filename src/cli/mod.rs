@@ -30,6 +30,8 @@ Exit status:
            missing mount source, bad issue URL, empty prompt), Docker
            unreachable, image build failed, agent not runnable, ...
   2        usage error: unknown command, flag or missing argument
+  141      stdout's reader went away (broken pipe, e.g. `| head`); the run was
+           stopped (any other stdout write error, e.g. a full disk: 1)
   other    start/resume: the container's exit code (143 after SIGTERM, 137
            after SIGKILL); 130/143 when Ctrl-C/SIGTERM stopped the run before
            its container started
@@ -153,12 +155,18 @@ pub fn main() -> i32 {
         ctx.shutdown().await;
         result
     });
-    match code {
+    let code = match code {
         Ok(code) => code,
         Err(e) => {
             ctx.ui(false).error(&e);
             EXIT_FAILURE
         }
+    };
+    // A stdout that could not be written decides the exit code (said on
+    // stderr when it happened).
+    match output::stdout_failure() {
+        Some(failure) => failure.exit_code(),
+        None => code,
     }
 }
 

@@ -172,6 +172,14 @@ async fn run_batch(
                     ui.spin_begin(progress_text(&board.counts, total));
                 }
                 ui.flush();
+                if ui.out_failed_now() && !signalled {
+                    // Nobody reads the results: stop every job, as Ctrl-C
+                    // would (the report is still written).
+                    signalled = true;
+                    let text = args.grace.map_or("each pod's grace".to_string(), grace_text);
+                    ui.notice(format_args!("stopping every job (SIGTERM, then SIGKILL after {text})"));
+                    stopping = Some(Box::pin(batch.stop(args.grace)));
+                }
             }
             r = &mut report, if report_done.is_none() => {
                 report_done = Some(r);
