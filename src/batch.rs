@@ -277,7 +277,11 @@ pub struct Batch {
 
 impl Batch {
     /// Check every job, then start them all. A bad job refuses the whole
-    /// batch with [`Error::BatchJob`] (naming its index and line).
+    /// batch with [`Error::BatchJob`] (naming its index and line). A job
+    /// that passes the check but then fails to start (its pod changed in
+    /// between, the state directory failed) refuses the batch too, after
+    /// the jobs already started have been stopped: nothing of a refused
+    /// batch keeps running.
     pub async fn start(dispatcher: &Dispatcher, jobs: Vec<Job>) -> Result<Batch> {
         for (index, job) in jobs.iter().enumerate() {
             dispatcher
@@ -288,11 +292,21 @@ impl Batch {
         let started = SystemTime::now();
         let mut sessions = Vec::with_capacity(jobs.len());
         for (index, job) in jobs.iter().enumerate() {
-            let session = dispatcher
-                .start(job.request())
-                .await
-                .map_err(|e| job.refused(index, e))?;
-            sessions.push(session);
+            match dispatcher.start(job.request()).await {
+                Ok(session) => sessions.push(session),
+                Err(e) => {
+                    // All or nothing: the jobs already started are stopped
+                    // (each with its own grace) before the batch is refused.
+                    tracing::warn!(
+                        job = index,
+                        started = sessions.len(),
+                        error = %e,
+                        "a batch job could not start; stopping the jobs already started"
+                    );
+                    join_all(sessions.iter().map(|s| s.stop(None))).await;
+                    return Err(job.refused(index, e));
+                }
+            }
         }
         Ok(Batch {
             jobs,

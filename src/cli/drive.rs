@@ -38,6 +38,7 @@ pub async fn drive(
     let mut stop: Option<StopFuture> = None;
     let mut stop_error: Option<cldpd::Error> = None;
     let mut signalled: Option<Sig> = None;
+    let mut out_stop = false;
 
     loop {
         tokio::select! {
@@ -87,6 +88,18 @@ pub async fn drive(
                 ui.flush();
                 if done {
                     break;
+                }
+                if ui.out_failed_now() && stop.is_none() && !out_stop {
+                    // Nobody reads what the run prints: stop it the
+                    // normal way (said on stderr by the Ui already).
+                    out_stop = true;
+                    ui.notice(format_args!(
+                        "stopping {} (SIGTERM, then SIGKILL after {})",
+                        session.id(),
+                        grace_text(grace)
+                    ));
+                    let s = session.clone();
+                    stop = Some(Box::pin(async move { s.stop(Some(grace)).await }));
                 }
             }
             _ = tick.tick(), if ui.spinning() => ui.spin_tick(),

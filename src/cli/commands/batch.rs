@@ -69,7 +69,6 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
             .hint("pass a JSON array or NDJSON file of jobs")
     })?;
     let jobs = parse_jobs(&text, &args.file)?;
-    let text_jobs = jobs.clone();
     let settings = ctx
         .settings()
         .clone()
@@ -77,11 +76,27 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
         .workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
         .adopt_orphans(true);
     let dispatcher = Dispatcher::docker(settings);
+    let result = run_batch(args, &mut ui, &dispatcher, jobs).await;
+    // Every path, error or not: the jobs and the adopted runs are stopped
+    // (a finished batch has none left of its own).
+    if let Err(e) = dispatcher.shutdown(None).await {
+        tracing::warn!(error = %e, "could not shut the batch's dispatcher down");
+    }
+    result
+}
+
+async fn run_batch(
+    args: BatchArgs,
+    ui: &mut crate::cli::output::Ui,
+    dispatcher: &Dispatcher,
+    jobs: Vec<cldpd::batch::Job>,
+) -> Result<i32, CliError> {
+    let text_jobs = jobs.clone();
     dispatcher.preflight().await?;
     let mut signals = Signals::install()?;
     let total = jobs.len();
     let start_time = std::time::SystemTime::now();
-    let batch = Batch::start(&dispatcher, jobs).await?;
+    let batch = Batch::start(dispatcher, jobs).await?;
     ui.status(format_args!(
         "batch of {total} jobs, at most {} at a time",
         args.concurrency
@@ -143,7 +158,7 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
                 let mut next = Some(first);
                 let mut handled = 0;
                 while let Some((i, ev)) = next.take() {
-                    board.event(&mut ui, i, &ev, signalled);
+                    board.event(ui, i, &ev, signalled);
                     handled += 1;
                     if handled < DRAIN_BATCH {
                         match events.next().now_or_never() {
@@ -157,6 +172,14 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
                     ui.spin_begin(progress_text(&board.counts, total));
                 }
                 ui.flush();
+                if ui.out_failed_now() && !signalled {
+                    // Nobody reads the results: stop every job, as Ctrl-C
+                    // would (the report is still written).
+                    signalled = true;
+                    let text = args.grace.map_or("each pod's grace".to_string(), grace_text);
+                    ui.notice(format_args!("stopping every job (SIGTERM, then SIGKILL after {text})"));
+                    stopping = Some(Box::pin(batch.stop(args.grace)));
+                }
             }
             r = &mut report, if report_done.is_none() => {
                 report_done = Some(r);

@@ -102,6 +102,10 @@ pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
             }
         }
         ui.flush();
+        if ui.out_failed_now() {
+            // Said on stderr; the exit code comes from the failure.
+            return Ok(EXIT_FAILURE);
+        }
         if !args.follow {
             return Ok(done(incomplete));
         }
