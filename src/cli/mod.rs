@@ -17,6 +17,7 @@ mod commands;
 mod drive;
 mod error;
 mod output;
+mod prompt;
 mod render;
 mod signals;
 
@@ -30,9 +31,12 @@ Exit status:
            missing mount source, bad issue URL, empty prompt), Docker
            unreachable, image build failed, agent not runnable, ...
   2        usage error: unknown command, flag or missing argument
+  124      a limit of cldpd ended the run: timeoutSecs, idleTimeoutSecs, or
+           the restart limit when the last attempt did not exit by itself
   other    start/resume: the container's exit code (143 after SIGTERM, 137
-           after SIGKILL); 130/143 when Ctrl-C/SIGTERM stopped the run before
-           its container started
+           after SIGKILL; after the restart limit: the last attempt's);
+           129/130/143 when SIGHUP/Ctrl-C/SIGTERM stopped the run before its
+           container started
 
 Environment:
   CLDPD_PODS_DIR   pods directory (default ~/.cldpd/pods), like --pods-dir
