@@ -337,6 +337,81 @@ fn a_prompt_from_stdin_reaches_the_agent() {
     no_containers_left(&pod);
 }
 
+/// Removes an image tag when dropped.
+struct RemoveTag(String);
+
+impl Drop for RemoveTag {
+    fn drop(&mut self) {
+        let _ = docker(["rmi", "--no-prune", self.0.as_str()]);
+    }
+}
+
+/// The README's two library programs (examples/actor.rs and
+/// examples/facade.rs, which `cargo test` builds) run against the demo pod
+/// and print a failure with Display and its hint, not Debug.
+#[test]
+fn the_library_examples_run_against_the_demo_pod() {
+    if !require_docker() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
+    let pods = tempfile::tempdir().unwrap();
+    let state = state();
+    // The demo pod as config/pods/hello has it, under its own image tag.
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pods/hello");
+    let hello = pods.path().join("hello");
+    std::fs::create_dir(&hello).unwrap();
+    for file in ["Dockerfile", "claude", "template.md"] {
+        std::fs::copy(demo.join(file), hello.join(file)).unwrap();
+    }
+    std::fs::copy(support::docker::BUSYBOX, hello.join("busybox")).unwrap();
+    let tag = format!("cldpd-{}", support::docker::unique_name());
+    let _remove = RemoveTag(tag.clone());
+    std::fs::write(
+        hello.join("pod.json"),
+        format!(r#"{{"image": "{tag}", "workdir": "/work", "stopGraceSecs": 3}}"#),
+    )
+    .unwrap();
+    for name in ["facade", "actor"] {
+        let bin = examples.join(name);
+        assert!(
+            bin.is_file(),
+            "{} is missing: `cargo test` builds the examples (or: cargo build --examples)",
+            bin.display()
+        );
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.env("CLDPD_PODS_DIR", pods.path())
+            .env("CLDPD_STATE_DIR", state.path())
+            .stdin(std::process::Stdio::null());
+        let out = run(cmd, LIMIT);
+        out.expect_code(0);
+        assert!(
+            out.stdout.contains("hello from the demo agent"),
+            "{name}: {}",
+            out.stdout
+        );
+        // A missing pods directory: Display and a hint, no Debug.
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.env("CLDPD_PODS_DIR", pods.path().join("missing"))
+            .env("CLDPD_STATE_DIR", state.path())
+            .stdin(std::process::Stdio::null());
+        let out = run(cmd, LIMIT);
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains("cannot start: pods directory")
+                && out.stderr.contains("hint: ")
+                && !out.stderr.contains("PodsDirMissing"),
+            "{name}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        support::docker::containers_with_label(&format!("cldpd.image={tag}")),
+        Vec::<String>::new()
+    );
+}
+
 #[test]
 fn a_second_ctrl_c_kills_at_once() {
     if !require_docker() {
