@@ -398,10 +398,15 @@ impl Batch {
                 terminal = Some(ev);
             }
         }
+        // A run the restart limit ended still has its agent's last code.
+        let last_code = match session.wait().await {
+            Err(Error::RestartLimit { exit_code, .. }) => exit_code,
+            _ => None,
+        };
         let (exit_code, error) = match terminal.as_ref().map(|e| &e.kind) {
             Some(EventKind::ContainerExited { code }) => (Some(*code), None),
             Some(EventKind::Error { code, message }) => (
-                None,
+                last_code,
                 Some(JobError {
                     code: code.clone(),
                     message: message.clone(),
@@ -423,7 +428,7 @@ impl Batch {
         let state = match (exit_code, &error) {
             (_, Some(e)) if e.code == "stopped" => JobState::Stopped,
             _ if stopped => JobState::Stopped,
-            (Some(0), _) => JobState::Succeeded,
+            (Some(0), None) => JobState::Succeeded,
             _ => JobState::Failed,
         };
         JobReport {

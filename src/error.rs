@@ -243,6 +243,9 @@ pub enum Error {
         within: Duration,
         /// The failure that was not retried.
         last: String,
+        /// The exit code of the last container when it exited (rather than
+        /// failed to run): what the CLI exits with.
+        exit_code: Option<i32>,
     },
     /// The session's event log could not be written or read.
     #[error("session log {}: {message}", path.display())]
@@ -356,7 +359,7 @@ impl Error {
                 }
             }
             Error::PodsDirMissing { .. } => {
-                "create it, or pass --pods-dir / set CLDPD_PODS_DIR".to_string()
+                "run `cldpd init` to create it with an example pod, or pass --pods-dir / set CLDPD_PODS_DIR".to_string()
             }
             Error::InvalidPodName { .. } => {
                 "a pod name is the name of a directory in the pods directory: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit".to_string()

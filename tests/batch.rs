@@ -109,9 +109,10 @@ async fn a_thousand_jobs_with_mixed_outcomes_are_reported_exactly() {
                 assert_eq!(job.tail, ["Step 1/1 : RUN make", "make: no rule"]);
             }
             "flaky" => {
+                // The agent's last exit code is kept.
                 assert_eq!(
-                    (job.state, code, job.restarts),
-                    (JobState::Failed, Some("restart_limit"), 2)
+                    (job.state, job.exit_code, code, job.restarts),
+                    (JobState::Failed, Some(1), Some("restart_limit"), 2)
                 );
                 assert_eq!(job.tail, ["out 1", "out 1", "out 1"]);
             }

@@ -226,6 +226,192 @@ fn sigterm_stops_the_run_gracefully_and_exits_with_the_container_code() {
     graceful_stop_on("TERM");
 }
 
+/// Says which signal reached it: SIGTERM exits 143, SIGINT 130, SIGHUP 129.
+const WHICH_SIGNAL: &str = "#!/bin/sh\ntrap 'echo \"got TERM\" >&2; exit 143' TERM\ntrap 'echo \"got INT\" >&2; exit 130' INT\ntrap 'echo \"got HUP\" >&2; exit 129' HUP\necho ready\nwhile :; do sleep 0.1; done\n";
+
+/// A terminal sends Ctrl-C (SIGINT) or its hang-up (SIGHUP) to the whole
+/// foreground process group, not to cldpd alone. The docker clients cldpd
+/// starts must not be in that group (they would forward the signal to the
+/// agent): the agent gets exactly what cldpd says it sends, SIGTERM.
+fn terminal_signal_reaches_the_agent_as_sigterm(signal: &str) {
+    use std::os::unix::process::CommandExt;
+    let pod = TestPod::with_stub(WHICH_SIGNAL);
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE, "--grace", "30"]);
+    // Its own process group, as a shell puts a foreground job.
+    cmd.process_group(0);
+    let live = Live::spawn(cmd);
+    let id = live.session_id(STARTUP);
+    live.wait_stdout("ready\n", STARTUP);
+    let group = format!("-{}", live.pid());
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), "--", &group])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{signal} -- {group}");
+    let out = live.finish(Duration::from_secs(20));
+    out.expect_code(143);
+    assert!(
+        out.stderr.contains(&format!(
+            "cldpd: stopping {id} (SIGTERM, then SIGKILL after 30s)"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("got TERM"), "{}", out.stderr);
+    assert!(!out.stderr.contains("got INT"), "{}", out.stderr);
+    assert!(!out.stderr.contains("got HUP"), "{}", out.stderr);
+    no_containers_left(&pod);
+}
+
+#[test]
+fn ctrl_c_on_a_terminal_gives_the_agent_sigterm_not_sigint() {
+    if !require_docker() {
+        return;
+    }
+    terminal_signal_reaches_the_agent_as_sigterm("INT");
+}
+
+#[test]
+fn closing_the_terminal_gives_the_agent_sigterm_not_sighup() {
+    if !require_docker() {
+        return;
+    }
+    terminal_signal_reaches_the_agent_as_sigterm("HUP");
+}
+
+#[test]
+fn the_restart_limit_exits_with_the_agent_code_and_a_timeout_exits_124() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::builder()
+        .stub(EXIT_7)
+        .pod_json(r#"{"restart": "on-failure", "maxRestarts": 1, "backoffMs": 10}"#)
+        .create();
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(7);
+    assert!(
+        out.stderr.contains("restart limit reached"),
+        "{}",
+        out.stderr
+    );
+    no_containers_left(&pod);
+
+    let pod = TestPod::builder()
+        .stub(LOOP_OR_RESUME)
+        .pod_json(r#"{"timeoutSecs": 1, "stopGraceSecs": 1}"#)
+        .create();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(124);
+    assert!(out.stderr.contains("timeout"), "{}", out.stderr);
+    no_containers_left(&pod);
+}
+
+#[test]
+fn a_prompt_from_stdin_reaches_the_agent() {
+    if !require_docker() {
+        return;
+    }
+    // Prints its arguments and its stdin: the prompt is in one of them.
+    let pod = TestPod::with_stub("#!/bin/sh\necho \"args: $*\"\ncat\n");
+    let state = state();
+    let task = state.path().join("task.md");
+    std::fs::write(&task, "- fix the tests\n- and the docs\n").unwrap();
+    for flag in ["--prompt", "--prompt-file"] {
+        let mut cmd = cldpd(pod.pods_dir(), state.path());
+        cmd.args(["start", pod.name(), flag, "-"])
+            .stdin(std::fs::File::open(&task).unwrap());
+        let out = run(cmd, LIMIT);
+        out.expect_code(0);
+        assert!(out.stdout.contains("- fix the tests"), "{}", out.stdout);
+        assert!(out.stdout.contains("- and the docs"), "{}", out.stdout);
+    }
+    no_containers_left(&pod);
+}
+
+/// Removes an image tag when dropped.
+struct RemoveTag(String);
+
+impl Drop for RemoveTag {
+    fn drop(&mut self) {
+        let _ = docker(["rmi", "--no-prune", self.0.as_str()]);
+    }
+}
+
+/// The README's two library programs (examples/actor.rs and
+/// examples/facade.rs, which `cargo test` builds) run against the demo pod
+/// and print a failure with Display and its hint, not Debug.
+#[test]
+fn the_library_examples_run_against_the_demo_pod() {
+    if !require_docker() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
+    let pods = tempfile::tempdir().unwrap();
+    let state = state();
+    // The demo pod as config/pods/hello has it, under its own image tag.
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pods/hello");
+    let hello = pods.path().join("hello");
+    std::fs::create_dir(&hello).unwrap();
+    for file in ["Dockerfile", "claude", "template.md"] {
+        std::fs::copy(demo.join(file), hello.join(file)).unwrap();
+    }
+    std::fs::copy(support::docker::BUSYBOX, hello.join("busybox")).unwrap();
+    let tag = format!("cldpd-{}", support::docker::unique_name());
+    let _remove = RemoveTag(tag.clone());
+    std::fs::write(
+        hello.join("pod.json"),
+        format!(r#"{{"image": "{tag}", "workdir": "/work", "stopGraceSecs": 3}}"#),
+    )
+    .unwrap();
+    for name in ["facade", "actor"] {
+        let bin = examples.join(name);
+        assert!(
+            bin.is_file(),
+            "{} is missing: `cargo test` builds the examples (or: cargo build --examples)",
+            bin.display()
+        );
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.env("CLDPD_PODS_DIR", pods.path())
+            .env("CLDPD_STATE_DIR", state.path())
+            .stdin(std::process::Stdio::null());
+        let out = run(cmd, LIMIT);
+        out.expect_code(0);
+        assert!(
+            out.stdout.contains("hello from the demo agent"),
+            "{name}: {}",
+            out.stdout
+        );
+        // A missing pods directory: Display and a hint, no Debug.
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.env("CLDPD_PODS_DIR", pods.path().join("missing"))
+            .env("CLDPD_STATE_DIR", state.path())
+            .stdin(std::process::Stdio::null());
+        let out = run(cmd, LIMIT);
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains("cannot start: pods directory")
+                && out.stderr.contains("hint: ")
+                && !out.stderr.contains("PodsDirMissing"),
+            "{name}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        support::docker::containers_with_label(&format!("cldpd.image={tag}")),
+        Vec::<String>::new()
+    );
+}
+
 #[test]
 fn a_second_ctrl_c_kills_at_once() {
     if !require_docker() {
@@ -578,6 +764,38 @@ fn a_failed_build_exits_1_and_shows_the_tail_of_its_output() {
     );
     assert!(out.stderr.contains("hint: "), "{}", out.stderr);
     assert_eq!(out.stdout, "");
+    // The legacy builder's notice and its carriage returns are not shown.
+    assert!(!out.stderr.contains("DEPRECATED"), "{}", out.stderr);
+    assert!(!out.stderr.contains("buildx"), "{}", out.stderr);
+    assert!(!out.stderr.contains('\r'), "{:?}", out.stderr);
+
+    // --json: no notice, no `\r` in any event (nor its JSON escape).
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE, "--json"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert!(out.stdout.contains("build_output"), "{}", out.stdout);
+    assert!(!out.stdout.contains("DEPRECATED"), "{}", out.stdout);
+    assert!(!out.stdout.contains("\\r"), "{}", out.stdout);
+    assert!(!out.stdout.contains('\r'), "{:?}", out.stdout);
+
+    // -v: the build log once, not again in the error.
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE, "-v"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert_eq!(
+        out.stderr.matches("RUN [\"/bin/false\"]").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("cldpd: building image `{}` failed", pod.image())),
+        "{}",
+        out.stderr
+    );
     no_containers_left(&pod);
 }
 

@@ -194,6 +194,10 @@ impl RestartTracker {
                 restarts: policy.max_restarts,
                 within: policy.within,
                 last: ending.describe(),
+                exit_code: match ending {
+                    Ending::Exited(code) => Some(*code),
+                    Ending::Failed(_) => None,
+                },
             });
         }
         self.recent.push_back(now);
@@ -349,7 +353,11 @@ mod tests {
         assert_eq!(delays, [100, 200, 300].map(Duration::from_millis));
         assert!(matches!(
             t.decide(&p, &Ending::Exited(1), t0 + Duration::from_secs(3)),
-            Decision::GiveUp(Error::RestartLimit { restarts: 3, .. })
+            Decision::GiveUp(Error::RestartLimit {
+                restarts: 3,
+                exit_code: Some(1),
+                ..
+            })
         ));
         // Outside the period the old restarts no longer count.
         assert!(matches!(

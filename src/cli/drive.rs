@@ -9,7 +9,7 @@ use std::time::Duration;
 use cldpd::Session;
 use futures_util::{FutureExt, StreamExt};
 
-use super::error::{exit_code_for, CliError, EXIT_FAILURE};
+use super::error::{exit_code_for, exit_code_for_error, CliError, EXIT_FAILURE};
 use super::output::{grace_text, Ui, SPINNER_INTERVAL};
 use super::render::Renderer;
 use super::signals::{Sig, Signals};
@@ -20,10 +20,11 @@ const DRAIN_BATCH: usize = 1024;
 type StopFuture = Pin<Box<dyn Future<Output = cldpd::Result<i32>>>>;
 
 /// Render `session` until it ends; returns the process exit code: the
-/// container's code, [`EXIT_FAILURE`] when the run failed, or `128 + n` when
-/// signal `n` stopped it while no container ran (before the first one, or
-/// during a restart back-off). `grace` is the SIGTERM → SIGKILL period of a
-/// stop caused by a signal.
+/// container's code, the agent's last code or [`super::error::EXIT_LIMIT`]
+/// when a limit ended it, [`EXIT_FAILURE`] when the run failed, or `128 + n`
+/// when signal `n` stopped it while no container ran (before the first one,
+/// or during a restart back-off). `grace` is the SIGTERM → SIGKILL period of
+/// a stop caused by a signal.
 pub async fn drive(
     ui: &mut Ui,
     session: &Session,
@@ -124,8 +125,20 @@ pub async fn drive(
             128 + sig.number()
         }
         Err(e) => {
+            let code = exit_code_for_error(&e);
+            let e = match e {
+                // -v printed the build log already: not its tail again.
+                cldpd::Error::BuildFailed { image, code, .. } if ui.verbose => {
+                    cldpd::Error::BuildFailed {
+                        image,
+                        code,
+                        tail: Vec::new(),
+                    }
+                }
+                e => e,
+            };
             ui.error(&CliError::from(e));
-            EXIT_FAILURE
+            code
         }
     }
 }

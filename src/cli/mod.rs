@@ -17,6 +17,7 @@ mod commands;
 mod drive;
 mod error;
 mod output;
+mod prompt;
 mod render;
 mod signals;
 
@@ -30,11 +31,14 @@ Exit status:
            missing mount source, bad issue URL, empty prompt), Docker
            unreachable, image build failed, agent not runnable, ...
   2        usage error: unknown command, flag or missing argument
+  124      a limit of cldpd ended the run: timeoutSecs, idleTimeoutSecs, or
+           the restart limit when the last attempt did not exit by itself
   141      stdout's reader went away (broken pipe, e.g. `| head`); the run was
            stopped (any other stdout write error, e.g. a full disk: 1)
   other    start/resume: the container's exit code (143 after SIGTERM, 137
-           after SIGKILL); 130/143 when Ctrl-C/SIGTERM stopped the run while
-           no container ran (before the first, or during a restart back-off)
+           after SIGKILL; after the restart limit: the last attempt's);
+           129/130/143 when SIGHUP/Ctrl-C/SIGTERM stopped the run while no
+           container ran (before the first, or during a restart back-off)
 
 Environment:
   CLDPD_PODS_DIR   pods directory (default ~/.cldpd/pods), like --pods-dir

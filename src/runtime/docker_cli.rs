@@ -79,6 +79,7 @@
 
 mod admin;
 mod args;
+mod build_log;
 mod clients;
 mod exit;
 mod inspect;
@@ -204,6 +205,10 @@ impl DockerCli {
         };
         tracing::debug!(argv = %format!("{} {}", program.display(), args::display_argv(args)), "docker");
         let mut cmd = Command::new(program);
+        // Its own process group: a terminal's Ctrl-C or hang-up goes to the
+        // foreground group, and a docker client in it would forward SIGINT
+        // or SIGHUP to the agent. The agent gets only what cldpd sends.
+        cmd.process_group(0);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -219,7 +219,10 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
                         &mut ui,
                         Level::Warn,
                         format_args!("no pods in {}", pods_dir.display()),
-                        Some("a pod is a directory <pods-dir>/<name>/ with a Dockerfile".into()),
+                        Some(
+                            "`cldpd new <name>` scaffolds a pod, `cldpd init` adds the demo pod"
+                                .into(),
+                        ),
                     );
                 }
                 for (row, pod) in &pods {

@@ -8,10 +8,13 @@ use super::Ctx;
 mod batch;
 mod completions;
 mod doctor;
+mod init;
 mod logs;
+mod new;
 mod pods;
 mod ps;
 mod resume;
+mod scaffold;
 mod start;
 mod stop;
 
@@ -35,6 +38,11 @@ pub enum Command {
     Batch(batch::BatchArgs),
     /// Check Docker, the pods directory and every pod; one line per check
     Doctor(doctor::DoctorArgs),
+    /// Create the pods directory with a pod that works (the demo pod), and
+    /// say what to do next
+    Init(init::InitArgs),
+    /// Scaffold a new pod: Dockerfile, pod.json, template.md, README.md
+    New(new::NewArgs),
     /// Print a shell completion script
     Completions(completions::CompletionsArgs),
 }
@@ -50,6 +58,8 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<i32, CliError> {
         Command::Pods(args) => pods::run(args, ctx),
         Command::Batch(args) => batch::run(args, ctx).await,
         Command::Doctor(args) => doctor::run(args, ctx).await,
+        Command::Init(args) => init::run(args, ctx),
+        Command::New(args) => new::run(args, ctx),
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -1,22 +1,27 @@
 //! `cldpd start <pod> --issue <url>`: build, run, stream, exit with the
 //! container's code.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{ArgGroup, Args};
 use cldpd::StartRequest;
 
 use crate::cli::drive::drive;
 use crate::cli::error::CliError;
+use crate::cli::prompt::read_prompt;
 use crate::cli::signals::Signals;
 use crate::cli::{parse_grace, Ctx};
 
 /// Arguments of `cldpd start`.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("task").required(true).args(["issue", "prompt", "prompt_file"])))]
 #[command(after_help = "\
 Examples:
   cldpd start hello --issue https://github.com/cldpd/demo/issues/1
   cldpd start web --prompt 'Update the changelog' --json > events.ndjson
+  cldpd start web --prompt-file task.md
+  git diff | cldpd start web --prompt -
 
 Ctrl-C (or SIGTERM) stops the run: SIGTERM into the container, then SIGKILL
 after the grace period; a second Ctrl-C kills it at once. cldpd exits with
@@ -26,12 +31,22 @@ pub struct StartArgs {
     pub pod: String,
 
     /// The GitHub issue for the agent to work on
-    #[arg(long, value_name = "URL", conflicts_with = "prompt")]
+    #[arg(long, value_name = "URL", conflicts_with_all = ["prompt", "prompt_file"])]
     pub issue: Option<String>,
 
-    /// A free-form task instead of an issue
-    #[arg(long, value_name = "TEXT")]
+    /// A free-form task instead of an issue (`-`: read it from stdin; it
+    /// may start with `-`, e.g. a markdown list)
+    #[arg(
+        long,
+        value_name = "TEXT",
+        allow_hyphen_values = true,
+        conflicts_with = "prompt_file"
+    )]
     pub prompt: Option<String>,
+
+    /// Read the task from this file (`-`: stdin)
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
 
     /// Seconds between SIGTERM and SIGKILL when the run is stopped
     /// [default: the pod's stopGraceSecs, else 10]
@@ -49,11 +64,12 @@ pub async fn run(args: StartArgs, ctx: &Ctx) -> Result<i32, CliError> {
     // Before the run exists, so that a Ctrl-C at any point stops it.
     let mut signals = Signals::install()?;
     let mut ui = ctx.ui(args.json);
-    let mut request = match (&args.issue, &args.prompt) {
+    let prompt = read_prompt(args.prompt.as_deref(), args.prompt_file.as_deref())?;
+    let mut request = match (&args.issue, &prompt) {
         (Some(url), _) => StartRequest::issue(&args.pod, url),
         (None, Some(prompt)) => StartRequest::prompt(&args.pod, prompt),
-        // The library checks the pod first, then says the URL is missing.
-        (None, None) => StartRequest::issue(&args.pod, ""),
+        // clap requires one of --issue, --prompt, --prompt-file.
+        (None, None) => unreachable!("the `task` group is required"),
     };
     if let Some(grace) = args.grace {
         request = request.grace(grace);
@@ -62,23 +78,9 @@ pub async fn run(args: StartArgs, ctx: &Ctx) -> Result<i32, CliError> {
         .dispatcher()
         .start(request)
         .await
-        .map_err(|e| explain_missing_task(e, &args))?;
+        .map_err(CliError::from)?;
     let grace = args
         .grace
         .unwrap_or_else(|| super::pod_grace(ctx, session.pod()));
     Ok(drive(&mut ui, &session, &mut signals, grace, None).await)
-}
-
-/// "invalid issue URL ``" when no `--issue` was given reads better as
-/// "no issue given".
-fn explain_missing_task(e: cldpd::Error, args: &StartArgs) -> CliError {
-    match e {
-        cldpd::Error::InvalidIssueUrl { .. } if args.issue.is_none() => {
-            CliError::new("no task given: pass --issue <url> (or --prompt <text>)").hint(format!(
-                "for example: cldpd start {} --issue https://github.com/owner/repo/issues/42",
-                args.pod
-            ))
-        }
-        e => e.into(),
-    }
 }

@@ -696,6 +696,7 @@ pub(crate) struct BuildStream {
     image: String,
     iidfile: PathBuf,
     queue: VecDeque<BuildEvent>,
+    log: super::build_log::BuildLog,
 }
 
 impl BuildStream {
@@ -706,6 +707,7 @@ impl BuildStream {
             image,
             iidfile,
             queue: VecDeque::new(),
+            log: Default::default(),
         }
     }
 }
@@ -753,7 +755,7 @@ impl Stream for BuildStream {
                     }
                     let fut = finish_build(
                         child,
-                        pipes.take_tail(),
+                        super::build_log::BuildLog::clean_all(pipes.take_tail()),
                         this.binary.clone(),
                         this.image.clone(),
                         this.iidfile.clone(),
@@ -766,8 +768,13 @@ impl Stream for BuildStream {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(()) if lines.is_empty() => {}
                         Poll::Ready(()) => {
-                            let texts = lines.into_iter().map(|l| l.text).collect();
-                            return Poll::Ready(Some(BuildEvent::Output(texts)));
+                            let texts: Vec<String> = lines
+                                .into_iter()
+                                .filter_map(|l| this.log.clean(l.text))
+                                .collect();
+                            if !texts.is_empty() {
+                                return Poll::Ready(Some(BuildEvent::Output(texts)));
+                            }
                         }
                     }
                 }
