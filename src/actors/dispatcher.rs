@@ -680,13 +680,7 @@ impl Handler<Resume> for DispatcherActor {
                     .unwrap_or_else(|| vec!["claude".to_string()]);
                 let pod_name = c.label(labels::POD).unwrap_or("resume").to_string();
                 let image = c.label(labels::IMAGE).unwrap_or_default().to_string();
-                let mut command = agent;
-                command.extend([
-                    "-p".into(),
-                    "--resume".into(),
-                    conversation.to_string(),
-                    msg.prompt.clone(),
-                ]);
+                let command = crate::pod::agent::resume_argv(&agent, conversation, &msg.prompt);
                 let exec = ExecSpec {
                     container,
                     command,
