@@ -65,7 +65,8 @@ async fn start_events_follow_the_grammar() {
         spec.command[..4],
         ["claude", "-p", "--session-id", conv.as_str()]
     );
-    assert!(spec.command[4].ends_with(&format!("Work on this GitHub issue: {ISSUE}")));
+    assert_eq!(spec.command[4], "--", "the prompt is never an option");
+    assert!(spec.command[5].ends_with(&format!("Work on this GitHub issue: {ISSUE}")));
 }
 
 #[actix::test]
@@ -146,6 +147,7 @@ async fn resume_events_follow_the_grammar_and_reach_the_pinned_conversation() {
             "-p",
             "--resume",
             conv.as_str(),
+            "--",
             "also fix the tests"
         ]
     );

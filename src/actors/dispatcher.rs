@@ -814,13 +814,8 @@ impl Handler<Resume> for DispatcherActor {
                         .and_then(|a| serde_json::from_str(a).ok())
                         .unwrap_or_else(|| vec!["claude".to_string()]);
                     let image = c.label(labels::IMAGE).unwrap_or_default().to_string();
-                    let mut command = agent;
-                    command.extend([
-                        "-p".into(),
-                        "--resume".into(),
-                        conversation.to_string(),
-                        msg.prompt.clone(),
-                    ]);
+                    let command =
+                        crate::pod::agent::resume_argv(&agent, conversation, &msg.prompt);
                     let exec = ExecSpec {
                         container,
                         command,

@@ -252,13 +252,8 @@ impl SessionActor {
                 } else {
                     format!("{}-r{}", self.id, self.attempt)
                 };
-                spec.command = template.agent.clone();
-                spec.command.extend([
-                    "-p".into(),
-                    "--session-id".into(),
-                    conversation.clone(),
-                    prompt.clone(),
-                ]);
+                spec.command =
+                    crate::pod::agent::start_argv(&template.agent, &conversation, prompt);
                 spec.labels
                     .insert(labels::SESSION.into(), self.id.to_string());
                 if let Some(url) = issue {

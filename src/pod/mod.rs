@@ -58,6 +58,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub(crate) mod agent;
 mod config;
 mod discover;
 mod issue;
@@ -182,8 +183,9 @@ pub struct PodConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
     /// The agent program and its fixed leading arguments; default
-    /// `["claude"]`. cldpd appends `-p --session-id <uuid> <prompt>` on
-    /// start and `-p --resume <uuid> <prompt>` on resume.
+    /// `["claude"]`. cldpd appends `-p --session-id <uuid> -- <prompt>` on
+    /// start and `-p --resume <uuid> -- <prompt>` on resume (`--` so that a
+    /// prompt starting with `-` is text, not an option).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_command: Option<Vec<String>>,
     /// Seconds between SIGTERM and SIGKILL when the run is stopped; default 10.
