@@ -64,7 +64,7 @@ pub struct DispatcherActor {
     queue: VecDeque<String>,
     running: usize,
     /// Runs of a dead dispatcher taken over (session → container).
-    adopted: HashMap<String, String>,
+    adopted: HashMap<String, AdoptedRun>,
     builds: Builds,
     /// Pods discovered by earlier starts, reused while unchanged.
     pods: PodCache,
@@ -521,7 +521,14 @@ impl DispatcherActor {
             {
                 Ok(()) => {
                     tracing::info!(session, container = %c.name, previous_owner = %owner.id, "adopted an orphaned run");
-                    self.adopted.insert(session.to_string(), c.name.clone());
+                    self.adopted.insert(
+                        session.to_string(),
+                        AdoptedRun {
+                            session: session.to_string(),
+                            container: c.name.clone(),
+                            previous_owner: owner.id.clone(),
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(session, error = %e, "could not record the adoption of an orphaned run")
@@ -559,10 +566,10 @@ impl DispatcherActor {
             actix::fut::wrap_future(list).map(|listed, act: &mut Self, _| {
                 let Ok(Ok(containers)) = listed else { return };
                 let state_dir = act.settings.state_dir.clone();
-                act.adopted.retain(|session, container| {
+                act.adopted.retain(|session, run| {
                     let live = containers
                         .iter()
-                        .any(|c| &c.name == container && c.is_running());
+                        .any(|c| c.name == run.container && c.is_running());
                     if !live {
                         let _ =
                             std::fs::remove_file(crate::owner::adoption_path(&state_dir, session));
@@ -863,7 +870,7 @@ impl Handler<Shutdown> for DispatcherActor {
         let sessions: Vec<SessionInfo> = self.sessions.values().map(|e| e.info.clone()).collect();
         let runtime = self.runtime.clone();
         let grace = msg.grace.unwrap_or(self.settings.policy.stop_grace);
-        let adopted: Vec<String> = self.adopted.values().cloned().collect();
+        let adopted: Vec<String> = self.adopted.values().map(|r| r.container.clone()).collect();
         Box::pin(async move {
             let adopted = adopted.iter().map(|container| {
                 let stop = guarded("the runtime's stop", runtime.stop(container, grace));
@@ -884,6 +891,59 @@ impl Handler<Shutdown> for DispatcherActor {
             });
             futures_util::future::join(join_all(stops), join_all(adopted)).await;
         })
+    }
+}
+
+impl Handler<ListAdopted> for DispatcherActor {
+    type Result = MessageResult<ListAdopted>;
+
+    fn handle(&mut self, _: ListAdopted, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut runs: Vec<AdoptedRun> = self.adopted.values().cloned().collect();
+        runs.sort_by(|a, b| a.session.cmp(&b.session));
+        MessageResult(runs)
+    }
+}
+
+impl Handler<StopAdopted> for DispatcherActor {
+    type Result = ResponseActFuture<Self, Vec<AdoptedRun>>;
+
+    fn handle(&mut self, msg: StopAdopted, _ctx: &mut Context<Self>) -> Self::Result {
+        let grace = msg.grace.unwrap_or(self.settings.policy.stop_grace);
+        let mut runs: Vec<AdoptedRun> = self.adopted.values().cloned().collect();
+        runs.sort_by(|a, b| a.session.cmp(&b.session));
+        let runtime = self.runtime.clone();
+        let stops = join_all(runs.iter().map(|r| {
+            let stop = guarded("the runtime's stop", runtime.stop(&r.container, grace));
+            let container = r.container.clone();
+            async move {
+                match stop.await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::error!(container, error = %e, "could not stop an adopted run");
+                        false
+                    }
+                }
+            }
+        }));
+        Box::pin(
+            actix::fut::wrap_future(stops).map(move |stopped, act: &mut Self, _| {
+                let state_dir = act.settings.state_dir.clone();
+                let mut done = Vec::new();
+                for (run, ok) in runs.into_iter().zip(stopped) {
+                    if ok {
+                        act.adopted.remove(&run.session);
+                        let _ = std::fs::remove_file(crate::owner::adoption_path(
+                            &state_dir,
+                            &run.session,
+                        ));
+                        tracing::info!(session = %run.session, "stopped an adopted run");
+                        done.push(run);
+                    }
+                }
+                act.admit_next();
+                done
+            }),
+        )
     }
 }
 
