@@ -66,7 +66,7 @@ pub struct DispatcherActor {
     queue: VecDeque<String>,
     running: usize,
     /// Runs of a dead dispatcher taken over (session → container).
-    adopted: HashMap<String, String>,
+    adopted: HashMap<String, AdoptedRun>,
     builds: Builds,
     /// Pods discovered by earlier starts, reused while unchanged.
     pods: PodCache,
@@ -552,13 +552,13 @@ impl DispatcherActor {
 
 impl DispatcherActor {
     /// Take over the orphans of a dead dispatcher that used our state dir:
-    /// record `owner` as their adopter; returns them (session → container).
+    /// record `owner` as their adopter; returns them by session.
     /// Blocking (adoption records, `/proc`).
     fn adopt(
         owner: &Owner,
         state_dir: &Path,
         containers: &[ContainerInfo],
-    ) -> HashMap<String, String> {
+    ) -> HashMap<String, AdoptedRun> {
         let ours = state_dir.display().to_string();
         let mut adopted = HashMap::new();
         for c in containers.iter().filter(|c| c.is_running()) {
@@ -577,7 +577,14 @@ impl DispatcherActor {
             match owner.record_adoption(state_dir, session) {
                 Ok(()) => {
                     tracing::info!(session, container = %c.name, previous_owner = %previous.id, "adopted an orphaned run");
-                    adopted.insert(session.to_string(), c.name.clone());
+                    adopted.insert(
+                        session.to_string(),
+                        AdoptedRun {
+                            session: session.to_string(),
+                            container: c.name.clone(),
+                            previous_owner: previous.id.clone(),
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(session, error = %e, "could not record the adoption of an orphaned run")
@@ -655,10 +662,10 @@ impl DispatcherActor {
             actix::fut::wrap_future(list).map(|listed, act: &mut Self, _| {
                 let Ok(Ok(containers)) = listed else { return };
                 let state_dir = act.settings.state_dir.clone();
-                act.adopted.retain(|session, container| {
+                act.adopted.retain(|session, run| {
                     let live = containers
                         .iter()
-                        .any(|c| &c.name == container && c.is_running());
+                        .any(|c| c.name == run.container && c.is_running());
                     if !live {
                         let path = crate::owner::adoption_path(&state_dir, session);
                         actix::spawn(async move {
@@ -1004,7 +1011,7 @@ impl Handler<Shutdown> for DispatcherActor {
         let sessions: Vec<SessionInfo> = self.sessions.values().map(|e| e.info.clone()).collect();
         let runtime = self.runtime.clone();
         let grace = msg.grace.unwrap_or(self.settings.policy.stop_grace);
-        let adopted: Vec<String> = self.adopted.values().cloned().collect();
+        let adopted: Vec<String> = self.adopted.values().map(|r| r.container.clone()).collect();
         Box::pin(async move {
             let adopted = adopted.iter().map(|container| {
                 let stop = guarded("the runtime's stop", runtime.stop(container, grace));
@@ -1025,6 +1032,59 @@ impl Handler<Shutdown> for DispatcherActor {
             });
             futures_util::future::join(join_all(stops), join_all(adopted)).await;
         })
+    }
+}
+
+impl Handler<ListAdopted> for DispatcherActor {
+    type Result = MessageResult<ListAdopted>;
+
+    fn handle(&mut self, _: ListAdopted, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut runs: Vec<AdoptedRun> = self.adopted.values().cloned().collect();
+        runs.sort_by(|a, b| a.session.cmp(&b.session));
+        MessageResult(runs)
+    }
+}
+
+impl Handler<StopAdopted> for DispatcherActor {
+    type Result = ResponseActFuture<Self, Vec<AdoptedRun>>;
+
+    fn handle(&mut self, msg: StopAdopted, _ctx: &mut Context<Self>) -> Self::Result {
+        let grace = msg.grace.unwrap_or(self.settings.policy.stop_grace);
+        let mut runs: Vec<AdoptedRun> = self.adopted.values().cloned().collect();
+        runs.sort_by(|a, b| a.session.cmp(&b.session));
+        let runtime = self.runtime.clone();
+        let stops = join_all(runs.iter().map(|r| {
+            let stop = guarded("the runtime's stop", runtime.stop(&r.container, grace));
+            let container = r.container.clone();
+            async move {
+                match stop.await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::error!(container, error = %e, "could not stop an adopted run");
+                        false
+                    }
+                }
+            }
+        }));
+        Box::pin(
+            actix::fut::wrap_future(stops).map(move |stopped, act: &mut Self, _| {
+                let state_dir = act.settings.state_dir.clone();
+                let mut done = Vec::new();
+                for (run, ok) in runs.into_iter().zip(stopped) {
+                    if ok {
+                        act.adopted.remove(&run.session);
+                        let _ = std::fs::remove_file(crate::owner::adoption_path(
+                            &state_dir,
+                            &run.session,
+                        ));
+                        tracing::info!(session = %run.session, "stopped an adopted run");
+                        done.push(run);
+                    }
+                }
+                act.admit_next();
+                done
+            }),
+        )
     }
 }
 

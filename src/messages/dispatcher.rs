@@ -186,6 +186,33 @@ pub struct Shutdown {
     pub grace: Option<Duration>,
 }
 
+/// A run of a dead dispatcher that this one took over (settings'
+/// `adopt_orphans`): it counts against `max_concurrent` and is stopped on
+/// [`Shutdown`] or [`StopAdopted`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdoptedRun {
+    /// Session id.
+    pub session: String,
+    /// Its container.
+    pub container: String,
+    /// The dispatcher instance that started it (gone).
+    pub previous_owner: String,
+}
+
+/// The adopted runs still live (see [`AdoptedRun`]).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<AdoptedRun>")]
+pub struct ListAdopted;
+
+/// Stop every adopted run still live (each with `grace`, default the
+/// dispatcher's); resolves with those it stopped, once they are stopped.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Vec<AdoptedRun>")]
+pub struct StopAdopted {
+    /// Grace period between SIGTERM and SIGKILL.
+    pub grace: Option<Duration>,
+}
+
 /// A handle to a session of this dispatcher.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {

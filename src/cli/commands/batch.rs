@@ -28,7 +28,9 @@ Output: one line per finished job on stdout (on a terminal, a progress line
 with the counts on stderr); --json: every event of every job as NDJSON.
 Ctrl-C stops every job (SIGTERM, grace, SIGKILL) and still writes the report.
 Runs orphaned by a dead cldpd with the same state directory are adopted: they
-count against --concurrency and are stopped with the batch.
+are listed when the batch starts, count against --concurrency (shown as
+\"adopted\" on the progress line), are stopped when the batch ends or is
+stopped, and are listed in the report under \"adopted\".
 
 Exit status: 0 when every job succeeded (exit 0), 1 otherwise.")]
 pub struct BatchArgs {
@@ -55,6 +57,8 @@ pub struct BatchArgs {
 
 #[derive(Default)]
 struct Counts {
+    /// Runs of a dead cldpd holding slots (adopted at the start).
+    adopted: usize,
     queued: usize,
     running: usize,
     succeeded: usize,
@@ -101,6 +105,18 @@ async fn run_batch(
         "batch of {total} jobs, at most {} at a time",
         args.concurrency
     ));
+    let adopted = batch.adopted().len();
+    if adopted > 0 {
+        let ids: Vec<&str> = batch.adopted().iter().map(|r| r.session.as_str()).collect();
+        ui.notice(format_args!(
+            "adopted {adopted} run{} of a dead cldpd with this state directory ({}): {} hold{} slots of --concurrency and {} stopped when the batch ends",
+            if adopted == 1 { "" } else { "s" },
+            ids.join(", "),
+            if adopted == 1 { "it" } else { "they" },
+            if adopted == 1 { "s" } else { "" },
+            if adopted == 1 { "is" } else { "are" },
+        ));
+    }
 
     let started = Instant::now();
     let mut board = Board {
@@ -109,6 +125,7 @@ async fn run_batch(
         tails: HashMap::new(),
         counts: Counts {
             queued: total,
+            adopted,
             ..Counts::default()
         },
         start_time,
@@ -206,6 +223,17 @@ async fn run_batch(
         report.failed,
         report.stopped
     ));
+    if !report.adopted.is_empty() {
+        let stopped = report
+            .adopted
+            .iter()
+            .filter(|r| r.state == cldpd::batch::AdoptedState::Stopped)
+            .count();
+        ui.status(format_args!(
+            "adopted runs: {stopped} stopped by the batch, {} ended on their own",
+            report.adopted.len() - stopped
+        ));
+    }
     ui.flush();
     Ok(if report.all_succeeded() {
         0
@@ -295,8 +323,13 @@ fn progress_text(c: &Counts, total: usize) -> String {
     let done = c.succeeded + c.failed;
     let width = 20;
     let filled = (done * width).checked_div(total).unwrap_or(width);
+    let adopted = if c.adopted > 0 {
+        format!("  adopted {}", c.adopted)
+    } else {
+        String::new()
+    };
     format!(
-        "[{}{}] {done}/{total}  queued {}  running {}  succeeded {}  failed {}",
+        "[{}{}] {done}/{total}  queued {}  running {}{adopted}  succeeded {}  failed {}",
         "#".repeat(filled),
         "-".repeat(width - filled),
         c.queued,
