@@ -388,6 +388,38 @@ fn new_scaffolds_a_valid_pod_and_refuses_an_existing_one() {
 }
 
 #[test]
+fn docker_habits_version_verbose_and_a_detached_start_that_fails_shows_why() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    for args in [vec!["version"], vec!["--version"]] {
+        let mut cmd = cldpd(pods.path(), state.path());
+        cmd.args(&args);
+        let out = run(cmd, LIMIT);
+        out.expect_code(0);
+        assert_eq!(
+            out.stdout,
+            format!("cldpd {}\n", env!("CARGO_PKG_VERSION")),
+            "{args:?}"
+        );
+    }
+    // --verbose is -v.
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["pods", "--verbose"]);
+    run(cmd, LIMIT).expect_code(0);
+    // A detached start that cannot start says why and exits 1.
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["start", "-d", "nope", "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    refused(&out, &["nope"]);
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["start", "--detach", "nope", "--prompt", "-"]);
+    refused(
+        &run(cmd, LIMIT),
+        &["--detach cannot read the prompt from stdin"],
+    );
+}
+
+#[test]
 fn a_missing_task_is_a_usage_error_exit_2() {
     let pods = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();

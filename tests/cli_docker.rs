@@ -413,6 +413,72 @@ fn the_library_examples_run_against_the_demo_pod() {
 }
 
 #[test]
+fn start_detach_prints_the_id_and_the_run_goes_on_in_the_background() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(LOOP_OR_RESUME);
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", "-d", pod.name(), "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    let id = out.stdout.trim().to_string();
+    assert!(
+        id.starts_with(&format!("{}-", pod.name())) && out.stdout == format!("{id}\n"),
+        "{}",
+        out.stdout
+    );
+    // The run is live, owned by a process that is not the one that exited.
+    let deadline = std::time::Instant::now() + STARTUP;
+    loop {
+        let mut ps = cldpd(pod.pods_dir(), state.path());
+        ps.args(["ps", "-q"]);
+        let out = run(ps, LIMIT);
+        out.expect_code(0);
+        if out.stdout.lines().any(|l| l == id) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{id} never listed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "--json"]);
+    let rows = ndjson(&run(ps, LIMIT));
+    let row = rows.iter().find(|r| r["session"] == id.as_str()).unwrap();
+    assert_eq!(row["orphan"], false, "its owner lives: {row}");
+
+    // Two targets at once: the live run and one that does not exist.
+    let mut stop = cldpd(pod.pods_dir(), state.path());
+    stop.args(["stop", &id, "nope-00000000", "--grace", "5"]);
+    let out = run(stop, LIMIT);
+    out.expect_code(1);
+    assert_eq!(out.stdout, format!("{id}\n"));
+    assert!(
+        out.stderr.contains(&format!("cldpd: stopped {id}")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("cldpd: nope-00000000: "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("stopping nope-00000000"),
+        "no 'stopping' for what is not running: {}",
+        out.stderr
+    );
+    // The background process saw its run end and logged it.
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", "-f", &id]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    assert!(out.stderr.contains("exited 143"), "{}", out.stderr);
+    no_containers_left(&pod);
+}
+
+#[test]
 fn a_second_ctrl_c_kills_at_once() {
     if !require_docker() {
         return;
@@ -479,6 +545,11 @@ fn stop_from_a_second_process_ends_the_run_of_the_first() {
             .contains(&format!("no running session matches `{id}`"))
             && out.stderr.contains("hint: "),
         "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("stopping"),
+        "nothing is stopping: {}",
         out.stderr
     );
 }

@@ -16,6 +16,10 @@ pub struct PsArgs {
     /// started, state, attempt, owner, orphan)
     #[arg(long)]
     pub json: bool,
+
+    /// Only the session ids, one a line (for scripts: `cldpd stop $(cldpd ps -q)`)
+    #[arg(short, long, conflicts_with = "json")]
+    pub quiet: bool,
 }
 
 /// Run `cldpd ps`.
@@ -25,6 +29,12 @@ pub async fn run(args: PsArgs, ctx: &Ctx) -> Result<i32, CliError> {
     if ui.json {
         for run in &runs {
             ui.json_line(run);
+        }
+        return Ok(0);
+    }
+    if args.quiet {
+        for run in &runs {
+            ui.print(format_args!("{}\n", run.session));
         }
         return Ok(0);
     }

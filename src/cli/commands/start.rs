@@ -22,6 +22,7 @@ Examples:
   cldpd start web --prompt 'Update the changelog' --json > events.ndjson
   cldpd start web --prompt-file task.md
   git diff | cldpd start web --prompt -
+  cldpd start -d web --issue https://github.com/acme/web/issues/7   (prints the id, returns)
 
 Ctrl-C (or SIGTERM) stops the run: SIGTERM into the container, then SIGKILL
 after the grace period; a second Ctrl-C kills it at once. cldpd exits with
@@ -57,10 +58,25 @@ pub struct StartArgs {
     /// else there
     #[arg(long)]
     pub json: bool,
+
+    /// Print the session id and return; the run goes on in a background
+    /// cldpd process that outlives the terminal (see it with ps, logs -f,
+    /// stop it with stop)
+    #[arg(short, long, conflicts_with = "json")]
+    pub detach: bool,
 }
 
 /// Run `cldpd start`.
 pub async fn run(args: StartArgs, ctx: &Ctx) -> Result<i32, CliError> {
+    let handoff = crate::cli::detach::handoff_file();
+    if args.detach && handoff.is_none() {
+        let stdin = Some(std::path::Path::new("-"));
+        if args.prompt.as_deref() == Some("-") || args.prompt_file.as_deref() == stdin {
+            return Err(CliError::new("--detach cannot read the prompt from stdin")
+                .hint("write it to a file and pass --prompt-file <file>"));
+        }
+        return crate::cli::detach::detach(&mut ctx.ui(false)).await;
+    }
     // Before the run exists, so that a Ctrl-C at any point stops it.
     let mut signals = Signals::install()?;
     let mut ui = ctx.ui(args.json);
@@ -79,6 +95,9 @@ pub async fn run(args: StartArgs, ctx: &Ctx) -> Result<i32, CliError> {
         .start(request)
         .await
         .map_err(CliError::from)?;
+    if let Some(handoff) = &handoff {
+        crate::cli::detach::hand_off(handoff, session.id());
+    }
     let grace = args
         .grace
         .unwrap_or_else(|| super::pod_grace(ctx, session.pod()));
