@@ -419,6 +419,50 @@ fn docker_habits_version_verbose_and_a_detached_start_that_fails_shows_why() {
     );
 }
 
+/// A finished run's session log: a build, `outputs` stdout lines one
+/// second apart, then exit `code`.
+fn write_log(state: &Path, session: &str, outputs: usize, code: i32) {
+    let dir = state.join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut text = format!(
+        "{{\"type\":\"build_started\",\"session\":\"{session}\",\"seq\":1,\"time\":\"2026-11-29T10:00:00.000000Z\",\"image\":\"cldpd-web\"}}\n"
+    );
+    for i in 0..outputs {
+        text.push_str(&format!(
+            "{{\"type\":\"output\",\"session\":\"{session}\",\"seq\":{},\"time\":\"2026-11-29T10:00:{:02}.000000Z\",\"stream\":\"stdout\",\"line\":\"line {i}\"}}\n",
+            i + 2,
+            i + 1
+        ));
+    }
+    text.push_str(&format!(
+        "{{\"type\":\"container_exited\",\"session\":\"{session}\",\"seq\":{},\"time\":\"2026-11-29T10:00:{:02}.000000Z\",\"code\":{code}}}\n",
+        outputs + 2,
+        outputs + 1
+    ));
+    std::fs::write(dir.join(format!("{session}.ndjson")), text).unwrap();
+}
+
+#[test]
+fn logs_tail_and_timestamps() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    write_log(state.path(), "web-0a1b2c3d", 5, 3);
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["logs", "web-0a1b2c3d", "--tail", "2"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert_eq!(out.stdout, "line 3\nline 4\n");
+    assert!(!out.stderr.contains("building"), "{}", out.stderr);
+    assert!(out.stderr.contains("exited 3"), "{}", out.stderr);
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["logs", "-n", "9", "-t", "web-0a1b2c3d"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{}", out.stdout);
+    assert_eq!(lines[0], "2026-11-29T10:00:01.000000Z line 0");
+}
+
 #[test]
 fn a_missing_task_is_a_usage_error_exit_2() {
     let pods = tempfile::tempdir().unwrap();

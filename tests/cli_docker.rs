@@ -475,6 +475,26 @@ fn start_detach_prints_the_id_and_the_run_goes_on_in_the_background() {
     let out = run(logs, LIMIT);
     out.expect_code(0);
     assert!(out.stderr.contains("exited 143"), "{}", out.stderr);
+    // ps -a lists it, ended, with its exit code; ps without -a does not.
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "-a"]);
+    let out = run(ps, LIMIT);
+    out.expect_code(0);
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not in ps -a:\n{}", out.stdout));
+    assert!(row.contains("exited 143 after "), "{row}");
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "-q"]);
+    assert!(!run(ps, LIMIT).stdout.contains(&id));
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "-a", "--json"]);
+    let rows = ndjson(&run(ps, LIMIT));
+    let row = rows.iter().find(|r| r["session"] == id.as_str()).unwrap();
+    assert_eq!(row["exit_code"], 143, "{row}");
+    assert!(row["duration_ms"].as_u64().is_some(), "{row}");
     no_containers_left(&pod);
 }
 

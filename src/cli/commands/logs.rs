@@ -43,6 +43,15 @@ pub struct LogsArgs {
     /// Print every event as one JSON object per line on stdout
     #[arg(long)]
     pub json: bool,
+
+    /// Only the last N output lines (and what follows them) of what is in
+    /// the log now; with -f, then everything new
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<usize>,
+
+    /// Put each output line's time (RFC 3339, UTC) before it
+    #[arg(short, long)]
+    pub timestamps: bool,
 }
 
 /// Run `cldpd logs`.
@@ -55,6 +64,19 @@ pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
             args.session
         ));
     }
+    // --tail: how many of the output lines in the log now to skip, and
+    // everything before them.
+    let mut skip = match args.tail {
+        Some(n) => {
+            let mut counter = LogReader::open(&path)?;
+            let mut outputs = 0usize;
+            while let Some(ev) = counter.next_event()? {
+                outputs += usize::from(matches!(ev.kind, EventKind::Output { .. }));
+            }
+            outputs.saturating_sub(n)
+        }
+        None => 0,
+    };
     let mut reader = LogReader::open(&path)?;
     let mut renderer = Renderer::replay();
     let mut container: Option<String> = None;
@@ -77,7 +99,13 @@ pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
                     | EventKind::BuildComplete { .. }
                     | EventKind::Restarting { .. }
             );
-            renderer.event(&mut ui, &ev);
+            if skip > 0 {
+                skip -= usize::from(matches!(ev.kind, EventKind::Output { .. }));
+            } else if args.timestamps && !ui.json {
+                renderer.event(&mut ui, &timestamped(&ev));
+            } else {
+                renderer.event(&mut ui, &ev);
+            }
             if ev.is_terminal() {
                 return Ok(0);
             }
@@ -109,6 +137,28 @@ pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
             }
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// An output event with its time before the line (`logs -t`); other
+/// events as they are.
+fn timestamped(ev: &cldpd::Event) -> cldpd::Event {
+    match &ev.kind {
+        EventKind::Output {
+            stream,
+            line,
+            partial,
+        } => cldpd::Event::from_data(cldpd::EventData {
+            session: ev.session.clone(),
+            seq: ev.seq,
+            time: ev.time,
+            kind: EventKind::Output {
+                stream: *stream,
+                line: format!("{} {line}", humantime::format_rfc3339_micros(ev.time)),
+                partial: *partial,
+            },
+        }),
+        _ => ev.clone(),
     }
 }
 
