@@ -112,9 +112,12 @@ impl LogWriter {
     /// Create the log file; fails if it already exists (session ids are
     /// unique across processes because of this).
     pub(crate) fn create(path: PathBuf) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Readable by its owner only: it holds whatever the agent printed.
         OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)?;
         Ok(LogWriter {
             path,

@@ -464,6 +464,26 @@ fn logs_tail_and_timestamps() {
 }
 
 #[test]
+fn doctor_names_a_bad_pod_once_per_fail_line() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    pod(pods.path(), "webby", Some("{\"imgae\": \"x\"}"));
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.env("CLDPD_DOCKER", "/nonexistent/docker").arg("doctor");
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    let fails: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("FAIL") && l.contains("webby"))
+        .collect();
+    assert!(!fails.is_empty(), "{}", out.stdout);
+    for line in fails {
+        assert_eq!(line.matches("webby").count(), 1, "{line}");
+    }
+}
+
+#[test]
 fn a_missing_task_is_a_usage_error_exit_2() {
     let pods = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();

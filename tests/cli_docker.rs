@@ -321,7 +321,10 @@ fn a_prompt_from_stdin_reaches_the_agent() {
         return;
     }
     // Prints its arguments and its stdin: the prompt is in one of them.
-    let pod = TestPod::with_stub("#!/bin/sh\necho \"args: $*\"\ncat\n");
+    let pod = TestPod::builder()
+        .stub("#!/bin/sh\necho \"args: $*\"\ncat\n")
+        .pod_json(r#"{"inheritEnv": ["CLDPD_TEST_NEVER_SET_VAR"]}"#)
+        .create();
     let state = state();
     let task = state.path().join("task.md");
     std::fs::write(&task, "- fix the tests\n- and the docs\n").unwrap();
@@ -333,7 +336,20 @@ fn a_prompt_from_stdin_reaches_the_agent() {
         out.expect_code(0);
         assert!(out.stdout.contains("- fix the tests"), "{}", out.stdout);
         assert!(out.stdout.contains("- and the docs"), "{}", out.stdout);
+        // An unset inheritEnv variable is named at start.
+        assert!(
+            out.stderr
+                .contains("cldpd: warning: CLDPD_TEST_NEVER_SET_VAR (inheritEnv of pod"),
+            "{}",
+            out.stderr
+        );
     }
+    // gh's issue shorthand.
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", "cldpd/demo#1"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert!(out.stdout.contains(ISSUE), "{}", out.stdout);
     no_containers_left(&pod);
 }
 
@@ -475,6 +491,11 @@ fn start_detach_prints_the_id_and_the_run_goes_on_in_the_background() {
     let out = run(logs, LIMIT);
     out.expect_code(0);
     assert!(out.stderr.contains("exited 143"), "{}", out.stderr);
+    // Its session log is its owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    let log = state.path().join("sessions").join(format!("{id}.ndjson"));
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", log.display());
     // ps -a lists it, ended, with its exit code; ps without -a does not.
     let mut ps = cldpd(pod.pods_dir(), state.path());
     ps.args(["ps", "-a"]);
