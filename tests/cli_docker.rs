@@ -659,6 +659,18 @@ fn ps_shows_a_live_run_and_resume_reaches_it_from_another_process() {
     assert_eq!(events[0]["type"], "container_started");
     assert_eq!(events.last().unwrap()["code"], 5);
 
+    // `logs <pod>` is the one live run, not the newer, finished follow-up.
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", pod.name()]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    assert!(
+        out.stderr
+            .contains(&format!("showing {id}, the live run of pod")),
+        "{}",
+        out.stderr
+    );
+
     live.signal("INT");
     live.finish(Duration::from_secs(30)).expect_code(143);
     no_containers_left(&pod);

@@ -58,12 +58,28 @@ pub struct LogsArgs {
 pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
     let mut ui = ctx.ui(args.json);
     let (id, path) = resolve(ctx, &args.session)?;
-    if id != args.session {
-        ui.status(format_args!(
-            "showing {id}, the latest run of pod {}",
-            args.session
-        ));
-    }
+    let (id, path) = if id == args.session {
+        (id, path)
+    } else {
+        // A pod name: its one live run when there is one.
+        match live_run_of(ctx, &args.session).await? {
+            Some(live) => {
+                ui.status(format_args!(
+                    "showing {live}, the live run of pod {}",
+                    args.session
+                ));
+                let path = ctx.settings().log_path(&live);
+                (live, path)
+            }
+            None => {
+                ui.status(format_args!(
+                    "showing {id}, the latest run of pod {} (none is live)",
+                    args.session
+                ));
+                (id, path)
+            }
+        }
+    };
     // --tail: how many of the output lines in the log now to skip, and
     // everything before them.
     let mut skip = match args.tail {
@@ -137,6 +153,33 @@ pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
             }
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The session of the one live run of `pod` (`None`: none, or Docker
+/// unreachable); more than one is an error listing them.
+async fn live_run_of(ctx: &Ctx, pod: &str) -> Result<Option<String>, CliError> {
+    let runs = match ctx.dispatcher().runs().await {
+        Ok(runs) => runs,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask Docker for the live runs");
+            return Ok(None);
+        }
+    };
+    let live: Vec<&str> = runs
+        .iter()
+        .filter(|r| r.pod == pod && r.state == "running")
+        .map(|r| r.session.as_str())
+        .collect();
+    match live.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.to_string())),
+        many => Err(CliError::new(format!(
+            "pod {pod} has {} live runs: {}",
+            many.len(),
+            many.join(", ")
+        ))
+        .hint("pass one of these session ids")),
     }
 }
 
