@@ -388,6 +388,102 @@ fn new_scaffolds_a_valid_pod_and_refuses_an_existing_one() {
 }
 
 #[test]
+fn docker_habits_version_verbose_and_a_detached_start_that_fails_shows_why() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    for args in [vec!["version"], vec!["--version"]] {
+        let mut cmd = cldpd(pods.path(), state.path());
+        cmd.args(&args);
+        let out = run(cmd, LIMIT);
+        out.expect_code(0);
+        assert_eq!(
+            out.stdout,
+            format!("cldpd {}\n", env!("CARGO_PKG_VERSION")),
+            "{args:?}"
+        );
+    }
+    // --verbose is -v.
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["pods", "--verbose"]);
+    run(cmd, LIMIT).expect_code(0);
+    // A detached start that cannot start says why and exits 1.
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["start", "-d", "nope", "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    refused(&out, &["nope"]);
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["start", "--detach", "nope", "--prompt", "-"]);
+    refused(
+        &run(cmd, LIMIT),
+        &["--detach cannot read the prompt from stdin"],
+    );
+}
+
+/// A finished run's session log: a build, `outputs` stdout lines one
+/// second apart, then exit `code`.
+fn write_log(state: &Path, session: &str, outputs: usize, code: i32) {
+    let dir = state.join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut text = format!(
+        "{{\"type\":\"build_started\",\"session\":\"{session}\",\"seq\":1,\"time\":\"2026-11-29T10:00:00.000000Z\",\"image\":\"cldpd-web\"}}\n"
+    );
+    for i in 0..outputs {
+        text.push_str(&format!(
+            "{{\"type\":\"output\",\"session\":\"{session}\",\"seq\":{},\"time\":\"2026-11-29T10:00:{:02}.000000Z\",\"stream\":\"stdout\",\"line\":\"line {i}\"}}\n",
+            i + 2,
+            i + 1
+        ));
+    }
+    text.push_str(&format!(
+        "{{\"type\":\"container_exited\",\"session\":\"{session}\",\"seq\":{},\"time\":\"2026-11-29T10:00:{:02}.000000Z\",\"code\":{code}}}\n",
+        outputs + 2,
+        outputs + 1
+    ));
+    std::fs::write(dir.join(format!("{session}.ndjson")), text).unwrap();
+}
+
+#[test]
+fn logs_tail_and_timestamps() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    write_log(state.path(), "web-0a1b2c3d", 5, 3);
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["logs", "web-0a1b2c3d", "--tail", "2"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert_eq!(out.stdout, "line 3\nline 4\n");
+    assert!(!out.stderr.contains("building"), "{}", out.stderr);
+    assert!(out.stderr.contains("exited 3"), "{}", out.stderr);
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["logs", "-n", "9", "-t", "web-0a1b2c3d"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{}", out.stdout);
+    assert_eq!(lines[0], "2026-11-29T10:00:01.000000Z line 0");
+}
+
+#[test]
+fn doctor_names_a_bad_pod_once_per_fail_line() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    pod(pods.path(), "webby", Some("{\"imgae\": \"x\"}"));
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.env("CLDPD_DOCKER", "/nonexistent/docker").arg("doctor");
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    let fails: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("FAIL") && l.contains("webby"))
+        .collect();
+    assert!(!fails.is_empty(), "{}", out.stdout);
+    for line in fails {
+        assert_eq!(line.matches("webby").count(), 1, "{line}");
+    }
+}
+
+#[test]
 fn a_missing_task_is_a_usage_error_exit_2() {
     let pods = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();

@@ -321,7 +321,10 @@ fn a_prompt_from_stdin_reaches_the_agent() {
         return;
     }
     // Prints its arguments and its stdin: the prompt is in one of them.
-    let pod = TestPod::with_stub("#!/bin/sh\necho \"args: $*\"\ncat\n");
+    let pod = TestPod::builder()
+        .stub("#!/bin/sh\necho \"args: $*\"\ncat\n")
+        .pod_json(r#"{"inheritEnv": ["CLDPD_TEST_NEVER_SET_VAR"]}"#)
+        .create();
     let state = state();
     let task = state.path().join("task.md");
     std::fs::write(&task, "- fix the tests\n- and the docs\n").unwrap();
@@ -333,7 +336,20 @@ fn a_prompt_from_stdin_reaches_the_agent() {
         out.expect_code(0);
         assert!(out.stdout.contains("- fix the tests"), "{}", out.stdout);
         assert!(out.stdout.contains("- and the docs"), "{}", out.stdout);
+        // An unset inheritEnv variable is named at start.
+        assert!(
+            out.stderr
+                .contains("cldpd: warning: CLDPD_TEST_NEVER_SET_VAR (inheritEnv of pod"),
+            "{}",
+            out.stderr
+        );
     }
+    // gh's issue shorthand.
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", "cldpd/demo#1"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert!(out.stdout.contains(ISSUE), "{}", out.stdout);
     no_containers_left(&pod);
 }
 
@@ -410,6 +426,97 @@ fn the_library_examples_run_against_the_demo_pod() {
         support::docker::containers_with_label(&format!("cldpd.image={tag}")),
         Vec::<String>::new()
     );
+}
+
+#[test]
+fn start_detach_prints_the_id_and_the_run_goes_on_in_the_background() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(LOOP_OR_RESUME);
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", "-d", pod.name(), "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    let id = out.stdout.trim().to_string();
+    assert!(
+        id.starts_with(&format!("{}-", pod.name())) && out.stdout == format!("{id}\n"),
+        "{}",
+        out.stdout
+    );
+    // The run is live, owned by a process that is not the one that exited.
+    let deadline = std::time::Instant::now() + STARTUP;
+    loop {
+        let mut ps = cldpd(pod.pods_dir(), state.path());
+        ps.args(["ps", "-q"]);
+        let out = run(ps, LIMIT);
+        out.expect_code(0);
+        if out.stdout.lines().any(|l| l == id) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{id} never listed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "--json"]);
+    let rows = ndjson(&run(ps, LIMIT));
+    let row = rows.iter().find(|r| r["session"] == id.as_str()).unwrap();
+    assert_eq!(row["orphan"], false, "its owner lives: {row}");
+
+    // Two targets at once: the live run and one that does not exist.
+    let mut stop = cldpd(pod.pods_dir(), state.path());
+    stop.args(["stop", &id, "nope-00000000", "--grace", "5"]);
+    let out = run(stop, LIMIT);
+    out.expect_code(1);
+    assert_eq!(out.stdout, format!("{id}\n"));
+    assert!(
+        out.stderr.contains(&format!("cldpd: stopped {id}")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("cldpd: nope-00000000: "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("stopping nope-00000000"),
+        "no 'stopping' for what is not running: {}",
+        out.stderr
+    );
+    // The background process saw its run end and logged it.
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", "-f", &id]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    assert!(out.stderr.contains("exited 143"), "{}", out.stderr);
+    // Its session log is its owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    let log = state.path().join("sessions").join(format!("{id}.ndjson"));
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", log.display());
+    // ps -a lists it, ended, with its exit code; ps without -a does not.
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "-a"]);
+    let out = run(ps, LIMIT);
+    out.expect_code(0);
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not in ps -a:\n{}", out.stdout));
+    assert!(row.contains("exited 143 after "), "{row}");
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "-q"]);
+    assert!(!run(ps, LIMIT).stdout.contains(&id));
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "-a", "--json"]);
+    let rows = ndjson(&run(ps, LIMIT));
+    let row = rows.iter().find(|r| r["session"] == id.as_str()).unwrap();
+    assert_eq!(row["exit_code"], 143, "{row}");
+    assert!(row["duration_ms"].as_u64().is_some(), "{row}");
+    no_containers_left(&pod);
 }
 
 #[test]
@@ -503,6 +610,11 @@ fn stop_from_a_second_process_ends_the_run_of_the_first() {
         "{}",
         out.stderr
     );
+    assert!(
+        !out.stderr.contains("stopping"),
+        "nothing is stopping: {}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -568,6 +680,18 @@ fn ps_shows_a_live_run_and_resume_reaches_it_from_another_process() {
     gapless(&events, &session);
     assert_eq!(events[0]["type"], "container_started");
     assert_eq!(events.last().unwrap()["code"], 5);
+
+    // `logs <pod>` is the one live run, not the newer, finished follow-up.
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", pod.name()]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    assert!(
+        out.stderr
+            .contains(&format!("showing {id}, the live run of pod")),
+        "{}",
+        out.stderr
+    );
 
     live.signal("INT");
     live.finish(Duration::from_secs(30)).expect_code(143);

@@ -14,6 +14,7 @@ use clap::{Args, Parser};
 use cldpd::{Dispatcher, Settings};
 
 mod commands;
+mod detach;
 mod drive;
 mod error;
 mod output;

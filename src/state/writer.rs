@@ -434,11 +434,18 @@ fn record_gap(log: &SharedLog, from: u64, to: u64, _reason: &str) {
 
 /// Create a new session's log file with a fresh id.
 fn create(dir: &Path, pod: &str) -> Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut made = false;
     for _ in 0..16 {
         let id = format!("{pod}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let path = crate::log::path_for(dir, &id);
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
+        // Readable by its owner only: it holds whatever the agent printed.
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
             Ok(_) => return Ok(id),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             // Removed while we run (or never made): make it (once).

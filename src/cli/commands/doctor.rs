@@ -238,7 +238,15 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
                         report.line(
                             &mut ui,
                             Level::Fail,
-                            format_args!("pod {}: {}", row.name, p.message),
+                            // The message often names the pod already.
+                            format_args!(
+                                "{}",
+                                if p.message.contains(row.name.as_str()) {
+                                    p.message.clone()
+                                } else {
+                                    format!("pod {}: {}", row.name, p.message)
+                                }
+                            ),
                             p.hint.clone(),
                         );
                     }

@@ -45,6 +45,8 @@ pub enum Command {
     New(new::NewArgs),
     /// Print a shell completion script
     Completions(completions::CompletionsArgs),
+    /// Print cldpd's version (as --version does)
+    Version,
 }
 
 /// Run one subcommand; returns the exit code.
@@ -61,6 +63,11 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<i32, CliError> {
         Command::Init(args) => init::run(args, ctx),
         Command::New(args) => new::run(args, ctx),
         Command::Completions(args) => completions::run(args),
+        Command::Version => {
+            ctx.ui(false)
+                .print(format_args!("cldpd {}\n", env!("CARGO_PKG_VERSION")));
+            Ok(0)
+        }
     }
 }
 
