@@ -24,7 +24,10 @@ if ! cmp -s "$busybox" config/pods/hello/busybox; then
   cp "$busybox" config/pods/hello/busybox
 fi
 
+# The dev profile (optimised dependencies) is the one `cargo test` and
+# `cargo run --example` use: one build serves all three. The first build
+# takes about 6 minutes on 2 cores; cargo shows its progress.
 # cargo run replaces itself with cldpd, so Ctrl-C reaches cldpd directly.
-exec cargo run --release --quiet -- \
+exec cargo run -- \
   --pods-dir config/pods \
   start hello --issue https://github.com/cldpd/demo/issues/1 "$@"

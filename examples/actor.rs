@@ -3,7 +3,8 @@
 //! its own actors.
 //!
 //! Runs against the demo pod in `config/pods/hello` (run `./demo.sh` once
-//! first: it puts a static busybox into the pod directory):
+//! first: it puts a static busybox into the pod directory), or against the
+//! pod `hello` of `CLDPD_PODS_DIR` when that is set:
 //!
 //! ```text
 //! cargo run --example actor
@@ -55,11 +56,11 @@ fn main() -> std::io::Result<()> {
     let issue = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "https://github.com/cldpd/demo/issues/1".to_string());
-    let pods_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pods");
+    let demo_pods = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pods");
 
     let system = System::new();
     system.block_on(async move {
-        let settings = Settings::from_env().pods_dir(pods_dir);
+        let settings = settings(demo_pods);
         let dispatcher = DispatcherActor::new(settings, Arc::new(DockerCli::new())).start();
         let printer = Printer.start();
         // The subscriber is given at start, so it sees every event from the first.
@@ -78,4 +79,14 @@ fn main() -> std::io::Result<()> {
     });
     let code = system.run_with_code()?;
     std::process::exit(code);
+}
+
+/// The settings from the environment; the pods directory is
+/// `CLDPD_PODS_DIR` when set, else the demo pods of this repository.
+fn settings(demo_pods: &str) -> Settings {
+    let settings = Settings::from_env();
+    match std::env::var_os("CLDPD_PODS_DIR") {
+        Some(dir) if !dir.is_empty() => settings,
+        _ => settings.pods_dir(demo_pods),
+    }
 }

@@ -14,6 +14,7 @@ pub mod owner;
 pub mod pod;
 pub mod runtime;
 mod settings;
+pub mod state;
 
 pub use actors::fanout::{FanoutLimits, FanoutStats, Subscriber, SubscriptionId};
 pub use actors::supervisor::Policy;
@@ -21,6 +22,10 @@ pub use actors::{DispatcherActor, RunnerActor, SessionActor};
 pub use error::{Error, Result, TimeoutKind};
 pub use event::{Event, EventData, EventKind, OutputStream};
 pub use facade::{Dispatcher, EventStream, Session, EVENT_STREAM_CAPACITY};
+/// `next()` and the other combinators of [`Session::events`] and
+/// [`batch::Batch::events`], so that a caller needs no `futures-util` of
+/// its own: `use cldpd::StreamExt;`.
+pub use futures_util::StreamExt;
 pub use messages::dispatcher::{RunInfo, SessionInfo, StartRequest, StopReport, Task};
 pub use messages::session::{SessionState, SessionStatus};
 pub use pod::{Mount, Pod, PodConfig, RestartPolicy};

@@ -10,6 +10,7 @@ mod cli_support;
 mod support;
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use cli_support::{cldpd, run, Finished, LIMIT};
@@ -180,10 +181,6 @@ fn every_bad_start_input_exits_1_naming_the_problem_and_creates_nothing() {
             vec!["invalid environment variable name `1BAD`".into()],
         ),
         (
-            vec!["start".into(), name("ok")],
-            vec!["no task given".into(), "--issue".into()],
-        ),
-        (
             vec!["start".into(), name("ok"), "--issue".into(), "".into()],
             vec!["invalid issue URL".into(), "missing".into()],
         ),
@@ -213,10 +210,6 @@ fn every_bad_start_input_exits_1_naming_the_problem_and_creates_nothing() {
             vec!["resume".into(), name("ok"), "--prompt".into(), "".into()],
             vec!["the prompt is empty".into()],
         ),
-        (
-            vec!["resume".into(), name("ok")],
-            vec!["no follow-up prompt given".into(), "--prompt".into()],
-        ),
     ];
     for (args, needles) in &cases {
         let mut cmd = cldpd(p, state.path());
@@ -244,6 +237,312 @@ fn every_bad_start_input_exits_1_naming_the_problem_and_creates_nothing() {
     }
 }
 
+/// Run in a child test process with Docker unreachable: a real-Docker test
+/// skipped there says so in the harness's output (a passing test's
+/// `eprintln!` is swallowed).
+#[test]
+fn a_skipped_docker_test_is_visible_in_the_test_output() {
+    const NAME: &str = "a_skipped_docker_test_is_visible_in_the_test_output";
+    if std::env::var_os("CLDPD_TEST_SKIP_CHILD").is_some() {
+        assert!(!support::docker::require_docker());
+        return;
+    }
+    let child = |ci: Option<&str>| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", NAME, "--test-threads", "2"])
+            .env("CLDPD_TEST_SKIP_CHILD", "1")
+            .env("CLDPD_DOCKER", "/nonexistent/docker")
+            .env_remove("CI")
+            .stdin(std::process::Stdio::null());
+        if let Some(ci) = ci {
+            cmd.env("CI", ci);
+        }
+        run(cmd, LIMIT)
+    };
+    let out = child(None);
+    out.expect_code(0);
+    assert!(out.stdout.contains("1 passed"), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains(&format!("SKIPPED {NAME}: Docker is unreachable")),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    // Under CI=true the same test fails.
+    let out = child(Some("true"));
+    assert_ne!(out.code, Some(0), "{}", out.stdout);
+    assert!(out.stdout.contains("1 failed"), "{}", out.stdout);
+}
+
+#[test]
+fn init_creates_the_pods_directory_with_a_pod_that_is_valid() {
+    let home = tempfile::tempdir().unwrap();
+    let pods = home.path().join("pods");
+    let state = home.path().join("state");
+    // Without a static busybox: the Claude Code pod to start from.
+    let mut cmd = cldpd(&pods, &state);
+    cmd.args(["init", "--busybox", "/nonexistent/busybox"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    for needle in ["created the pods directory", "created pod claude"] {
+        assert!(out.stderr.contains(needle), "{}", out.stderr);
+    }
+    assert!(
+        out.stdout.contains("doctor") && out.stdout.contains("--pods-dir"),
+        "{}",
+        out.stdout
+    );
+    for file in ["Dockerfile", "pod.json", "template.md", "README.md"] {
+        assert!(pods.join("claude").join(file).is_file(), "{file}");
+    }
+    // With one (a copy of the real one when there is one): the demo pod.
+    let fake = home.path().join("busybox");
+    let real = Path::new("/bin/busybox");
+    if real.is_file()
+        && Command::new("ldd")
+            .arg(real)
+            .output()
+            .map_or(true, |o| !o.status.success())
+    {
+        std::fs::copy(real, &fake).unwrap();
+    } else {
+        // A minimal static ELF header stands in for it.
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        std::fs::write(&fake, elf).unwrap();
+    }
+    let mut cmd = cldpd(&pods, &state);
+    cmd.args(["init", "--busybox"]).arg(&fake);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert!(out.stderr.contains("the pods directory"), "{}", out.stderr);
+    assert!(out.stderr.contains("created pod hello"), "{}", out.stderr);
+    assert!(out.stdout.contains("start hello"), "{}", out.stdout);
+    let hello = pods.join("hello");
+    assert_eq!(
+        std::fs::read(hello.join("busybox")).unwrap(),
+        std::fs::read(&fake).unwrap()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(hello.join("claude"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0o111, "the stub agent is executable");
+    // A second init leaves the pod alone.
+    std::fs::write(hello.join("template.md"), "mine").unwrap();
+    let mut cmd = cldpd(&pods, &state);
+    cmd.args(["init", "--busybox"]).arg(&fake);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert!(out.stderr.contains("left as it is"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(hello.join("template.md")).unwrap(),
+        "mine"
+    );
+
+    // Both pods are valid.
+    let mut cmd = cldpd(&pods, &state);
+    cmd.args(["pods", "--json"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    let rows: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", out.stdout);
+    for row in rows {
+        assert_eq!(row["valid"], true, "{row}");
+    }
+}
+
+#[test]
+fn new_scaffolds_a_valid_pod_and_refuses_an_existing_one() {
+    let home = tempfile::tempdir().unwrap();
+    let pods = home.path().join("pods");
+    let state = home.path().join("state");
+    let mut cmd = cldpd(&pods, &state);
+    cmd.args(["new", "web"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert!(out.stderr.contains("created pod web"), "{}", out.stderr);
+    assert!(out.stdout.contains("start web --issue"), "{}", out.stdout);
+    let readme = std::fs::read_to_string(pods.join("web/README.md")).unwrap();
+    for field in ["inheritEnv", "agentCommand", "stopGraceSecs", "timeoutSecs"] {
+        assert!(readme.contains(field), "README.md explains {field}");
+    }
+    let mut cmd = cldpd(&pods, &state);
+    cmd.args(["pods", "--json"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert!(out.stdout.contains("\"valid\":true"), "{}", out.stdout);
+
+    let mut cmd = cldpd(&pods, &state);
+    cmd.args(["new", "web"]);
+    refused(&run(cmd, LIMIT), &["pod web exists already"]);
+    let mut cmd = cldpd(&pods, &state);
+    cmd.args(["new", "Web"]);
+    refused(&run(cmd, LIMIT), &["Web"]);
+}
+
+#[test]
+fn docker_habits_version_verbose_and_a_detached_start_that_fails_shows_why() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    for args in [vec!["version"], vec!["--version"]] {
+        let mut cmd = cldpd(pods.path(), state.path());
+        cmd.args(&args);
+        let out = run(cmd, LIMIT);
+        out.expect_code(0);
+        assert_eq!(
+            out.stdout,
+            format!("cldpd {}\n", env!("CARGO_PKG_VERSION")),
+            "{args:?}"
+        );
+    }
+    // --verbose is -v.
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["pods", "--verbose"]);
+    run(cmd, LIMIT).expect_code(0);
+    // A detached start that cannot start says why and exits 1.
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["start", "-d", "nope", "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    refused(&out, &["nope"]);
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["start", "--detach", "nope", "--prompt", "-"]);
+    refused(
+        &run(cmd, LIMIT),
+        &["--detach cannot read the prompt from stdin"],
+    );
+}
+
+/// A finished run's session log: a build, `outputs` stdout lines one
+/// second apart, then exit `code`.
+fn write_log(state: &Path, session: &str, outputs: usize, code: i32) {
+    let dir = state.join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut text = format!(
+        "{{\"type\":\"build_started\",\"session\":\"{session}\",\"seq\":1,\"time\":\"2026-11-29T10:00:00.000000Z\",\"image\":\"cldpd-web\"}}\n"
+    );
+    for i in 0..outputs {
+        text.push_str(&format!(
+            "{{\"type\":\"output\",\"session\":\"{session}\",\"seq\":{},\"time\":\"2026-11-29T10:00:{:02}.000000Z\",\"stream\":\"stdout\",\"line\":\"line {i}\"}}\n",
+            i + 2,
+            i + 1
+        ));
+    }
+    text.push_str(&format!(
+        "{{\"type\":\"container_exited\",\"session\":\"{session}\",\"seq\":{},\"time\":\"2026-11-29T10:00:{:02}.000000Z\",\"code\":{code}}}\n",
+        outputs + 2,
+        outputs + 1
+    ));
+    std::fs::write(dir.join(format!("{session}.ndjson")), text).unwrap();
+}
+
+#[test]
+fn logs_tail_and_timestamps() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    write_log(state.path(), "web-0a1b2c3d", 5, 3);
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["logs", "web-0a1b2c3d", "--tail", "2"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert_eq!(out.stdout, "line 3\nline 4\n");
+    assert!(!out.stderr.contains("building"), "{}", out.stderr);
+    assert!(out.stderr.contains("exited 3"), "{}", out.stderr);
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["logs", "-n", "9", "-t", "web-0a1b2c3d"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{}", out.stdout);
+    assert_eq!(lines[0], "2026-11-29T10:00:01.000000Z line 0");
+}
+
+#[test]
+fn doctor_names_a_bad_pod_once_per_fail_line() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    pod(pods.path(), "webby", Some("{\"imgae\": \"x\"}"));
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.env("CLDPD_DOCKER", "/nonexistent/docker").arg("doctor");
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    let fails: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("FAIL") && l.contains("webby"))
+        .collect();
+    assert!(!fails.is_empty(), "{}", out.stdout);
+    for line in fails {
+        assert_eq!(line.matches("webby").count(), 1, "{line}");
+    }
+}
+
+#[test]
+fn a_missing_task_is_a_usage_error_exit_2() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    pod(pods.path(), "ok", None);
+    for (args, needles) in [
+        (vec!["start", "ok"], ["--issue", "--prompt"]),
+        (vec!["resume", "ok"], ["--prompt", "--prompt-file"]),
+    ] {
+        let mut cmd = cldpd(pods.path(), state.path());
+        cmd.args(&args);
+        let out = run(cmd, LIMIT);
+        out.expect_code(2);
+        for needle in needles {
+            assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+        }
+        assert!(out.stderr.contains("Usage:"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn a_prompt_may_start_with_a_dash_or_come_from_a_file() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    pod(pods.path(), "ok", None);
+    // Parsed (not a usage error): the unknown pod is what stops it.
+    for args in [
+        vec!["start", "nope", "--prompt", "- fix the tests"],
+        vec!["start", "--prompt", "-fix", "nope"],
+        vec!["resume", "nope", "--prompt", "- and the docs"],
+    ] {
+        let mut cmd = cldpd(pods.path(), state.path());
+        cmd.args(&args);
+        let out = run(cmd, LIMIT);
+        out.expect_code(1);
+        assert!(out.stderr.contains("nope"), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("Usage:"), "{args:?}: {}", out.stderr);
+    }
+    // A prompt file that cannot be read is named.
+    let missing = state.path().join("no-task.md");
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["start", "ok", "--prompt-file"]).arg(&missing);
+    let out = run(cmd, LIMIT);
+    refused(&out, &["cannot read the prompt file", "no-task.md"]);
+    // An empty prompt file is an empty prompt.
+    let empty = state.path().join("empty.md");
+    std::fs::write(&empty, "  \n").unwrap();
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["start", "ok", "--prompt-file"]).arg(&empty);
+    refused(&run(cmd, LIMIT), &["the prompt is empty"]);
+    // So is an empty stdin (`--prompt -`; the harness gives /dev/null).
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["start", "ok", "--prompt", "-"]);
+    refused(&run(cmd, LIMIT), &["the prompt is empty"]);
+    // --issue and a prompt exclude each other.
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["start", "ok", "--issue", ISSUE, "--prompt-file", "x"]);
+    run(cmd, LIMIT).expect_code(2);
+}
+
 #[test]
 fn a_missing_pods_directory_is_named_with_what_to_do() {
     let state = tempfile::tempdir().unwrap();
@@ -259,6 +558,7 @@ fn a_missing_pods_directory_is_named_with_what_to_do() {
                 "no-such-pods",
                 "does not exist",
                 "--pods-dir",
+                "cldpd init",
             ],
         );
     }
@@ -650,5 +950,93 @@ fn model_server_serves_its_script_on_loopback_until_sigterm() {
         out.stderr.contains("turns[0].error.status"),
         "{}",
         out.stderr
+    );
+}
+
+/// Issue 9, item 7: `cldpd logs` showed an incomplete log (the state disk
+/// was full) and exited 0 saying nothing. It names each gap, where it is,
+/// and exits 1: a marker line written when space was back, or a jump in
+/// `seq` when none could be.
+#[test]
+fn logs_of_an_incomplete_log_name_the_gap_and_exit_1() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = |id: &str, seq: u64, kind: cldpd::EventKind| {
+        serde_json::to_string(&cldpd::Event::new(id, seq, kind)).unwrap() + "\n"
+    };
+    let out_line = |id: &str, seq: u64, text: &str| {
+        line(
+            id,
+            seq,
+            cldpd::EventKind::Output {
+                stream: cldpd::OutputStream::Stdout,
+                line: text.into(),
+                partial: false,
+            },
+        )
+    };
+    let marked = "full-0a1b2c3d";
+    let text = out_line(marked, 1, "first")
+        + "{\"gap\":{\"from\":2,\"to\":7,\"reason\":\"No space left on device (os error 28)\"}}\n"
+        + &out_line(marked, 8, "after")
+        + &line(marked, 9, cldpd::EventKind::ContainerExited { code: 0 });
+    std::fs::write(dir.join(format!("{marked}.ndjson")), text).unwrap();
+    let jumped = "full-1b2c3d4e";
+    let text = out_line(jumped, 1, "first")
+        + &out_line(jumped, 5, "after")
+        + &line(jumped, 6, cldpd::EventKind::ContainerExited { code: 0 });
+    std::fs::write(dir.join(format!("{jumped}.ndjson")), text).unwrap();
+    for (id, gap) in [(marked, "events 2 to 7"), (jumped, "events 2 to 4")] {
+        let mut cmd = cldpd(pods.path(), state.path());
+        cmd.args(["logs", id]);
+        let out = run(cmd, LIMIT);
+        out.expect_code(1);
+        assert_eq!(out.stdout, "first\nafter\n", "everything there is shown");
+        assert!(
+            out.stderr
+                .contains(&format!("the log of {id} is incomplete: {gap} are missing")),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+/// Issue 9, item 7: `cldpd doctor` checks that the state directory takes a
+/// write and has free space.
+#[test]
+fn doctor_checks_that_the_state_directory_is_writable() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut doctor = cldpd(pods.path(), state.path());
+    doctor
+        .env("CLDPD_DOCKER", "/nonexistent/docker")
+        .arg("doctor");
+    let out = run(doctor, LIMIT);
+    assert!(
+        out.stdout.contains(&format!(
+            "ok    state directory {} is writable (",
+            state.path().display()
+        )),
+        "{}",
+        out.stdout
+    );
+    // A state directory that cannot be made (a file is in the way).
+    let blocked = state.path().join("blocked");
+    std::fs::write(&blocked, "not a directory").unwrap();
+    let mut doctor = cldpd(pods.path(), &blocked);
+    doctor
+        .env("CLDPD_DOCKER", "/nonexistent/docker")
+        .arg("doctor");
+    let out = run(doctor, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stdout.contains(&format!(
+            "FAIL  state directory {} is not writable",
+            blocked.display()
+        )),
+        "{}",
+        out.stdout
     );
 }

@@ -227,6 +227,299 @@ fn sigterm_stops_the_run_gracefully_and_exits_with_the_container_code() {
     graceful_stop_on("TERM");
 }
 
+/// Says which signal reached it: SIGTERM exits 143, SIGINT 130, SIGHUP 129.
+const WHICH_SIGNAL: &str = "#!/bin/sh\ntrap 'echo \"got TERM\" >&2; exit 143' TERM\ntrap 'echo \"got INT\" >&2; exit 130' INT\ntrap 'echo \"got HUP\" >&2; exit 129' HUP\necho ready\nwhile :; do sleep 0.1; done\n";
+
+/// A terminal sends Ctrl-C (SIGINT) or its hang-up (SIGHUP) to the whole
+/// foreground process group, not to cldpd alone. The docker clients cldpd
+/// starts must not be in that group (they would forward the signal to the
+/// agent): the agent gets exactly what cldpd says it sends, SIGTERM.
+fn terminal_signal_reaches_the_agent_as_sigterm(signal: &str) {
+    use std::os::unix::process::CommandExt;
+    let pod = TestPod::with_stub(WHICH_SIGNAL);
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE, "--grace", "30"]);
+    // Its own process group, as a shell puts a foreground job.
+    cmd.process_group(0);
+    let live = Live::spawn(cmd);
+    let id = live.session_id(STARTUP);
+    live.wait_stdout("ready\n", STARTUP);
+    let group = format!("-{}", live.pid());
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), "--", &group])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{signal} -- {group}");
+    let out = live.finish(Duration::from_secs(20));
+    out.expect_code(143);
+    assert!(
+        out.stderr.contains(&format!(
+            "cldpd: stopping {id} (SIGTERM, then SIGKILL after 30s)"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("got TERM"), "{}", out.stderr);
+    assert!(!out.stderr.contains("got INT"), "{}", out.stderr);
+    assert!(!out.stderr.contains("got HUP"), "{}", out.stderr);
+    no_containers_left(&pod);
+}
+
+#[test]
+fn ctrl_c_on_a_terminal_gives_the_agent_sigterm_not_sigint() {
+    if !require_docker() {
+        return;
+    }
+    terminal_signal_reaches_the_agent_as_sigterm("INT");
+}
+
+#[test]
+fn closing_the_terminal_gives_the_agent_sigterm_not_sighup() {
+    if !require_docker() {
+        return;
+    }
+    terminal_signal_reaches_the_agent_as_sigterm("HUP");
+}
+
+#[test]
+fn the_restart_limit_exits_with_the_agent_code_and_a_timeout_exits_124() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::builder()
+        .stub(EXIT_7)
+        .pod_json(r#"{"restart": "on-failure", "maxRestarts": 1, "backoffMs": 10}"#)
+        .create();
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(7);
+    assert!(
+        out.stderr.contains("restart limit reached"),
+        "{}",
+        out.stderr
+    );
+    no_containers_left(&pod);
+
+    let pod = TestPod::builder()
+        .stub(LOOP_OR_RESUME)
+        .pod_json(r#"{"timeoutSecs": 1, "stopGraceSecs": 1}"#)
+        .create();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(124);
+    assert!(out.stderr.contains("timeout"), "{}", out.stderr);
+    no_containers_left(&pod);
+}
+
+#[test]
+fn a_prompt_from_stdin_reaches_the_agent() {
+    if !require_docker() {
+        return;
+    }
+    // Prints its arguments and its stdin: the prompt is in one of them.
+    let pod = TestPod::builder()
+        .stub("#!/bin/sh\necho \"args: $*\"\ncat\n")
+        .pod_json(r#"{"inheritEnv": ["CLDPD_TEST_NEVER_SET_VAR"]}"#)
+        .create();
+    let state = state();
+    let task = state.path().join("task.md");
+    std::fs::write(&task, "- fix the tests\n- and the docs\n").unwrap();
+    for flag in ["--prompt", "--prompt-file"] {
+        let mut cmd = cldpd(pod.pods_dir(), state.path());
+        cmd.args(["start", pod.name(), flag, "-"])
+            .stdin(std::fs::File::open(&task).unwrap());
+        let out = run(cmd, LIMIT);
+        out.expect_code(0);
+        assert!(out.stdout.contains("- fix the tests"), "{}", out.stdout);
+        assert!(out.stdout.contains("- and the docs"), "{}", out.stdout);
+        // An unset inheritEnv variable is named at start.
+        assert!(
+            out.stderr
+                .contains("cldpd: warning: CLDPD_TEST_NEVER_SET_VAR (inheritEnv of pod"),
+            "{}",
+            out.stderr
+        );
+    }
+    // gh's issue shorthand.
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", "cldpd/demo#1"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert!(out.stdout.contains(ISSUE), "{}", out.stdout);
+    no_containers_left(&pod);
+}
+
+/// Removes an image tag when dropped.
+struct RemoveTag(String);
+
+impl Drop for RemoveTag {
+    fn drop(&mut self) {
+        let _ = docker(["rmi", "--no-prune", self.0.as_str()]);
+    }
+}
+
+/// The README's two library programs (examples/actor.rs and
+/// examples/facade.rs, which `cargo test` builds) run against the demo pod
+/// and print a failure with Display and its hint, not Debug.
+#[test]
+fn the_library_examples_run_against_the_demo_pod() {
+    if !require_docker() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
+    let pods = tempfile::tempdir().unwrap();
+    let state = state();
+    // The demo pod as config/pods/hello has it, under its own image tag.
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pods/hello");
+    let hello = pods.path().join("hello");
+    std::fs::create_dir(&hello).unwrap();
+    for file in ["Dockerfile", "claude", "template.md"] {
+        std::fs::copy(demo.join(file), hello.join(file)).unwrap();
+    }
+    std::fs::copy(support::docker::BUSYBOX, hello.join("busybox")).unwrap();
+    let tag = format!("cldpd-{}", support::docker::unique_name());
+    let _remove = RemoveTag(tag.clone());
+    std::fs::write(
+        hello.join("pod.json"),
+        format!(r#"{{"image": "{tag}", "workdir": "/work", "stopGraceSecs": 3}}"#),
+    )
+    .unwrap();
+    for name in ["facade", "actor"] {
+        let bin = examples.join(name);
+        assert!(
+            bin.is_file(),
+            "{} is missing: `cargo test` builds the examples (or: cargo build --examples)",
+            bin.display()
+        );
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.env("CLDPD_PODS_DIR", pods.path())
+            .env("CLDPD_STATE_DIR", state.path())
+            .stdin(std::process::Stdio::null());
+        let out = run(cmd, LIMIT);
+        out.expect_code(0);
+        assert!(
+            out.stdout.contains("hello from the demo agent"),
+            "{name}: {}",
+            out.stdout
+        );
+        // A missing pods directory: Display and a hint, no Debug.
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.env("CLDPD_PODS_DIR", pods.path().join("missing"))
+            .env("CLDPD_STATE_DIR", state.path())
+            .stdin(std::process::Stdio::null());
+        let out = run(cmd, LIMIT);
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains("cannot start: pods directory")
+                && out.stderr.contains("hint: ")
+                && !out.stderr.contains("PodsDirMissing"),
+            "{name}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        support::docker::containers_with_label(&format!("cldpd.image={tag}")),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn start_detach_prints_the_id_and_the_run_goes_on_in_the_background() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(LOOP_OR_RESUME);
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", "-d", pod.name(), "--issue", ISSUE]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    let id = out.stdout.trim().to_string();
+    assert!(
+        id.starts_with(&format!("{}-", pod.name())) && out.stdout == format!("{id}\n"),
+        "{}",
+        out.stdout
+    );
+    // The run is live, owned by a process that is not the one that exited.
+    let deadline = std::time::Instant::now() + STARTUP;
+    loop {
+        let mut ps = cldpd(pod.pods_dir(), state.path());
+        ps.args(["ps", "-q"]);
+        let out = run(ps, LIMIT);
+        out.expect_code(0);
+        if out.stdout.lines().any(|l| l == id) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{id} never listed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "--json"]);
+    let rows = ndjson(&run(ps, LIMIT));
+    let row = rows.iter().find(|r| r["session"] == id.as_str()).unwrap();
+    assert_eq!(row["orphan"], false, "its owner lives: {row}");
+
+    // Two targets at once: the live run and one that does not exist.
+    let mut stop = cldpd(pod.pods_dir(), state.path());
+    stop.args(["stop", &id, "nope-00000000", "--grace", "5"]);
+    let out = run(stop, LIMIT);
+    out.expect_code(1);
+    assert_eq!(out.stdout, format!("{id}\n"));
+    assert!(
+        out.stderr.contains(&format!("cldpd: stopped {id}")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("cldpd: nope-00000000: "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("stopping nope-00000000"),
+        "no 'stopping' for what is not running: {}",
+        out.stderr
+    );
+    // The background process saw its run end and logged it.
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", "-f", &id]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    assert!(out.stderr.contains("exited 143"), "{}", out.stderr);
+    // Its session log is its owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    let log = state.path().join("sessions").join(format!("{id}.ndjson"));
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", log.display());
+    // ps -a lists it, ended, with its exit code; ps without -a does not.
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "-a"]);
+    let out = run(ps, LIMIT);
+    out.expect_code(0);
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not in ps -a:\n{}", out.stdout));
+    assert!(row.contains("exited 143 after "), "{row}");
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "-q"]);
+    assert!(!run(ps, LIMIT).stdout.contains(&id));
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "-a", "--json"]);
+    let rows = ndjson(&run(ps, LIMIT));
+    let row = rows.iter().find(|r| r["session"] == id.as_str()).unwrap();
+    assert_eq!(row["exit_code"], 143, "{row}");
+    assert!(row["duration_ms"].as_u64().is_some(), "{row}");
+    no_containers_left(&pod);
+}
+
 #[test]
 fn a_second_ctrl_c_kills_at_once() {
     if !require_docker() {
@@ -252,6 +545,28 @@ fn a_second_ctrl_c_kills_at_once() {
         "{}",
         out.stderr
     );
+    no_containers_left(&pod);
+}
+
+/// Ctrl-C while a run waits to restart (no container runs) ends it as
+/// interrupted: 130, like a Ctrl-C before its first container, not the
+/// exit code of the container that ended before the back-off.
+#[test]
+fn ctrl_c_during_a_restart_back_off_exits_130() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::builder()
+        .stub("#!/bin/sh\necho ready\nexit 1\n")
+        .pod_json(r#"{ "restart": "on-failure", "backoffMs": 600000 }"#)
+        .create();
+    let state = state();
+    let (live, id) = start_live(&pod, state.path(), &[]);
+    live.wait_stderr(&format!("restarting {id} in"), STARTUP);
+    live.signal("INT");
+    let out = live.finish(Duration::from_secs(30));
+    out.expect_code(130);
+    assert!(out.stderr.contains("stopped by SIGINT"), "{}", out.stderr);
     no_containers_left(&pod);
 }
 
@@ -294,6 +609,11 @@ fn stop_from_a_second_process_ends_the_run_of_the_first() {
             .contains(&format!("no running session matches `{id}`"))
             && out.stderr.contains("hint: "),
         "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("stopping"),
+        "nothing is stopping: {}",
         out.stderr
     );
 }
@@ -363,6 +683,18 @@ fn ps_shows_a_live_run_and_resume_reaches_it_from_another_process() {
     gapless(&events, &session);
     assert_eq!(events[0]["type"], "container_started");
     assert_eq!(events.last().unwrap()["code"], 5);
+
+    // `logs <pod>` is the one live run, not the newer, finished follow-up.
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", pod.name()]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    assert!(
+        out.stderr
+            .contains(&format!("showing {id}, the live run of pod")),
+        "{}",
+        out.stderr
+    );
 
     live.signal("INT");
     live.finish(Duration::from_secs(30)).expect_code(143);
@@ -520,6 +852,16 @@ fn dockers_own_failure_exits_1_with_its_message_and_leaves_no_container() {
         out.stderr
     );
     assert!(out.stderr.contains("hint: "), "{}", out.stderr);
+    // Docker's own line is the error's message, not a line of agent output.
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.contains("Error response from daemon"))
+            .count(),
+        1,
+        "{}",
+        out.stderr
+    );
     no_containers_left(&pod);
 }
 
@@ -549,6 +891,38 @@ fn a_failed_build_exits_1_and_shows_the_tail_of_its_output() {
     );
     assert!(out.stderr.contains("hint: "), "{}", out.stderr);
     assert_eq!(out.stdout, "");
+    // The legacy builder's notice and its carriage returns are not shown.
+    assert!(!out.stderr.contains("DEPRECATED"), "{}", out.stderr);
+    assert!(!out.stderr.contains("buildx"), "{}", out.stderr);
+    assert!(!out.stderr.contains('\r'), "{:?}", out.stderr);
+
+    // --json: no notice, no `\r` in any event (nor its JSON escape).
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE, "--json"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert!(out.stdout.contains("build_output"), "{}", out.stdout);
+    assert!(!out.stdout.contains("DEPRECATED"), "{}", out.stdout);
+    assert!(!out.stdout.contains("\\r"), "{}", out.stdout);
+    assert!(!out.stdout.contains('\r'), "{:?}", out.stdout);
+
+    // -v: the build log once, not again in the error.
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--issue", ISSUE, "-v"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert_eq!(
+        out.stderr.matches("RUN [\"/bin/false\"]").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("cldpd: building image `{}` failed", pod.image())),
+        "{}",
+        out.stderr
+    );
     no_containers_left(&pod);
 }
 
@@ -672,5 +1046,96 @@ fn the_demo_pod_runs_resumes_and_stops_as_the_readme_says() {
         "{}",
         first.stdout
     );
+    no_containers_left(&pod);
+}
+
+/// Prints a line every 0.2 s until it is stopped.
+const FOREVER_LINES: &str = "#!/bin/sh\nwhile :; do echo l; sleep 0.2; done\n";
+
+/// Wait for `child` within `limit` (killing it and panicking after);
+/// returns its exit code and stderr (read by `err`).
+fn exit_within(
+    mut child: std::process::Child,
+    err: std::thread::JoinHandle<String>,
+    limit: Duration,
+) -> (Option<i32>, String) {
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "cldpd did not exit within {limit:?}; stderr:\n{}",
+                err.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code(), err.join().unwrap())
+}
+
+fn read_stderr(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
+    let mut pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
+        s
+    })
+}
+
+#[test]
+fn a_full_stdout_stops_the_run_and_exits_1_with_a_message() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(FOREVER_LINES);
+    let state = state();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--prompt", "go", "--grace", "2"])
+        .stdout(full)
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let err = read_stderr(&mut child);
+    let (code, stderr) = exit_within(child, err, STARTUP + Duration::from_secs(30));
+    assert_eq!(code, Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("cldpd: cannot write to stdout: No space left on device"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cldpd: stopping "), "{stderr}");
+    no_containers_left(&pod);
+}
+
+#[test]
+fn a_stdout_pipe_closed_after_three_lines_stops_the_run_and_exits_141() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(FOREVER_LINES);
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--prompt", "go", "--grace", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let err = read_stderr(&mut child);
+    // `| head -3`: read three lines, then close the pipe.
+    let out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
+        (0..3).filter_map(|_| lines.next()?.ok()).count()
+    });
+    let (code, stderr) = exit_within(child, err, STARTUP + Duration::from_secs(30));
+    assert_eq!(reader.join().unwrap(), 3, "{stderr}");
+    assert_eq!(code, Some(141), "stderr:\n{stderr}");
+    assert!(stderr.contains("cldpd: stdout was closed"), "{stderr}");
+    assert!(stderr.contains("cldpd: stopping "), "{stderr}");
     no_containers_left(&pod);
 }

@@ -441,3 +441,89 @@ async fn network_none_leaves_only_loopback_and_the_default_is_bridge() {
         assert_nothing_left(pod);
     }
 }
+
+/// Prints each argument on a line of its own (`arg <n>: <value>`), then
+/// what came on stdin (`stdin: <text>`) and `args done`; a start then waits
+/// for SIGTERM, a resume exits.
+const ARGS_STUB: &str = concat!(
+    "#!/bin/sh\n",
+    "n=0; for a in \"$@\"; do n=$((n+1)); echo \"arg $n: $a\"; done\n",
+    "echo \"stdin: $(cat)\"\n",
+    "echo 'args done'\n",
+    "if [ \"$5\" = --resume ]; then exit 0; fi\n",
+    "trap 'exit 0' TERM\n",
+    "while :; do sleep 1; done\n",
+);
+
+#[actix::test]
+async fn a_prompt_that_starts_with_a_dash_reaches_the_agent_as_text() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(ARGS_STUB);
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let args = |events: &[Event]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| e.line())
+            .filter(|l| l.starts_with("arg "))
+            .filter_map(|l| l.split_once(": ").map(|(_, a)| a.to_string()))
+            .collect()
+    };
+    let s = d
+        .start(StartRequest::prompt(
+            pod.name(),
+            "--dangerously-skip-permissions",
+        ))
+        .await
+        .unwrap();
+    let mut events = s.events();
+    let seen = within(
+        120,
+        "the start's arguments",
+        until(&mut events, |e| e.line() == Some("args done")),
+    )
+    .await;
+    let stdin = |events: &[Event]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| e.line())
+            .filter_map(|l| l.strip_prefix("stdin: ").map(str::to_string))
+            .collect()
+    };
+    // The prompt is never in argv, so it cannot be an option of the agent.
+    let start = args(&seen);
+    assert_eq!(
+        start[..5],
+        ["-p", "--output-format", "stream-json", "--verbose", "--session-id"],
+        "{start:?}"
+    );
+    assert_eq!(start.len(), 6, "{start:?}");
+    assert_eq!(stdin(&seen), ["--dangerously-skip-permissions"]);
+
+    let r = d.resume(s.id(), "-v").await.unwrap();
+    let out: Vec<Event> = within(60, "the resume", r.events().collect()).await;
+    let resume = args(&out);
+    assert_eq!(
+        resume,
+        [
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--resume",
+            start[5].as_str()
+        ],
+        "{out:#?}"
+    );
+    assert_eq!(stdin(&out), ["-v"]);
+    assert_eq!(r.wait().await.unwrap(), 0);
+    assert_eq!(
+        within(60, "stop", s.stop(Some(Duration::from_secs(10))))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_nothing_left(&pod);
+}

@@ -28,6 +28,8 @@ use futures_util::Stream;
 use crate::error::{Error, Result};
 use crate::pod::{PodConfig, RestartPolicy};
 
+pub(crate) mod stops;
+
 /// Default grace between SIGTERM and SIGKILL.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -157,13 +159,16 @@ impl RestartTracker {
         self.restarts
     }
 
-    /// Decide after a container ended at `now`.
-    pub(crate) fn decide(&mut self, policy: &Policy, ending: &Ending, now: Instant) -> Decision {
-        let wanted = match (policy.restart, ending) {
+    /// Whether `policy` asks for another container after `ending` (before
+    /// the intensity limit is applied). Changes nothing.
+    pub(crate) fn wants_restart(policy: &Policy, ending: &Ending) -> bool {
+        match (policy.restart, ending) {
             (RestartPolicy::Never, _) => false,
             // Errors that another attempt cannot fix are not retried.
             (_, Ending::Failed(Error::AgentNotRunnable { .. }))
             | (_, Ending::Failed(Error::DockerFailed { .. }))
+            // The container may still exist: another one could run beside it.
+            | (_, Ending::Failed(Error::DockerLost { .. }))
             | (_, Ending::Failed(Error::Internal { .. }))
             | (_, Ending::Failed(Error::Log { .. })) => false,
             // The same task hits the same limit again.
@@ -175,8 +180,12 @@ impl RestartTracker {
             (RestartPolicy::Always, _) => true,
             (RestartPolicy::OnFailure, Ending::Exited(0)) => false,
             (RestartPolicy::OnFailure, _) => true,
-        };
-        if !wanted {
+        }
+    }
+
+    /// Decide after a container ended at `now`.
+    pub(crate) fn decide(&mut self, policy: &Policy, ending: &Ending, now: Instant) -> Decision {
+        if !Self::wants_restart(policy, ending) {
             return Decision::Finish;
         }
         while let Some(&t) = self.recent.front() {
@@ -191,6 +200,10 @@ impl RestartTracker {
                 restarts: policy.max_restarts,
                 within: policy.within,
                 last: ending.describe(),
+                exit_code: match ending {
+                    Ending::Exited(code) => Some(*code),
+                    Ending::Failed(_) => None,
+                },
             });
         }
         self.recent.push_back(now);
@@ -346,7 +359,11 @@ mod tests {
         assert_eq!(delays, [100, 200, 300].map(Duration::from_millis));
         assert!(matches!(
             t.decide(&p, &Ending::Exited(1), t0 + Duration::from_secs(3)),
-            Decision::GiveUp(Error::RestartLimit { restarts: 3, .. })
+            Decision::GiveUp(Error::RestartLimit {
+                restarts: 3,
+                exit_code: Some(1),
+                ..
+            })
         ));
         // Outside the period the old restarts no longer count.
         assert!(matches!(

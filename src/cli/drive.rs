@@ -9,7 +9,7 @@ use std::time::Duration;
 use cldpd::Session;
 use futures_util::{FutureExt, StreamExt};
 
-use super::error::{exit_code_for, CliError, EXIT_FAILURE};
+use super::error::{exit_code_for, exit_code_for_error, CliError, EXIT_FAILURE};
 use super::output::{grace_text, Ui, SPINNER_INTERVAL};
 use super::render::Renderer;
 use super::signals::{Sig, Signals};
@@ -20,9 +20,11 @@ const DRAIN_BATCH: usize = 1024;
 type StopFuture = Pin<Box<dyn Future<Output = cldpd::Result<i32>>>>;
 
 /// Render `session` until it ends; returns the process exit code: the
-/// container's code, [`EXIT_FAILURE`] when the run failed, or `128 + n` when
-/// signal `n` stopped it before a container ran. `grace` is the SIGTERM →
-/// SIGKILL period of a stop caused by a signal.
+/// container's code, the agent's last code or [`super::error::EXIT_LIMIT`]
+/// when a limit ended it, [`EXIT_FAILURE`] when the run failed, or `128 + n`
+/// when signal `n` stopped it while no container ran (before the first one,
+/// or during a restart back-off). `grace` is the SIGTERM → SIGKILL period of
+/// a stop caused by a signal.
 pub async fn drive(
     ui: &mut Ui,
     session: &Session,
@@ -37,6 +39,7 @@ pub async fn drive(
     let mut stop: Option<StopFuture> = None;
     let mut stop_error: Option<cldpd::Error> = None;
     let mut signalled: Option<Sig> = None;
+    let mut out_stop = false;
 
     loop {
         tokio::select! {
@@ -87,6 +90,18 @@ pub async fn drive(
                 if done {
                     break;
                 }
+                if ui.out_failed_now() && stop.is_none() && !out_stop {
+                    // Nobody reads what the run prints: stop it the
+                    // normal way (said on stderr by the Ui already).
+                    out_stop = true;
+                    ui.notice(format_args!(
+                        "stopping {} (SIGTERM, then SIGKILL after {})",
+                        session.id(),
+                        grace_text(grace)
+                    ));
+                    let s = session.clone();
+                    stop = Some(Box::pin(async move { s.stop(Some(grace)).await }));
+                }
             }
             _ = tick.tick(), if ui.spinning() => ui.spin_tick(),
         }
@@ -104,14 +119,26 @@ pub async fn drive(
         Err(cldpd::Error::Stopped) if signalled.is_some() => {
             let sig = signalled.expect("checked");
             ui.status(format_args!(
-                "stopped by {} before a container started",
+                "stopped by {} while no container was running",
                 sig.name()
             ));
             128 + sig.number()
         }
         Err(e) => {
+            let code = exit_code_for_error(&e);
+            let e = match e {
+                // -v printed the build log already: not its tail again.
+                cldpd::Error::BuildFailed { image, code, .. } if ui.verbose => {
+                    cldpd::Error::BuildFailed {
+                        image,
+                        code,
+                        tail: Vec::new(),
+                    }
+                }
+                e => e,
+            };
             ui.error(&CliError::from(e));
-            EXIT_FAILURE
+            code
         }
     }
 }

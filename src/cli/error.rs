@@ -8,6 +8,25 @@ pub const EXIT_FAILURE: i32 = 1;
 
 // A usage error (bad flag or argument) exits 2: clap's own exit code.
 
+/// Exit code when one of cldpd's own limits ended a run: `timeoutSecs`,
+/// `idleTimeoutSecs`, or the restart limit when the last attempt did not
+/// exit with a code of its own (as `timeout(1)` exits 124).
+pub const EXIT_LIMIT: i32 = 124;
+
+/// The process exit code for a run that ended with `e`: the agent's last
+/// exit code when the restart limit ended it, [`EXIT_LIMIT`] for cldpd's
+/// own timeouts and limits, else [`EXIT_FAILURE`].
+pub fn exit_code_for_error(e: &cldpd::Error) -> i32 {
+    match e {
+        cldpd::Error::RestartLimit {
+            exit_code: Some(code),
+            ..
+        } => exit_code_for(*code),
+        cldpd::Error::RestartLimit { .. } | cldpd::Error::Timeout { .. } => EXIT_LIMIT,
+        _ => EXIT_FAILURE,
+    }
+}
+
 /// A failure of the CLI: one line saying what went wrong, and what to do
 /// about it when that is known. Printed as `cldpd: <message>` and
 /// `hint: <hint>` on stderr.
@@ -71,6 +90,24 @@ mod tests {
         assert_eq!(exit_code_for(143), 143);
         assert_eq!(exit_code_for(-1), EXIT_FAILURE);
         assert_eq!(exit_code_for(256), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn limits_exit_124_and_the_restart_limit_keeps_the_agent_code() {
+        let limit = |exit_code| cldpd::Error::RestartLimit {
+            restarts: 2,
+            within: std::time::Duration::from_secs(60),
+            last: "exited with code 3".into(),
+            exit_code,
+        };
+        assert_eq!(exit_code_for_error(&limit(Some(3))), 3);
+        assert_eq!(exit_code_for_error(&limit(None)), EXIT_LIMIT);
+        let timeout = cldpd::Error::Timeout {
+            kind: cldpd::TimeoutKind::Idle,
+            after: std::time::Duration::from_secs(1),
+        };
+        assert_eq!(exit_code_for_error(&timeout), EXIT_LIMIT);
+        assert_eq!(exit_code_for_error(&cldpd::Error::Stopped), EXIT_FAILURE);
     }
 
     #[test]

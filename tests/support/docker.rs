@@ -92,8 +92,9 @@ pub fn docker_available() -> bool {
 }
 
 /// True when Docker is reachable. Otherwise panics under `CI=true` (the
-/// real-Docker tests must fail there, not skip), or prints a note and
-/// returns false so the test can return early.
+/// real-Docker tests must fail there, not skip), or prints
+/// `SKIPPED <test>: ...` past the harness's capture and returns false so
+/// the test can return early.
 pub fn require_docker() -> bool {
     match unreachable_reason() {
         None => true,
@@ -101,7 +102,19 @@ pub fn require_docker() -> bool {
             if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
                 panic!("CI=true and Docker is unreachable: {reason}");
             }
-            eprintln!("note: skipping a real-Docker test, Docker is unreachable: {reason}");
+            // Straight to the process's stderr, not through eprintln!: the
+            // test harness swallows what a passing test prints that way, and
+            // a skipped test passes. One line per skipped test, in the
+            // middle of `cargo test`'s own output.
+            use std::io::Write;
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("a real-Docker test")
+                .to_string();
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {name}: Docker is unreachable ({reason}); with CI=true this fails"
+            );
             false
         }
     }

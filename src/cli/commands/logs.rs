@@ -7,12 +7,16 @@
 //! then too, once Docker has no running container for the session and the
 //! log has been quiet for a second (a minute before the run's container
 //! started, as an image build can be silent that long), with exit code 1.
+//!
+//! An incomplete log (events that could not be written, e.g. on a full
+//! disk: a gap marker or a jump in `seq`) is shown as far as it goes, each
+//! gap is named where it is, and the exit code is 1.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args;
-use cldpd::log::LogReader;
+use cldpd::log::{LogEntry, LogReader};
 use cldpd::EventKind;
 
 use crate::cli::error::{CliError, EXIT_FAILURE};
@@ -30,8 +34,9 @@ const QUIET: Duration = Duration::from_secs(1);
 #[command(after_help = "\
 The container's stdout lines go to stdout and its stderr lines to stderr, as
 they did live; cldpd's lifecycle lines (building, started, exited) go to
-stderr. Exits 0 once the log is shown (1 when --follow saw the run vanish
-without a final event).")]
+stderr. Exits 0 once the log is shown; 1 when the log is incomplete (events
+could not be written, e.g. the state disk was full) or --follow saw the run
+vanish without a final event.")]
 pub struct LogsArgs {
     /// A session id (e.g. hello-1a2b3c4d), or a pod name for its latest run
     pub session: String,
@@ -43,18 +48,56 @@ pub struct LogsArgs {
     /// Print every event as one JSON object per line on stdout
     #[arg(long)]
     pub json: bool,
+
+    /// Only the last N output lines (and what follows them) of what is in
+    /// the log now; with -f, then everything new
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<usize>,
+
+    /// Put each output line's time (RFC 3339, UTC) before it
+    #[arg(short, long)]
+    pub timestamps: bool,
 }
 
 /// Run `cldpd logs`.
 pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
     let mut ui = ctx.ui(args.json);
     let (id, path) = resolve(ctx, &args.session)?;
-    if id != args.session {
-        ui.status(format_args!(
-            "showing {id}, the latest run of pod {}",
-            args.session
-        ));
-    }
+    let (id, path) = if id == args.session {
+        (id, path)
+    } else {
+        // A pod name: its one live run when there is one.
+        match live_run_of(ctx, &args.session).await? {
+            Some(live) => {
+                ui.status(format_args!(
+                    "showing {live}, the live run of pod {}",
+                    args.session
+                ));
+                let path = ctx.settings().log_path(&live);
+                (live, path)
+            }
+            None => {
+                ui.status(format_args!(
+                    "showing {id}, the latest run of pod {} (none is live)",
+                    args.session
+                ));
+                (id, path)
+            }
+        }
+    };
+    // --tail: how many of the output lines in the log now to skip, and
+    // everything before them.
+    let mut skip = match args.tail {
+        Some(n) => {
+            let mut counter = LogReader::open(&path)?;
+            let mut outputs = 0usize;
+            while let Some(ev) = counter.next_event()? {
+                outputs += usize::from(matches!(ev.kind, EventKind::Output { .. }));
+            }
+            outputs.saturating_sub(n)
+        }
+        None => 0,
+    };
     let mut reader = LogReader::open(&path)?;
     let mut renderer = Renderer::replay();
     let mut container: Option<String> = None;
@@ -62,8 +105,21 @@ pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
     let mut last_check: Option<Instant> = None;
     let mut gone = false;
     let mut waiting = false;
+    let mut incomplete = false;
+    let done = |incomplete: bool| if incomplete { EXIT_FAILURE } else { 0 };
     loop {
-        while let Some(ev) = reader.next_event()? {
+        while let Some(entry) = reader.next_entry()? {
+            let ev = match entry {
+                LogEntry::Event(ev) => ev,
+                LogEntry::Gap { from, to, reason } => {
+                    incomplete = true;
+                    ui.flush();
+                    ui.notice(format_args!(
+                        "the log of {id} is incomplete: events {from} to {to} are missing ({reason})"
+                    ));
+                    continue;
+                }
+            };
             last_event = Instant::now();
             if let EventKind::ContainerStarted { container: c, .. } = &ev.kind {
                 container = Some(c.clone());
@@ -77,14 +133,25 @@ pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
                     | EventKind::BuildComplete { .. }
                     | EventKind::Restarting { .. }
             );
-            renderer.event(&mut ui, &ev);
+            if skip > 0 {
+                skip -= usize::from(matches!(ev.kind, EventKind::Output { .. }));
+            } else if args.timestamps && !ui.json {
+                renderer.event(&mut ui, &timestamped(&ev));
+            } else {
+                renderer.event(&mut ui, &ev);
+            }
             if ev.is_terminal() {
-                return Ok(0);
+                ui.flush();
+                return Ok(done(incomplete));
             }
         }
         ui.flush();
+        if ui.out_failed_now() {
+            // Said on stderr; the exit code comes from the failure.
+            return Ok(EXIT_FAILURE);
+        }
         if !args.follow {
-            return Ok(0);
+            return Ok(done(incomplete));
         }
         if gone {
             ui.status(format_args!(
@@ -109,6 +176,55 @@ pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
             }
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The session of the one live run of `pod` (`None`: none, or Docker
+/// unreachable); more than one is an error listing them.
+async fn live_run_of(ctx: &Ctx, pod: &str) -> Result<Option<String>, CliError> {
+    let runs = match ctx.dispatcher().runs().await {
+        Ok(runs) => runs,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask Docker for the live runs");
+            return Ok(None);
+        }
+    };
+    let live: Vec<&str> = runs
+        .iter()
+        .filter(|r| r.pod == pod && r.state == "running")
+        .map(|r| r.session.as_str())
+        .collect();
+    match live.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.to_string())),
+        many => Err(CliError::new(format!(
+            "pod {pod} has {} live runs: {}",
+            many.len(),
+            many.join(", ")
+        ))
+        .hint("pass one of these session ids")),
+    }
+}
+
+/// An output event with its time before the line (`logs -t`); other
+/// events as they are.
+fn timestamped(ev: &cldpd::Event) -> cldpd::Event {
+    match &ev.kind {
+        EventKind::Output {
+            stream,
+            line,
+            partial,
+        } => cldpd::Event::from_data(cldpd::EventData {
+            session: ev.session.clone(),
+            seq: ev.seq,
+            time: ev.time,
+            kind: EventKind::Output {
+                stream: *stream,
+                line: format!("{} {line}", humantime::format_rfc3339_micros(ev.time)),
+                partial: *partial,
+            },
+        }),
+        _ => ev.clone(),
     }
 }
 

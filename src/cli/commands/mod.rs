@@ -8,11 +8,14 @@ use super::Ctx;
 mod batch;
 mod completions;
 mod doctor;
+mod init;
 mod logs;
+mod new;
 mod model_server;
 mod pods;
 mod ps;
 mod resume;
+mod scaffold;
 mod start;
 mod stop;
 
@@ -36,8 +39,15 @@ pub enum Command {
     Batch(batch::BatchArgs),
     /// Check Docker, the pods directory and every pod; one line per check
     Doctor(doctor::DoctorArgs),
+    /// Create the pods directory with a pod that works (the demo pod), and
+    /// say what to do next
+    Init(init::InitArgs),
+    /// Scaffold a new pod: Dockerfile, pod.json, template.md, README.md
+    New(new::NewArgs),
     /// Print a shell completion script
     Completions(completions::CompletionsArgs),
+    /// Print cldpd's version (as --version does)
+    Version,
     /// Serve a scripted model (Messages API) on 127.0.0.1, to run the real
     /// Claude Code against offline and for free
     ModelServer(model_server::ModelServerArgs),
@@ -54,7 +64,14 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<i32, CliError> {
         Command::Pods(args) => pods::run(args, ctx),
         Command::Batch(args) => batch::run(args, ctx).await,
         Command::Doctor(args) => doctor::run(args, ctx).await,
+        Command::Init(args) => init::run(args, ctx),
+        Command::New(args) => new::run(args, ctx),
         Command::Completions(args) => completions::run(args),
+        Command::Version => {
+            ctx.ui(false)
+                .print(format_args!("cldpd {}\n", env!("CARGO_PKG_VERSION")));
+            Ok(0)
+        }
         Command::ModelServer(args) => model_server::run(args).await,
     }
 }

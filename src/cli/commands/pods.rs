@@ -103,7 +103,7 @@ pub fn run(args: PodsArgs, ctx: &Ctx) -> Result<i32, CliError> {
     ui.print(table(&["NAME", "STATUS", "IMAGE", "PROBLEMS"], &rows));
     if pods.is_empty() {
         ui.status(format_args!(
-            "no pods in {}: a pod is a directory with a Dockerfile",
+            "no pods in {}: `cldpd new <name>` scaffolds one, `cldpd init` adds the demo pod",
             ctx.settings().pods_dir.display()
         ));
     }

@@ -2,17 +2,20 @@
 //! a running agent's conversation (`claude -p --resume <uuid>` via
 //! `docker exec`), streamed like `start`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{ArgGroup, Args};
 
 use crate::cli::drive::drive;
 use crate::cli::error::CliError;
+use crate::cli::prompt::read_prompt;
 use crate::cli::signals::Signals;
 use crate::cli::{parse_grace, Ctx};
 
 /// Arguments of `cldpd resume`.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("text").required(true).args(["prompt", "prompt_file"])))]
 #[command(after_help = "\
 Examples:
   cldpd resume hello-1a2b3c4d --prompt 'Also add a test'
@@ -24,9 +27,19 @@ pub struct ResumeArgs {
     /// A session id, or a pod name when exactly one run of it is live
     pub target: String,
 
-    /// The follow-up prompt
-    #[arg(long, value_name = "TEXT")]
+    /// The follow-up prompt (`-`: read it from stdin; it may start with
+    /// `-`)
+    #[arg(
+        long,
+        value_name = "TEXT",
+        allow_hyphen_values = true,
+        conflicts_with = "prompt_file"
+    )]
     pub prompt: Option<String>,
+
+    /// Read the follow-up prompt from this file (`-`: stdin)
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
 
     /// Seconds between SIGTERM and SIGKILL when the follow-up is stopped
     /// [default: the pod's stopGraceSecs, else 10]
@@ -43,13 +56,15 @@ pub struct ResumeArgs {
 pub async fn run(args: ResumeArgs, ctx: &Ctx) -> Result<i32, CliError> {
     let mut signals = Signals::install()?;
     let mut ui = ctx.ui(args.json);
-    let prompt = args.prompt.clone().unwrap_or_default();
+    let given = read_prompt(args.prompt.as_deref(), args.prompt_file.as_deref())?;
+    let missing = given.is_none();
+    let prompt = given.unwrap_or_default();
     let session = ctx
         .dispatcher()
         .resume(&args.target, prompt)
         .await
         .map_err(|e| match e {
-            cldpd::Error::EmptyPrompt if args.prompt.is_none() => {
+            cldpd::Error::EmptyPrompt if missing => {
                 CliError::new("no follow-up prompt given: pass --prompt <text>").hint(format!(
                     "for example: cldpd resume {} --prompt 'Also add a test'",
                     args.target

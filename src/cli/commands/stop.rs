@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::cli::error::CliError;
+use crate::cli::error::{CliError, EXIT_FAILURE};
 use crate::cli::output::grace_text;
 use crate::cli::{parse_grace, Ctx};
 
@@ -16,10 +16,12 @@ Prints the stopped session's id on stdout (with --orphans: one per line). The
 cldpd process that started the run (if any) then exits with the container's
 code (143 after SIGTERM). An orphan is a run whose owning cldpd process is
 gone (see `cldpd ps`); --orphans never touches a run whose owner is alive.")]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["target", "orphans"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["targets", "orphans"])))]
 pub struct StopArgs {
-    /// A session id, or a pod name when exactly one run of it is live
-    pub target: Option<String>,
+    /// Session ids, or pod names each with exactly one live run; several
+    /// are stopped at once
+    #[arg(value_name = "TARGET")]
+    pub targets: Vec<String>,
 
     /// Stop and remove every orphaned run instead
     #[arg(long)]
@@ -37,30 +39,63 @@ pub struct StopArgs {
 /// Run `cldpd stop`.
 pub async fn run(args: StopArgs, ctx: &Ctx) -> Result<i32, CliError> {
     let mut ui = ctx.ui(args.json);
-    let Some(target) = args.target else {
+    if args.targets.is_empty() {
         return orphans(&mut ui, ctx, args.grace).await;
-    };
-    let grace_note = args.grace.map_or("the run's grace".to_string(), grace_text);
-    ui.status(format_args!(
-        "stopping {target} (SIGTERM, then SIGKILL after {grace_note})"
-    ));
-    let report = ctx.dispatcher().stop(&target, args.grace).await?;
-    if ui.json {
-        ui.json_line(&report);
-    } else {
-        ui.print(format_args!("{}\n", report.session));
-        match report.code {
-            Some(code) => ui.status(format_args!(
-                "stopped {} (container {}, exited {code})",
-                report.session, report.container
-            )),
-            None => ui.status(format_args!(
-                "stopped {} (container {})",
-                report.session, report.container
-            )),
+    }
+    // Each target's stop is its own escalation: run them at once.
+    let stops = args
+        .targets
+        .iter()
+        .map(|target| stop_one(ctx, target, args.grace, args.json));
+    let results = futures_util::future::join_all(stops).await;
+    let mut code = 0;
+    for (target, result) in args.targets.iter().zip(results) {
+        match result {
+            Ok(report) if ui.json => ui.json_line(&report),
+            Ok(report) => {
+                ui.print(format_args!("{}\n", report.session));
+                match report.code {
+                    Some(code) => ui.status(format_args!(
+                        "stopped {} (container {}, exited {code})",
+                        report.session, report.container
+                    )),
+                    None => ui.status(format_args!(
+                        "stopped {} (container {})",
+                        report.session, report.container
+                    )),
+                }
+            }
+            Err(e) if args.targets.len() == 1 => return Err(e),
+            Err(e) => {
+                ui.error(&CliError {
+                    message: format!("{target}: {}", e.message),
+                    hint: e.hint,
+                });
+                code = EXIT_FAILURE;
+            }
         }
     }
-    Ok(0)
+    Ok(code)
+}
+
+/// Stop one target; says "stopping…" only once it is known to be live.
+async fn stop_one(
+    ctx: &Ctx,
+    target: &str,
+    grace: Option<Duration>,
+    json: bool,
+) -> Result<cldpd::StopReport, CliError> {
+    let runs = ctx.dispatcher().runs().await?;
+    let live = runs
+        .iter()
+        .any(|r| r.session == target || r.pod == target || r.container == target);
+    if live {
+        let grace_note = grace.map_or("the run's grace".to_string(), grace_text);
+        ctx.ui(json).status(format_args!(
+            "stopping {target} (SIGTERM, then SIGKILL after {grace_note})"
+        ));
+    }
+    Ok(ctx.dispatcher().stop(target, grace).await?)
 }
 
 async fn orphans(
