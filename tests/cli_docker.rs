@@ -948,7 +948,11 @@ fn doctor_passes_with_docker_and_valid_pods_and_removes_its_probe() {
         ),
         format!("ok    pod {} is valid", pod.name()),
         format!("ok    pod {}: CLDPD_TEST_DOCTOR_VAR is set", pod.name()),
-        "all 5 checks passed".to_string(),
+        format!(
+            "ok    state directory {} is writable",
+            state.path().display()
+        ),
+        "all 6 checks passed".to_string(),
     ] {
         assert!(
             out.stdout.contains(&needle),
