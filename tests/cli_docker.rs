@@ -548,6 +548,34 @@ fn a_second_ctrl_c_kills_at_once() {
     no_containers_left(&pod);
 }
 
+/// `cldpd stop` from another process is not undone by the owner's restart
+/// policy: the owner ends with the stop's exit code and starts nothing
+/// again.
+#[test]
+fn stop_from_a_second_process_is_not_undone_by_the_restart_policy() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::builder()
+        .stub(LOOP_OR_RESUME)
+        .pod_json(r#"{ "restart": "on-failure", "backoffMs": 50 }"#)
+        .create();
+    let state = state();
+    let (live, id) = start_live(&pod, state.path(), &[]);
+    let mut stop = cldpd(pod.pods_dir(), state.path());
+    stop.args(["stop", "--grace", "5", &id]);
+    run(stop, LIMIT).expect_code(0);
+    let first = live.finish(Duration::from_secs(30));
+    first.expect_code(143);
+    assert!(!first.stderr.contains("restarting"), "{}", first.stderr);
+    assert!(
+        first.stderr.contains("cldpd: exited 143"),
+        "{}",
+        first.stderr
+    );
+    no_containers_left(&pod);
+}
+
 /// Ctrl-C while a run waits to restart (no container runs) ends it as
 /// interrupted: 130, like a Ctrl-C before its first container, not the
 /// exit code of the container that ended before the back-off.

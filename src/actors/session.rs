@@ -558,6 +558,17 @@ impl SessionActor {
         }
         self.finished = true;
         self.phase = Phase::Ended;
+        if let (Some(marker), Ending::Exited(code)) = (&self.stop_marker, &ending) {
+            if *code > 128 {
+                // Killed by a signal: perhaps by a stop from another
+                // process whose marker no restart decision read (a policy
+                // that would not restart). Don't leave it behind.
+                let marker = marker.to_path_buf();
+                tokio::task::spawn_blocking(move || {
+                    let _ = std::fs::remove_file(marker);
+                });
+            }
+        }
         let (kind, state) = match ending {
             Ending::Exited(code) => (
                 EventKind::ContainerExited { code },

@@ -76,6 +76,19 @@ pub(crate) fn looks_like_docker_error(line: &str) -> bool {
         || connection_lost(line)
 }
 
+/// True for a stderr line in a shape `docker run` itself writes when it
+/// fails: `docker: …` (client 28 prefixes its errors so), `Error response
+/// from daemon: …`, a logrus error line, or a daemon that cannot be reached
+/// or went away. Narrower than [`looks_like_docker_error`]: a plain
+/// `Error: …` is more likely the agent's own.
+pub(crate) fn looks_like_docker_run_error(line: &str) -> bool {
+    line.starts_with("docker: ")
+        || line.starts_with("Error response from daemon:")
+        || daemon_down(line)
+        || logrus_message(line).is_some()
+        || connection_lost(line)
+}
+
 /// True for the lines docker prints around its own error message: a blank
 /// line and the `Run 'docker run --help'` footer.
 pub(crate) fn docker_error_filler(line: &str) -> bool {

@@ -198,8 +198,9 @@ impl Pipes {
 enum Hold {
     /// Exec: only before any other line (`None` once output was released).
     Leading(Option<Vec<OutputLine>>),
-    /// Run: while they are the last lines read.
-    Trailing(Vec<OutputLine>),
+    /// Run: while they are the last lines read. `broad` while a replay
+    /// client (`docker logs`) reads: its errors look like any client's.
+    Trailing { held: Vec<OutputLine>, broad: bool },
 }
 
 impl Hold {
@@ -210,7 +211,9 @@ impl Hold {
                 let Some(held) = slot.as_mut() else {
                     return lines;
                 };
-                if lines.iter().all(is_client_line) && held.len() + lines.len() <= HOLD_MAX {
+                if lines.iter().all(|l| is_client_line(l, true))
+                    && held.len() + lines.len() <= HOLD_MAX
+                {
                     held.extend(lines);
                     return Vec::new();
                 }
@@ -221,8 +224,13 @@ impl Hold {
                 out.extend(lines);
                 out
             }
-            Hold::Trailing(held) => {
-                let keep = lines.iter().rev().take_while(|l| is_client_line(l)).count();
+            Hold::Trailing { held, broad } => {
+                let broad = *broad;
+                let keep = lines
+                    .iter()
+                    .rev()
+                    .take_while(|l| is_client_line(l, broad))
+                    .count();
                 if keep == 0 && held.is_empty() {
                     return lines;
                 }
@@ -251,7 +259,7 @@ impl Hold {
     fn take(&mut self) -> Vec<OutputLine> {
         match self {
             Hold::Leading(slot) => slot.take().unwrap_or_default(),
-            Hold::Trailing(held) => std::mem::take(held),
+            Hold::Trailing { held, .. } => std::mem::take(held),
         }
     }
 
@@ -265,10 +273,20 @@ impl Hold {
     }
 }
 
-/// A stderr line the docker client may have written about itself.
-fn is_client_line(line: &OutputLine) -> bool {
-    line.stream == OutputStream::Stderr
-        && (exit::looks_like_docker_error(&line.text) || exit::docker_error_filler(&line.text))
+/// A stderr line the docker client may have written about itself. Not
+/// `broad`: only the shapes `docker run` uses (`docker: …`, a logrus error
+/// line, a daemon that cannot be reached or went away), so that an agent's
+/// own `Error: …` line is not held back while the agent runs.
+fn is_client_line(line: &OutputLine, broad: bool) -> bool {
+    if line.stream != OutputStream::Stderr {
+        return false;
+    }
+    let text = &line.text;
+    if broad {
+        exit::looks_like_docker_error(text) || exit::docker_error_filler(text)
+    } else {
+        exit::looks_like_docker_run_error(text) || exit::docker_error_filler(text)
+    }
 }
 
 enum State {
@@ -327,7 +345,13 @@ pub(crate) struct ProcessStream {
 impl ProcessStream {
     pub(crate) fn new(command: Command, ctx: ProcessContext) -> Self {
         let (state, hold) = match ctx.kind {
-            Kind::Run => (State::Spawn(Box::new(command)), Hold::Trailing(Vec::new())),
+            Kind::Run => (
+                State::Spawn(Box::new(command)),
+                Hold::Trailing {
+                    held: Vec::new(),
+                    broad: false,
+                },
+            ),
             Kind::Exec => (
                 State::Precheck(
                     Box::pin(precheck_exec(ctx.binary.clone(), ctx.container.clone())),
@@ -446,6 +470,9 @@ impl ProcessStream {
             match recover::logs_command(&docker, &self.ctx.container).spawn() {
                 Ok(mut child) => {
                     pipes.replay_from(&mut child);
+                    if let Hold::Trailing { broad, .. } = &mut self.hold {
+                        *broad = true;
+                    }
                     self.state = State::Streaming(Box::new(child));
                     return;
                 }
