@@ -80,6 +80,8 @@ pub struct DispatcherActor {
     /// The owner of the state directory's I/O (its own thread).
     store: StateStore,
     shutting_down: bool,
+    /// The stops of a dying dispatcher were sent.
+    death_stops_sent: bool,
 }
 
 impl DispatcherActor {
@@ -105,6 +107,7 @@ impl DispatcherActor {
             resume_policy,
             store,
             shutting_down: false,
+            death_stops_sent: false,
         }
     }
 
@@ -203,6 +206,66 @@ impl DispatcherActor {
             prompt,
         }));
         Ok((pod, plan, policy))
+    }
+
+    /// [`Self::plan_start`] with a panic in it (pod discovery, `pod.json`
+    /// analysis, mounts, env, the template) turned into an internal error
+    /// for this request: the dispatcher, and every run it owns, go on.
+    fn checked_plan(&mut self, req: &StartRequest) -> Result<(Arc<Pod>, Plan, Arc<Policy>)> {
+        match guard("checking the start request", || self.plan_start(req)) {
+            Ok(planned) => planned,
+            Err(e) => {
+                tracing::error!(pod = %req.pod, error = %e, "a panic while checking a start request; refused");
+                // Whatever it cached may be half-made: forget it.
+                self.pods = PodCache::default();
+                self.templates.clear();
+                Err(e)
+            }
+        }
+    }
+
+    /// Ask every live session to stop (each with its own grace) and the
+    /// adopted runs too; for a dispatcher that dies without a `Shutdown`
+    /// (stopped, or a panic in a handler). Never panics.
+    fn stop_everything_on_death(&mut self) {
+        if self.death_stops_sent {
+            return;
+        }
+        self.death_stops_sent = true;
+        if !self.sessions.is_empty() {
+            tracing::warn!(
+                live = self.sessions.len(),
+                "the dispatcher is going away with live runs; stopping them"
+            );
+        }
+        for entry in self.sessions.values() {
+            entry.info.addr.do_send(StopSession { grace: None });
+        }
+        if self.adopted.is_empty() {
+            return;
+        }
+        // No actor context to drive futures in: a thread of its own.
+        let runtime = self.runtime.clone();
+        let grace = self.settings.policy.stop_grace;
+        let containers: Vec<String> = self.adopted.values().map(|r| r.container.clone()).collect();
+        let _ = std::thread::Builder::new()
+            .name("cldpd-adopted-stop".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(join_all(containers.iter().map(|c| {
+                    let stop = guarded("the runtime's stop", runtime.stop(c, grace));
+                    async move {
+                        if let Ok(Err(e)) | Err(e) = stop.await {
+                            tracing::error!(container = %c, error = %e, "could not stop an adopted run");
+                        }
+                    }
+                })));
+            });
     }
 
     /// What every run of `pod` shares.
@@ -736,9 +799,32 @@ impl Actor for DispatcherActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        for w in &self.workers {
-            w.stop();
-        }
+        // Stopped without a Shutdown: its runs must not be orphaned. The
+        // workers (where the sessions live) stop once every run has ended.
+        self.stop_everything_on_death();
+        let states: Vec<watch::Receiver<SessionState>> = self
+            .sessions
+            .values()
+            .map(|e| e.info.state.clone())
+            .collect();
+        let workers: Vec<ArbiterHandle> = self.workers.iter().map(|w| w.handle()).collect();
+        actix::spawn(async move {
+            join_all(states.into_iter().map(|mut st| async move {
+                let _ = st.wait_for(SessionState::is_terminal).await;
+            }))
+            .await;
+            for w in workers {
+                w.stop();
+            }
+        });
+    }
+}
+
+impl Drop for DispatcherActor {
+    /// A dispatcher that dies in a panic (no `stopped`) still stops its
+    /// live runs: each session runs its own stop escalation.
+    fn drop(&mut self) {
+        self.stop_everything_on_death();
     }
 }
 
@@ -749,7 +835,7 @@ impl Handler<Start> for DispatcherActor {
         if self.shutting_down {
             return Box::pin(actix::fut::ready(Err(Error::ShuttingDown)));
         }
-        let (pod, plan, policy) = match self.plan_start(&req) {
+        let (pod, plan, policy) = match self.checked_plan(&req) {
             Ok(planned) => planned,
             Err(e) => return Box::pin(actix::fut::ready(Err(e))),
         };
@@ -785,7 +871,7 @@ impl Handler<Validate> for DispatcherActor {
     type Result = Result<()>;
 
     fn handle(&mut self, Validate(req): Validate, _ctx: &mut Context<Self>) -> Self::Result {
-        self.plan_start(&req).map(|_| ())
+        self.checked_plan(&req).map(|_| ())
     }
 }
 
@@ -1182,6 +1268,15 @@ impl Handler<ForgetImage> for DispatcherActor {
                 let _ = crate::state::blocking(move || std::fs::remove_file(record)).await;
             });
         }
+    }
+}
+
+#[cfg(any(test, feature = "fault-injection"))]
+impl Handler<InjectPanic> for DispatcherActor {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _ctx: &mut Context<Self>) {
+        panic!("panic injected into the dispatcher (InjectPanic)");
     }
 }
 

@@ -269,6 +269,15 @@ mod opt_time {
     }
 }
 
+/// Fault injection: make the dispatcher actor panic inside its handler,
+/// as a bug in cldpd would. Its live runs must still be stopped. For
+/// supervision tests; compiled only with the cargo feature
+/// `fault-injection`.
+#[cfg(any(test, feature = "fault-injection"))]
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
 // ----- internal ------------------------------------------------------------
 //
 // Crate-private: sent by sessions to their dispatcher. Anyone able to send
