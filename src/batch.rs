@@ -37,7 +37,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind};
 use crate::facade::{Dispatcher, Session};
-use crate::messages::dispatcher::{StartRequest, Task};
+use crate::messages::dispatcher::{AdoptedRun, StartRequest, Task};
 use crate::pod::PodConfig;
 
 /// Output lines kept per job for the report of a failed job.
@@ -256,6 +256,33 @@ pub struct BatchReport {
     pub duration_ms: u64,
     /// One entry per job, in batch order.
     pub jobs: Vec<JobReport>,
+    /// Runs of a dead cldpd adopted by the batch's dispatcher: they held
+    /// slots of the batch's concurrency and were stopped with it.
+    pub adopted: Vec<AdoptedReport>,
+}
+
+/// What became of a run the batch's dispatcher adopted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdoptedReport {
+    /// Session id.
+    pub session: String,
+    /// Its container.
+    pub container: String,
+    /// The dead dispatcher that started it.
+    pub previous_owner: String,
+    /// `stopped` (by the batch, at its end or on [`Batch::stop`]) or
+    /// `ended` (on its own, while the batch ran).
+    pub state: AdoptedState,
+}
+
+/// How an adopted run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdoptedState {
+    /// Stopped by the batch.
+    Stopped,
+    /// Ended on its own.
+    Ended,
 }
 
 impl BatchReport {
@@ -267,6 +294,11 @@ impl BatchReport {
 
 /// A running batch. See the [module docs](self).
 pub struct Batch {
+    dispatcher: Dispatcher,
+    /// Runs of a dead dispatcher adopted when the batch started.
+    adopted: Vec<AdoptedRun>,
+    /// Those the batch stopped.
+    adopted_stopped: Arc<Mutex<Vec<String>>>,
     jobs: Vec<Job>,
     sessions: Vec<Session>,
     started: SystemTime,
@@ -277,7 +309,11 @@ pub struct Batch {
 
 impl Batch {
     /// Check every job, then start them all. A bad job refuses the whole
-    /// batch with [`Error::BatchJob`] (naming its index and line).
+    /// batch with [`Error::BatchJob`] (naming its index and line). A job
+    /// that passes the check but then fails to start (its pod changed in
+    /// between, the state directory failed) refuses the batch too, after
+    /// the jobs already started have been stopped: nothing of a refused
+    /// batch keeps running.
     pub async fn start(dispatcher: &Dispatcher, jobs: Vec<Job>) -> Result<Batch> {
         for (index, job) in jobs.iter().enumerate() {
             dispatcher
@@ -285,16 +321,38 @@ impl Batch {
                 .await
                 .map_err(|e| job.refused(index, e))?;
         }
+        // Adopted before any message (settings' `adopt_orphans`): they hold
+        // slots, so they are shown, and stopped with the batch.
+        let adopted = dispatcher.adopted().await?;
+        if !adopted.is_empty() {
+            tracing::info!(
+                adopted = adopted.len(),
+                "the batch's dispatcher adopted orphaned runs; they are stopped with the batch"
+            );
+        }
         let started = SystemTime::now();
         let mut sessions = Vec::with_capacity(jobs.len());
         for (index, job) in jobs.iter().enumerate() {
-            let session = dispatcher
-                .start(job.request())
-                .await
-                .map_err(|e| job.refused(index, e))?;
-            sessions.push(session);
+            match dispatcher.start(job.request()).await {
+                Ok(session) => sessions.push(session),
+                Err(e) => {
+                    // All or nothing: the jobs already started are stopped
+                    // (each with its own grace) before the batch is refused.
+                    tracing::warn!(
+                        job = index,
+                        started = sessions.len(),
+                        error = %e,
+                        "a batch job could not start; stopping the jobs already started"
+                    );
+                    join_all(sessions.iter().map(|s| s.stop(None))).await;
+                    return Err(job.refused(index, e));
+                }
+            }
         }
         Ok(Batch {
+            dispatcher: dispatcher.clone(),
+            adopted,
+            adopted_stopped: Arc::new(Mutex::new(Vec::new())),
             jobs,
             sessions,
             started,
@@ -307,6 +365,28 @@ impl Batch {
     pub fn tail_lines(mut self, n: usize) -> Self {
         self.tail_lines = n;
         self
+    }
+
+    /// The runs of a dead cldpd adopted by the dispatcher when the batch
+    /// started (they count against its concurrency and are stopped when
+    /// the batch ends or is stopped).
+    pub fn adopted(&self) -> &[AdoptedRun] {
+        &self.adopted
+    }
+
+    /// Stop the adopted runs still live, remembering them for the report.
+    async fn stop_adopted(&self, grace: Option<Duration>) {
+        if self.adopted.is_empty() {
+            return;
+        }
+        match self.dispatcher.stop_adopted(grace).await {
+            Ok(stopped) => self
+                .adopted_stopped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(stopped.into_iter().map(|r| r.session)),
+            Err(e) => tracing::error!(error = %e, "could not stop the adopted runs"),
+        }
     }
 
     /// The sessions, in batch order.
@@ -332,10 +412,14 @@ impl Batch {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert_with(SystemTime::now);
-        join_all(self.sessions.iter().map(|s| s.stop(grace))).await;
+        futures_util::join!(
+            join_all(self.sessions.iter().map(|s| s.stop(grace))),
+            self.stop_adopted(grace)
+        );
     }
 
-    /// Wait for every job and report.
+    /// Wait for every job, stop the adopted runs still live (the batch is
+    /// over), and report.
     pub async fn report(&self) -> BatchReport {
         let jobs = join_all(
             self.sessions
@@ -344,6 +428,26 @@ impl Batch {
                 .map(|(i, s)| self.job_report(i, s)),
         )
         .await;
+        self.stop_adopted(None).await;
+        let stopped = self
+            .adopted_stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let adopted = self
+            .adopted
+            .iter()
+            .map(|r| AdoptedReport {
+                session: r.session.clone(),
+                container: r.container.clone(),
+                previous_owner: r.previous_owner.clone(),
+                state: if stopped.contains(&r.session) {
+                    AdoptedState::Stopped
+                } else {
+                    AdoptedState::Ended
+                },
+            })
+            .collect();
         let count = |st: JobState| jobs.iter().filter(|j| j.state == st).count();
         BatchReport {
             total: jobs.len(),
@@ -352,6 +456,7 @@ impl Batch {
             stopped: count(JobState::Stopped),
             duration_ms: millis(self.started.elapsed().unwrap_or_default()),
             jobs,
+            adopted,
         }
     }
 

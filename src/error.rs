@@ -169,6 +169,18 @@ pub enum Error {
         /// Docker's own error output.
         message: String,
     },
+    /// The connection to the Docker daemon (or the docker client of a run)
+    /// was lost while a container ran, and what became of the container
+    /// could not be learnt: the daemon is gone, or the container ended and
+    /// was removed meanwhile, with its exit code. Not retried: the
+    /// container may still exist.
+    #[error("lost track of container {container}: {message}")]
+    DockerLost {
+        /// Container name.
+        container: String,
+        /// What happened.
+        message: String,
+    },
     /// The agent command is missing (127) or not executable (126) in the image.
     #[error("agent command `{command}` {} in image `{image}`{}", if *code == 127 { "was not found" } else { "is not executable" }, if message.is_empty() { String::new() } else { format!(": {message}") })]
     AgentNotRunnable {
@@ -311,6 +323,7 @@ impl Error {
             Error::BuildFailed { .. } => "build_failed",
             Error::ContainerFailed { .. } => "container_failed",
             Error::DockerFailed { .. } => "docker_failed",
+            Error::DockerLost { .. } => "docker_lost",
             Error::AgentNotRunnable { .. } => "agent_not_runnable",
             Error::RuntimeFailed { .. } => "runtime_failed",
             Error::SessionNotFound { .. } => "session_not_found",
@@ -375,6 +388,9 @@ impl Error {
             Error::BuildFailed { .. } => "fix the pod's Dockerfile; the build output above says where it failed".to_string(),
             Error::DockerFailed { .. } => {
                 "this is docker's own error (exit 125): check the image, mounts and options it names".to_string()
+            }
+            Error::DockerLost { .. } => {
+                "check that the Docker daemon runs (`docker info`); then `cldpd ps` shows whether the container is still there, and `cldpd stop --orphans` removes what is left".to_string()
             }
             Error::AgentNotRunnable { image, command, .. } => format!(
                 "install `{command}` in image `{image}` (for Claude Code: `RUN npm install -g @anthropic-ai/claude-code` in the Dockerfile) or set agentCommand in pod.json"

@@ -31,8 +31,8 @@
 //! - resume: `ContainerStarted → Output* → ContainerExited | Error`
 //! - each restart inserts `Restarting → ContainerStarted → Output*` before
 //!   the terminal event
-//! - a run stopped before its container started ends with `Error` (code
-//!   `stopped`)
+//! - a run stopped before its container started, or while it waits to
+//!   restart (back-off), ends with `Error` (code `stopped`)
 //!
 //! There is exactly one terminal event (`ContainerExited` or `Error`), and
 //! nothing follows it.

@@ -158,6 +158,17 @@ impl Dispatcher {
         self.addr.send(BuildCount).await.map_err(gone)
     }
 
+    /// The runs of a dead dispatcher this one adopted (settings'
+    /// `adopt_orphans`) that are still live.
+    pub async fn adopted(&self) -> Result<Vec<AdoptedRun>> {
+        self.addr.send(ListAdopted).await.map_err(gone)
+    }
+
+    /// Stop every adopted run still live; returns those stopped.
+    pub async fn stop_adopted(&self, grace: Option<Duration>) -> Result<Vec<AdoptedRun>> {
+        self.addr.send(StopAdopted { grace }).await.map_err(gone)
+    }
+
     /// Stop every live run and refuse new ones.
     pub async fn shutdown(&self, grace: Option<Duration>) -> Result<()> {
         self.addr.send(Shutdown { grace }).await.map_err(gone)

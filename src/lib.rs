@@ -12,6 +12,7 @@ pub mod owner;
 pub mod pod;
 pub mod runtime;
 mod settings;
+pub mod state;
 
 pub use actors::fanout::{FanoutLimits, FanoutStats, Subscriber, SubscriptionId};
 pub use actors::supervisor::Policy;

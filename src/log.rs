@@ -6,29 +6,41 @@
 //! that fell behind catches up without the session holding its events in
 //! memory, and how a finished run is read back later (`cldpd logs`).
 //!
-//! Writes are buffered and flushed at the end of every batch of output the
-//! session handles (so a line reaches the disk within one batch of being
-//! read from the container). The file is opened for each flush rather than
-//! held open, so thousands of live sessions do not hold thousands of file
-//! descriptors.
+//! Writes never block the session: at the end of every batch of output it
+//! handles, the session hands its encoded lines over to the state
+//! directory's owner ([`crate::state`]), whose thread appends them to the
+//! file (kept open) and indexes them. A subscriber that falls behind reads
+//! back only what that thread has *settled* (written, or known to be
+//! missing), so it always finds what it needs or learns it is gone.
 //!
 //! # Liveness
 //!
-//! A live run writes its log as events happen. While it has no running
-//! container (queued, building, waiting to restart) it may have nothing to
-//! write for a long time, so its dispatcher touches the file's
-//! modification time every [`HEARTBEAT`]. A log neither written nor touched
-//! for [`STALE_AFTER`] ([`is_fresh`] is false) whose run has no container in
-//! Docker belongs to a run whose process is gone: `cldpd logs --follow`
-//! uses this to follow a queued run of another process as long as it
-//! lives, and no longer.
+//! A live run writes its log as events happen, and its dispatcher touches
+//! the file's modification time every [`HEARTBEAT`] (a quiet run, or one
+//! with no running container, may have nothing to write for a long time).
+//! A log neither written nor touched for [`STALE_AFTER`] ([`is_fresh`] is
+//! false) whose run has no container in Docker belongs to a run whose
+//! process is gone: `cldpd logs --follow` uses this to follow a run of
+//! another process as long as it lives, and no longer.
+//!
+//! # Incomplete logs
+//!
+//! A log the state thread could not write (a full disk) does not end the
+//! run: the events that could not be written are recorded as missing, and
+//! once writing works again a marker line says which ([`LogEntry::Gap`]).
+//! [`LogReader`] reports the markers, and any jump in `seq`, as gaps;
+//! `cldpd logs` says so and exits non-zero; a lagging subscriber that needs
+//! a missing event gets an `error` event (code `log`) and is dropped.
 //!
 //! # Retention
 //!
 //! [`prune`] deletes logs of finished sessions whose last write is older
 //! than the retention age (default 14 days), then the oldest ones until the
-//! directory is under the size budget (default 1 GiB). The dispatcher runs it
-//! once when it starts; logs of live sessions are never pruned.
+//! directory is under the size budget (default 1 GiB). It never deletes a
+//! log younger than [`PRUNE_MIN_AGE`] (a live run's log is never older
+//! than [`STALE_AFTER`]) nor the log of a run that is live in any process
+//! (the dispatcher asks Docker's labels). The dispatcher runs it once when
+//! it starts, in the background.
 //!
 //! ```no_run
 //! # fn main() -> cldpd::Result<()> {
@@ -38,44 +50,35 @@
 //! # Ok(()) }
 //! ```
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::state::{Cmd, SharedLog, StateStore};
 
 /// An index entry is kept for every `INDEX_STRIDE`-th event, so a reader
 /// can start at any `seq` after skipping at most this many lines.
 const INDEX_STRIDE: u64 = 1024;
 
-/// Largest buffer kept as a thread's spare.
-const MAX_SPARE: usize = 4 * 1024 * 1024;
-
-thread_local! {
-    /// One released large buffer per thread, for the next large batch of
-    /// any session on this thread: busy sessions do not allocate (and
-    /// grow, copy, free) a buffer per batch, idle ones hold none.
-    static SPARE: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
-}
-
-/// How often a dispatcher touches the logs of its live runs that have no
-/// running container (the default of [`crate::Settings::log_heartbeat`]).
+/// How often a dispatcher touches the logs of its live runs (the default
+/// of [`crate::Settings::log_heartbeat`]).
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
-/// A log not modified for this long belongs to a run that is not waiting
-/// for a container in a live process (three missed heartbeats).
+/// A log not modified for this long belongs to a run that is not live in
+/// any process (three missed heartbeats).
 pub const STALE_AFTER: Duration = Duration::from_secs(3 * HEARTBEAT.as_secs());
 
-/// Mark the log at `path` as belonging to a live run: set its modification
-/// time to now without writing anything.
-pub(crate) fn touch(path: &Path) -> std::io::Result<()> {
-    OpenOptions::new()
-        .append(true)
-        .open(path)?
-        .set_modified(SystemTime::now())
-}
+/// [`prune`] never deletes a log modified more recently than this.
+pub const PRUNE_MIN_AGE: Duration = Duration::from_secs(3600);
+
+/// A session whose log has more than this many bytes waiting to be written
+/// makes its runner wait (the container's output waits in its pipe) until
+/// half of it is written.
+pub(crate) const MAX_BACKLOG: usize = 8 * 1024 * 1024;
 
 /// Whether the log at `path` was written or touched within
 /// [`STALE_AFTER`]: its run is live (or ended only moments ago).
@@ -90,55 +93,71 @@ pub fn path_for(sessions_dir: &Path, session: &str) -> PathBuf {
     sessions_dir.join(format!("{session}.ndjson"))
 }
 
-/// Appends events to one session's log.
+/// The marker line of a gap (see [`LogEntry::Gap`]).
+pub(crate) fn gap_line(from: u64, to: u64, reason: &str) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&serde_json::json!({
+        "gap": {"from": from, "to": to, "reason": reason}
+    }))
+    .expect("json serialises");
+    line.push(b'\n');
+    line
+}
+
+/// Appends events to one session's log: encodes them (on the session's
+/// thread) and hands them over to the state thread, which writes them.
 #[derive(Debug)]
 pub(crate) struct LogWriter {
-    path: PathBuf,
+    shared: Arc<SharedLog>,
+    store: StateStore,
     buf: Vec<u8>,
-    /// Bytes already written to the file.
-    flushed: u64,
-    /// Last seq written to the file.
-    flushed_seq: u64,
-    /// Last seq appended (buffered or written).
+    /// `(seq, offset in buf)` of the events in `buf` that get an index
+    /// entry (event 1 is at offset 0: a short log needs no index at all).
+    marks: Vec<(u64, usize)>,
+    /// Seq of the first event in `buf`.
+    first_seq: u64,
+    /// Last seq appended (buffered or handed over).
     last_seq: u64,
-    /// `index[k - 1]` is the offset of event `k * INDEX_STRIDE + 1` (event 1
-    /// is at offset 0: a short log needs no index at all).
-    index: Vec<u64>,
-    /// The first write error, kept: once broken, the log stays broken.
-    failed: Option<String>,
+    /// Last seq handed over.
+    handed_seq: u64,
 }
 
 impl LogWriter {
-    /// Create the log file; fails if it already exists (session ids are
-    /// unique across processes because of this).
-    pub(crate) fn create(path: PathBuf) -> std::io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        // Readable by its owner only: it holds whatever the agent printed.
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        Ok(LogWriter {
-            path,
+    /// The writer of the log just created at `path` (see
+    /// [`StateStore::create_log`]).
+    pub(crate) fn new(store: StateStore, path: PathBuf) -> Self {
+        LogWriter {
+            shared: SharedLog::new(path),
+            store,
             buf: Vec::new(),
-            flushed: 0,
-            flushed_seq: 0,
+            marks: Vec::new(),
+            first_seq: 0,
             last_seq: 0,
-            index: Vec::new(),
-            failed: None,
-        })
+            handed_seq: 0,
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.shared.path()
+    }
+
+    /// What the state thread knows of this log.
+    pub(crate) fn shared(&self) -> &Arc<SharedLog> {
+        &self.shared
+    }
+
+    /// The state directory's owner writing this log.
+    pub(crate) fn store(&self) -> &StateStore {
+        &self.store
     }
 
     /// Buffer one event (its seq must follow the previous one).
     pub(crate) fn append(&mut self, event: &Event) {
         debug_assert_eq!(event.seq, self.last_seq + 1);
+        if self.buf.is_empty() {
+            self.first_seq = event.seq;
+        }
         if event.seq > 1 && (event.seq - 1) % INDEX_STRIDE == 0 {
-            self.index.push(self.flushed + self.buf.len() as u64);
+            self.marks.push((event.seq, self.buf.len()));
         }
         crate::event::fast_json::write(event, &mut self.buf);
         self.buf.push(b'\n');
@@ -146,98 +165,113 @@ impl LogWriter {
     }
 
     /// Make room for about `bytes` more before a batch of appends. An
-    /// empty buffer takes this thread's spare (the buffer an earlier flush
-    /// of any session on this thread gave back) instead of allocating and
-    /// growing a fresh one.
+    /// empty buffer takes a spare one (a written buffer the state thread
+    /// gave back) instead of allocating and growing a fresh one.
     pub(crate) fn reserve(&mut self, bytes: usize) {
         if self.buf.capacity() - self.buf.len() >= bytes {
             return;
         }
         if self.buf.capacity() == 0 {
-            if let Some(spare) = SPARE.with(|s| s.borrow_mut().take()) {
+            if let Some(spare) = crate::state::writer_spare() {
                 self.buf = spare;
             }
         }
         self.buf.reserve(bytes);
     }
 
-    /// Write what is buffered. On failure the buffer is kept (nothing is
-    /// lost from memory) and the error is returned on every later call.
-    pub(crate) fn flush(&mut self) -> Result<()> {
-        if let Some(msg) = &self.failed {
-            return Err(self.error(msg.clone()));
-        }
+    /// Hand what is buffered over to the state thread (never blocks, never
+    /// fails: a write that fails there is recorded as a gap).
+    pub(crate) fn flush(&mut self) {
         if self.buf.is_empty() {
-            return Ok(());
+            return;
         }
-        let written = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .and_then(|mut f| f.write_all(&self.buf));
-        match written {
-            Ok(()) => {
-                self.flushed += self.buf.len() as u64;
-                self.flushed_seq = self.last_seq;
-                // An idle session holds no buffer: it goes back to the
-                // thread's spare (the larger one is kept).
-                let mut buf = std::mem::take(&mut self.buf);
-                if buf.capacity() <= MAX_SPARE {
-                    buf.clear();
-                    SPARE.with(|s| {
-                        let mut s = s.borrow_mut();
-                        if s.as_ref().is_none_or(|k| k.capacity() < buf.capacity()) {
-                            *s = Some(buf);
-                        }
-                    });
-                }
-                Ok(())
-            }
-            Err(e) => {
-                let msg = format!("cannot write: {e}");
-                self.failed = Some(msg.clone());
-                Err(self.error(msg))
-            }
+        let queue = self.shared.hand_over(
+            &mut self.buf,
+            &mut self.marks,
+            self.first_seq,
+            self.last_seq,
+        );
+        self.handed_seq = self.last_seq;
+        if queue {
+            self.store.send(Cmd::Write(self.shared.clone()));
         }
     }
 
-    fn error(&self, message: String) -> Error {
-        Error::Log {
-            path: self.path.clone(),
-            message,
-        }
+    /// Last seq handed over.
+    pub(crate) fn handed_seq(&self) -> u64 {
+        self.handed_seq
     }
 
-    /// Last seq that is on disk.
-    pub(crate) fn flushed_seq(&self) -> u64 {
-        self.flushed_seq
-    }
-
-    /// True once a write failed.
-    #[cfg(test)]
-    pub(crate) fn is_broken(&self) -> bool {
-        self.failed.is_some()
-    }
-
-    /// Where to start reading to reach `seq`: `(offset, seq at offset)`.
-    pub(crate) fn locate(&self, seq: u64) -> (u64, u64) {
-        let k = ((seq.max(1) - 1) / INDEX_STRIDE) as usize;
-        if k == 0 {
-            return (0, 1);
-        }
-        match self.index.get(k - 1) {
-            Some(&off) => (off, k as u64 * INDEX_STRIDE + 1),
-            None => (0, 1),
-        }
+    /// Bytes handed over and not yet written.
+    pub(crate) fn backlog(&self) -> usize {
+        self.shared.backlog()
     }
 
     /// Bytes held in memory (buffer capacity + index).
     pub(crate) fn memory(&self) -> usize {
-        self.buf.capacity() + self.index.capacity() * 8
+        self.buf.capacity() + self.marks.capacity() * 16 + self.shared.index_memory()
     }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        self.flush();
+        self.store.send(Cmd::Close(self.shared.clone()));
+    }
+}
+
+/// Wait until every event up to `seq` of `log` is settled (in the file or
+/// known to be missing).
+pub(crate) async fn settled(store: &StateStore, log: &SharedLog, seq: u64) {
+    loop {
+        let mut progress = store.progress();
+        if log.settled() >= seq {
+            return;
+        }
+        if progress.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Wait until `log` has at most half of [`MAX_BACKLOG`] waiting.
+pub(crate) async fn room(store: &StateStore, log: &SharedLog) {
+    loop {
+        let mut progress = store.progress();
+        if log.backlog() <= MAX_BACKLOG / 2 {
+            return;
+        }
+        if progress.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One line of a log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogEntry {
+    /// An event.
+    Event(Event),
+    /// Events `from..=to` are not in the log: they could not be written
+    /// (`reason`, e.g. a full disk), or the file was deleted while the run
+    /// was live. Written as a marker line `{"gap":{...}}` once writing
+    /// works again, or found as a jump in `seq`.
+    Gap {
+        /// First missing seq.
+        from: u64,
+        /// Last missing seq.
+        to: u64,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Reads events back from a log, from any position; tolerates a last line
 /// that is still being written (it is returned once complete).
+///
+/// [`next_event`](Self::next_event) returns the events and notes what is
+/// missing ([`gaps`](Self::gaps)); [`next_entry`](Self::next_entry) returns
+/// the gaps too, where they are.
 #[derive(Debug)]
 pub struct LogReader {
     path: PathBuf,
@@ -246,6 +280,13 @@ pub struct LogReader {
     line: String,
     /// The session id of the last line, shared by the events read.
     session: Option<std::sync::Arc<str>>,
+    /// Seq of the last event read (0: none yet, reading from the start).
+    last_seq: u64,
+    /// Whether `last_seq` is known (false when opened mid-file).
+    seq_known: bool,
+    /// An event read after a jump in seq, returned after its gap.
+    held: Option<Event>,
+    gaps: Vec<(u64, u64)>,
 }
 
 impl LogReader {
@@ -275,11 +316,45 @@ impl LogReader {
             offset,
             line: String::new(),
             session: None,
+            last_seq: 0,
+            seq_known: offset == 0,
+            held: None,
+            gaps: Vec::new(),
         })
     }
 
     /// The next complete event, or `None` at the current end of the file.
+    /// Gaps are skipped (and noted in [`gaps`](Self::gaps)).
     pub fn next_event(&mut self) -> Result<Option<Event>> {
+        loop {
+            match self.next_entry()? {
+                Some(LogEntry::Event(ev)) => return Ok(Some(ev)),
+                Some(LogEntry::Gap { .. }) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The ranges of events found missing so far (marker lines and jumps
+    /// in `seq`); empty for a complete log.
+    pub fn gaps(&self) -> &[(u64, u64)] {
+        &self.gaps
+    }
+
+    fn note_gap(&mut self, from: u64, to: u64) {
+        match self.gaps.last_mut() {
+            Some(last) if last.1 + 1 >= from => last.1 = last.1.max(to),
+            _ => self.gaps.push((from, to)),
+        }
+    }
+
+    /// The next complete line: an event or a gap, or `None` at the current
+    /// end of the file.
+    pub fn next_entry(&mut self) -> Result<Option<LogEntry>> {
+        if let Some(ev) = self.held.take() {
+            self.last_seq = ev.seq;
+            return Ok(Some(LogEntry::Event(ev)));
+        }
         self.line.clear();
         let n = self
             .reader
@@ -301,19 +376,57 @@ impl LogReader {
                 })?;
             return Ok(None);
         }
+        let at = self.offset;
+        self.offset += n as u64;
+        if self.line.starts_with("{\"gap\"") {
+            let gap = serde_json::from_str::<GapLine>(&self.line).map_err(|e| Error::Log {
+                path: self.path.clone(),
+                message: format!("corrupt gap marker at byte {at}: {e}"),
+            })?;
+            let GapBody { from, to, reason } = gap.gap;
+            self.note_gap(from, to);
+            // The events that follow continue after the gap.
+            self.last_seq = self.last_seq.max(to);
+            return Ok(Some(LogEntry::Gap { from, to, reason }));
+        }
         let event = match crate::event::fast_json::read(&self.line, &mut self.session) {
             Some(event) => event,
             None => serde_json::from_str(&self.line).map_err(|e| Error::Log {
                 path: self.path.clone(),
-                message: format!("corrupt line at byte {}: {e}", self.offset),
+                message: format!("corrupt line at byte {at}: {e}"),
             })?,
         };
-        self.offset += n as u64;
-        Ok(Some(event))
+        if self.seq_known && event.seq > self.last_seq + 1 {
+            let (from, to) = (self.last_seq + 1, event.seq - 1);
+            self.note_gap(from, to);
+            self.held = Some(event);
+            return Ok(Some(LogEntry::Gap {
+                from,
+                to,
+                reason: "missing from the log".into(),
+            }));
+        }
+        self.seq_known = true;
+        self.last_seq = event.seq;
+        Ok(Some(LogEntry::Event(event)))
     }
 }
 
-/// Every event of a log, in order. Stops at the first unreadable line.
+#[derive(serde::Deserialize)]
+struct GapLine {
+    gap: GapBody,
+}
+
+#[derive(serde::Deserialize)]
+struct GapBody {
+    from: u64,
+    to: u64,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Every event of a log, in order (gaps skipped). Stops at the first
+/// unreadable line.
 pub fn read_all(path: &Path) -> Result<Vec<Event>> {
     let mut reader = LogReader::open(path)?;
     let mut events = Vec::new();
@@ -341,13 +454,43 @@ impl Default for Retention {
     }
 }
 
+/// Whether [`prune`] could delete anything under `sessions_dir` (some log
+/// older than [`PRUNE_MIN_AGE`] breaks `rule`), before asking which runs
+/// are live.
+pub(crate) fn prune_due(sessions_dir: &Path, rule: Retention) -> bool {
+    let Ok(dir) = std::fs::read_dir(sessions_dir) else {
+        return false;
+    };
+    let now = SystemTime::now();
+    let mut total = 0u64;
+    let mut old_enough = false;
+    for e in dir.filter_map(|e| e.ok()) {
+        let Ok(meta) = e.metadata() else { continue };
+        total += meta.len();
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default();
+        if age > rule.max_age.max(PRUNE_MIN_AGE) {
+            return true;
+        }
+        old_enough |= age >= PRUNE_MIN_AGE;
+    }
+    old_enough && total > rule.max_total_bytes
+}
+
 /// Delete old logs under `sessions_dir` by `rule`, never one for which
-/// `is_live(session_id)` is true. Returns how many files were deleted.
+/// `is_live(session_id)` is true nor one modified within [`PRUNE_MIN_AGE`]
+/// (so never the log of a run live in any process: live runs write or
+/// touch theirs every [`HEARTBEAT`]). Returns how many files were deleted.
+/// Blocking: run it off the actor threads.
 pub fn prune(sessions_dir: &Path, rule: Retention, is_live: &dyn Fn(&str) -> bool) -> usize {
     let Ok(dir) = std::fs::read_dir(sessions_dir) else {
         return 0;
     };
     let now = SystemTime::now();
+    let mut total: u64 = 0;
     let mut files: Vec<(SystemTime, u64, PathBuf)> = dir
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -357,19 +500,28 @@ pub fn prune(sessions_dir: &Path, rule: Retention, is_live: &dyn Fn(&str) -> boo
                 .to_str()?
                 .strip_suffix(".ndjson")?
                 .to_string();
-            if is_live(&id) {
+            let meta = e.metadata().ok()?;
+            total += meta.len();
+            let modified = meta.modified().ok()?;
+            let young = now.duration_since(modified).unwrap_or_default() < PRUNE_MIN_AGE;
+            if young || is_live(&id) {
                 return None;
             }
-            let meta = e.metadata().ok()?;
-            Some((meta.modified().ok()?, meta.len(), path))
+            Some((modified, meta.len(), path))
         })
         .collect();
     files.sort();
-    let mut total: u64 = files.iter().map(|f| f.1).sum();
     let mut deleted = 0;
     for (modified, len, path) in files {
         let too_old = now.duration_since(modified).unwrap_or_default() > rule.max_age;
-        if (too_old || total > rule.max_total_bytes) && std::fs::remove_file(&path).is_ok() {
+        if !(too_old || total > rule.max_total_bytes) {
+            continue;
+        }
+        // Looked at again just before: written since the listing means live.
+        let fresh = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() < PRUNE_MIN_AGE);
+        if !fresh && std::fs::remove_file(&path).is_ok() {
             total -= len;
             deleted += 1;
         }
@@ -395,31 +547,6 @@ mod tests {
     }
 
     #[test]
-    fn written_events_read_back_equal_from_any_indexed_position() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = path_for(dir.path(), "p-1");
-        let mut w = LogWriter::create(path.clone()).unwrap();
-        let events: Vec<Event> = (1..=3000).map(|i| out(i, &format!("line {i}"))).collect();
-        for (i, ev) in events.iter().enumerate() {
-            w.append(ev);
-            if i % 700 == 0 {
-                w.flush().unwrap();
-            }
-        }
-        w.flush().unwrap();
-        assert_eq!(w.flushed_seq(), 3000);
-        assert_eq!(read_all(&path).unwrap(), events);
-        let (off, first) = w.locate(2500);
-        assert_eq!(first, 2049);
-        let mut r = LogReader::open_at(&path, off).unwrap();
-        assert_eq!(r.next_event().unwrap().unwrap().seq, 2049);
-        assert!(
-            LogWriter::create(path).is_err(),
-            "create must not reuse a file"
-        );
-    }
-
-    #[test]
     fn a_partial_last_line_is_left_for_later() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.ndjson");
@@ -432,37 +559,87 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_is_reported_and_keeps_the_events() {
+    fn gap_markers_and_seq_jumps_are_reported_where_they_are() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gone.ndjson");
-        let mut w = LogWriter::create(path.clone()).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        std::fs::create_dir(&path).unwrap(); // now not writable as a file
-        w.append(&out(1, "a"));
-        assert!(matches!(w.flush(), Err(Error::Log { .. })));
-        assert!(w.is_broken());
-        assert_eq!(w.flushed_seq(), 0);
+        let path = dir.path().join("p-1.ndjson");
+        let mut text = Vec::new();
+        for seq in [1, 2] {
+            text.extend(serde_json::to_vec(&out(seq, "a")).unwrap());
+            text.push(b'\n');
+        }
+        text.extend(gap_line(3, 5, "No space left on device (os error 28)"));
+        for seq in [6, 9] {
+            text.extend(serde_json::to_vec(&out(seq, "b")).unwrap());
+            text.push(b'\n');
+        }
+        std::fs::write(&path, text).unwrap();
+        let mut r = LogReader::open(&path).unwrap();
+        let mut seen = Vec::new();
+        while let Some(e) = r.next_entry().unwrap() {
+            seen.push(match e {
+                LogEntry::Event(ev) => format!("{}", ev.seq),
+                LogEntry::Gap { from, to, .. } => format!("gap {from}-{to}"),
+            });
+        }
+        assert_eq!(seen, ["1", "2", "gap 3-5", "6", "gap 7-8", "9"]);
+        assert_eq!(r.gaps(), [(3, 5), (7, 8)]);
+        let events: Vec<u64> = read_all(&path).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(events, [1, 2, 6, 9]);
+    }
+
+    fn aged(path: &Path, age: Duration) {
+        std::fs::File::options()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - age)
+            .unwrap();
     }
 
     #[test]
-    fn prune_keeps_live_and_recent_logs_within_budget() {
+    fn prune_keeps_live_and_young_logs_and_deletes_old_ones_within_budget() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["a-1", "b-1", "c-1"] {
-            std::fs::write(dir.path().join(format!("{name}.ndjson")), vec![b'x'; 100]).unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        for (name, age) in [
+            ("a-1", 3 * day),
+            ("b-1", 2 * day),
+            ("c-1", day),
+            ("d-1", Duration::ZERO),
+        ] {
+            let path = dir.path().join(format!("{name}.ndjson"));
+            std::fs::write(&path, vec![b'x'; 100]).unwrap();
+            aged(&path, age);
         }
         let rule = Retention {
-            max_age: Duration::from_secs(3600),
+            max_age: Duration::from_secs(30 * 24 * 3600),
             max_total_bytes: 150,
         };
+        assert!(prune_due(dir.path(), rule));
+        // a-1 is live (oldest, yet kept); d-1 is young (kept whatever the
+        // budget); b-1 then c-1 go, oldest first, until under budget or
+        // only protected ones are left.
         let deleted = prune(dir.path(), rule, &|id| id == "a-1");
-        assert_eq!(deleted, 1);
-        assert!(dir.path().join("a-1.ndjson").exists());
-        let left = std::fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(left, 2);
+        assert_eq!(deleted, 2);
+        for (name, kept) in [("a-1", true), ("b-1", false), ("c-1", false), ("d-1", true)] {
+            assert_eq!(
+                dir.path().join(format!("{name}.ndjson")).exists(),
+                kept,
+                "{name}"
+            );
+        }
+        assert!(!prune_due(
+            dir.path(),
+            Retention {
+                max_age: Duration::from_secs(30 * 24 * 3600),
+                max_total_bytes: 1000
+            }
+        ));
         let rule = Retention {
             max_age: Duration::ZERO,
             max_total_bytes: u64::MAX,
         };
-        assert_eq!(prune(dir.path(), rule, &|id| id == "a-1"), 1);
+        // Past the age rule, but d-1 is younger than PRUNE_MIN_AGE.
+        assert_eq!(prune(dir.path(), rule, &|_| false), 1);
+        assert!(dir.path().join("d-1.ndjson").exists());
     }
 }

@@ -35,13 +35,18 @@ pub struct Owner {
 
 impl Owner {
     /// A new owner identity for a dispatcher in this process.
+    /// (The host name and this process's start time are read once per
+    /// process.)
     pub fn current() -> Owner {
+        static START: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
         let pid = std::process::id();
+        let start = *START.get_or_init(|| process_start(pid));
+        let host = hostname();
         Owner {
             id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
-            host: hostname(),
+            host,
             pid,
-            start: process_start(pid),
+            start,
         }
     }
 
@@ -70,7 +75,7 @@ impl Owner {
 
     /// False only when the owner is known to be gone: same host, and its
     /// pid is not running or now belongs to a process started at another
-    /// time.
+    /// time. Reads `/proc`: call it off the actor threads.
     pub fn is_alive(&self) -> bool {
         if self.host != hostname() {
             return true;
@@ -114,12 +119,16 @@ impl Owner {
     }
 }
 
-/// This machine's host name.
+/// This machine's host name (read once per process).
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".to_string())
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "localhost".to_string())
+    })
+    .clone()
 }
 
 /// Start time (field 22 of `/proc/<pid>/stat`), `None` when no such process.

@@ -65,7 +65,8 @@ async fn start_events_follow_the_grammar() {
         spec.command[..4],
         ["claude", "-p", "--session-id", conv.as_str()]
     );
-    assert!(spec.command[4].ends_with(&format!("Work on this GitHub issue: {ISSUE}")));
+    assert_eq!(spec.command[4], "--", "the prompt is never an option");
+    assert!(spec.command[5].ends_with(&format!("Work on this GitHub issue: {ISSUE}")));
 }
 
 #[actix::test]
@@ -146,6 +147,7 @@ async fn resume_events_follow_the_grammar_and_reach_the_pinned_conversation() {
             "-p",
             "--resume",
             conv.as_str(),
+            "--",
             "also fix the tests"
         ]
     );
@@ -830,8 +832,10 @@ async fn a_panic_in_a_session_ends_its_run_cleanly_and_nothing_else() {
     again.stop(Some(Duration::ZERO)).await.unwrap();
 }
 
+/// A log that cannot be written no longer ends the run (issue 9, item 7):
+/// the subscribers that keep up get every line and the run its own end.
 #[actix::test]
-async fn an_unwritable_log_ends_the_run_with_an_error_event() {
+async fn an_unwritable_log_does_not_end_the_run() {
     let (_dirs, rt, d) = setup(&[("web", None)]);
     rt.script_pod(
         "web",
@@ -854,15 +858,16 @@ async fn an_unwritable_log_ends_the_run_with_an_error_event() {
     std::fs::remove_file(s.log_path()).unwrap();
     std::fs::create_dir(s.log_path()).unwrap();
     let rest: Vec<Event> = within(30, "the end", events.collect()).await;
-    match &rest.last().unwrap().kind {
-        EventKind::Error { code, message } => {
-            assert_eq!(code, "log");
-            assert!(message.contains("cannot write"), "{message}");
-        }
-        k => panic!("{k:?}"),
-    }
-    assert!(matches!(s.wait().await, Err(Error::Log { .. })));
-    assert!(rt.running().is_empty(), "the run was stopped");
+    let lines = rest
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Output { .. }))
+        .count();
+    assert_eq!(lines, 1000, "every later line reached the subscriber");
+    assert!(matches!(
+        rest.last().unwrap().kind,
+        EventKind::ContainerExited { code: 0 }
+    ));
+    assert_eq!(s.wait().await.unwrap(), 0);
 }
 
 #[actix::test]

@@ -193,3 +193,61 @@ async fn a_bad_job_refuses_the_whole_batch_before_anything_starts() {
     assert!(rt.runs().is_empty());
     assert!(d.sessions().await.unwrap().is_empty());
 }
+
+#[actix::test]
+async fn a_job_failing_to_start_part_way_stops_the_jobs_already_started() {
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", RunScript::new().stdout_lines(1).hang());
+    // Job 3's mount source exists when the batch is checked, and is
+    // removed while job 2 starts (its `inheritEnv` lookup): job 3 then
+    // fails to start after jobs 1 and 2 did.
+    let source = dirs.root.path().join("vanishing");
+    std::fs::create_dir_all(&source).unwrap();
+    let lookups = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (l, s) = (lookups.clone(), source.clone());
+    let settings = dirs.settings().env_lookup(move |name| {
+        if name == "TRIGGER" && l.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            let _ = std::fs::remove_dir_all(&s);
+        }
+        None
+    });
+    let d = Dispatcher::new(settings, rt.clone());
+    let with_mount = PodConfig {
+        mounts: vec![cldpd::Mount {
+            source: source.display().to_string(),
+            target: "/x".into(),
+            read_only: false,
+        }],
+        ..PodConfig::default()
+    };
+    let trigger = PodConfig {
+        inherit_env: vec!["TRIGGER".into()],
+        ..PodConfig::default()
+    };
+    let jobs = vec![
+        Job::prompt("web", "1"),
+        Job::prompt("web", "2").overrides(trigger),
+        Job::prompt("web", "3").overrides(with_mount),
+        Job::prompt("web", "4"),
+        Job::prompt("web", "5"),
+    ];
+    match within(30, "the batch start", Batch::start(&d, jobs)).await {
+        Err(Error::BatchJob {
+            index: 2, source, ..
+        }) => {
+            assert!(
+                matches!(*source, Error::MountSourceMissing { .. }),
+                "{source:?}"
+            )
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("the batch started"),
+    }
+    // Nothing of the refused batch lives on.
+    assert!(
+        d.sessions().await.unwrap().is_empty(),
+        "jobs 1-2 still live"
+    );
+    assert!(rt.running().is_empty(), "running: {:?}", rt.running());
+}

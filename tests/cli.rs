@@ -940,3 +940,91 @@ fn logs_follow_keeps_following_a_queued_run_whose_log_is_fresh() {
     out.expect_code(0);
     assert!(out.stderr.contains("exited 0"), "{}", out.stderr);
 }
+
+/// Issue 9, item 7: `cldpd logs` showed an incomplete log (the state disk
+/// was full) and exited 0 saying nothing. It names each gap, where it is,
+/// and exits 1: a marker line written when space was back, or a jump in
+/// `seq` when none could be.
+#[test]
+fn logs_of_an_incomplete_log_name_the_gap_and_exit_1() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = |id: &str, seq: u64, kind: cldpd::EventKind| {
+        serde_json::to_string(&cldpd::Event::new(id, seq, kind)).unwrap() + "\n"
+    };
+    let out_line = |id: &str, seq: u64, text: &str| {
+        line(
+            id,
+            seq,
+            cldpd::EventKind::Output {
+                stream: cldpd::OutputStream::Stdout,
+                line: text.into(),
+                partial: false,
+            },
+        )
+    };
+    let marked = "full-0a1b2c3d";
+    let text = out_line(marked, 1, "first")
+        + "{\"gap\":{\"from\":2,\"to\":7,\"reason\":\"No space left on device (os error 28)\"}}\n"
+        + &out_line(marked, 8, "after")
+        + &line(marked, 9, cldpd::EventKind::ContainerExited { code: 0 });
+    std::fs::write(dir.join(format!("{marked}.ndjson")), text).unwrap();
+    let jumped = "full-1b2c3d4e";
+    let text = out_line(jumped, 1, "first")
+        + &out_line(jumped, 5, "after")
+        + &line(jumped, 6, cldpd::EventKind::ContainerExited { code: 0 });
+    std::fs::write(dir.join(format!("{jumped}.ndjson")), text).unwrap();
+    for (id, gap) in [(marked, "events 2 to 7"), (jumped, "events 2 to 4")] {
+        let mut cmd = cldpd(pods.path(), state.path());
+        cmd.args(["logs", id]);
+        let out = run(cmd, LIMIT);
+        out.expect_code(1);
+        assert_eq!(out.stdout, "first\nafter\n", "everything there is shown");
+        assert!(
+            out.stderr
+                .contains(&format!("the log of {id} is incomplete: {gap} are missing")),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+/// Issue 9, item 7: `cldpd doctor` checks that the state directory takes a
+/// write and has free space.
+#[test]
+fn doctor_checks_that_the_state_directory_is_writable() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut doctor = cldpd(pods.path(), state.path());
+    doctor
+        .env("CLDPD_DOCKER", "/nonexistent/docker")
+        .arg("doctor");
+    let out = run(doctor, LIMIT);
+    assert!(
+        out.stdout.contains(&format!(
+            "ok    state directory {} is writable (",
+            state.path().display()
+        )),
+        "{}",
+        out.stdout
+    );
+    // A state directory that cannot be made (a file is in the way).
+    let blocked = state.path().join("blocked");
+    std::fs::write(&blocked, "not a directory").unwrap();
+    let mut doctor = cldpd(pods.path(), &blocked);
+    doctor
+        .env("CLDPD_DOCKER", "/nonexistent/docker")
+        .arg("doctor");
+    let out = run(doctor, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stdout.contains(&format!(
+            "FAIL  state directory {} is not writable",
+            blocked.display()
+        )),
+        "{}",
+        out.stdout
+    );
+}

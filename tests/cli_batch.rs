@@ -14,7 +14,7 @@ use support::docker::{docker, require_docker, TestPod};
 
 /// Succeeds, or exits 3 when its prompt says `fail`; takes a little while so
 /// that runs overlap.
-const JOB: &str = "#!/bin/sh\necho \"job: $4\"\nsleep 0.5\ncase \"$4\" in *fail*) echo 'it failed' >&2; exit 3;; esac\nexit 0\n";
+const JOB: &str = "#!/bin/sh\necho \"job: $5\"\nsleep 0.5\ncase \"$5\" in *fail*) echo 'it failed' >&2; exit 3;; esac\nexit 0\n";
 
 /// Runs until stopped.
 const FOREVER: &str = "#!/bin/sh\ntrap 'exit 0' TERM\necho ready\nwhile :; do sleep 0.1; done\n";

@@ -547,6 +547,28 @@ fn a_second_ctrl_c_kills_at_once() {
     no_containers_left(&pod);
 }
 
+/// Ctrl-C while a run waits to restart (no container runs) ends it as
+/// interrupted: 130, like a Ctrl-C before its first container, not the
+/// exit code of the container that ended before the back-off.
+#[test]
+fn ctrl_c_during_a_restart_back_off_exits_130() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::builder()
+        .stub("#!/bin/sh\necho ready\nexit 1\n")
+        .pod_json(r#"{ "restart": "on-failure", "backoffMs": 600000 }"#)
+        .create();
+    let state = state();
+    let (live, id) = start_live(&pod, state.path(), &[]);
+    live.wait_stderr(&format!("restarting {id} in"), STARTUP);
+    live.signal("INT");
+    let out = live.finish(Duration::from_secs(30));
+    out.expect_code(130);
+    assert!(out.stderr.contains("stopped by SIGINT"), "{}", out.stderr);
+    no_containers_left(&pod);
+}
+
 #[test]
 fn stop_from_a_second_process_ends_the_run_of_the_first() {
     if !require_docker() {
@@ -827,6 +849,16 @@ fn dockers_own_failure_exits_1_with_its_message_and_leaves_no_container() {
         out.stderr
     );
     assert!(out.stderr.contains("hint: "), "{}", out.stderr);
+    // Docker's own line is the error's message, not a line of agent output.
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.contains("Error response from daemon"))
+            .count(),
+        1,
+        "{}",
+        out.stderr
+    );
     no_containers_left(&pod);
 }
 
@@ -1011,5 +1043,96 @@ fn the_demo_pod_runs_resumes_and_stops_as_the_readme_says() {
         "{}",
         first.stdout
     );
+    no_containers_left(&pod);
+}
+
+/// Prints a line every 0.2 s until it is stopped.
+const FOREVER_LINES: &str = "#!/bin/sh\nwhile :; do echo l; sleep 0.2; done\n";
+
+/// Wait for `child` within `limit` (killing it and panicking after);
+/// returns its exit code and stderr (read by `err`).
+fn exit_within(
+    mut child: std::process::Child,
+    err: std::thread::JoinHandle<String>,
+    limit: Duration,
+) -> (Option<i32>, String) {
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "cldpd did not exit within {limit:?}; stderr:\n{}",
+                err.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code(), err.join().unwrap())
+}
+
+fn read_stderr(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
+    let mut pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
+        s
+    })
+}
+
+#[test]
+fn a_full_stdout_stops_the_run_and_exits_1_with_a_message() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(FOREVER_LINES);
+    let state = state();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--prompt", "go", "--grace", "2"])
+        .stdout(full)
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let err = read_stderr(&mut child);
+    let (code, stderr) = exit_within(child, err, STARTUP + Duration::from_secs(30));
+    assert_eq!(code, Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("cldpd: cannot write to stdout: No space left on device"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cldpd: stopping "), "{stderr}");
+    no_containers_left(&pod);
+}
+
+#[test]
+fn a_stdout_pipe_closed_after_three_lines_stops_the_run_and_exits_141() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(FOREVER_LINES);
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--prompt", "go", "--grace", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let err = read_stderr(&mut child);
+    // `| head -3`: read three lines, then close the pipe.
+    let out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
+        (0..3).filter_map(|_| lines.next()?.ok()).count()
+    });
+    let (code, stderr) = exit_within(child, err, STARTUP + Duration::from_secs(30));
+    assert_eq!(reader.join().unwrap(), 3, "{stderr}");
+    assert_eq!(code, Some(141), "stderr:\n{stderr}");
+    assert!(stderr.contains("cldpd: stdout was closed"), "{stderr}");
+    assert!(stderr.contains("cldpd: stopping "), "{stderr}");
     no_containers_left(&pod);
 }

@@ -99,7 +99,7 @@ async fn five_concurrent_runs_of_one_pod_do_not_collide() {
     if !require_docker() {
         return;
     }
-    let pod = TestPod::with_stub("#!/bin/sh\necho \"run $4\"\nexit 0\n");
+    let pod = TestPod::with_stub("#!/bin/sh\necho \"run $5\"\nexit 0\n");
     let state = tempfile::tempdir().unwrap();
     let d = dispatcher(&pod, &state);
     let mut sessions: Vec<Session> = Vec::new();
@@ -208,8 +208,8 @@ async fn resume_from_a_second_dispatcher_reaches_the_same_conversation() {
     }
     let pod = TestPod::with_stub(concat!(
         "#!/bin/sh\n",
-        "if [ \"$2\" = --resume ] && [ \"$4\" = wait ]; then trap 'exit 5' TERM; echo waiting; while :; do sleep 1; done; fi\n",
-        "if [ \"$2\" = --resume ]; then echo \"resumed $3: $4\"; exit 0; fi\n",
+        "if [ \"$2\" = --resume ] && [ \"$5\" = wait ]; then trap 'exit 5' TERM; echo waiting; while :; do sleep 1; done; fi\n",
+        "if [ \"$2\" = --resume ]; then echo \"resumed $3: $5\"; exit 0; fi\n",
         "echo \"conversation $3\"\n",
         "trap 'exit 0' TERM\n",
         "while :; do sleep 1; done\n",
@@ -405,5 +405,69 @@ async fn a_new_dispatcher_reuses_the_image_built_by_an_earlier_one() {
     );
     let (cached, lines) = run().await;
     assert!(!cached && lines > 0, "rebuilt after the image was removed");
+    assert_nothing_left(&pod);
+}
+
+/// Prints each argument on a line of its own (`arg <n>: <value>`), then
+/// `args done`; a start then waits for SIGTERM, a resume exits.
+const ARGS_STUB: &str = concat!(
+    "#!/bin/sh\n",
+    "n=0; for a in \"$@\"; do n=$((n+1)); echo \"arg $n: $a\"; done\n",
+    "echo 'args done'\n",
+    "if [ \"$2\" = --resume ]; then exit 0; fi\n",
+    "trap 'exit 0' TERM\n",
+    "while :; do sleep 1; done\n",
+);
+
+#[actix::test]
+async fn a_prompt_that_starts_with_a_dash_reaches_the_agent_as_text() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(ARGS_STUB);
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let args = |events: &[Event]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| e.line())
+            .filter(|l| l.starts_with("arg "))
+            .filter_map(|l| l.split_once(": ").map(|(_, a)| a.to_string()))
+            .collect()
+    };
+    let s = d
+        .start(StartRequest::prompt(
+            pod.name(),
+            "--dangerously-skip-permissions",
+        ))
+        .await
+        .unwrap();
+    let mut events = s.events();
+    let seen = within(
+        120,
+        "the start's arguments",
+        until(&mut events, |e| e.line() == Some("args done")),
+    )
+    .await;
+    let start = args(&seen);
+    assert_eq!(start.len(), 5, "{start:?}");
+    assert_eq!(start[..2], ["-p", "--session-id"]);
+    assert_eq!(start[3..], ["--", "--dangerously-skip-permissions"]);
+
+    let r = d.resume(s.id(), "-v").await.unwrap();
+    let out: Vec<Event> = within(60, "the resume", r.events().collect()).await;
+    let resume = args(&out);
+    assert_eq!(
+        resume,
+        ["-p", "--resume", start[2].as_str(), "--", "-v"],
+        "{out:#?}"
+    );
+    assert_eq!(r.wait().await.unwrap(), 0);
+    assert_eq!(
+        within(60, "stop", s.stop(Some(Duration::from_secs(10))))
+            .await
+            .unwrap(),
+        0
+    );
     assert_nothing_left(&pod);
 }

@@ -194,3 +194,75 @@ async fn a_stop_from_another_dispatcher_uses_the_runs_own_grace() {
     );
     assert_eq!(within(5, "the owner's view", s.wait()).await.unwrap(), 137);
 }
+
+#[actix::test]
+async fn a_batch_shows_the_runs_it_adopted_and_stops_them_when_it_ends() {
+    use cldpd::batch::{AdoptedState, Batch, Job, JobState};
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    let state = dirs.state().display().to_string();
+    let _a = foreign_run(&rt, "web-000000a1", &dead_owner(), &state);
+    let _b = foreign_run(&rt, "web-000000b1", &dead_owner(), &state);
+    rt.script_pod("web", RunScript::new().stdout_lines(1).exit(0));
+    let d = Dispatcher::new(
+        dirs.settings().max_concurrent(3).adopt_orphans(true),
+        rt.clone(),
+    );
+    let batch = Batch::start(&d, vec![Job::prompt("web", "go")])
+        .await
+        .unwrap();
+    let adopted: Vec<&str> = batch.adopted().iter().map(|r| r.session.as_str()).collect();
+    assert_eq!(adopted, ["web-000000a1", "web-000000b1"]);
+    let report = within(20, "the batch report", batch.report()).await;
+    assert_eq!(report.jobs[0].state, JobState::Succeeded);
+    let states: Vec<(&str, AdoptedState)> = report
+        .adopted
+        .iter()
+        .map(|r| (r.session.as_str(), r.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("web-000000a1", AdoptedState::Stopped),
+            ("web-000000b1", AdoptedState::Stopped)
+        ]
+    );
+    assert!(rt.running().is_empty(), "{:?}", rt.running());
+    assert!(d.adopted().await.unwrap().is_empty());
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["adopted"][0]["state"], "stopped");
+}
+
+#[actix::test]
+async fn stopping_a_batch_stops_its_adopted_runs_too() {
+    use cldpd::batch::{AdoptedState, Batch, Job, JobState};
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    let state = dirs.state().display().to_string();
+    let _a = foreign_run(&rt, "web-000000a2", &dead_owner(), &state);
+    rt.script_pod("web", RunScript::new().hang());
+    // The adopted run holds the only slot: the job waits, queued.
+    let d = Dispatcher::new(
+        dirs.settings().max_concurrent(1).adopt_orphans(true),
+        rt.clone(),
+    );
+    let batch = Batch::start(&d, vec![Job::prompt("web", "go")])
+        .await
+        .unwrap();
+    assert_eq!(batch.adopted().len(), 1);
+    wait_state(&batch.sessions()[0], 10, "queued", |s| {
+        matches!(s, SessionState::Queued { .. })
+    })
+    .await;
+    within(
+        20,
+        "the batch stop",
+        batch.stop(Some(Duration::from_millis(100))),
+    )
+    .await;
+    let report = within(20, "the batch report", batch.report()).await;
+    assert_eq!(report.jobs[0].state, JobState::Stopped);
+    assert_eq!(report.adopted.len(), 1);
+    assert_eq!(report.adopted[0].state, AdoptedState::Stopped);
+    assert!(rt.running().is_empty(), "{:?}", rt.running());
+}

@@ -5,21 +5,31 @@
 //!   that build; they all receive its output (a run that joins late first
 //!   gets the lines it missed, up to [`REPLAY_LINES`]) and its result. A
 //!   failed build fails every run waiting on it, each with the build output.
+//! - **Across processes**: a build holds the tag's lock file in the state
+//!   directory (`<state>/images/<tag>.lock`, [`crate::state::lock`]) from
+//!   before it starts until its record is written. A process that wants
+//!   the tag while another builds it waits for the lock, then reads the
+//!   record: inputs unchanged, it reuses that build (its runs report
+//!   `cached: true` and check that the image exists) instead of building
+//!   again.
 //! - **Memo**: after a successful build the dispatcher remembers the
 //!   *fingerprint* of the build inputs (every file of the pod directory —
 //!   relative path, size, modification time — plus the Dockerfile path and
-//!   build args). A later run with the same fingerprint skips `docker
-//!   build` and reports `BuildComplete { cached: true }`; so do the runs
-//!   that joined a build in flight (exactly one run per real build reports
-//!   `cached: false`). Editing any file of
-//!   the pod triggers a real build again. A pod directory with more than
-//!   [`MAX_FINGERPRINT_FILES`] files is always built.
+//!   build args), in memory and in `<state>/images/<tag>.json`. A later
+//!   run with the same fingerprint skips `docker build` and reports
+//!   `BuildComplete { cached: true }`; so do the runs that joined a build
+//!   in flight (exactly one run per real build reports `cached: false`).
+//!   Editing any file of the pod triggers a real build again. A pod
+//!   directory with more than [`MAX_FINGERPRINT_FILES`] files is always
+//!   built. The fingerprint is a keyed hash ([`crate::state::key`]): build
+//!   args may be secrets, and the record must not be a way to guess them.
+//! - **Off the actor threads**: the fingerprint (a walk of the pod
+//!   directory), the records and the lock are read and written in blocking
+//!   tasks ([`crate::state::blocking`]).
 //! - **Cancellation**: when every run waiting on a build has ended (stopped
 //!   while building), the build is abandoned.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -27,6 +37,9 @@ use actix::{Recipient, SpawnHandle};
 
 use crate::messages::session::{BuildDone, BuildNotice};
 use crate::runtime::{BuildSpec, BuiltImage};
+use crate::state::key::Fingerprint;
+use crate::state::lock::BuildLock;
+use crate::state::StateStore;
 
 /// Lines of an in-flight build kept for runs that join it late.
 pub const REPLAY_LINES: usize = 500;
@@ -40,17 +53,19 @@ struct Waiter {
 }
 
 struct InFlight {
-    fingerprint: Option<u64>,
+    fingerprint: Option<String>,
     waiters: Vec<Waiter>,
     replay: VecDeque<String>,
     handle: Option<SpawnHandle>,
+    /// The tag's cross-process build lock, once taken.
+    lock: Option<BuildLock>,
 }
 
 /// A successful build remembered: its inputs and what to run.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct Memo {
-    /// [`fingerprint`] of the inputs, as hex (stable text in the file).
-    fingerprint: String,
+pub(crate) struct Memo {
+    /// [`fingerprint`] of the inputs (keyed BLAKE3, hex).
+    pub(crate) fingerprint: String,
     /// The image id (`sha256:…`), else the tag.
     run: String,
     /// Known to exist: built by this dispatcher, or checked since.
@@ -80,6 +95,55 @@ pub(crate) enum Join {
     Start,
 }
 
+/// The file name (without extension) of image `tag`'s record and lock.
+pub(crate) fn file_stem(tag: &str) -> String {
+    tag.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace(':', "%3A")
+}
+
+/// The record of `tag` under `images_dir` (another process's build, or an
+/// earlier run of this one). Only memos with an image id are written, so
+/// running it runs exactly what was built from these inputs, whatever the
+/// tag points at now. Blocking.
+pub(crate) fn load(images_dir: &Path, tag: &str) -> Option<Memo> {
+    let bytes = std::fs::read(images_dir.join(format!("{}.json", file_stem(tag)))).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Write the record of `tag` (atomically: a temporary file renamed).
+/// Blocking.
+pub(crate) fn save(images_dir: &Path, tag: &str, memo: &Memo) {
+    let path = images_dir.join(format!("{}.json", file_stem(tag)));
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = std::fs::create_dir_all(images_dir)
+        .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(memo).expect("memo serialises")))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::debug!(tag, error = %e, "could not record the build memo");
+    }
+}
+
+/// What the dispatcher must write once a build is done: the record, then
+/// the lock released (in that order, so a process waiting for the lock
+/// finds the record).
+pub(crate) struct Record {
+    pub(crate) images_dir: PathBuf,
+    pub(crate) tag: String,
+    pub(crate) memo: Option<Memo>,
+    pub(crate) lock: Option<BuildLock>,
+}
+
+impl Record {
+    /// Write it (blocking).
+    pub(crate) fn write(self) {
+        if let Some(memo) = &self.memo {
+            save(&self.images_dir, &self.tag, memo);
+        }
+        drop(self.lock);
+    }
+}
+
 impl Builds {
     /// Bookkeeping whose memos also go to (and come from) `store`.
     pub(crate) fn with_store(store: PathBuf) -> Self {
@@ -89,61 +153,29 @@ impl Builds {
         }
     }
 
-    fn store_path(&self, tag: &str) -> Option<PathBuf> {
-        let file = tag
-            .replace('%', "%25")
-            .replace('/', "%2F")
-            .replace(':', "%3A");
-        self.store
-            .as_ref()
-            .map(|dir| dir.join(format!("{file}.json")))
+    /// `<state>/images`, when records are kept.
+    pub(crate) fn images_dir(&self) -> Option<&Path> {
+        self.store.as_deref()
     }
 
-    /// A memo of `tag` from another process (or an earlier run of this
-    /// one). Only memos with an image id are written, so running it runs
-    /// exactly what was built from these inputs, whatever the tag points
-    /// at now.
-    fn load(&self, tag: &str) -> Option<Memo> {
-        let bytes = std::fs::read(self.store_path(tag)?).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    fn save(&self, tag: &str, memo: &Memo) {
-        let Some(path) = self.store_path(tag) else {
-            return;
-        };
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(memo).expect("memo serialises")))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
-            tracing::debug!(tag, error = %e, "could not record the build memo");
-        }
+    /// Whether a build of `image` is still wanted.
+    pub(crate) fn in_flight(&self, image: &str) -> bool {
+        self.inflight.contains_key(image)
     }
 
     /// Register `session` as needing `spec.image`.
     pub(crate) fn join(
         &mut self,
         spec: &BuildSpec,
-        fingerprint: Option<u64>,
+        fingerprint: Option<String>,
         session: String,
         reply: Recipient<BuildNotice>,
     ) -> Join {
-        if let Some(fp) = fingerprint.map(|f| format!("{f:016x}")) {
-            if let Some(m) = self.memo.get(&spec.image).filter(|m| m.fingerprint == fp) {
+        if let Some(fp) = &fingerprint {
+            if let Some(m) = self.memo.get(&spec.image).filter(|m| &m.fingerprint == fp) {
                 return Join::Cached {
                     image: m.run.clone(),
                     verify: !m.verified,
-                };
-            }
-            if let Some(m) = self.load(&spec.image).filter(|m| m.fingerprint == fp) {
-                let image = m.run.clone();
-                self.memo.insert(spec.image.clone(), m);
-                return Join::Cached {
-                    image,
-                    verify: true,
                 };
             }
         }
@@ -161,9 +193,41 @@ impl Builds {
                 waiters: vec![Waiter { session, reply }],
                 replay: VecDeque::new(),
                 handle: None,
+                lock: None,
             },
         );
         Join::Start
+    }
+
+    /// The build lock of `image` is held and its record read: when the
+    /// record matches the inputs (another process just built them), the
+    /// waiting runs reuse it and `true` is returned; otherwise the lock is
+    /// kept for the build about to start.
+    pub(crate) fn locked(
+        &mut self,
+        image: &str,
+        lock: Option<BuildLock>,
+        record: Option<Memo>,
+    ) -> bool {
+        let Some(b) = self.inflight.get_mut(image) else {
+            return true;
+        };
+        let record = record.filter(|m| b.fingerprint.as_ref() == Some(&m.fingerprint));
+        let Some(memo) = record else {
+            b.lock = lock;
+            return false;
+        };
+        let b = self.inflight.remove(image).expect("in flight");
+        drop(lock);
+        for w in b.waiters {
+            w.reply.do_send(BuildNotice::Done(Ok(BuildDone {
+                cached: true,
+                image: memo.run.clone(),
+                verify: true,
+            })));
+        }
+        self.memo.insert(image.to_string(), memo);
+        true
     }
 
     /// A session found the recorded image of `image` where it should be.
@@ -173,12 +237,18 @@ impl Builds {
         }
     }
 
-    /// Record the future driving the build of `image`.
+    /// Record the future driving the build of `image` (first the wait for
+    /// its lock, then the build).
     pub(crate) fn started(&mut self, image: &str, handle: SpawnHandle) {
-        self.started += 1;
         if let Some(b) = self.inflight.get_mut(image) {
             b.handle = Some(handle);
         }
+    }
+
+    /// A real build of `image` starts (counted by [`Builds::count`]).
+    pub(crate) fn building(&mut self, image: &str, handle: SpawnHandle) {
+        self.started += 1;
+        self.started(image, handle);
     }
 
     /// Output of the build of `image`.
@@ -197,24 +267,28 @@ impl Builds {
         }
     }
 
-    /// The build of `image` ended.
-    pub(crate) fn finished(&mut self, image: &str, result: Result<BuiltImage, crate::Error>) {
-        let Some(b) = self.inflight.remove(image) else {
-            return;
-        };
+    /// The build of `image` ended. Returns what to write (off the actor
+    /// thread): its record, and the lock to release after it.
+    pub(crate) fn finished(
+        &mut self,
+        image: &str,
+        result: Result<BuiltImage, crate::Error>,
+    ) -> Option<Record> {
+        let b = self.inflight.remove(image)?;
         let run = match &result {
             Ok(built) => built.id.clone().unwrap_or_else(|| image.to_string()),
             Err(_) => image.to_string(),
         };
+        let mut to_save = None;
         match (&result, b.fingerprint) {
             (Ok(built), Some(fp)) => {
                 let memo = Memo {
-                    fingerprint: format!("{fp:016x}"),
+                    fingerprint: fp,
                     run: run.clone(),
                     verified: true,
                 };
                 if built.id.is_some() {
-                    self.save(image, &memo);
+                    to_save = Some(memo.clone());
                 }
                 self.memo.insert(image.to_string(), memo);
             }
@@ -232,6 +306,13 @@ impl Builds {
             });
             w.reply.do_send(BuildNotice::Done(done));
         }
+        let images_dir = self.store.clone()?;
+        Some(Record {
+            images_dir,
+            tag: image.to_string(),
+            memo: to_save,
+            lock: b.lock,
+        })
     }
 
     /// `session` no longer waits; returns builds nobody waits for any more
@@ -250,12 +331,13 @@ impl Builds {
         abandoned
     }
 
-    /// Forget a memoised build (its image vanished).
-    pub(crate) fn forget(&mut self, image: &str) {
+    /// Forget a memoised build (its image vanished); returns its record
+    /// file, for the caller to delete off the actor thread.
+    pub(crate) fn forget(&mut self, image: &str) -> Option<PathBuf> {
         self.memo.remove(image);
-        if let Some(path) = self.store_path(image) {
-            let _ = std::fs::remove_file(path);
-        }
+        self.store
+            .as_ref()
+            .map(|dir| dir.join(format!("{}.json", file_stem(image))))
     }
 
     /// Builds actually started so far.
@@ -264,24 +346,45 @@ impl Builds {
     }
 }
 
-/// Fingerprint of the build inputs, `None` when the directory cannot be read
-/// or is too large (then the image is always built).
-pub(crate) fn fingerprint(spec: &BuildSpec) -> Option<u64> {
+/// Fingerprint of the build inputs under `key` (the state directory's,
+/// [`crate::state::key`]), `None` when the directory cannot be read or is
+/// too large (then the image is always built). Blocking: walks the pod
+/// directory.
+pub(crate) fn fingerprint(spec: &BuildSpec, key: &[u8; 32]) -> Option<String> {
     let mut entries = Vec::new();
     walk(&spec.context, &spec.context, &mut entries).ok()?;
     if entries.len() > MAX_FINGERPRINT_FILES {
         return None;
     }
     entries.sort();
-    let mut h = DefaultHasher::new();
-    spec.image.hash(&mut h);
-    spec.dockerfile.hash(&mut h);
+    let mut h = Fingerprint::new(key);
+    h.field(b"cldpd build inputs v1")
+        .field(spec.image.as_bytes())
+        .field(spec.dockerfile.as_os_str().as_encoded_bytes())
+        .field(&(spec.build_args.len() as u64).to_le_bytes());
     for (k, v) in &spec.build_args {
-        k.hash(&mut h);
-        v.expose().hash(&mut h);
+        h.field(k.as_bytes()).field(v.expose().as_bytes());
     }
-    entries.hash(&mut h);
-    Some(h.finish())
+    h.field(&(entries.len() as u64).to_le_bytes());
+    for (path, len, mtime) in &entries {
+        h.field(path.as_bytes())
+            .field(&len.to_le_bytes())
+            .field(&mtime.to_le_bytes());
+    }
+    Some(h.hex())
+}
+
+/// [`fingerprint`] in a blocking task, with the state directory's key.
+pub(crate) async fn fingerprint_async(store: StateStore, spec: BuildSpec) -> Option<String> {
+    let fp = crate::state::blocking(move || match store.key_blocking() {
+        Ok(key) => fingerprint(&spec, &key),
+        Err(e) => {
+            tracing::warn!(error = %e, "no state key: the image is built every time");
+            None
+        }
+    })
+    .await;
+    fp.ok().flatten()
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, u64, u128)>) -> std::io::Result<()> {
@@ -330,14 +433,15 @@ mod tests {
     #[test]
     fn fingerprint_changes_when_a_file_changes() {
         let dir = tempfile::tempdir().unwrap();
+        let key = [7u8; 32];
         std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
-        let a = fingerprint(&spec(dir.path())).unwrap();
-        assert_eq!(fingerprint(&spec(dir.path())), Some(a));
+        let a = fingerprint(&spec(dir.path()), &key).unwrap();
+        assert_eq!(fingerprint(&spec(dir.path()), &key), Some(a.clone()));
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/x"), "1").unwrap();
-        let b = fingerprint(&spec(dir.path())).unwrap();
+        let b = fingerprint(&spec(dir.path()), &key).unwrap();
         assert_ne!(a, b);
         std::fs::write(dir.path().join("sub/x"), "22").unwrap();
-        assert_ne!(fingerprint(&spec(dir.path())), Some(b));
+        assert_ne!(fingerprint(&spec(dir.path()), &key), Some(b));
     }
 }

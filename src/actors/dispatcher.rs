@@ -15,6 +15,7 @@
 //!   have ended.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +24,10 @@ use futures_util::future::join_all;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::actors::build::{Builds, Join};
+use crate::actors::build::{self, Builds, Join};
 use crate::actors::fanout::{self, Hub};
 use crate::actors::session::{Plan, RunTemplate, SessionActor, StartPlan};
-use crate::actors::supervisor::{guard, guarded, guarded_stream, Policy};
+use crate::actors::supervisor::{guard, guarded, guarded_stream, stops, Policy};
 use crate::error::{Error, Result};
 use crate::log::LogWriter;
 use crate::messages::dispatcher::*;
@@ -37,6 +38,7 @@ use crate::owner::Owner;
 use crate::pod::{self, Pod};
 use crate::runtime::{labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, RunSpec, Runtime};
 use crate::settings::Settings;
+use crate::state::StateStore;
 
 /// How often the end of adopted runs is checked (they have no session
 /// actor to report it).
@@ -64,7 +66,7 @@ pub struct DispatcherActor {
     queue: VecDeque<String>,
     running: usize,
     /// Runs of a dead dispatcher taken over (session → container).
-    adopted: HashMap<String, String>,
+    adopted: HashMap<String, AdoptedRun>,
     builds: Builds,
     /// Pods discovered by earlier starts, reused while unchanged.
     pods: PodCache,
@@ -72,8 +74,8 @@ pub struct DispatcherActor {
     templates: HashMap<String, (Arc<Pod>, Arc<RunTemplate>)>,
     /// The settings' policy, shared by resume sessions.
     resume_policy: Arc<Policy>,
-    /// The sessions directory was created (checked again if it vanishes).
-    sessions_dir_made: bool,
+    /// The owner of the state directory's I/O (its own thread).
+    store: StateStore,
     shutting_down: bool,
 }
 
@@ -83,6 +85,7 @@ impl DispatcherActor {
     pub fn new(settings: Settings, runtime: Arc<dyn Runtime>) -> Self {
         let resume_policy = Arc::new(settings.policy.clone());
         let builds = Builds::with_store(settings.state_dir.join("images"));
+        let store = StateStore::open(&settings.state_dir);
         DispatcherActor {
             settings: Arc::new(settings),
             runtime,
@@ -97,7 +100,7 @@ impl DispatcherActor {
             pods: PodCache::default(),
             templates: HashMap::new(),
             resume_policy,
-            sessions_dir_made: false,
+            store,
             shutting_down: false,
         }
     }
@@ -111,43 +114,21 @@ impl DispatcherActor {
         w
     }
 
-    /// A fresh session id whose log file did not exist (ids are unique
-    /// across processes sharing a state directory).
-    fn new_session(&mut self, pod: &str) -> Result<(String, LogWriter)> {
+    /// A fresh session id and its new log (made by the state thread:
+    /// `O_EXCL`, so ids are unique across processes sharing a state
+    /// directory).
+    fn new_session(
+        &self,
+        pod: &str,
+    ) -> impl std::future::Future<Output = Result<(String, LogWriter)>> {
+        let store = self.store.clone();
         let dir = self.settings.sessions_dir();
-        let ensure_dir = || {
-            std::fs::create_dir_all(&dir).map_err(|e| Error::Log {
-                path: dir.clone(),
-                message: format!("cannot create the sessions directory: {e}"),
-            })
-        };
-        if !self.sessions_dir_made {
-            ensure_dir()?;
-            self.sessions_dir_made = true;
+        let pod = pod.to_string();
+        async move {
+            let id = store.create_log(&pod).await?;
+            let log = LogWriter::new(store, crate::log::path_for(&dir, &id));
+            Ok((id, log))
         }
-        let mut made_again = false;
-        for _ in 0..16 {
-            let id = format!("{pod}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-            if self.sessions.contains_key(&id) {
-                continue;
-            }
-            match LogWriter::create(crate::log::path_for(&dir, &id)) {
-                Ok(log) => return Ok((id, log)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                // Removed while we run: make it again (once).
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !made_again => {
-                    ensure_dir()?;
-                    made_again = true;
-                }
-                Err(e) => {
-                    return Err(Error::Log {
-                        path: self.settings.log_path(&id),
-                        message: format!("cannot create: {e}"),
-                    })
-                }
-            }
-        }
-        Err(Error::internal("could not find an unused session id"))
     }
 
     /// Everything `Start` checks before creating anything.
@@ -304,12 +285,15 @@ impl DispatcherActor {
             Plan::Resume { .. } => Arc::from(image.as_str()),
         };
         let worker = self.worker();
+        // A run (not a resume) can be stopped by another process: see `stops`.
+        let stop_marker =
+            matches!(plan, Plan::Start(_)).then(|| stops::path(&self.settings.state_dir, &id));
         let addr = SessionActor::start_in_arbiter(&worker, move |_| {
             let hub = Hub::new(log, limits);
             for s in subscribers {
                 fanout::subscribe(&hub, s, 1);
             }
-            SessionActor::new(
+            let session = SessionActor::new(
                 id_arc,
                 image_for_actor,
                 plan,
@@ -318,7 +302,11 @@ impl DispatcherActor {
                 dispatcher,
                 hub,
                 tx,
-            )
+            );
+            match stop_marker {
+                Some(marker) => session.with_stop_marker(marker),
+                None => session,
+            }
         });
         let info = SessionInfo {
             id: id.clone(),
@@ -374,7 +362,48 @@ impl DispatcherActor {
         }
     }
 
+    /// Build `spec.image` for the runs waiting on it: first take the tag's
+    /// cross-process build lock and read its record (in a blocking task;
+    /// another process may be building it right now), then build unless
+    /// that record matches the inputs.
     fn start_build(&mut self, spec: BuildSpec, ctx: &mut Context<Self>) {
+        let image = spec.image.clone();
+        let Some(images_dir) = self.builds.images_dir().map(Path::to_path_buf) else {
+            return self.run_build(spec, ctx);
+        };
+        let tag = image.clone();
+        let locked = crate::state::blocking(move || {
+            let lock = crate::state::lock::acquire(&images_dir, &tag);
+            let record = build::load(&images_dir, &tag);
+            (lock, record)
+        });
+        let handle = ctx.spawn(actix::fut::wrap_future(locked).map(
+            move |locked, act: &mut Self, ctx| {
+                let (lock, record) = match locked {
+                    Ok((Ok(lock), record)) => (Some(lock), record),
+                    Ok((Err(e), record)) => {
+                        tracing::warn!(image = %spec.image, error = %e, "cannot take the build lock; building without it");
+                        (None, record)
+                    }
+                    Err(e) => {
+                        tracing::warn!(image = %spec.image, error = %e, "cannot take the build lock; building without it");
+                        (None, None)
+                    }
+                };
+                if !act.builds.in_flight(&spec.image) {
+                    return; // abandoned meanwhile: the lock goes with it
+                }
+                if act.builds.locked(&spec.image, lock, record) {
+                    return; // built by another process meanwhile: reused
+                }
+                act.run_build(spec, ctx);
+            },
+        ));
+        self.builds.started(&image, handle);
+    }
+
+    /// Run the build of `spec.image` (its lock, if any, is held).
+    fn run_build(&mut self, spec: BuildSpec, ctx: &mut Context<Self>) {
         let image = spec.image.clone();
         let runtime = self.runtime.clone();
         let events = match guard("the runtime's build", move || runtime.build(spec)) {
@@ -398,7 +427,7 @@ impl DispatcherActor {
                                 false
                             }
                             BuildEvent::Finished(result) => {
-                                act.builds.finished(&key, result);
+                                act.build_finished(&key, result);
                                 true
                             }
                         };
@@ -407,11 +436,21 @@ impl DispatcherActor {
                 .map(move |finished, act, _| {
                     if !finished {
                         let e = Error::internal("the build stream ended without a result");
-                        act.builds.finished(&done_key, Err(e));
+                        act.build_finished(&done_key, Err(e));
                     }
                 }),
         );
-        self.builds.started(&image, handle);
+        self.builds.building(&image, handle);
+    }
+
+    /// A build ended: tell its runs, then write its record and release its
+    /// lock off this thread.
+    fn build_finished(&mut self, image: &str, result: Result<crate::runtime::BuiltImage>) {
+        if let Some(record) = self.builds.finished(image, result) {
+            actix::spawn(async move {
+                let _ = crate::state::blocking(move || record.write()).await;
+            });
+        }
     }
 
     /// Sessions matching `target` (a session id, or a pod name), local and
@@ -475,6 +514,21 @@ impl DispatcherActor {
         }
     }
 
+    /// The runs among `containers`, with their owners looked up (adoption
+    /// records, `/proc`) in a blocking task.
+    async fn run_infos(
+        containers: Vec<ContainerInfo>,
+        state_dir: std::path::PathBuf,
+    ) -> Result<Vec<RunInfo>> {
+        crate::state::blocking(move || {
+            containers
+                .iter()
+                .filter_map(|c| Self::run_info(c, &state_dir))
+                .collect()
+        })
+        .await
+    }
+
     fn run_info(c: &ContainerInfo, state_dir: &std::path::Path) -> Option<RunInfo> {
         let owner = Owner::effective(&c.labels, state_dir);
         Some(RunInfo {
@@ -497,56 +551,105 @@ impl DispatcherActor {
 }
 
 impl DispatcherActor {
-    /// Take over the orphans of a dead dispatcher that used our state dir.
-    fn adopt(&mut self, containers: Vec<ContainerInfo>) {
-        let ours = self.settings.state_dir.display().to_string();
+    /// Take over the orphans of a dead dispatcher that used our state dir:
+    /// record `owner` as their adopter; returns them by session.
+    /// Blocking (adoption records, `/proc`).
+    fn adopt(
+        owner: &Owner,
+        state_dir: &Path,
+        containers: &[ContainerInfo],
+    ) -> HashMap<String, AdoptedRun> {
+        let ours = state_dir.display().to_string();
+        let mut adopted = HashMap::new();
         for c in containers.iter().filter(|c| c.is_running()) {
             let Some(session) = c.label(labels::SESSION) else {
                 continue;
             };
-            if c.label(labels::STATE_DIR) != Some(ours.as_str())
-                || self.adopted.contains_key(session)
-            {
+            if c.label(labels::STATE_DIR) != Some(ours.as_str()) || adopted.contains_key(session) {
                 continue;
             }
-            let Some(owner) = Owner::effective(&c.labels, &self.settings.state_dir) else {
+            let Some(previous) = Owner::effective(&c.labels, state_dir) else {
                 continue;
             };
-            if owner.is_alive() {
+            if previous.is_alive() {
                 continue;
             }
-            match self
-                .owner
-                .record_adoption(&self.settings.state_dir, session)
-            {
+            match owner.record_adoption(state_dir, session) {
                 Ok(()) => {
-                    tracing::info!(session, container = %c.name, previous_owner = %owner.id, "adopted an orphaned run");
-                    self.adopted.insert(session.to_string(), c.name.clone());
+                    tracing::info!(session, container = %c.name, previous_owner = %previous.id, "adopted an orphaned run");
+                    adopted.insert(
+                        session.to_string(),
+                        AdoptedRun {
+                            session: session.to_string(),
+                            container: c.name.clone(),
+                            previous_owner: previous.id.clone(),
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(session, error = %e, "could not record the adoption of an orphaned run")
                 }
             }
         }
+        adopted
     }
 
-    /// Touch the logs of the live runs that have no running container
-    /// (queued, building, restarting, stopping before a start), so that
-    /// other processes reading them can tell them from dead runs (see
-    /// [`crate::log::HEARTBEAT`]). A running container is found in Docker
-    /// instead; its logs are not touched.
-    fn heartbeat(&self) {
-        for entry in self.sessions.values() {
-            let waiting = match &*entry.info.state.borrow() {
-                SessionState::Running { .. } => false,
-                state => !state.is_terminal(),
-            };
-            if waiting {
-                if let Err(e) = crate::log::touch(&entry.info.log_path) {
-                    tracing::debug!(session = %entry.info.id, error = %e, "cannot touch the session log");
-                }
-            }
+    /// Apply the retention rule to the session logs, in the background.
+    /// Docker is asked which runs are live (in any process) only when some
+    /// log is due for deletion; logs of live runs are never deleted, and
+    /// neither is any log written or touched within
+    /// [`crate::log::PRUNE_MIN_AGE`] (live runs touch theirs every
+    /// heartbeat), also when Docker cannot be asked.
+    async fn prune(
+        dir: std::path::PathBuf,
+        rule: crate::log::Retention,
+        runtime: Arc<dyn Runtime>,
+    ) {
+        let probe = dir.clone();
+        let due = crate::state::blocking(move || crate::log::prune_due(&probe, rule)).await;
+        if !matches!(due, Ok(true)) {
+            return;
         }
+        let live: Option<std::collections::HashSet<String>> = match guarded(
+            "the runtime's list",
+            runtime.list(),
+        )
+        .await
+        {
+            Ok(Ok(containers)) => Some(
+                containers
+                    .iter()
+                    .filter_map(|c| c.label(labels::SESSION).map(str::to_string))
+                    .collect(),
+            ),
+            Ok(Err(e)) | Err(e) => {
+                tracing::debug!(error = %e, "cannot ask Docker which runs are live; pruning only old logs");
+                None
+            }
+        };
+        let deleted = crate::state::blocking(move || {
+            crate::log::prune(&dir, rule, &|id| {
+                live.as_ref().is_some_and(|l| l.contains(id))
+            })
+        })
+        .await;
+        if let Ok(n @ 1..) = deleted {
+            tracing::info!(deleted = n, "pruned old session logs");
+        }
+    }
+
+    /// Touch the logs of every live run (on the state thread), so that
+    /// other processes can tell them from dead runs (see
+    /// [`crate::log::HEARTBEAT`]) and retention never takes them for old,
+    /// even when a run is quiet for hours.
+    fn heartbeat(&self) {
+        let live: Vec<std::path::PathBuf> = self
+            .sessions
+            .values()
+            .filter(|e| !e.info.state.borrow().is_terminal())
+            .map(|e| e.info.log_path.clone())
+            .collect();
+        self.store.touch(live);
     }
 
     /// Drop adopted runs that have ended; their slots go to the queue.
@@ -559,13 +662,16 @@ impl DispatcherActor {
             actix::fut::wrap_future(list).map(|listed, act: &mut Self, _| {
                 let Ok(Ok(containers)) = listed else { return };
                 let state_dir = act.settings.state_dir.clone();
-                act.adopted.retain(|session, container| {
+                act.adopted.retain(|session, run| {
                     let live = containers
                         .iter()
-                        .any(|c| &c.name == container && c.is_running());
+                        .any(|c| c.name == run.container && c.is_running());
                     if !live {
-                        let _ =
-                            std::fs::remove_file(crate::owner::adoption_path(&state_dir, session));
+                        let path = crate::owner::adoption_path(&state_dir, session);
+                        actix::spawn(async move {
+                            let _ =
+                                crate::state::blocking(move || std::fs::remove_file(path)).await;
+                        });
                     }
                     live
                 });
@@ -590,10 +696,16 @@ impl Actor for DispatcherActor {
         if self.settings.adopt_orphans {
             // Before any message: starts must see the adopted runs' slots.
             let list = guarded("the runtime's list", self.runtime.list());
+            let owner = self.owner.clone();
+            let state_dir = self.settings.state_dir.clone();
+            let find = async move {
+                let containers = list.await??;
+                crate::state::blocking(move || Self::adopt(&owner, &state_dir, &containers)).await
+            };
             ctx.wait(
-                actix::fut::wrap_future(list).map(|listed, act: &mut Self, _| match listed {
-                    Ok(Ok(containers)) => act.adopt(containers),
-                    Ok(Err(e)) | Err(e) => {
+                actix::fut::wrap_future(find).map(|found, act: &mut Self, _| match found {
+                    Ok(adopted) => act.adopted.extend(adopted),
+                    Err(e) => {
                         tracing::warn!(error = %e, "cannot look for orphaned runs to adopt")
                     }
                 }),
@@ -601,15 +713,11 @@ impl Actor for DispatcherActor {
             ctx.run_interval(ADOPTED_POLL, |act, ctx| act.refresh_adopted(ctx));
         }
         ctx.run_interval(self.settings.log_heartbeat, |act, _| act.heartbeat());
-        let dir = self.settings.sessions_dir();
-        let rule = self.settings.retention;
-        // Pruning touches only finished runs' files; off the actor thread.
-        std::thread::spawn(move || {
-            let n = crate::log::prune(&dir, rule, &|_| false);
-            if n > 0 {
-                tracing::info!(deleted = n, "pruned old session logs");
-            }
-        });
+        actix::spawn(Self::prune(
+            self.settings.sessions_dir(),
+            self.settings.retention,
+            self.runtime.clone(),
+        ));
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -620,28 +728,41 @@ impl Actor for DispatcherActor {
 }
 
 impl Handler<Start> for DispatcherActor {
-    type Result = Result<SessionInfo>;
+    type Result = ResponseActFuture<Self, Result<SessionInfo>>;
 
-    fn handle(&mut self, Start(req): Start, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Start(req): Start, _ctx: &mut Context<Self>) -> Self::Result {
         if self.shutting_down {
-            return Err(Error::ShuttingDown);
+            return Box::pin(actix::fut::ready(Err(Error::ShuttingDown)));
         }
-        let (pod, plan, policy) = self.plan_start(&req)?;
-        let (id, log) = self.new_session(&pod.name)?;
-        let image = pod.image();
-        let info = self.spawn_session(
-            ctx,
-            id.clone(),
-            log,
-            pod.name.clone(),
-            image,
-            plan,
-            policy,
-            req.subscribers,
-            None,
-        );
-        self.admit_or_queue(&id);
-        Ok(info)
+        let (pod, plan, policy) = match self.plan_start(&req) {
+            Ok(planned) => planned,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e))),
+        };
+        // The log file is made on the state thread; the run is registered
+        // when it exists.
+        let made = self.new_session(&pod.name);
+        Box::pin(
+            actix::fut::wrap_future(made).map(move |made, act: &mut Self, ctx| {
+                let (id, log) = made?;
+                if act.shutting_down {
+                    return Err(Error::ShuttingDown);
+                }
+                let image = pod.image();
+                let info = act.spawn_session(
+                    ctx,
+                    id.clone(),
+                    log,
+                    pod.name.clone(),
+                    image,
+                    plan,
+                    policy,
+                    req.subscribers,
+                    None,
+                );
+                act.admit_or_queue(&id);
+                Ok(info)
+            }),
+        )
     }
 }
 
@@ -664,51 +785,65 @@ impl Handler<Resume> for DispatcherActor {
             return Box::pin(actix::fut::ready(Err(e)));
         }
         let list = guarded("the runtime's list", self.runtime.list());
+        let target = msg.target.clone();
         Box::pin(
-            actix::fut::wrap_future(list).map(move |listed, act: &mut Self, ctx| {
-                let containers = listed.and_then(|r| r)?;
-                let m = act.matches(&msg.target, &containers)?.remove(0);
-                let (Some(container), Some(c)) = (m.container, m.labels) else {
-                    return Err(Error::SessionNotFound { target: msg.target });
-                };
-                let Some(conversation) = c.label(labels::CONVERSATION) else {
-                    return Err(Error::SessionNotFound { target: msg.target });
-                };
-                let agent: Vec<String> = c
-                    .label(labels::AGENT)
-                    .and_then(|a| serde_json::from_str(a).ok())
-                    .unwrap_or_else(|| vec!["claude".to_string()]);
-                let pod_name = c.label(labels::POD).unwrap_or("resume").to_string();
-                let image = c.label(labels::IMAGE).unwrap_or_default().to_string();
-                let mut command = agent;
-                command.extend([
-                    "-p".into(),
-                    "--resume".into(),
-                    conversation.to_string(),
-                    msg.prompt.clone(),
-                ]);
-                let exec = ExecSpec {
-                    container,
-                    command,
-                    workdir: c.label(labels::WORKDIR).map(str::to_string),
-                    line_cap: act.settings.line_cap,
-                };
-                let (id, log) = act.new_session(&pod_name)?;
-                let policy = act.resume_policy.clone();
-                Ok(act.spawn_session(
-                    ctx,
-                    id,
-                    log,
-                    pod_name,
-                    image,
-                    Plan::Resume {
-                        exec: Box::new(exec),
-                    },
-                    policy,
-                    msg.subscribers,
-                    Some(m.session),
-                ))
-            }),
+            actix::fut::wrap_future(list)
+                .then(move |listed, act: &mut Self, _ctx| {
+                    // The run to resume first, then its new session's log.
+                    let found = listed.and_then(|r| r).and_then(|containers| {
+                        let m = act.matches(&target, &containers)?.remove(0);
+                        match (&m.container, &m.labels) {
+                            (Some(_), Some(c)) if c.label(labels::CONVERSATION).is_some() => {
+                                let pod = c.label(labels::POD).unwrap_or("resume").to_string();
+                                Ok((m, pod))
+                            }
+                            _ => Err(Error::SessionNotFound { target }),
+                        }
+                    });
+                    let made = found.as_ref().ok().map(|(_, pod)| act.new_session(pod));
+                    actix::fut::wrap_future(async move {
+                        let (m, pod) = found?;
+                        let made = made.expect("made when the run is found").await?;
+                        Ok::<_, Error>((m, pod, made))
+                    })
+                })
+                .map(move |found, act: &mut Self, ctx| {
+                    let (m, pod_name, (id, log)) = found?;
+                    if act.shutting_down {
+                        return Err(Error::ShuttingDown);
+                    }
+                    let (Some(container), Some(c)) = (m.container, m.labels) else {
+                        return Err(Error::SessionNotFound { target: msg.target });
+                    };
+                    let conversation = c.label(labels::CONVERSATION).unwrap_or_default();
+                    let agent: Vec<String> = c
+                        .label(labels::AGENT)
+                        .and_then(|a| serde_json::from_str(a).ok())
+                        .unwrap_or_else(|| vec!["claude".to_string()]);
+                    let image = c.label(labels::IMAGE).unwrap_or_default().to_string();
+                    let command =
+                        crate::pod::agent::resume_argv(&agent, conversation, &msg.prompt);
+                    let exec = ExecSpec {
+                        container,
+                        command,
+                        workdir: c.label(labels::WORKDIR).map(str::to_string),
+                        line_cap: act.settings.line_cap,
+                    };
+                    let policy = act.resume_policy.clone();
+                    Ok(act.spawn_session(
+                        ctx,
+                        id,
+                        log,
+                        pod_name,
+                        image,
+                        Plan::Resume {
+                            exec: Box::new(exec),
+                        },
+                        policy,
+                        msg.subscribers,
+                        Some(m.session),
+                    ))
+                }),
         )
     }
 }
@@ -720,6 +855,7 @@ impl Handler<Stop> for DispatcherActor {
         let list = guarded("the runtime's list", self.runtime.list());
         let runtime = self.runtime.clone();
         let default_grace = self.settings.policy.stop_grace;
+        let own_state_dir = self.settings.state_dir.clone();
         Box::pin(
             actix::fut::wrap_future(list)
                 .map(move |listed, act: &mut Self, _| {
@@ -759,6 +895,21 @@ impl Handler<Stop> for DispatcherActor {
                             .and_then(|g| g.parse::<f64>().ok())
                             .and_then(|g| Duration::try_from_secs_f64(g).ok());
                         let grace = grace.or(own).unwrap_or(default_grace);
+                        // Tell the owner first, so that it does not take the
+                        // exit for a failure and restart (see `stops`).
+                        let state_dir = m
+                            .labels
+                            .as_ref()
+                            .and_then(|c| c.label(labels::STATE_DIR))
+                            .map_or(own_state_dir, std::path::PathBuf::from);
+                        let session = m.session.clone();
+                        let recorded = tokio::task::spawn_blocking(move || {
+                            stops::record(&state_dir, &session)
+                        })
+                        .await;
+                        if let Ok(Err(e)) = recorded {
+                            tracing::warn!(session = %m.session, error = %e, "could not record the stop for the run's owner; it may restart the run");
+                        }
                         guarded("the runtime's stop", runtime.stop(&container, grace)).await??;
                         Ok(StopReport {
                             session: m.session,
@@ -781,9 +932,9 @@ impl Handler<StopOrphans> for DispatcherActor {
         let grace = msg.grace.unwrap_or(self.settings.policy.stop_grace);
         Box::pin(async move {
             let containers = guarded("the runtime's list", runtime.list()).await??;
-            let orphans: Vec<RunInfo> = containers
-                .iter()
-                .filter_map(|c| Self::run_info(c, &state_dir))
+            let orphans: Vec<RunInfo> = Self::run_infos(containers, state_dir)
+                .await?
+                .into_iter()
                 .filter(|r| r.orphan)
                 .collect();
             let stops = orphans.iter().map(|r| {
@@ -836,10 +987,7 @@ impl Handler<ListRuns> for DispatcherActor {
         let state_dir = self.settings.state_dir.clone();
         Box::pin(async move {
             let containers = list.await??;
-            let mut runs: Vec<RunInfo> = containers
-                .iter()
-                .filter_map(|c| Self::run_info(c, &state_dir))
-                .collect();
+            let mut runs = Self::run_infos(containers, state_dir).await?;
             runs.sort_by(|a, b| a.started.cmp(&b.started).then(a.session.cmp(&b.session)));
             Ok(runs)
         })
@@ -863,7 +1011,7 @@ impl Handler<Shutdown> for DispatcherActor {
         let sessions: Vec<SessionInfo> = self.sessions.values().map(|e| e.info.clone()).collect();
         let runtime = self.runtime.clone();
         let grace = msg.grace.unwrap_or(self.settings.policy.stop_grace);
-        let adopted: Vec<String> = self.adopted.values().cloned().collect();
+        let adopted: Vec<String> = self.adopted.values().map(|r| r.container.clone()).collect();
         Box::pin(async move {
             let adopted = adopted.iter().map(|container| {
                 let stop = guarded("the runtime's stop", runtime.stop(container, grace));
@@ -884,6 +1032,59 @@ impl Handler<Shutdown> for DispatcherActor {
             });
             futures_util::future::join(join_all(stops), join_all(adopted)).await;
         })
+    }
+}
+
+impl Handler<ListAdopted> for DispatcherActor {
+    type Result = MessageResult<ListAdopted>;
+
+    fn handle(&mut self, _: ListAdopted, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut runs: Vec<AdoptedRun> = self.adopted.values().cloned().collect();
+        runs.sort_by(|a, b| a.session.cmp(&b.session));
+        MessageResult(runs)
+    }
+}
+
+impl Handler<StopAdopted> for DispatcherActor {
+    type Result = ResponseActFuture<Self, Vec<AdoptedRun>>;
+
+    fn handle(&mut self, msg: StopAdopted, _ctx: &mut Context<Self>) -> Self::Result {
+        let grace = msg.grace.unwrap_or(self.settings.policy.stop_grace);
+        let mut runs: Vec<AdoptedRun> = self.adopted.values().cloned().collect();
+        runs.sort_by(|a, b| a.session.cmp(&b.session));
+        let runtime = self.runtime.clone();
+        let stops = join_all(runs.iter().map(|r| {
+            let stop = guarded("the runtime's stop", runtime.stop(&r.container, grace));
+            let container = r.container.clone();
+            async move {
+                match stop.await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::error!(container, error = %e, "could not stop an adopted run");
+                        false
+                    }
+                }
+            }
+        }));
+        Box::pin(
+            actix::fut::wrap_future(stops).map(move |stopped, act: &mut Self, _| {
+                let state_dir = act.settings.state_dir.clone();
+                let mut done = Vec::new();
+                for (run, ok) in runs.into_iter().zip(stopped) {
+                    if ok {
+                        act.adopted.remove(&run.session);
+                        let _ = std::fs::remove_file(crate::owner::adoption_path(
+                            &state_dir,
+                            &run.session,
+                        ));
+                        tracing::info!(session = %run.session, "stopped an adopted run");
+                        done.push(run);
+                    }
+                }
+                act.admit_next();
+                done
+            }),
+        )
     }
 }
 
@@ -954,7 +1155,11 @@ impl Handler<ForgetImage> for DispatcherActor {
     type Result = ();
 
     fn handle(&mut self, msg: ForgetImage, _ctx: &mut Context<Self>) {
-        self.builds.forget(&msg.0);
+        if let Some(record) = self.builds.forget(&msg.0) {
+            actix::spawn(async move {
+                let _ = crate::state::blocking(move || std::fs::remove_file(record)).await;
+            });
+        }
     }
 }
 

@@ -22,28 +22,49 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use actix::dev::SendError;
-use actix::{Actor, Addr, Handler, Recipient};
+use actix::{Actor, Addr, Handler, Recipient, WeakAddr, WeakRecipient};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 use crate::log::{LogReader, LogWriter};
+use crate::state::SharedLog;
 
 /// Who receives a session's events.
 ///
 /// Any actor: `Subscriber::from(addr.recipient())`. Or a bounded channel,
 /// for code that is not an actor (the async facade's event streams).
 ///
+/// Who keeps whom alive (a decision, not an accident):
+///
+/// - [`Subscriber::Actor`] holds a strong `Recipient`: the session keeps
+///   the actor alive until the run's terminal event has been delivered,
+///   like any holder of its address. That is what `StartRequest::subscribe`
+///   callers rely on when they drop their own `Addr` after the start (the
+///   README's `Printer` does): the actor lives to see the end of the run.
+/// - [`Subscriber::Weak`] holds a `WeakRecipient`: the session never keeps
+///   the actor alive. When the application drops its last address the
+///   actor stops, and the subscription ends with it. Use it for an actor
+///   whose life the application manages (a UI pane, a per-connection
+///   actor) — `Subscriber::from(addr.downgrade())`.
+/// - [`Subscriber::Channel`] holds the `Sender`, which keeps nothing alive:
+///   the receiver belongs to whoever reads it (the facade's
+///   [`EventStream`](crate::EventStream)), and dropping the receiver ends
+///   the subscription. The facade needs nothing more.
+///
 /// Tip: give a subscriber actor a larger mailbox
 /// (`ctx.set_mailbox_capacity(1024)` in `started`); with actix's default of
 /// 16 a fast run makes it lag (lossless, but through the disk).
 #[derive(Clone)]
 pub enum Subscriber {
-    /// An actor.
+    /// An actor, kept alive by the subscription until the run ends.
     Actor(Recipient<Event>),
+    /// An actor the subscription does not keep alive.
+    Weak(WeakRecipient<Event>),
     /// A bounded channel.
     Channel(mpsc::Sender<Event>),
 }
@@ -52,6 +73,7 @@ impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Subscriber::Actor(_) => "Subscriber::Actor",
+            Subscriber::Weak(_) => "Subscriber::Weak",
             Subscriber::Channel(_) => "Subscriber::Channel",
         })
     }
@@ -70,6 +92,22 @@ where
 {
     fn from(addr: Addr<A>) -> Self {
         Subscriber::Actor(addr.recipient())
+    }
+}
+
+impl From<WeakRecipient<Event>> for Subscriber {
+    fn from(r: WeakRecipient<Event>) -> Self {
+        Subscriber::Weak(r)
+    }
+}
+
+impl<A> From<WeakAddr<A>> for Subscriber
+where
+    A: Actor + Handler<Event>,
+    A::Context: actix::dev::ToEnvelope<A, Event>,
+{
+    fn from(addr: WeakAddr<A>) -> Self {
+        Subscriber::Weak(addr.recipient())
     }
 }
 
@@ -93,6 +131,11 @@ impl Subscriber {
                 Err(SendError::Full(ev)) => TrySend::Full(ev),
                 Err(SendError::Closed(_)) => TrySend::Closed,
             },
+            Subscriber::Weak(w) => match w.upgrade().map(|r| r.try_send(ev)) {
+                Some(Ok(())) => TrySend::Sent,
+                Some(Err(SendError::Full(ev))) => TrySend::Full(ev),
+                Some(Err(SendError::Closed(_))) | None => TrySend::Closed,
+            },
             Subscriber::Channel(tx) => match tx.try_send(ev) {
                 Ok(()) => TrySend::Sent,
                 Err(mpsc::error::TrySendError::Full(ev)) => TrySend::Full(ev),
@@ -110,6 +153,11 @@ impl Subscriber {
                 // Resolves once the actor has handled it: its mailbox has
                 // drained to here.
                 Subscriber::Actor(r) => r.send(ev).await.map_err(|_| ()),
+                // Strong only while this one event waits for room.
+                Subscriber::Weak(w) => match w.upgrade() {
+                    Some(r) => r.send(ev).await.map_err(|_| ()),
+                    None => Err(()),
+                },
                 Subscriber::Channel(tx) => tx.send(ev).await.map_err(|_| ()),
             },
         }
@@ -220,9 +268,35 @@ impl Hub {
         }
     }
 
-    /// Write buffered log lines to disk.
-    pub(crate) fn flush_log(&mut self) -> Result<(), Error> {
+    /// Hand buffered log lines over to the state thread (never blocks).
+    pub(crate) fn flush_log(&mut self) {
         self.log.flush()
+    }
+
+    /// The owner of the state directory this session's log is in.
+    pub(crate) fn store(&self) -> crate::state::StateStore {
+        self.log.store().clone()
+    }
+
+    /// Resolves once every event up to `seq` is settled in the log
+    /// (written, or known to be missing).
+    pub(crate) fn log_settled(&self, seq: u64) -> impl std::future::Future<Output = ()> + 'static {
+        let store = self.log.store().clone();
+        let shared = self.log.shared().clone();
+        async move { crate::log::settled(&store, &shared, seq).await }
+    }
+
+    /// Bytes of this session's log not yet written by the state thread.
+    pub(crate) fn log_backlog(&self) -> usize {
+        self.log.backlog()
+    }
+
+    /// Wait until the log's backlog is down to half its limit (see
+    /// [`crate::log::MAX_BACKLOG`]).
+    pub(crate) fn log_room(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let store = self.log.store().clone();
+        let shared = self.log.shared().clone();
+        async move { crate::log::room(&store, &shared).await }
     }
 }
 
@@ -382,10 +456,10 @@ impl Hub {
             if front.seq >= min_cursor && !over {
                 break;
             }
-            if front.seq > self.log.flushed_seq() && self.log.flush().is_err() {
-                // Cannot reach the disk: keep it in memory (the session is
-                // ending the run because of the broken log).
-                break;
+            if front.seq > self.log.handed_seq() {
+                // Handed over, it is the state thread's: written, or
+                // recorded as missing (the feeder then says so).
+                self.log.flush();
             }
             let ev = self.window.pop_front().expect("front exists");
             self.stats.window_bytes -= approx_size(&ev);
@@ -396,10 +470,9 @@ impl Hub {
 
 enum Next {
     Deliver(Event),
-    FromLog { offset: u64, first: u64 },
+    FromLog,
     Caught,
     Done,
-    Gone,
 }
 
 /// Deliver to one lagging subscriber until it has caught up (it is then
@@ -423,13 +496,12 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
             } else if cursor >= h.window_base && !h.window.is_empty() {
                 Next::Deliver(h.window[(cursor - h.window_base) as usize].clone())
             } else {
-                // Behind the window: from the log, which must hold it.
-                if cursor > h.log.flushed_seq() && h.log.flush().is_err() {
-                    Next::Gone
-                } else {
-                    let (offset, first) = h.log.locate(cursor);
-                    Next::FromLog { offset, first }
+                // Behind the window: from the log, once the state thread
+                // has settled it.
+                if cursor > h.log.handed_seq() {
+                    h.log.flush();
                 }
+                Next::FromLog
             }
         };
         match next {
@@ -439,48 +511,60 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
                 }
                 cursor += 1;
             }
-            Next::FromLog { offset, first } => {
-                let path = hub.borrow().log.path().to_path_buf();
+            Next::FromLog => {
+                let (shared, store) = {
+                    let h = hub.borrow();
+                    (h.log.shared().clone(), h.log.store().clone())
+                };
+                crate::log::settled(&store, &shared, cursor).await;
+                if let Some((from, to)) = shared.gap_at(cursor) {
+                    return missing(&hub, id, &sink, &shared, cursor, Some((from, to))).await;
+                }
                 if reader.as_ref().is_none_or(|(_, next)| *next != cursor) {
-                    match LogReader::open_at(&path, offset) {
+                    let (offset, first) = shared.locate(cursor);
+                    match LogReader::open_at(shared.path(), offset) {
                         Ok(r) => reader = Some((r, first)),
                         Err(e) => {
-                            tracing::error!(error = %e, "subscriber dropped: cannot replay the session log");
-                            return remove(&hub, id);
+                            tracing::error!(error = %e, "cannot replay the session log");
+                            return missing(&hub, id, &sink, &shared, cursor, None).await;
                         }
                     }
                 }
                 let (r, next_seq) = reader.as_mut().expect("reader opened");
                 // Read a bounded batch, then re-check the window.
                 let mut batch = Vec::with_capacity(256);
+                let mut jumped = false;
                 while batch.len() < 256 {
                     match r.next_event() {
                         Ok(Some(ev)) => {
                             *next_seq = ev.seq + 1;
-                            if ev.seq >= cursor {
+                            let expect = cursor + batch.len() as u64;
+                            if ev.seq == expect {
                                 batch.push(ev);
+                            } else if ev.seq > expect {
+                                jumped = true;
+                                break;
                             }
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            tracing::error!(error = %e, "subscriber dropped: cannot replay the session log");
-                            return remove(&hub, id);
+                            tracing::error!(error = %e, "cannot replay the session log");
+                            jumped = true;
+                            break;
                         }
                     }
                 }
-                if batch.is_empty() && *next_seq <= cursor {
-                    tracing::error!(
-                        seq = cursor,
-                        "subscriber dropped: event missing from the session log"
-                    );
-                    return remove(&hub, id);
-                }
+                let missed = jumped || batch.is_empty();
                 hub.borrow_mut().stats.replayed_from_log += batch.len() as u64;
                 for ev in batch {
                     if sink.send(ev).await.is_err() {
                         return remove(&hub, id);
                     }
                     cursor += 1;
+                }
+                if missed {
+                    // Settled, yet not in the file: lost.
+                    return missing(&hub, id, &sink, &shared, cursor, None).await;
                 }
             }
             Next::Caught => {
@@ -493,12 +577,40 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
                 return;
             }
             Next::Done => return remove(&hub, id),
-            Next::Gone => {
-                tracing::error!(seq = cursor, "subscriber dropped: session log unwritable");
-                return remove(&hub, id);
-            }
         }
     }
+}
+
+/// Event `seq` is needed and missing from the log: tell the subscriber with
+/// an `error` event (code `log`, at that seq; the end of its stream) and
+/// drop it.
+async fn missing(
+    hub: &SharedHub,
+    id: u64,
+    sink: &Subscriber,
+    log: &SharedLog,
+    seq: u64,
+    gap: Option<(u64, u64)>,
+) {
+    let path = log.path().to_path_buf();
+    let session: Arc<str> = path.file_stem().map_or_else(
+        || Arc::from(""),
+        |s| Arc::from(s.to_string_lossy().as_ref()),
+    );
+    let message = match gap {
+        Some((from, to)) => format!(
+            "events {from} to {to} are missing (they could not be written; is the state directory's disk full?), and this subscriber fell behind them: it gets nothing more"
+        ),
+        None => format!(
+            "event {seq} is missing from the log, and this subscriber fell behind it: it gets nothing more"
+        ),
+    };
+    tracing::error!(log = %path.display(), seq, "subscriber dropped: {message}");
+    let err = Error::Log { path, message };
+    let _ = sink
+        .send(Event::new(session, seq, EventKind::error(&err)))
+        .await;
+    remove(hub, id);
 }
 
 fn remove(hub: &SharedHub, id: u64) {

@@ -14,7 +14,9 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 
 use crate::actors::supervisor::{guard, guarded, guarded_stream};
 use crate::error::Error;
-use crate::messages::runner::{Abandon, InjectPanic, Release, Signal};
+#[cfg(any(test, feature = "fault-injection"))]
+use crate::messages::runner::InjectPanic;
+use crate::messages::runner::{Abandon, Release, Signal};
 use crate::messages::session::{RunnerEvent, RunnerReport};
 use crate::runtime::{ExecSpec, ProcessEvent, RunSpec, Runtime};
 
@@ -55,8 +57,8 @@ pub struct RunnerActor {
 impl RunnerActor {
     /// A runner for `job`, reporting to `session` tagged with `generation`
     /// (the session numbers its runners, so reports of an old one are told
-    /// apart).
-    pub fn new(
+    /// apart). Crate-private: only a session makes runners.
+    pub(crate) fn new(
         runtime: Arc<dyn Runtime>,
         session: Recipient<RunnerReport>,
         generation: u32,
@@ -169,6 +171,7 @@ impl Handler<Abandon> for RunnerActor {
     }
 }
 
+#[cfg(any(test, feature = "fault-injection"))]
 impl Handler<InjectPanic> for RunnerActor {
     type Result = ();
 

@@ -26,7 +26,7 @@ use crate::actors::build;
 use crate::actors::dispatcher::DispatcherActor;
 use crate::actors::fanout::{self, SharedHub};
 use crate::actors::runner::{Job, RunnerActor};
-use crate::actors::supervisor::{guarded, Decision, Ending, Policy, RestartTracker};
+use crate::actors::supervisor::{guarded, stops, Decision, Ending, Policy, RestartTracker};
 use crate::error::{Error, TimeoutKind};
 use crate::event::{Event, EventData, EventKind};
 use crate::messages::dispatcher::{ForgetImage, ImageFound, RequestBuild, SessionEnded};
@@ -89,7 +89,6 @@ enum Phase {
 enum StopReason {
     Requested,
     Timeout(TimeoutKind, std::time::Duration),
-    LogFailed(Error),
 }
 
 struct Stopping {
@@ -123,13 +122,17 @@ pub struct SessionActor {
     runner: Option<Addr<RunnerActor>>,
     container: Option<String>,
     tracker: RestartTracker,
-    /// Boxed: rare, and large (an `Error` each); a live session is small.
-    last_ending: Option<Box<Ending>>,
     stopping: Option<Box<Stopping>>,
     backoff_timer: Option<SpawnHandle>,
     first_start: Option<Instant>,
     last_output: Instant,
     finished: bool,
+    /// The final state and container to clean up, reported once the log
+    /// is settled.
+    ended: Option<Box<(SessionState, Option<String>)>>,
+    /// Where another process records a stop of this run (see
+    /// [`stops`]); consulted before any restart.
+    stop_marker: Option<Box<std::path::Path>>,
 }
 
 impl SessionActor {
@@ -162,13 +165,21 @@ impl SessionActor {
             runner: None,
             container: None,
             tracker: RestartTracker::default(),
-            last_ending: None,
             stopping: None,
             backoff_timer: None,
             first_start: None,
             last_output: Instant::now(),
             finished: false,
+            ended: None,
+            stop_marker: None,
         }
+    }
+
+    /// Consult `marker` (see [`stops`]) before restarting: a stop recorded
+    /// there by another process ends the run instead.
+    pub(crate) fn with_stop_marker(mut self, marker: std::path::PathBuf) -> Self {
+        self.stop_marker = Some(marker.into_boxed_path());
+        self
     }
 
     fn emit(&mut self, kind: EventKind) {
@@ -193,25 +204,25 @@ impl SessionActor {
         fanout::publish_all(&self.hub, events);
     }
 
-    /// Write the events of this handler to the log; a log that cannot be
-    /// written ends the run (never a silent loss).
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        let result = self.hub.borrow_mut().flush_log();
-        if let Err(e) = result {
-            if !self.finished
-                && !matches!(
-                    self.stopping.as_deref(),
-                    Some(Stopping {
-                        reason: StopReason::LogFailed(_),
-                        ..
-                    })
-                )
-            {
-                tracing::error!(session = %self.id, error = %e, "session log failed; stopping the run");
-                let grace = self.policy.stop_grace;
-                self.begin_stop(StopReason::LogFailed(e), grace, ctx);
-            }
+    /// Hand the events of this handler over to the log's writer (the state
+    /// thread). Never blocks, never fails: a log that cannot be written
+    /// does not end the run, it records what it is missing
+    /// ([`crate::log`], "Incomplete logs"); the subscribers that keep up
+    /// still get every event.
+    fn flush(&mut self, _ctx: &mut Context<Self>) {
+        self.hub.borrow_mut().flush_log();
+    }
+
+    /// Done at once, or, while the log has more than
+    /// [`crate::log::MAX_BACKLOG`] bytes waiting for the disk, once it has
+    /// room: the runner awaits it before reading more of the container's
+    /// output, which waits in its pipe meanwhile.
+    fn log_room(&self) -> Response<()> {
+        let hub = self.hub.borrow();
+        if hub.log_backlog() <= crate::log::MAX_BACKLOG {
+            return Response::reply(());
         }
+        Response::fut(hub.log_room())
     }
 
     fn set_state(&self, state: SessionState) {
@@ -241,13 +252,8 @@ impl SessionActor {
                 } else {
                     format!("{}-r{}", self.id, self.attempt)
                 };
-                spec.command = template.agent.clone();
-                spec.command.extend([
-                    "-p".into(),
-                    "--session-id".into(),
-                    conversation.clone(),
-                    prompt.clone(),
-                ]);
+                spec.command =
+                    crate::pod::agent::start_argv(&template.agent, &conversation, prompt);
                 spec.labels
                     .insert(labels::SESSION.into(), self.id.to_string());
                 if let Some(url) = issue {
@@ -351,6 +357,33 @@ impl SessionActor {
     }
 
     fn after_container(&mut self, ending: Ending, ctx: &mut Context<Self>) {
+        let restart =
+            self.stopping.is_none() && RestartTracker::wants_restart(&self.policy, &ending);
+        if let (true, Some(marker)) = (restart, &self.stop_marker) {
+            // Was the container stopped by another process? Ask before
+            // restarting (see `stops`); no container runs meanwhile, so a
+            // stop arriving now just ends the run (as in `Cleanup`).
+            self.phase = Phase::Cleanup;
+            let taken = stops::take(marker.to_path_buf());
+            ctx.spawn(actix::fut::wrap_future(taken).map(
+                move |stopped_elsewhere, act: &mut Self, ctx| {
+                    act.decide(ending, stopped_elsewhere, ctx);
+                    act.flush(ctx);
+                },
+            ));
+            return;
+        }
+        self.decide(ending, false, ctx);
+    }
+
+    /// The run goes on or ends after a container ended: a stop in progress
+    /// (here or, `stopped_elsewhere`, from another process) ends it with
+    /// that container's ending; otherwise the restart policy decides.
+    fn decide(&mut self, ending: Ending, stopped_elsewhere: bool, ctx: &mut Context<Self>) {
+        if stopped_elsewhere && self.stopping.is_none() {
+            tracing::info!(session = %self.id, "stopped by another process: not restarting");
+            return self.finish(ending, None, ctx);
+        }
         if let Some(stopping) = self.stopping.take() {
             if let Some(t) = stopping.timer {
                 ctx.cancel_future(t);
@@ -358,7 +391,6 @@ impl SessionActor {
             let outcome = match stopping.reason {
                 StopReason::Requested => ending,
                 StopReason::Timeout(kind, after) => Ending::Failed(Error::Timeout { kind, after }),
-                StopReason::LogFailed(e) => Ending::Failed(e),
             };
             return self.finish(outcome, None, ctx);
         }
@@ -377,7 +409,6 @@ impl SessionActor {
                 });
                 self.attempt = attempt;
                 self.phase = Phase::Backoff;
-                self.last_ending = Some(Box::new(ending));
                 self.set_state(SessionState::Restarting { attempt });
                 self.backoff_timer = Some(ctx.run_later(delay, |act, ctx| {
                     act.backoff_timer = None;
@@ -411,7 +442,6 @@ impl SessionActor {
             Phase::Created | Phase::Queued | Phase::Building => {
                 let err = match reason {
                     StopReason::Timeout(kind, after) => Error::Timeout { kind, after },
-                    StopReason::LogFailed(e) => e,
                     StopReason::Requested => Error::Stopped,
                 };
                 self.finish(Ending::Failed(err), None, ctx);
@@ -424,11 +454,9 @@ impl SessionActor {
                     StopReason::Timeout(kind, after) => {
                         Ending::Failed(Error::Timeout { kind, after })
                     }
-                    StopReason::LogFailed(e) => Ending::Failed(e),
-                    StopReason::Requested => self
-                        .last_ending
-                        .take()
-                        .map_or(Ending::Failed(Error::Stopped), |e| *e),
+                    // No container runs: like a stop before the first one
+                    // started (the last one's ending was in `Restarting`).
+                    StopReason::Requested => Ending::Failed(Error::Stopped),
                 };
                 self.finish(ending, None, ctx);
             }
@@ -513,14 +541,35 @@ impl SessionActor {
             Ending::Failed(e) => (EventKind::error(&e), SessionState::Failed(e)),
         };
         self.emit(kind);
-        if let Err(e) = self.hub.borrow_mut().flush_log() {
-            tracing::error!(session = %self.id, error = %e, "could not write the end of the session log");
-        }
+        self.hub.borrow_mut().flush_log();
         if let Some(runner) = self.runner.take() {
             runner.do_send(Release);
         }
         // A resume's container belongs to the run it resumed.
         let cleanup = cleanup.filter(|_| matches!(self.plan, Plan::Start(_)));
+        // The outcome is known once the log holds the whole run (written,
+        // or known to be incomplete), so that whoever reads the log after
+        // `wait` finds the end of it.
+        self.ended = Some(Box::new((state, cleanup)));
+        let settled = self.hub.borrow().log_settled(self.seq);
+        ctx.spawn(
+            actix::fut::wrap_future(async move {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), settled).await;
+            })
+            .map(|(), act: &mut Self, ctx| {
+                act.report_end();
+                ctx.stop();
+            }),
+        );
+    }
+
+    /// Tell the dispatcher, then whoever waits on the state, that the run
+    /// has ended (once).
+    fn report_end(&mut self) {
+        let Some(ended) = self.ended.take() else {
+            return;
+        };
+        let (state, cleanup) = *ended;
         // Tell the dispatcher before anyone waiting on the state can ask it
         // anything: its mailbox is FIFO, so it will have forgotten this run.
         self.dispatcher.do_send(SessionEnded {
@@ -528,7 +577,6 @@ impl SessionActor {
             cleanup,
         });
         self.set_state(state);
-        ctx.stop();
     }
 
     fn outcome_future(&self) -> ResponseFuture<Result<i32, Error>> {
@@ -560,6 +608,8 @@ impl Drop for SessionActor {
     /// removed by the dispatcher.
     fn drop(&mut self) {
         if self.finished {
+            // Stopped while its log was being settled: report it now.
+            self.report_end();
             return;
         }
         let err = Error::internal(
@@ -571,7 +621,7 @@ impl Drop for SessionActor {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if hub.try_borrow_mut().is_ok() {
                 fanout::publish(&hub, ev);
-                let _ = hub.borrow_mut().flush_log();
+                hub.borrow_mut().flush_log();
             }
         }));
         let cleanup = (matches!(self.phase, Phase::Running) && matches!(self.plan, Plan::Start(_)))
@@ -634,6 +684,7 @@ impl Handler<Wait> for SessionActor {
     }
 }
 
+#[cfg(any(test, feature = "fault-injection"))]
 impl Handler<InjectPanic> for SessionActor {
     type Result = ();
 
@@ -642,6 +693,7 @@ impl Handler<InjectPanic> for SessionActor {
     }
 }
 
+#[cfg(any(test, feature = "fault-injection"))]
 impl Handler<InjectRunnerPanic> for SessionActor {
     type Result = ();
 
@@ -694,20 +746,13 @@ impl Handler<Admit> for SessionActor {
         let Plan::Start(plan) = &self.plan else {
             return;
         };
-        let request = RequestBuild {
-            session: self.id.to_string(),
-            spec: plan.template.build.clone(),
-            // Read when the build is requested (on this session's thread,
-            // not the dispatcher's): the inputs as they are now.
-            fingerprint: build::fingerprint(&plan.template.build),
-            reply: ctx.address().recipient(),
-        };
+        let spec = plan.template.build.clone();
         self.phase = Phase::Building;
         self.set_state(SessionState::Building);
         self.emit(EventKind::BuildStarted {
             image: self.image.to_string(),
         });
-        self.dispatcher.do_send(request);
+        self.request_build(spec, ctx);
         self.flush(ctx);
     }
 }
@@ -764,18 +809,19 @@ impl Handler<BuildNotice> for SessionActor {
 // ----- from the runner -------------------------------------------------------
 
 impl Handler<RunnerReport> for SessionActor {
-    type Result = ();
+    type Result = Response<()>;
 
-    fn handle(&mut self, msg: RunnerReport, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: RunnerReport, ctx: &mut Context<Self>) -> Response<()> {
         if msg.generation != self.generation || self.phase != Phase::Running {
-            return; // a report from an earlier runner
+            return Response::reply(()); // a report from an earlier runner
         }
         if let Some(checking) = &mut self.checking {
             checking.reports.push(msg.event);
-            return;
+            return Response::reply(());
         }
         self.runner_event(msg.event, ctx);
         self.flush(ctx);
+        self.log_room()
     }
 }
 
@@ -882,14 +928,31 @@ impl SessionActor {
                     return;
                 }
                 if let Plan::Start(plan) = &act.plan {
-                    act.dispatcher.do_send(RequestBuild {
-                        session: act.id.to_string(),
-                        spec: plan.template.build.clone(),
-                        fingerprint: build::fingerprint(&plan.template.build),
-                        reply: ctx.address().recipient(),
-                    });
+                    let spec = plan.template.build.clone();
+                    act.request_build(spec, ctx);
                 }
             }),
         );
+    }
+
+    /// Ask the dispatcher for the image, with the fingerprint of its inputs
+    /// as they are now (read in a blocking task: a walk of the pod
+    /// directory).
+    fn request_build(&mut self, spec: BuildSpec, ctx: &mut Context<Self>) {
+        let store = self.hub.borrow().store();
+        let fingerprint = build::fingerprint_async(store, spec.clone());
+        ctx.spawn(actix::fut::wrap_future(fingerprint).map(
+            move |fingerprint, act: &mut Self, ctx| {
+                if act.phase != Phase::Building {
+                    return; // stopped meanwhile
+                }
+                act.dispatcher.do_send(RequestBuild {
+                    session: act.id.to_string(),
+                    spec,
+                    fingerprint,
+                    reply: ctx.address().recipient(),
+                });
+            },
+        ));
     }
 }

@@ -28,6 +28,8 @@ use futures_util::Stream;
 use crate::error::{Error, Result};
 use crate::pod::{PodConfig, RestartPolicy};
 
+pub(crate) mod stops;
+
 /// Default grace between SIGTERM and SIGKILL.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -157,20 +159,27 @@ impl RestartTracker {
         self.restarts
     }
 
-    /// Decide after a container ended at `now`.
-    pub(crate) fn decide(&mut self, policy: &Policy, ending: &Ending, now: Instant) -> Decision {
-        let wanted = match (policy.restart, ending) {
+    /// Whether `policy` asks for another container after `ending` (before
+    /// the intensity limit is applied). Changes nothing.
+    pub(crate) fn wants_restart(policy: &Policy, ending: &Ending) -> bool {
+        match (policy.restart, ending) {
             (RestartPolicy::Never, _) => false,
             // Errors that another attempt cannot fix are not retried.
             (_, Ending::Failed(Error::AgentNotRunnable { .. }))
             | (_, Ending::Failed(Error::DockerFailed { .. }))
+            // The container may still exist: another one could run beside it.
+            | (_, Ending::Failed(Error::DockerLost { .. }))
             | (_, Ending::Failed(Error::Internal { .. }))
             | (_, Ending::Failed(Error::Log { .. })) => false,
             (RestartPolicy::Always, _) => true,
             (RestartPolicy::OnFailure, Ending::Exited(0)) => false,
             (RestartPolicy::OnFailure, _) => true,
-        };
-        if !wanted {
+        }
+    }
+
+    /// Decide after a container ended at `now`.
+    pub(crate) fn decide(&mut self, policy: &Policy, ending: &Ending, now: Instant) -> Decision {
+        if !Self::wants_restart(policy, ending) {
             return Decision::Finish;
         }
         while let Some(&t) = self.recent.front() {

@@ -21,9 +21,10 @@ type StopFuture = Pin<Box<dyn Future<Output = cldpd::Result<i32>>>>;
 
 /// Render `session` until it ends; returns the process exit code: the
 /// container's code, the agent's last code or [`super::error::EXIT_LIMIT`]
-/// when a limit ended it, [`EXIT_FAILURE`] when the run failed, or `128 + n` when
-/// signal `n` stopped it before a container ran. `grace` is the SIGTERM →
-/// SIGKILL period of a stop caused by a signal.
+/// when a limit ended it, [`EXIT_FAILURE`] when the run failed, or `128 + n`
+/// when signal `n` stopped it while no container ran (before the first one,
+/// or during a restart back-off). `grace` is the SIGTERM → SIGKILL period of
+/// a stop caused by a signal.
 pub async fn drive(
     ui: &mut Ui,
     session: &Session,
@@ -38,6 +39,7 @@ pub async fn drive(
     let mut stop: Option<StopFuture> = None;
     let mut stop_error: Option<cldpd::Error> = None;
     let mut signalled: Option<Sig> = None;
+    let mut out_stop = false;
 
     loop {
         tokio::select! {
@@ -88,6 +90,18 @@ pub async fn drive(
                 if done {
                     break;
                 }
+                if ui.out_failed_now() && stop.is_none() && !out_stop {
+                    // Nobody reads what the run prints: stop it the
+                    // normal way (said on stderr by the Ui already).
+                    out_stop = true;
+                    ui.notice(format_args!(
+                        "stopping {} (SIGTERM, then SIGKILL after {})",
+                        session.id(),
+                        grace_text(grace)
+                    ));
+                    let s = session.clone();
+                    stop = Some(Box::pin(async move { s.stop(Some(grace)).await }));
+                }
             }
             _ = tick.tick(), if ui.spinning() => ui.spin_tick(),
         }
@@ -105,7 +119,7 @@ pub async fn drive(
         Err(cldpd::Error::Stopped) if signalled.is_some() => {
             let sig = signalled.expect("checked");
             ui.status(format_args!(
-                "stopped by {} before a container started",
+                "stopped by {} while no container was running",
                 sig.name()
             ));
             128 + sig.number()

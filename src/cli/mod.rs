@@ -35,10 +35,12 @@ Exit status:
   2        usage error: unknown command, flag or missing argument
   124      a limit of cldpd ended the run: timeoutSecs, idleTimeoutSecs, or
            the restart limit when the last attempt did not exit by itself
+  141      stdout's reader went away (broken pipe, e.g. `| head`); the run was
+           stopped (any other stdout write error, e.g. a full disk: 1)
   other    start/resume: the container's exit code (143 after SIGTERM, 137
            after SIGKILL; after the restart limit: the last attempt's);
-           129/130/143 when SIGHUP/Ctrl-C/SIGTERM stopped the run before its
-           container started
+           129/130/143 when SIGHUP/Ctrl-C/SIGTERM stopped the run while no
+           container ran (before the first, or during a restart back-off)
 
 Environment:
   CLDPD_PODS_DIR   pods directory (default ~/.cldpd/pods), like --pods-dir
@@ -110,6 +112,16 @@ impl Ctx {
         Ui::new(json, self.verbose)
     }
 
+    /// Stop every live run of the dispatcher, if one was started (each with
+    /// its own grace). Called after every command, also after an error.
+    async fn shutdown(&self) {
+        if let Some(d) = self.dispatcher.get() {
+            if let Err(e) = d.shutdown(None).await {
+                tracing::warn!(error = %e, "could not shut the dispatcher down");
+            }
+        }
+    }
+
     /// The dispatcher (started in the current actix system on first use).
     pub fn dispatcher(&self) -> &Dispatcher {
         self.dispatcher
@@ -142,13 +154,25 @@ pub fn main() -> i32 {
     init_tracing(cli.global.verbose);
     let ctx = Ctx::new(&cli.global);
     let system = actix::System::new();
-    let code = system.block_on(commands::run(cli.command, &ctx));
-    match code {
+    let code = system.block_on(async {
+        let result = commands::run(cli.command, &ctx).await;
+        // Whatever the command did, success or error: nothing it started
+        // outlives it.
+        ctx.shutdown().await;
+        result
+    });
+    let code = match code {
         Ok(code) => code,
         Err(e) => {
             ctx.ui(false).error(&e);
             EXIT_FAILURE
         }
+    };
+    // A stdout that could not be written decides the exit code (said on
+    // stderr when it happened).
+    match output::stdout_failure() {
+        Some(failure) => failure.exit_code(),
+        None => code,
     }
 }
 

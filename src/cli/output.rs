@@ -5,9 +5,16 @@
 //!
 //! Both pipes are buffered and flushed when the caller runs out of work
 //! ([`Ui::flush`]) and whenever output switches from one pipe to the other,
-//! so that lines written to one terminal keep their order. A closed stdout
-//! (`cldpd ... | head -1`) is not an error: further stdout output is
-//! dropped and the run goes on.
+//! so that lines written to one terminal keep their order.
+//!
+//! A stdout that cannot be written is an error, not a silent loss: a closed
+//! pipe (`cldpd ... | head -3`) or a full disk (`> /dev/full`). The first
+//! failure is said once on stderr and recorded for the whole process
+//! ([`stdout_failure`]); the commands that run something then stop it the
+//! normal way (SIGTERM, grace, SIGKILL), and the process exits with
+//! [`StdoutFailure::exit_code`]: 141 for a broken pipe (128 + SIGPIPE, what
+//! a shell reports for a program killed by it, so `set -o pipefail` scripts
+//! see the usual code), 1 for any other write error.
 
 use std::fmt::Display;
 use std::io::{BufWriter, IsTerminal, Stderr, Stdout, Write};
@@ -16,6 +23,39 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::error::CliError;
+
+/// Why stdout could not be written (the first failure of this process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StdoutFailure {
+    /// The reader of the pipe has gone (`EPIPE`).
+    pub broken_pipe: bool,
+    /// The error, for the message.
+    pub message: String,
+}
+
+impl StdoutFailure {
+    /// Exit code: 141 (128 + SIGPIPE) for a broken pipe, else 1.
+    pub fn exit_code(&self) -> i32 {
+        if self.broken_pipe {
+            EXIT_BROKEN_PIPE
+        } else {
+            super::error::EXIT_FAILURE
+        }
+    }
+}
+
+/// Exit code when stdout's reader went away: 128 + SIGPIPE (13).
+pub const EXIT_BROKEN_PIPE: i32 = 141;
+
+static STDOUT_FAILURE: std::sync::Mutex<Option<StdoutFailure>> = std::sync::Mutex::new(None);
+
+/// The first stdout write failure of this process, if any.
+pub fn stdout_failure() -> Option<StdoutFailure> {
+    STDOUT_FAILURE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
 
 /// How often the spinner redraws.
 pub const SPINNER_INTERVAL: Duration = Duration::from_millis(100);
@@ -84,16 +124,52 @@ impl Ui {
     }
 
     fn flush_out(&mut self) {
-        if !self.out_closed && self.out.flush().is_err() {
-            self.out_closed = true;
+        if !self.out_closed {
+            if let Err(e) = self.out.flush() {
+                self.out_failed(e);
+            }
         }
     }
 
     fn write_out(&mut self, bytes: &[u8]) {
         self.switch_to(Pipe::Out);
-        if !self.out_closed && self.out.write_all(bytes).is_err() {
-            self.out_closed = true;
+        if !self.out_closed {
+            if let Err(e) = self.out.write_all(bytes) {
+                self.out_failed(e);
+            }
         }
+    }
+
+    /// Stdout failed: say it once, record it for the exit code, write no
+    /// more there.
+    fn out_failed(&mut self, e: std::io::Error) {
+        self.out_closed = true;
+        let failure = StdoutFailure {
+            broken_pipe: e.kind() == std::io::ErrorKind::BrokenPipe,
+            message: e.to_string(),
+        };
+        let text = if failure.broken_pipe {
+            "cldpd: stdout was closed (its reader has gone); stopping\n".to_string()
+        } else {
+            format!(
+                "cldpd: cannot write to stdout: {}; stopping\n",
+                failure.message
+            )
+        };
+        let mut first = STDOUT_FAILURE.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(failure);
+            drop(first);
+            self.clear_spinner();
+            let _ = self.err.write_all(text.as_bytes());
+            let _ = self.err.flush();
+        }
+    }
+
+    /// True once stdout could not be written: the caller stops what it
+    /// runs and exits (see [`stdout_failure`]).
+    pub fn out_failed_now(&self) -> bool {
+        self.out_closed
     }
 
     fn write_err(&mut self, bytes: &[u8]) {

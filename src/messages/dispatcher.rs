@@ -186,6 +186,33 @@ pub struct Shutdown {
     pub grace: Option<Duration>,
 }
 
+/// A run of a dead dispatcher that this one took over (settings'
+/// `adopt_orphans`): it counts against `max_concurrent` and is stopped on
+/// [`Shutdown`] or [`StopAdopted`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdoptedRun {
+    /// Session id.
+    pub session: String,
+    /// Its container.
+    pub container: String,
+    /// The dispatcher instance that started it (gone).
+    pub previous_owner: String,
+}
+
+/// The adopted runs still live (see [`AdoptedRun`]).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<AdoptedRun>")]
+pub struct ListAdopted;
+
+/// Stop every adopted run still live (each with `grace`, default the
+/// dispatcher's); resolves with those it stopped, once they are stopped.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Vec<AdoptedRun>")]
+pub struct StopAdopted {
+    /// Grace period between SIGTERM and SIGKILL.
+    pub grace: Option<Duration>,
+}
+
 /// A handle to a session of this dispatcher.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
@@ -243,37 +270,37 @@ mod opt_time {
 }
 
 // ----- internal ------------------------------------------------------------
+//
+// Crate-private: sent by sessions to their dispatcher. Anyone able to send
+// them could skip admission or corrupt the running count.
 
 /// From a session: it has ended (releases its slot and registry entry).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-#[doc(hidden)]
-pub struct SessionEnded {
-    pub id: String,
+pub(crate) struct SessionEnded {
+    pub(crate) id: String,
     /// Container to force-remove (a session that crashed or failed to stop).
-    pub cleanup: Option<String>,
+    pub(crate) cleanup: Option<String>,
 }
 
 /// From a session: make sure this image exists (single flight per tag).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-#[doc(hidden)]
-pub struct RequestBuild {
-    pub session: String,
-    pub spec: BuildSpec,
-    /// Identity of the build inputs; `None` = always build.
-    pub fingerprint: Option<u64>,
-    pub reply: Recipient<BuildNotice>,
+pub(crate) struct RequestBuild {
+    pub(crate) session: String,
+    pub(crate) spec: BuildSpec,
+    /// Identity of the build inputs (keyed hash, hex); `None` = always
+    /// build.
+    pub(crate) fingerprint: Option<String>,
+    pub(crate) reply: Recipient<BuildNotice>,
 }
 
 /// From a session: the recorded image of this tag exists (checked).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-#[doc(hidden)]
-pub struct ImageFound(pub String);
+pub(crate) struct ImageFound(pub(crate) String);
 
 /// From a session: the image of a memoised build has vanished.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-#[doc(hidden)]
-pub struct ForgetImage(pub String);
+pub(crate) struct ForgetImage(pub(crate) String);

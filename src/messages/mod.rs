@@ -6,12 +6,29 @@
 //! - [`session`]: `Subscribe`, `Unsubscribe`, `StopSession`, `Wait`,
 //!   `GetStatus` — what callers send to one
 //!   [`SessionActor`](crate::actors::SessionActor);
-//! - [`runner`]: the signals a session sends to its
-//!   [`RunnerActor`](crate::actors::RunnerActor) and the reports it gets back.
+//!
+//! What the actors send one another (admission, builds, a runner's
+//! reports, signals to a runner) is crate-private: a caller holding a
+//! session's address cannot skip admission or feed it made-up output.
+//!
+//! ```compile_fail
+//! // Not part of the API: only the dispatcher admits a run.
+//! use cldpd::messages::session::Admit;
+//! ```
+//!
+//! ```compile_fail
+//! // Not part of the API: only a session's runner reports its output.
+//! use cldpd::messages::session::RunnerReport;
+//! ```
+//!
+//! ```compile_fail
+//! // Not part of the API: only a session tells its dispatcher it ended.
+//! use cldpd::messages::dispatcher::SessionEnded;
+//! ```
 //!
 //! Events themselves ([`Event`](crate::Event)) are messages too: subscriber
 //! actors implement `Handler<Event>`.
 
 pub mod dispatcher;
-pub mod runner;
+pub(crate) mod runner;
 pub mod session;

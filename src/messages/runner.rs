@@ -1,4 +1,5 @@
-//! Messages handled by a [`RunnerActor`](crate::actors::RunnerActor).
+//! Messages handled by a [`RunnerActor`](crate::actors::RunnerActor): all
+//! sent by its session, all crate-private.
 
 use actix::Message;
 
@@ -8,24 +9,24 @@ use crate::runtime::StopSignal;
 /// session as a `RunnerEvent::SignalFailed` report.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub struct Signal(pub StopSignal);
+pub(crate) struct Signal(pub(crate) StopSignal);
 
 /// Stop the runner actor without touching its container (the session has
 /// ended and cleans up through the dispatcher).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub struct Release;
+pub(crate) struct Release;
 
 /// Force-remove the runner's container, then stop (its run is void: the
 /// session found the image it was started with gone). Resolves once the
 /// container is removed.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub struct Abandon;
+pub(crate) struct Abandon;
 
-/// Fault injection: make the runner actor panic inside its handler (see
-/// [`crate::messages::session::InjectPanic`]; sent through
-/// [`crate::messages::session::InjectRunnerPanic`]).
+/// Fault injection: make the runner actor panic inside its handler (sent
+/// by a session on `InjectRunnerPanic`; feature `fault-injection`).
+#[cfg(any(test, feature = "fault-injection"))]
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub struct InjectPanic;
+pub(crate) struct InjectPanic;

@@ -2,7 +2,9 @@
 //!
 //! Public ones: [`Subscribe`], [`Unsubscribe`], [`StopSession`], [`Wait`],
 //! [`GetStatus`]. The rest are sent by the dispatcher and the runner and are
-//! `pub` only so the actors can live in their own modules.
+//! crate-private; the fault-injection messages (`InjectPanic`,
+//! `InjectRunnerPanic`) exist only with the cargo feature
+//! `fault-injection`.
 
 use std::time::Duration;
 
@@ -133,26 +135,26 @@ pub struct SessionStatus {
 }
 
 // ----- internal ------------------------------------------------------------
+//
+// Crate-private: sent by the dispatcher and the runner. Anyone able to send
+// them could skip admission (`Admit`) or feed a session made-up output.
 
 /// From the dispatcher: a slot is free, go (build, then run).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-#[doc(hidden)]
-pub struct Admit;
+pub(crate) struct Admit;
 
 /// From the dispatcher: wait in the queue at this position.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-#[doc(hidden)]
-pub struct Enqueued {
-    pub position: usize,
+pub(crate) struct Enqueued {
+    pub(crate) position: usize,
 }
 
 /// From the dispatcher: progress of the (shared) image build.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
-#[doc(hidden)]
-pub enum BuildNotice {
+pub(crate) enum BuildNotice {
     /// Build output lines.
     Lines(Vec<String>),
     /// The build ended.
@@ -161,39 +163,30 @@ pub enum BuildNotice {
 
 /// A build a run can use.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[doc(hidden)]
-pub struct BuildDone {
+pub(crate) struct BuildDone {
     /// This run reused a build instead of causing one.
-    pub cached: bool,
+    pub(crate) cached: bool,
     /// What to run: the image id when known, else the tag.
-    pub image: String,
+    pub(crate) image: String,
     /// The build was recorded by another process and not yet checked in
     /// this one: the session checks the image still exists (while its
     /// container already starts) before it reports the build complete.
-    pub verify: bool,
+    pub(crate) verify: bool,
 }
-
-/// From the dispatcher: whether a recorded image still exists.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-#[doc(hidden)]
-pub struct ImageChecked(pub bool);
 
 /// From the runner: what its container did.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-#[doc(hidden)]
-pub struct RunnerReport {
+pub(crate) struct RunnerReport {
     /// Which of the session's runners sent it (the session numbers them).
-    pub generation: u32,
+    pub(crate) generation: u32,
     /// What happened.
-    pub event: RunnerEvent,
+    pub(crate) event: RunnerEvent,
 }
 
 /// The body of a [`RunnerReport`].
 #[derive(Debug)]
-#[doc(hidden)]
-pub enum RunnerEvent {
+pub(crate) enum RunnerEvent {
     /// A process event, in stream order.
     Process(ProcessEvent),
     /// A signal could not be delivered.
@@ -202,17 +195,23 @@ pub enum RunnerEvent {
     Lost,
 }
 
+// ----- fault injection (feature `fault-injection`) -------------------------
+
 /// Fault injection: make the session actor panic inside its handler, as a
 /// bug in cldpd would. The run must still end cleanly: an `error` event
 /// (code `internal`) to its subscribers, its container removed, and the
-/// dispatcher serving other runs. For supervision tests.
+/// dispatcher serving other runs. For supervision tests; compiled only
+/// with the cargo feature `fault-injection`.
+#[cfg(any(test, feature = "fault-injection"))]
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct InjectPanic;
 
 /// Fault injection: make the session's current runner actor panic (the
 /// runner dies; the session must end the run with an `error` event and the
-/// container removed). For supervision tests.
+/// container removed). For supervision tests; compiled only with the cargo
+/// feature `fault-injection`.
+#[cfg(any(test, feature = "fault-injection"))]
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct InjectRunnerPanic;

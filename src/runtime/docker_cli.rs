@@ -19,6 +19,9 @@
 //! docker stop -t <secs> <container>                                    stop
 //! docker rm -f <container>                                             remove
 //! docker ps -aq --filter label=cldpd.session ; docker inspect <ids>... list
+//! docker wait <container> ; docker logs --follow <container>
+//! docker events --since <t> --filter container=<c> --filter event=die
+//!                                                    after a lost run client
 //! ```
 //!
 //! **Secrets.** Environment variables and build args are passed by *name*
@@ -40,12 +43,20 @@
 //!   first; should the target vanish between the check and the exec,
 //!   docker's "No such container" / "is not running" (exit 1) is held back
 //!   and reported the same way, after `Started`;
-//! - a client killed by signal `n` → `Exited { code: 128 + n }`.
+//! - a `docker run` client killed by a signal, or cut off from the daemon
+//!   (125, "error waiting for container: unexpected EOF"), is **not** the
+//!   container's exit: the stream waits for the container's real exit
+//!   (`docker wait`) and reads the rest of its output again (`docker logs
+//!   --follow`, what was delivered skipped), or fails with
+//!   [`Error::DockerLost`] when the container's end cannot be learnt (see
+//!   `recover.rs` for what can be lost then);
+//! - an exec's client killed by signal `n` → `Exited { code: 128 + n }`.
 //!
-//! The stderr lines are still delivered as output before the failure
-//! (except docker's own "no such container" line of an exec). An agent that
-//! itself exits 125–127 is reported the same way; agents should not use
-//! those codes.
+//! The container's stderr lines are delivered as output before the
+//! failure; docker's own error lines (held back while they are the last
+//! lines read) are not, they are the error's message. An agent that itself
+//! exits 125–127 is reported the same way; agents should not use those
+//! codes.
 //!
 //! **Stopping.** Killing a docker client does not stop its container, so
 //! the `run`/`exec` clients are not killed when their stream is dropped;
@@ -72,6 +83,7 @@ mod build_log;
 mod clients;
 mod exit;
 mod inspect;
+mod recover;
 mod stream;
 
 use std::ffi::OsString;
@@ -756,6 +768,197 @@ mod tests {
         assert_eq!(lines[0], "home=/home/agent");
         let want = own_docker_config().map(|c| c.to_string_lossy().into_owned());
         assert_eq!(lines[1], format!("config={}", want.unwrap_or_default()));
+    }
+
+    /// A fake docker: a shell script that does what `script` says for each
+    /// subcommand (`$1`).
+    fn fake_docker(dir: &Path, script: &str) -> DockerCli {
+        let fake = dir.join("docker");
+        std::fs::write(&fake, format!("#!/bin/sh\n{script}")).unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        DockerCli::with_binary(&fake)
+    }
+
+    fn run_spec() -> RunSpec {
+        RunSpec {
+            session: "s".into(),
+            pod: "p".into(),
+            container: "c1".into(),
+            image: "img".into(),
+            command: vec!["claude".into()],
+            env: vec![],
+            workdir: None,
+            mounts: vec![],
+            labels: Default::default(),
+            resources: Default::default(),
+            line_cap: 1024,
+        }
+    }
+
+    fn output_texts(events: &[ProcessEvent]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                ProcessEvent::Output(l) => Some(l),
+                _ => None,
+            })
+            .flatten()
+            .map(|l| l.text.clone())
+            .collect()
+    }
+
+    /// Docker's own error lines are the error's message, not the agent's
+    /// output; an agent's stderr line that merely looks like one, followed
+    /// by more output or a normal exit, is still delivered.
+    #[tokio::test]
+    async fn dockers_own_error_lines_are_not_agent_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = fake_docker(
+            dir.path(),
+            "echo 'agent line'\n\
+             echo 'docker: Error response from daemon: invalid mount config.' >&2\n\
+             echo '' >&2\n\
+             echo \"Run 'docker run --help' for more information\" >&2\n\
+             exit 125\n",
+        );
+        let events: Vec<_> = d.run(run_spec()).collect().await;
+        assert_eq!(output_texts(&events), ["agent line"]);
+        match events.last().unwrap() {
+            ProcessEvent::Failed(Error::DockerFailed { message }) => {
+                assert_eq!(message, "Error response from daemon: invalid mount config.")
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let d = fake_docker(
+            dir.path(),
+            "echo 'Error: not found' >&2\necho 'after'\necho 'Error: the end' >&2\nexit 2\n",
+        );
+        let events: Vec<_> = d.run(run_spec()).collect().await;
+        let mut out = output_texts(&events);
+        out.sort();
+        assert_eq!(out, ["Error: not found", "Error: the end", "after"]);
+        assert!(matches!(
+            events.last().unwrap(),
+            ProcessEvent::Exited { code: 2 }
+        ));
+    }
+
+    /// The daemon dying mid-run (the client's real message, exit 125) is
+    /// not docker's own error about the image or options: the run is lost,
+    /// and the daemon still not answering `docker wait` says so.
+    #[tokio::test]
+    async fn a_daemon_lost_mid_run_is_docker_lost_not_dockers_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = fake_docker(
+            dir.path(),
+            "case \"$1\" in\n\
+             run) echo 'line 9'\n\
+                  echo 'time=\"2026-11-30T20:52:17Z\" level=error msg=\"error waiting for container: unexpected EOF\"' >&2\n\
+                  exit 125;;\n\
+             *) echo 'Cannot connect to the Docker daemon at unix:///x.sock. Is the docker daemon running?' >&2; exit 1;;\n\
+             esac\n",
+        );
+        let events: Vec<_> = d.run(run_spec()).collect().await;
+        assert_eq!(output_texts(&events), ["line 9"]);
+        match events.last().unwrap() {
+            ProcessEvent::Failed(e @ Error::DockerLost { container, message }) => {
+                assert_eq!(container, "c1");
+                assert!(
+                    message.contains("error waiting for container: unexpected EOF"),
+                    "{message}"
+                );
+                assert!(
+                    message.contains("Cannot connect to the Docker daemon"),
+                    "{message}"
+                );
+                assert!(e.hint().unwrap().contains("docker info"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A `docker run` client killed by a signal is not the container's
+    /// exit: the stream reads the rest from `docker logs --follow` (what was
+    /// delivered skipped exactly, a line cut by the loss completed, not
+    /// split) and ends with `docker wait`'s code.
+    #[tokio::test]
+    async fn a_killed_run_client_is_followed_by_logs_and_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = fake_docker(
+            dir.path(),
+            "case \"$1\" in\n\
+             run) echo a; echo e1 >&2; echo b; printf par; sleep 0.2; kill -9 $$;;\n\
+             logs) printf 'a\\nb\\npartial\\nc\\n'; printf 'e1\\ne2\\n' >&2;;\n\
+             wait) echo 7;;\n\
+             esac\n",
+        );
+        let events: Vec<_> = d.run(run_spec()).collect().await;
+        let lines: Vec<(crate::OutputStream, String)> = events
+            .iter()
+            .filter_map(|e| match e {
+                ProcessEvent::Output(l) => Some(l),
+                _ => None,
+            })
+            .flatten()
+            .map(|l| (l.stream, l.text.clone()))
+            .collect();
+        let of = |s: crate::OutputStream| -> Vec<&str> {
+            lines
+                .iter()
+                .filter(|l| l.0 == s)
+                .map(|l| l.1.as_str())
+                .collect()
+        };
+        assert_eq!(of(crate::OutputStream::Stdout), ["a", "b", "partial", "c"]);
+        assert_eq!(of(crate::OutputStream::Stderr), ["e1", "e2"]);
+        assert!(
+            matches!(events.last().unwrap(), ProcessEvent::Exited { code: 7 }),
+            "{events:?}"
+        );
+    }
+
+    /// A build cut off by the daemon's death (its real last line,
+    /// `unexpected EOF`, exit 1) is Docker unavailable, not a Dockerfile to
+    /// fix — unless the daemon answers, in which case the build step itself
+    /// printed it.
+    #[tokio::test]
+    async fn a_daemon_lost_mid_build_is_docker_unavailable() {
+        let build = BuildSpec {
+            pod: "p".into(),
+            image: "i".into(),
+            context: "/tmp".into(),
+            dockerfile: "/tmp/Dockerfile".into(),
+            build_args: vec![],
+            labels: Default::default(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let script = |info: &str| {
+            format!(
+                "case \"$1\" in\n\
+                 build) echo 'Step 2/2 : RUN make'; echo ' ---> Running in fd8278bc784d'; echo 'unexpected EOF'; exit 1;;\n\
+                 info) {info};;\n\
+                 esac\n"
+            )
+        };
+        let down = fake_docker(
+            dir.path(),
+            &script("echo 'Cannot connect to the Docker daemon at unix:///x.sock.' >&2; exit 1"),
+        );
+        let events: Vec<_> = down.build(build.clone()).collect().await;
+        match events.last().unwrap() {
+            BuildEvent::Finished(Err(Error::DockerUnavailable { message })) => {
+                assert!(message.contains("went away during the build"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let up = fake_docker(dir.path(), &script("echo 20.10.24; exit 0"));
+        let events: Vec<_> = up.build(build).collect().await;
+        assert!(matches!(
+            events.last().unwrap(),
+            BuildEvent::Finished(Err(Error::BuildFailed { .. }))
+        ));
     }
 }
 

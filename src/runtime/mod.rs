@@ -284,6 +284,15 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Start a container and stream what it does. Dropping the stream does
     /// not stop the container: use [`Runtime::signal`] / [`Runtime::remove`].
+    ///
+    /// `Exited` is the container's own exit, nothing else. Losing the
+    /// means of watching it (a killed `docker` client, a broken connection
+    /// to the engine) is not an exit: the backend finds the container
+    /// again, goes on streaming its output (neither losing nor repeating
+    /// lines where the engine's log allows) and reports its real exit code;
+    /// when it cannot learn how the container ended, it reports
+    /// `Failed(`[`Error::DockerLost`]`)`, never a made-up code. Docker's
+    /// own diagnostics are the message of a `Failed`, never `Output`.
     fn run(&self, spec: RunSpec) -> BoxStream<'static, ProcessEvent>;
 
     /// Run a command in a running container. Target not running:

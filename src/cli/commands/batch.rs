@@ -28,7 +28,9 @@ Output: one line per finished job on stdout (on a terminal, a progress line
 with the counts on stderr); --json: every event of every job as NDJSON.
 Ctrl-C stops every job (SIGTERM, grace, SIGKILL) and still writes the report.
 Runs orphaned by a dead cldpd with the same state directory are adopted: they
-count against --concurrency and are stopped with the batch.
+are listed when the batch starts, count against --concurrency (shown as
+\"adopted\" on the progress line), are stopped when the batch ends or is
+stopped, and are listed in the report under \"adopted\".
 
 Exit status: 0 when every job succeeded (exit 0), 1 otherwise.")]
 pub struct BatchArgs {
@@ -55,6 +57,8 @@ pub struct BatchArgs {
 
 #[derive(Default)]
 struct Counts {
+    /// Runs of a dead cldpd holding slots (adopted at the start).
+    adopted: usize,
     queued: usize,
     running: usize,
     succeeded: usize,
@@ -69,7 +73,6 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
             .hint("pass a JSON array or NDJSON file of jobs")
     })?;
     let jobs = parse_jobs(&text, &args.file)?;
-    let text_jobs = jobs.clone();
     let settings = ctx
         .settings()
         .clone()
@@ -77,15 +80,43 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
         .workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
         .adopt_orphans(true);
     let dispatcher = Dispatcher::docker(settings);
+    let result = run_batch(args, &mut ui, &dispatcher, jobs).await;
+    // Every path, error or not: the jobs and the adopted runs are stopped
+    // (a finished batch has none left of its own).
+    if let Err(e) = dispatcher.shutdown(None).await {
+        tracing::warn!(error = %e, "could not shut the batch's dispatcher down");
+    }
+    result
+}
+
+async fn run_batch(
+    args: BatchArgs,
+    ui: &mut crate::cli::output::Ui,
+    dispatcher: &Dispatcher,
+    jobs: Vec<cldpd::batch::Job>,
+) -> Result<i32, CliError> {
+    let text_jobs = jobs.clone();
     dispatcher.preflight().await?;
     let mut signals = Signals::install()?;
     let total = jobs.len();
     let start_time = std::time::SystemTime::now();
-    let batch = Batch::start(&dispatcher, jobs).await?;
+    let batch = Batch::start(dispatcher, jobs).await?;
     ui.status(format_args!(
         "batch of {total} jobs, at most {} at a time",
         args.concurrency
     ));
+    let adopted = batch.adopted().len();
+    if adopted > 0 {
+        let ids: Vec<&str> = batch.adopted().iter().map(|r| r.session.as_str()).collect();
+        ui.notice(format_args!(
+            "adopted {adopted} run{} of a dead cldpd with this state directory ({}): {} hold{} slots of --concurrency and {} stopped when the batch ends",
+            if adopted == 1 { "" } else { "s" },
+            ids.join(", "),
+            if adopted == 1 { "it" } else { "they" },
+            if adopted == 1 { "s" } else { "" },
+            if adopted == 1 { "is" } else { "are" },
+        ));
+    }
 
     let started = Instant::now();
     let mut board = Board {
@@ -94,6 +125,7 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
         tails: HashMap::new(),
         counts: Counts {
             queued: total,
+            adopted,
             ..Counts::default()
         },
         start_time,
@@ -143,7 +175,7 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
                 let mut next = Some(first);
                 let mut handled = 0;
                 while let Some((i, ev)) = next.take() {
-                    board.event(&mut ui, i, &ev, signalled);
+                    board.event(ui, i, &ev, signalled);
                     handled += 1;
                     if handled < DRAIN_BATCH {
                         match events.next().now_or_never() {
@@ -157,6 +189,14 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
                     ui.spin_begin(progress_text(&board.counts, total));
                 }
                 ui.flush();
+                if ui.out_failed_now() && !signalled {
+                    // Nobody reads the results: stop every job, as Ctrl-C
+                    // would (the report is still written).
+                    signalled = true;
+                    let text = args.grace.map_or("each pod's grace".to_string(), grace_text);
+                    ui.notice(format_args!("stopping every job (SIGTERM, then SIGKILL after {text})"));
+                    stopping = Some(Box::pin(batch.stop(args.grace)));
+                }
             }
             r = &mut report, if report_done.is_none() => {
                 report_done = Some(r);
@@ -183,6 +223,17 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
         report.failed,
         report.stopped
     ));
+    if !report.adopted.is_empty() {
+        let stopped = report
+            .adopted
+            .iter()
+            .filter(|r| r.state == cldpd::batch::AdoptedState::Stopped)
+            .count();
+        ui.status(format_args!(
+            "adopted runs: {stopped} stopped by the batch, {} ended on their own",
+            report.adopted.len() - stopped
+        ));
+    }
     ui.flush();
     Ok(if report.all_succeeded() {
         0
@@ -272,8 +323,13 @@ fn progress_text(c: &Counts, total: usize) -> String {
     let done = c.succeeded + c.failed;
     let width = 20;
     let filled = (done * width).checked_div(total).unwrap_or(width);
+    let adopted = if c.adopted > 0 {
+        format!("  adopted {}", c.adopted)
+    } else {
+        String::new()
+    };
     format!(
-        "[{}{}] {done}/{total}  queued {}  running {}  succeeded {}  failed {}",
+        "[{}{}] {done}/{total}  queued {}  running {}{adopted}  succeeded {}  failed {}",
         "#".repeat(filled),
         "-".repeat(width - filled),
         c.queued,

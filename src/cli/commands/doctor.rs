@@ -5,7 +5,9 @@
 //! `FROM scratch` probe image, built through the library's runtime and
 //! removed again), the pods directory exists, every pod is valid
 //! (`Pod::check`: Dockerfile, `pod.json`, mount sources), and every
-//! `inheritEnv` variable is set (values are never printed).
+//! `inheritEnv` variable is set (values are never printed), and the state
+//! directory takes a write and has free space (a full one leaves session
+//! logs incomplete).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -31,8 +33,8 @@ const PROBE_REPO: &str = "cldpd-doctor-probe";
 #[command(after_help = "\
 Checks that Docker is reachable and can build an image (a tiny FROM scratch
 probe, removed again), that the pods directory exists, that every pod is
-valid, and that every inheritEnv variable of every pod is set. Exits 1 when
-a check fails.")]
+valid, that every inheritEnv variable of every pod is set, and that the
+state directory is writable with free space. Exits 1 when a check fails.")]
 pub struct DoctorArgs {}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -76,6 +78,44 @@ impl Report {
 
     fn error(&mut self, ui: &mut Ui, prefix: &str, e: &cldpd::Error) {
         self.line(ui, Level::Fail, format_args!("{prefix}{e}"), e.hint());
+    }
+}
+
+/// The state directory takes a small write, and has at least
+/// [`LOW_SPACE`](cldpd::state::space::LOW_SPACE) free (less is a warning;
+/// none, or no write, a failure).
+fn state_dir_check(ui: &mut Ui, report: &mut Report, dir: &std::path::Path) {
+    let hint = format!(
+        "cldpd keeps session logs and build records in {}: make it writable and free some space there, or point --state-dir / CLDPD_STATE_DIR elsewhere",
+        dir.display()
+    );
+    match cldpd::state::space::check_writable(dir) {
+        Ok(free) if free >= cldpd::state::space::LOW_SPACE => report.line(
+            ui,
+            Level::Ok,
+            format_args!(
+                "state directory {} is writable ({} MiB free)",
+                dir.display(),
+                free / (1024 * 1024)
+            ),
+            None,
+        ),
+        Ok(free) => report.line(
+            ui,
+            Level::Warn,
+            format_args!(
+                "state directory {} is writable but has only {} KiB free: session logs may be incomplete",
+                dir.display(),
+                free / 1024
+            ),
+            Some(hint),
+        ),
+        Err(e) => report.line(
+            ui,
+            Level::Fail,
+            format_args!("state directory {} is not writable: {e}", dir.display()),
+            Some(hint),
+        ),
     }
 }
 
@@ -144,6 +184,9 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
             None,
         );
     }
+
+    // State directory.
+    state_dir_check(&mut ui, &mut report, &ctx.settings().state_dir);
 
     // Pods.
     let pods_dir = &ctx.settings().pods_dir;

@@ -7,12 +7,16 @@
 //! then too, once Docker has no running container for the session and the
 //! log has been quiet for a second (a minute before the run's container
 //! started, as an image build can be silent that long), with exit code 1.
+//!
+//! An incomplete log (events that could not be written, e.g. on a full
+//! disk: a gap marker or a jump in `seq`) is shown as far as it goes, each
+//! gap is named where it is, and the exit code is 1.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args;
-use cldpd::log::LogReader;
+use cldpd::log::{LogEntry, LogReader};
 use cldpd::EventKind;
 
 use crate::cli::error::{CliError, EXIT_FAILURE};
@@ -30,8 +34,9 @@ const QUIET: Duration = Duration::from_secs(1);
 #[command(after_help = "\
 The container's stdout lines go to stdout and its stderr lines to stderr, as
 they did live; cldpd's lifecycle lines (building, started, exited) go to
-stderr. Exits 0 once the log is shown (1 when --follow saw the run vanish
-without a final event).")]
+stderr. Exits 0 once the log is shown; 1 when the log is incomplete (events
+could not be written, e.g. the state disk was full) or --follow saw the run
+vanish without a final event.")]
 pub struct LogsArgs {
     /// A session id (e.g. hello-1a2b3c4d), or a pod name for its latest run
     pub session: String,
@@ -100,8 +105,21 @@ pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
     let mut last_check: Option<Instant> = None;
     let mut gone = false;
     let mut waiting = false;
+    let mut incomplete = false;
+    let done = |incomplete: bool| if incomplete { EXIT_FAILURE } else { 0 };
     loop {
-        while let Some(ev) = reader.next_event()? {
+        while let Some(entry) = reader.next_entry()? {
+            let ev = match entry {
+                LogEntry::Event(ev) => ev,
+                LogEntry::Gap { from, to, reason } => {
+                    incomplete = true;
+                    ui.flush();
+                    ui.notice(format_args!(
+                        "the log of {id} is incomplete: events {from} to {to} are missing ({reason})"
+                    ));
+                    continue;
+                }
+            };
             last_event = Instant::now();
             if let EventKind::ContainerStarted { container: c, .. } = &ev.kind {
                 container = Some(c.clone());
@@ -123,12 +141,17 @@ pub async fn run(args: LogsArgs, ctx: &Ctx) -> Result<i32, CliError> {
                 renderer.event(&mut ui, &ev);
             }
             if ev.is_terminal() {
-                return Ok(0);
+                ui.flush();
+                return Ok(done(incomplete));
             }
         }
         ui.flush();
+        if ui.out_failed_now() {
+            // Said on stderr; the exit code comes from the failure.
+            return Ok(EXIT_FAILURE);
+        }
         if !args.follow {
-            return Ok(0);
+            return Ok(done(incomplete));
         }
         if gone {
             ui.status(format_args!(

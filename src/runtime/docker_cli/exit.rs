@@ -32,6 +32,29 @@ pub(crate) fn daemon_down(text: &str) -> bool {
         || text.contains("Is the docker daemon running")
 }
 
+/// True when docker's output says its connection to the daemon broke in
+/// the middle of a request: the daemon died or restarted while a container
+/// ran or an image was built. The messages, as seen from client 28 against
+/// engine 20.10 when the daemon was killed:
+///
+/// - `docker run`, mid-run (exit 125): `time="…" level=error msg="error
+///   waiting for container: unexpected EOF"`;
+/// - `docker build`, mid-step (exit 1): a last line `unexpected EOF`;
+/// - a request the daemon dropped: `error during connect: Post "…": EOF`;
+/// - over TCP: `… connection reset by peer`.
+///
+/// A bare `unexpected EOF` line may also be a build step's own output, so
+/// callers confirm with the daemon before calling it lost.
+pub(crate) fn connection_lost(text: &str) -> bool {
+    text.contains("error waiting for container")
+        || text.contains("error during connect")
+        || text.contains("connection reset by peer")
+        || text.lines().any(|l| {
+            let l = l.trim();
+            l == "unexpected EOF" || l == "EOF" || l.ends_with(": EOF")
+        })
+}
+
 /// True when docker's output says the container does not exist or is not
 /// running (so a signal or an exec has nothing to reach).
 pub(crate) fn container_gone(text: &str) -> bool {
@@ -45,9 +68,57 @@ pub(crate) fn container_gone(text: &str) -> bool {
 /// True for a stderr line that the docker client itself writes when a
 /// request fails (as opposed to output of the process in the container).
 pub(crate) fn looks_like_docker_error(line: &str) -> bool {
+    let line = line.strip_prefix("docker: ").unwrap_or(line);
     line.starts_with("Error response from daemon:")
         || line.starts_with("Error: ")
         || daemon_down(line)
+        || logrus_message(line).is_some()
+        || connection_lost(line)
+}
+
+/// True for the lines docker prints around its own error message: a blank
+/// line and the `Run 'docker run --help'` footer.
+pub(crate) fn docker_error_filler(line: &str) -> bool {
+    let line = line.trim();
+    line.is_empty()
+        || ((line.starts_with("Run '") || line.starts_with("See '")) && line.contains("--help"))
+}
+
+/// The message of a line the docker client logged with logrus at error
+/// level or worse (`time="…" level=error msg="…"`), unquoted.
+fn logrus_message(line: &str) -> Option<String> {
+    if !line.starts_with("time=\"") {
+        return None;
+    }
+    let level = ["level=error ", "level=fatal ", "level=panic "]
+        .iter()
+        .any(|l| line.contains(l));
+    let (_, msg) = line.split_once(" msg=")?;
+    if !level {
+        return None;
+    }
+    let msg = msg.trim();
+    // A Go-quoted string (possibly followed by fields): unquote it.
+    match msg.strip_prefix('"') {
+        Some(rest) => {
+            let mut out = String::new();
+            let mut chars = rest.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => match chars.next() {
+                        Some('n') => out.push('\n'),
+                        Some('t') => out.push('\t'),
+                        Some(other) => out.push(other),
+                        None => break,
+                    },
+                    c => out.push(c),
+                }
+            }
+            Some(out)
+        }
+        None => Some(msg.split_whitespace().next().unwrap_or("").to_string()),
+    }
 }
 
 /// The exit code of a process, `128 + n` when signal `n` killed it.
@@ -78,6 +149,9 @@ pub(crate) enum Outcome {
     DockerFailed(String),
     /// The daemon could not be reached.
     DockerUnavailable(String),
+    /// The connection to the daemon broke while the container ran (see
+    /// [`connection_lost`]): the container's fate is unknown.
+    DockerLost(String),
     /// The command is missing (127) or not executable (126).
     AgentNotRunnable {
         /// 126 or 127.
@@ -112,6 +186,8 @@ pub(crate) fn classify(kind: Kind, code: i32, tail: &[String], held: Option<&[St
             let message = docker_message(tail);
             if daemon_down(&message) {
                 Outcome::DockerUnavailable(message)
+            } else if connection_lost(&message) {
+                Outcome::DockerLost(message)
             } else {
                 Outcome::DockerFailed(message)
             }
@@ -131,14 +207,15 @@ pub(crate) fn classify(kind: Kind, code: i32, tail: &[String], held: Option<&[St
 }
 
 /// Docker's message from its stderr lines: blank lines and the "Run
-/// 'docker run --help'" footer dropped, the `docker: ` prefix removed.
+/// 'docker run --help'" footer dropped, the `docker: ` prefix removed, a
+/// logrus line (`time="…" level=error msg="…"`) reduced to its message.
 pub(crate) fn docker_message(lines: &[String]) -> String {
     lines
         .iter()
         .map(|l| l.trim())
-        .filter(|l| !l.is_empty())
-        .filter(|l| !(l.starts_with("Run '") || l.starts_with("See '")) || !l.contains("--help"))
+        .filter(|l| !docker_error_filler(l))
         .map(|l| l.strip_prefix("docker: ").unwrap_or(l))
+        .map(|l| logrus_message(l).unwrap_or_else(|| l.to_string()))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -195,6 +272,41 @@ mod tests {
         assert!(
             matches!(classify(Kind::Run, 125, &tail, None), Outcome::DockerUnavailable(m) if m.starts_with("Cannot connect"))
         );
+    }
+
+    /// The messages seen when the daemon (engine 20.10, client 28) was
+    /// killed mid-run and mid-build.
+    #[test]
+    fn a_daemon_lost_mid_run_is_lost_not_dockers_own_failure() {
+        let tail = v(&[
+            "line 9",
+            "time=\"2026-11-30T20:52:17Z\" level=error msg=\"error waiting for container: unexpected EOF\"",
+        ]);
+        assert_eq!(
+            classify(Kind::Run, 125, &tail[1..], None),
+            Outcome::DockerLost("error waiting for container: unexpected EOF".into())
+        );
+        assert!(looks_like_docker_error(&tail[1]));
+        assert!(!looks_like_docker_error(&tail[0]));
+        assert!(connection_lost("unexpected EOF"));
+        assert!(connection_lost(
+            "error during connect: Post \"http://%2Ftmp%2Fd%2Fdocker.sock/v1.41/build?q=1\": EOF"
+        ));
+        assert!(connection_lost(
+            "read tcp 10.0.0.1:50000->10.0.0.2:2376: read: connection reset by peer"
+        ));
+        assert!(!connection_lost(
+            "sh: syntax error: unexpected EOF while looking for `\"'"
+        ));
+        assert!(!connection_lost("invalid mount config for type \"bind\""));
+        // Info-level logrus lines are not errors.
+        assert!(!looks_like_docker_error(
+            "time=\"2026-11-30T20:52:17Z\" level=info msg=\"hello\""
+        ));
+        assert!(docker_error_filler(""));
+        assert!(docker_error_filler(
+            "Run 'docker run --help' for more information"
+        ));
     }
 
     #[test]

@@ -9,20 +9,35 @@
 //! read, not per line. The child is spawned on the first poll (inside the
 //! caller's tokio runtime) and both pipes are decoded to their end whatever
 //! their size; memory is bounded by the decoders' line cap.
+//!
+//! **The client's own words are not the agent's output.** The docker
+//! client writes its errors on the same stderr as the container's, so
+//! lines that look like them are held back while they are the last thing
+//! read (at most [`HOLD_MAX`]); anything read after them releases them in
+//! order. When the run ends as docker's own failure, the held lines are in
+//! the error's message and are not delivered as output; otherwise they are
+//! delivered before the terminal event. An exec holds them only before
+//! its first other line (they decide "no such container").
+//!
+//! **A lost `docker run` client is not the container's exit**: see
+//! [`recover`](super::recover) for how the stream then finds the real exit
+//! and the rest of the output.
 
 use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::process::ExitStatus;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
-use futures_util::Stream;
+use futures_util::{FutureExt, Stream};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 use super::exit::{self, Kind, Outcome};
+use super::recover::{self, Position, Skip, MAX_REPLAYS};
 use super::{spawn_error, DockerCli};
 use crate::error::Error;
 use crate::event::OutputStream;
@@ -32,17 +47,74 @@ use crate::runtime::{BuildEvent, LineDecoder, OutputLine, ProcessEvent};
 const READ_BUF: usize = 64 * 1024;
 /// Lines of stderr (run/exec) or output (build) kept for error messages.
 const TAIL: usize = 20;
-/// At most this many docker-client error lines are held back by an exec
-/// before they are released as output.
+/// At most this many docker-client error lines are held back before they
+/// are released as output.
 const HOLD_MAX: usize = 16;
 
-/// Both pipes of a child, their decoders, the shared buffer and the tail of
-/// what was read.
+/// One pipe of a client: its reader, the decoder (which outlives a client
+/// when a replay takes over), how far it got, and what a replay skips.
+struct Pipe<R> {
+    reader: Option<R>,
+    dec: LineDecoder,
+    pos: Position,
+    skip: Skip,
+}
+
+impl<R: AsyncRead + Unpin> Pipe<R> {
+    fn new(reader: Option<R>, stream: OutputStream, line_cap: usize) -> Self {
+        Pipe {
+            reader,
+            dec: LineDecoder::new(stream, line_cap),
+            pos: Position::default(),
+            skip: Skip::default(),
+        }
+    }
+
+    /// Read from a new client that replays the output from its start.
+    fn replay_from(&mut self, reader: Option<R>) {
+        self.reader = reader;
+        self.skip = Skip::to(self.pos);
+    }
+
+    /// One read. `Pending` when the pipe is closed (it takes no part any
+    /// more) or has nothing yet. End of file closes the pipe but keeps the
+    /// decoder's unfinished line (see [`Pipes::finish`]).
+    fn poll_read(
+        &mut self,
+        buf: &mut [u8],
+        cx: &mut Context<'_>,
+        lines: &mut Vec<OutputLine>,
+    ) -> Poll<()> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Poll::Pending;
+        };
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(reader).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                if rb.filled().is_empty() {
+                    self.reader = None;
+                } else {
+                    let data = self.skip.apply(rb.filled());
+                    self.pos.advance(data);
+                    self.dec.push(data, lines);
+                }
+                Poll::Ready(())
+            }
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Poll::Ready(()),
+            Poll::Ready(Err(e)) => {
+                tracing::warn!(error = %e, "reading docker client output failed; treating as end of output");
+                self.reader = None;
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Both pipes of a client, the shared buffer and the tail of what was read.
 struct Pipes {
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
-    out_dec: LineDecoder,
-    err_dec: LineDecoder,
+    stdout: Pipe<ChildStdout>,
+    stderr: Pipe<ChildStderr>,
     buf: Box<[u8]>,
     /// Last lines of stderr only (`false`) or of both pipes (`true`).
     tail_both: bool,
@@ -52,19 +124,23 @@ struct Pipes {
 impl Pipes {
     fn new(child: &mut Child, line_cap: usize, tail_both: bool) -> Self {
         Pipes {
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
-            out_dec: LineDecoder::new(OutputStream::Stdout, line_cap),
-            err_dec: LineDecoder::new(OutputStream::Stderr, line_cap),
+            stdout: Pipe::new(child.stdout.take(), OutputStream::Stdout, line_cap),
+            stderr: Pipe::new(child.stderr.take(), OutputStream::Stderr, line_cap),
             buf: vec![0; READ_BUF].into_boxed_slice(),
             tail_both,
             tail: VecDeque::with_capacity(TAIL),
         }
     }
 
+    /// Go on reading from `child`, which replays the output from its start.
+    fn replay_from(&mut self, child: &mut Child) {
+        self.stdout.replay_from(child.stdout.take());
+        self.stderr.replay_from(child.stderr.take());
+    }
+
     /// Both pipes reached their end.
     fn is_done(&self) -> bool {
-        self.stdout.is_none() && self.stderr.is_none()
+        self.stdout.reader.is_none() && self.stderr.reader.is_none()
     }
 
     /// Read at most once from each open pipe, appending decoded lines to
@@ -73,25 +149,13 @@ impl Pipes {
     /// wakers are then registered).
     fn poll_read(&mut self, cx: &mut Context<'_>, lines: &mut Vec<OutputLine>) -> Poll<()> {
         let start = lines.len();
-        let a = poll_pipe(
-            &mut self.stdout,
-            &mut self.out_dec,
-            &mut self.buf,
-            cx,
-            lines,
-        );
+        let a = self.stdout.poll_read(&mut self.buf, cx, lines);
         if self.tail_both {
-            self.keep_tail(&lines[start..]);
+            self.keep_tail_of(lines, start);
         }
         let mid = lines.len();
-        let b = poll_pipe(
-            &mut self.stderr,
-            &mut self.err_dec,
-            &mut self.buf,
-            cx,
-            lines,
-        );
-        self.keep_tail(&lines[mid..]);
+        let b = self.stderr.poll_read(&mut self.buf, cx, lines);
+        self.keep_tail_of(lines, mid);
         if a.is_ready() || b.is_ready() {
             Poll::Ready(())
         } else {
@@ -99,9 +163,23 @@ impl Pipes {
         }
     }
 
-    /// Remember the last [`TAIL`] of `new` (clipped copies; at most `TAIL`
-    /// clones per batch, whatever its size).
-    fn keep_tail(&mut self, new: &[OutputLine]) {
+    /// The output is over: the unfinished last line of each pipe.
+    fn finish(&mut self, lines: &mut Vec<OutputLine>) {
+        let start = lines.len();
+        self.stdout.dec.finish(lines);
+        let mid = lines.len();
+        self.stderr.dec.finish(lines);
+        if self.tail_both {
+            self.keep_tail_of(lines, start);
+        } else {
+            self.keep_tail_of(lines, mid);
+        }
+    }
+
+    /// Remember the last [`TAIL`] of `lines[from..]` (clipped copies; at
+    /// most `TAIL` clones per batch, whatever its size).
+    fn keep_tail_of(&mut self, lines: &[OutputLine], from: usize) {
+        let new = &lines[from..];
         let skip = new.len().saturating_sub(TAIL);
         for line in &new[skip..] {
             if self.tail.len() == TAIL {
@@ -116,55 +194,95 @@ impl Pipes {
     }
 }
 
-/// One read from one pipe. `Pending` when the pipe is closed (it takes no
-/// part any more) or has nothing yet.
-fn poll_pipe<R: AsyncRead + Unpin>(
-    pipe: &mut Option<R>,
-    dec: &mut LineDecoder,
-    buf: &mut [u8],
-    cx: &mut Context<'_>,
-    lines: &mut Vec<OutputLine>,
-) -> Poll<()> {
-    let Some(reader) = pipe.as_mut() else {
-        return Poll::Pending;
-    };
-    let mut rb = ReadBuf::new(buf);
-    match Pin::new(reader).poll_read(cx, &mut rb) {
-        Poll::Ready(Ok(())) => {
-            if rb.filled().is_empty() {
-                dec.finish(lines);
-                *pipe = None;
-            } else {
-                dec.push(rb.filled(), lines);
+/// Docker-client error lines held back (see the module docs).
+enum Hold {
+    /// Exec: only before any other line (`None` once output was released).
+    Leading(Option<Vec<OutputLine>>),
+    /// Run: while they are the last lines read.
+    Trailing(Vec<OutputLine>),
+}
+
+impl Hold {
+    /// What of `lines` to deliver now; the rest is held.
+    fn release(&mut self, mut lines: Vec<OutputLine>) -> Vec<OutputLine> {
+        match self {
+            Hold::Leading(slot) => {
+                let Some(held) = slot.as_mut() else {
+                    return lines;
+                };
+                if lines.iter().all(is_client_line) && held.len() + lines.len() <= HOLD_MAX {
+                    held.extend(lines);
+                    return Vec::new();
+                }
+                let mut out = slot.take().unwrap_or_default();
+                if out.is_empty() {
+                    return lines;
+                }
+                out.extend(lines);
+                out
             }
-            Poll::Ready(())
+            Hold::Trailing(held) => {
+                let keep = lines.iter().rev().take_while(|l| is_client_line(l)).count();
+                if keep == 0 && held.is_empty() {
+                    return lines;
+                }
+                if keep == lines.len() {
+                    // Only client lines: they go after what is held.
+                    held.extend(lines);
+                    return if held.len() > HOLD_MAX {
+                        std::mem::take(held)
+                    } else {
+                        Vec::new()
+                    };
+                }
+                let suffix = lines.split_off(lines.len() - keep);
+                let mut out = std::mem::take(held);
+                out.extend(lines);
+                *held = suffix;
+                if held.len() > HOLD_MAX {
+                    out.append(held);
+                }
+                out
+            }
         }
-        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Poll::Ready(()),
-        Poll::Ready(Err(e)) => {
-            tracing::warn!(error = %e, "reading docker client output failed; treating as end of output");
-            dec.finish(lines);
-            *pipe = None;
-            Poll::Ready(())
+    }
+
+    /// Everything still held.
+    fn take(&mut self) -> Vec<OutputLine> {
+        match self {
+            Hold::Leading(slot) => slot.take().unwrap_or_default(),
+            Hold::Trailing(held) => std::mem::take(held),
         }
-        Poll::Pending => Poll::Pending,
+    }
+
+    /// The held lines' text, for an exec's exit classification (`None`
+    /// once other output was released).
+    fn leading_text(&self) -> Option<Vec<String>> {
+        match self {
+            Hold::Leading(Some(held)) => Some(held.iter().map(|l| exit::clip(&l.text)).collect()),
+            _ => None,
+        }
     }
 }
 
-/// A spawned client and its pipes.
-struct Live {
-    child: Child,
-    pipes: Pipes,
+/// A stderr line the docker client may have written about itself.
+fn is_client_line(line: &OutputLine) -> bool {
+    line.stream == OutputStream::Stderr
+        && (exit::looks_like_docker_error(&line.text) || exit::docker_error_filler(&line.text))
 }
 
-enum State<T> {
+enum State {
     /// Exec: checking that the target runs before starting the client;
     /// resolves to the failure to report, or `None` to go on.
-    Precheck(BoxFuture<'static, Option<T>>, Box<Command>),
+    Precheck(BoxFuture<'static, Option<ProcessEvent>>, Box<Command>),
     /// Not spawned yet (spawning needs the tokio runtime of the poller).
     Spawn(Box<Command>),
-    /// Reading the pipes (boxed: the pipes and buffers are large).
-    Streaming(Box<Live>),
-    Finishing(BoxFuture<'static, Vec<T>>),
+    /// Reading the pipes of this client.
+    Streaming(Box<Child>),
+    /// The pipes are closed: waiting for the client's exit status.
+    Exiting(BoxFuture<'static, io::Result<ExitStatus>>),
+    /// Working out the terminal event.
+    Finishing(BoxFuture<'static, ProcessEvent>),
     Done,
 }
 
@@ -180,53 +298,212 @@ pub(crate) struct ProcessContext {
     pub line_cap: usize,
 }
 
+/// After the run's client was lost (see [`recover`]).
+struct Recovery {
+    /// `docker wait`, started when the loss was seen.
+    wait: Option<Child>,
+    /// Why, for messages.
+    reason: String,
+    /// Replay clients used so far.
+    replays: u32,
+}
+
 /// The stream of a `docker run` or `docker exec` client.
 pub(crate) struct ProcessStream {
-    state: State<ProcessEvent>,
+    state: State,
     ctx: ProcessContext,
-    /// Exec only: docker-client error lines held back while nothing else
-    /// has been output (`None` once output was released).
-    held: Option<Vec<OutputLine>>,
+    /// Created with the first client; a replay client goes on with them.
+    pipes: Option<Box<Pipes>>,
+    hold: Hold,
     queue: VecDeque<ProcessEvent>,
+    /// When the run's client was spawned (for the `die` event look-up).
+    spawned_at: SystemTime,
+    recovery: Option<Box<Recovery>>,
 }
 
 impl ProcessStream {
     pub(crate) fn new(command: Command, ctx: ProcessContext) -> Self {
-        let held = (ctx.kind == Kind::Exec).then(Vec::new);
-        let state = match ctx.kind {
-            Kind::Run => State::Spawn(Box::new(command)),
-            Kind::Exec => State::Precheck(
-                Box::pin(precheck_exec(ctx.binary.clone(), ctx.container.clone())),
-                Box::new(command),
+        let (state, hold) = match ctx.kind {
+            Kind::Run => (State::Spawn(Box::new(command)), Hold::Trailing(Vec::new())),
+            Kind::Exec => (
+                State::Precheck(
+                    Box::pin(precheck_exec(ctx.binary.clone(), ctx.container.clone())),
+                    Box::new(command),
+                ),
+                Hold::Leading(Some(Vec::new())),
             ),
         };
         ProcessStream {
             state,
             ctx,
-            held,
+            pipes: None,
+            hold,
             queue: VecDeque::new(),
+            spawned_at: SystemTime::now(),
+            recovery: None,
         }
     }
 
-    /// Exec: hold docker-client error lines until something else shows up,
-    /// so "No such container" becomes `SessionNotFound` instead of output.
-    fn release(&mut self, lines: Vec<OutputLine>) -> Vec<OutputLine> {
-        let Some(held) = self.held.as_mut() else {
-            return lines;
+    /// The client's pipes are closed and it exited with `status`: the end,
+    /// or (a lost run client) the start of a recovery.
+    fn exited(&mut self, status: io::Result<ExitStatus>) {
+        let status = match status {
+            Ok(status) => status,
+            Err(e) => {
+                self.state = State::Done;
+                self.queue
+                    .push_back(ProcessEvent::Failed(Error::RuntimeFailed {
+                        message: format!("waiting for the docker client failed: {e}"),
+                    }));
+                return;
+            }
         };
-        let client_errors = lines
-            .iter()
-            .all(|l| l.stream == OutputStream::Stderr && exit::looks_like_docker_error(&l.text));
-        if client_errors && held.len() + lines.len() <= HOLD_MAX {
-            held.extend(lines);
-            return Vec::new();
+        let code = exit::exit_code(status);
+        if self.recovery.is_some() {
+            return self.replay_ended(status, code);
         }
-        let mut out = self.held.take().unwrap_or_default();
-        if out.is_empty() {
-            return lines;
+        let mut lines = Vec::new();
+        let pipes = self.pipes.as_mut().expect("pipes exist once spawned");
+        let tail = pipes.take_tail();
+        let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+        let lost_message = match exit::classify(self.ctx.kind, code, &tail, None) {
+            Outcome::DockerLost(m) if self.ctx.kind == Kind::Run => Some(m),
+            _ => None,
+        };
+        if self.ctx.kind == Kind::Run && (signal.is_some() || lost_message.is_some()) {
+            // The client is gone, not (necessarily) the container.
+            let held = self.hold.take();
+            if lost_message.is_some() {
+                tracing::debug!(
+                    lines = held.len(),
+                    "docker client diagnostics kept out of the output"
+                );
+                // They are not in the container's log: the replay must not
+                // skip lines of the container's for them.
+                let client_lines = held.iter().filter(|l| !l.partial).count() as u64;
+                if let Some(pipes) = self.pipes.as_mut() {
+                    let pos = &mut pipes.stderr.pos;
+                    pos.lines = pos.lines.saturating_sub(client_lines);
+                }
+            } else if !held.is_empty() {
+                self.queue.push_back(ProcessEvent::Output(held));
+            }
+            let reason = recover::lost_reason(signal, lost_message.as_deref());
+            tracing::warn!(container = %self.ctx.container, "{reason}; waiting for the container itself and re-reading its output");
+            let docker = DockerCli::with_binary(&self.ctx.binary);
+            self.recovery = Some(Box::new(Recovery {
+                wait: recover::spawn_wait(&docker, &self.ctx.container),
+                reason,
+                replays: 0,
+            }));
+            return self.replay(tail);
         }
-        out.extend(lines);
-        out
+        pipes.finish(&mut lines);
+        let mut tail = tail;
+        tail.extend(pipes.take_tail());
+        let lines = self.hold.release(lines);
+        if !lines.is_empty() {
+            self.queue.push_back(ProcessEvent::Output(lines));
+        }
+        let held_text = self.hold.leading_text();
+        let outcome = exit::classify(self.ctx.kind, code, &tail, held_text.as_deref());
+        let swallow = match self.ctx.kind {
+            Kind::Exec => matches!(
+                outcome,
+                Outcome::SessionNotFound | Outcome::DockerUnavailable(_)
+            ),
+            Kind::Run => matches!(
+                outcome,
+                Outcome::DockerFailed(_) | Outcome::DockerUnavailable(_) | Outcome::DockerLost(_)
+            ),
+        };
+        let held = self.hold.take();
+        if swallow {
+            if !held.is_empty() {
+                tracing::debug!(
+                    lines = held.len(),
+                    "docker client diagnostics kept out of the output"
+                );
+            }
+        } else if !held.is_empty() {
+            self.queue.push_back(ProcessEvent::Output(held));
+        }
+        self.state = State::Finishing(Box::pin(terminal_event(outcome, self.ctx.clone())));
+    }
+
+    /// Start a client that replays the container's output (see
+    /// [`recover`]); without one, go straight to the real exit.
+    fn replay(&mut self, tail: Vec<String>) {
+        let recovery = self.recovery.as_mut().expect("recovering");
+        let pipes = self.pipes.as_mut().expect("pipes exist once spawned");
+        pipes.tail.extend(tail);
+        if recovery.replays < MAX_REPLAYS {
+            recovery.replays += 1;
+            let docker = DockerCli::with_binary(&self.ctx.binary);
+            match recover::logs_command(&docker, &self.ctx.container).spawn() {
+                Ok(mut child) => {
+                    pipes.replay_from(&mut child);
+                    self.state = State::Streaming(Box::new(child));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(container = %self.ctx.container, error = %e, "cannot start `docker logs`: the output after the loss is missing")
+                }
+            }
+        }
+        self.real_exit();
+    }
+
+    /// A replay client ended.
+    fn replay_ended(&mut self, status: ExitStatus, code: i32) {
+        let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+        let pipes = self.pipes.as_mut().expect("pipes exist once spawned");
+        if signal.is_some() {
+            // Lost too: another replay goes on from where this one got.
+            let tail = pipes.take_tail();
+            let held = self.hold.take();
+            if !held.is_empty() {
+                self.queue.push_back(ProcessEvent::Output(held));
+            }
+            return self.replay(tail);
+        }
+        let held = self.hold.take();
+        if code != 0 {
+            // `docker logs` failed (container gone, a log driver that
+            // cannot be read, daemon down): its words are not output.
+            let message = held
+                .iter()
+                .map(|l| l.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" / ");
+            tracing::warn!(container = %self.ctx.container, code, message, "`docker logs` failed: the output after the loss may be missing");
+        } else if !held.is_empty() {
+            self.queue.push_back(ProcessEvent::Output(held));
+        }
+        self.real_exit();
+    }
+
+    /// The output is over: deliver the unfinished lines, then the
+    /// container's real exit.
+    fn real_exit(&mut self) {
+        let mut lines = Vec::new();
+        if let Some(pipes) = self.pipes.as_mut() {
+            pipes.finish(&mut lines);
+        }
+        let mut lines = self.hold.release(lines);
+        lines.extend(self.hold.take());
+        if !lines.is_empty() {
+            self.queue.push_back(ProcessEvent::Output(lines));
+        }
+        let recovery = self.recovery.as_mut().expect("recovering");
+        let wait = recovery.wait.take();
+        let reason = recovery.reason.clone();
+        let binary = self.ctx.binary.clone();
+        let container = self.ctx.container.clone();
+        let since = self.spawned_at;
+        self.state = State::Finishing(Box::pin(async move {
+            recover::real_exit(&binary, &container, wait, since, &reason).await
+        }));
     }
 }
 
@@ -260,8 +537,10 @@ impl Stream for ProcessStream {
                         // `docker exec` prints its own OCI errors (126) on
                         // stdout, so an exec keeps the tail of both pipes.
                         let both = this.ctx.kind == Kind::Exec;
-                        let pipes = Pipes::new(&mut child, this.ctx.line_cap, both);
-                        this.state = State::Streaming(Box::new(Live { child, pipes }));
+                        this.pipes =
+                            Some(Box::new(Pipes::new(&mut child, this.ctx.line_cap, both)));
+                        this.spawned_at = SystemTime::now();
+                        this.state = State::Streaming(Box::new(child));
                         this.queue.push_back(ProcessEvent::Started {
                             container: this.ctx.container.clone(),
                         });
@@ -272,32 +551,38 @@ impl Stream for ProcessStream {
                             .push_back(ProcessEvent::Failed(spawn_error(&this.ctx.binary, &e)));
                     }
                 },
-                State::Streaming(live) if live.pipes.is_done() => {
-                    let State::Streaming(live) = std::mem::replace(&mut this.state, State::Done)
+                State::Streaming(_) if this.pipes.as_ref().is_some_and(|p| p.is_done()) => {
+                    let State::Streaming(child) = std::mem::replace(&mut this.state, State::Done)
                     else {
                         unreachable!()
                     };
-                    let Live { child, mut pipes } = *live;
-                    let held = this.held.take();
-                    let fut = finish_process(child, pipes.take_tail(), held, this.ctx.clone());
-                    this.state = State::Finishing(Box::pin(fut));
+                    let mut child = *child;
+                    this.state = State::Exiting(async move { child.wait().await }.boxed());
                 }
-                State::Streaming(live) => {
+                State::Streaming(_) => {
+                    let pipes = this.pipes.as_mut().expect("pipes exist once spawned");
                     let mut lines = Vec::new();
-                    match live.pipes.poll_read(cx, &mut lines) {
+                    match pipes.poll_read(cx, &mut lines) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(()) if lines.is_empty() => {}
                         Poll::Ready(()) => {
-                            let lines = this.release(lines);
+                            let lines = this.hold.release(lines);
                             if !lines.is_empty() {
                                 return Poll::Ready(Some(ProcessEvent::Output(lines)));
                             }
                         }
                     }
                 }
+                State::Exiting(fut) => match fut.as_mut().poll(cx) {
+                    Poll::Ready(status) => {
+                        this.state = State::Done;
+                        this.exited(status);
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
                 State::Finishing(fut) => match fut.as_mut().poll(cx) {
-                    Poll::Ready(events) => {
-                        this.queue.extend(events);
+                    Poll::Ready(event) => {
+                        this.queue.push_back(event);
                         this.state = State::Done;
                     }
                     Poll::Pending => return Poll::Pending,
@@ -308,40 +593,19 @@ impl Stream for ProcessStream {
     }
 }
 
-/// Wait for the client and map its exit (see [`exit::classify`]).
-async fn finish_process(
-    mut child: Child,
-    tail: Vec<String>,
-    held: Option<Vec<OutputLine>>,
-    ctx: ProcessContext,
-) -> Vec<ProcessEvent> {
-    let status = match child.wait().await {
-        Ok(status) => status,
-        Err(e) => {
-            return vec![ProcessEvent::Failed(Error::RuntimeFailed {
-                message: format!("waiting for the docker client failed: {e}"),
-            })]
-        }
-    };
-    let code = exit::exit_code(status);
-    let held_text: Option<Vec<String>> = held
-        .as_ref()
-        .map(|h| h.iter().map(|l| exit::clip(&l.text)).collect());
-    let outcome = exit::classify(ctx.kind, code, &tail, held_text.as_deref());
-    let mut events = Vec::with_capacity(2);
-    let swallow_held = matches!(
-        outcome,
-        Outcome::SessionNotFound | Outcome::DockerUnavailable(_)
-    );
-    if let Some(held) = held.filter(|h| !h.is_empty() && !swallow_held) {
-        events.push(ProcessEvent::Output(held));
-    }
-    events.push(match outcome {
+/// The terminal event of an `outcome` (looking up an exec's image for
+/// [`Error::AgentNotRunnable`]).
+async fn terminal_event(outcome: Outcome, ctx: ProcessContext) -> ProcessEvent {
+    match outcome {
         Outcome::Exited(code) => ProcessEvent::Exited { code },
         Outcome::DockerFailed(message) => ProcessEvent::Failed(Error::DockerFailed { message }),
         Outcome::DockerUnavailable(message) => {
             ProcessEvent::Failed(Error::DockerUnavailable { message })
         }
+        Outcome::DockerLost(message) => ProcessEvent::Failed(Error::DockerLost {
+            container: ctx.container.clone(),
+            message: format!("the connection to the Docker daemon broke: {message}"),
+        }),
         Outcome::SessionNotFound => ProcessEvent::Failed(Error::SessionNotFound {
             target: ctx.container.clone(),
         }),
@@ -359,8 +623,7 @@ async fn finish_process(
                 message,
             })
         }
-    });
-    events
+    }
 }
 
 /// Before an exec: is the target running? A target that is gone or
@@ -411,9 +674,24 @@ async fn container_image(binary: &std::path::Path, container: &str) -> Option<St
     (out.success && !image.is_empty()).then(|| image.to_string())
 }
 
+/// A spawned build client and its pipes.
+struct BuildLive {
+    child: Child,
+    pipes: Pipes,
+}
+
+enum BuildState {
+    /// Not spawned yet (spawning needs the tokio runtime of the poller).
+    Spawn(Box<Command>),
+    /// Reading the pipes (boxed: the pipes and buffers are large).
+    Streaming(Box<BuildLive>),
+    Finishing(BoxFuture<'static, Vec<BuildEvent>>),
+    Done,
+}
+
 /// The stream of a `docker build` client.
 pub(crate) struct BuildStream {
-    state: State<BuildEvent>,
+    state: BuildState,
     binary: PathBuf,
     image: String,
     iidfile: PathBuf,
@@ -424,7 +702,7 @@ pub(crate) struct BuildStream {
 impl BuildStream {
     pub(crate) fn new(command: Command, binary: PathBuf, image: String, iidfile: PathBuf) -> Self {
         BuildStream {
-            state: State::Spawn(Box::new(command)),
+            state: BuildState::Spawn(Box::new(command)),
             binary,
             image,
             iidfile,
@@ -450,34 +728,41 @@ impl Stream for BuildStream {
                 return Poll::Ready(Some(ev));
             }
             match &mut this.state {
-                State::Precheck(..) => unreachable!("builds have no precheck"),
-                State::Spawn(cmd) => match cmd.spawn() {
+                BuildState::Spawn(cmd) => match cmd.spawn() {
                     Ok(mut child) => {
                         // Build output has no line cap of its own; use the default.
                         let pipes = Pipes::new(&mut child, crate::runtime::DEFAULT_LINE_CAP, true);
-                        this.state = State::Streaming(Box::new(Live { child, pipes }));
+                        this.state = BuildState::Streaming(Box::new(BuildLive { child, pipes }));
                     }
                     Err(e) => {
-                        this.state = State::Done;
+                        this.state = BuildState::Done;
                         this.queue
                             .push_back(BuildEvent::Finished(Err(spawn_error(&this.binary, &e))));
                     }
                 },
-                State::Streaming(live) if live.pipes.is_done() => {
-                    let State::Streaming(live) = std::mem::replace(&mut this.state, State::Done)
+                BuildState::Streaming(live) if live.pipes.is_done() => {
+                    let BuildState::Streaming(live) =
+                        std::mem::replace(&mut this.state, BuildState::Done)
                     else {
                         unreachable!()
                     };
-                    let Live { child, mut pipes } = *live;
+                    let BuildLive { child, mut pipes } = *live;
+                    let mut lines = Vec::new();
+                    pipes.finish(&mut lines);
+                    if !lines.is_empty() {
+                        let texts = lines.into_iter().map(|l| l.text).collect();
+                        this.queue.push_back(BuildEvent::Output(texts));
+                    }
                     let fut = finish_build(
                         child,
                         super::build_log::BuildLog::clean_all(pipes.take_tail()),
+                        this.binary.clone(),
                         this.image.clone(),
                         this.iidfile.clone(),
                     );
-                    this.state = State::Finishing(Box::pin(fut));
+                    this.state = BuildState::Finishing(Box::pin(fut));
                 }
-                State::Streaming(live) => {
+                BuildState::Streaming(live) => {
                     let mut lines = Vec::new();
                     match live.pipes.poll_read(cx, &mut lines) {
                         Poll::Pending => return Poll::Pending,
@@ -493,14 +778,14 @@ impl Stream for BuildStream {
                         }
                     }
                 }
-                State::Finishing(fut) => match fut.as_mut().poll(cx) {
+                BuildState::Finishing(fut) => match fut.as_mut().poll(cx) {
                     Poll::Ready(events) => {
                         this.queue.extend(events);
-                        this.state = State::Done;
+                        this.state = BuildState::Done;
                     }
                     Poll::Pending => return Poll::Pending,
                 },
-                State::Done => return Poll::Ready(None),
+                BuildState::Done => return Poll::Ready(None),
             }
         }
     }
@@ -509,6 +794,7 @@ impl Stream for BuildStream {
 async fn finish_build(
     mut child: Child,
     tail: Vec<String>,
+    binary: PathBuf,
     image: String,
     iidfile: PathBuf,
 ) -> Vec<BuildEvent> {
@@ -520,15 +806,8 @@ async fn finish_build(
                 .filter(|s| !s.is_empty()),
         }),
         Ok(status) => {
-            if tail.iter().any(|l| exit::daemon_down(l)) {
-                let down: Vec<String> = tail
-                    .iter()
-                    .filter(|l| exit::daemon_down(l))
-                    .cloned()
-                    .collect();
-                Err(Error::DockerUnavailable {
-                    message: exit::docker_message(&down),
-                })
+            if let Some(message) = daemon_gone_during_build(&binary, &tail).await {
+                Err(Error::DockerUnavailable { message })
             } else {
                 Err(Error::BuildFailed {
                     image,
@@ -542,4 +821,36 @@ async fn finish_build(
         }),
     };
     vec![BuildEvent::Finished(result)]
+}
+
+/// The message to give when a failed build failed because the daemon went
+/// away, not because of the Dockerfile: its output says it could not
+/// reach the daemon, or ends with a broken connection (`unexpected EOF`)
+/// and the daemon does not answer `docker info` now. (A build step may
+/// print "unexpected EOF" itself; the check with the daemon tells.)
+async fn daemon_gone_during_build(binary: &std::path::Path, tail: &[String]) -> Option<String> {
+    let down: Vec<String> = tail
+        .iter()
+        .filter(|l| exit::daemon_down(l))
+        .cloned()
+        .collect();
+    if !down.is_empty() {
+        return Some(exit::docker_message(&down));
+    }
+    let last = tail.iter().rev().find(|l| !l.trim().is_empty())?;
+    if !exit::connection_lost(last) {
+        return None;
+    }
+    let args = ["info", "--format", "{{.ServerVersion}}"].map(Into::into);
+    let cmd = DockerCli::with_binary(binary).admin_command(&args);
+    let answers = matches!(
+        super::admin::run_admin(cmd, binary, Duration::from_secs(15)).await,
+        Ok(out) if out.success
+    );
+    (!answers).then(|| {
+        format!(
+            "the Docker daemon went away during the build ({}); it does not answer now",
+            exit::docker_message(std::slice::from_ref(last))
+        )
+    })
 }

@@ -1,0 +1,174 @@
+//! The state directory's one owner: every read and write of cldpd's state
+//! directory (`~/.cldpd`: `sessions/*.ndjson`, `images/*.json` and
+//! `*.lock`, `owners/*.json`, `key`) happens here, off the actor threads.
+//!
+//! - **Session logs** go through one dedicated thread per [`StateStore`]
+//!   (`cldpd-state`). A session encodes its events into its own buffer (the
+//!   hand-written encoder of [`crate::event`], on the session's thread) and
+//!   at the end of each batch *hands the bytes over* ([`crate::log`]): a
+//!   short lock, never a system call. A log with bytes waiting is queued
+//!   for the thread at most once, so the command channel holds at most one
+//!   write notice per live log (it is bounded by the number of logs, and
+//!   nothing ever waits to send); bytes handed over while a log waits in
+//!   the queue join the same write. The thread keeps the files open (up to
+//!   [`OPEN_LOGS`] at once), appends, builds the seq → offset index the
+//!   lagging subscribers read from, and records what it could not write
+//!   (see "Incomplete logs" in [`crate::log`]).
+//! - **Session log files are created** on that thread too (`O_EXCL`, which
+//!   keeps session ids unique across processes), in batches when many
+//!   sessions start at once, and touched there by the heartbeat.
+//! - **Other state I/O** (build records, the build lock, the state key,
+//!   adoption records, `/proc` reads, retention) runs as blocking tasks
+//!   ([`blocking`]): each is a one-off whose caller awaits its answer, and
+//!   some wait long (a build lock is held for a whole build), so they must
+//!   not queue behind (or in front of) the log writes.
+//!
+//! Nothing here blocks an actor thread: a session that produces output
+//! faster than the disk takes it is slowed by back-pressure on its runner
+//! (see [`crate::log::LogWriter::backlog`]), never by a write.
+
+pub(crate) mod key;
+pub(crate) mod lock;
+pub mod space;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, OnceLock};
+
+use tokio::sync::{oneshot, watch};
+
+use crate::error::{Error, Result};
+
+pub(crate) use writer::SharedLog;
+
+/// Most session log files the state thread holds open at once (more live
+/// sessions than this are written by opening their files again).
+pub const OPEN_LOGS: usize = 256;
+
+/// What the state thread is asked to do.
+pub(crate) enum Cmd {
+    /// A log has bytes handed over.
+    Write(Arc<SharedLog>),
+    /// A log's writer is gone: write what is left and close the file.
+    Close(Arc<SharedLog>),
+    /// Create the log file of a new session of `pod` under `dir`.
+    Create {
+        dir: PathBuf,
+        pod: String,
+        reply: oneshot::Sender<Result<String>>,
+    },
+    /// Mark these logs as belonging to live runs (modification time now).
+    Touch(Vec<PathBuf>),
+}
+
+/// Handle to the owner of one state directory's I/O. Cheap to clone; the
+/// thread ends when the last handle (and the last log writer) is gone.
+#[derive(Clone)]
+pub(crate) struct StateStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    tx: mpsc::Sender<Cmd>,
+    /// Bumped by the thread after every round of writes.
+    progress: Arc<watch::Sender<u64>>,
+    /// The state directory's hashing key, read (or made) once.
+    key: OnceLock<std::result::Result<[u8; 32], Arc<std::io::Error>>>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    /// The owner of `state_dir`'s I/O, with its thread started.
+    pub(crate) fn open(state_dir: &Path) -> StateStore {
+        let (tx, rx) = mpsc::channel();
+        let (progress, _) = watch::channel(0u64);
+        let progress = Arc::new(progress);
+        let thread_progress = progress.clone();
+        std::thread::Builder::new()
+            .name("cldpd-state".into())
+            .spawn(move || writer::run(rx, thread_progress))
+            .expect("cannot start the cldpd-state thread");
+        StateStore {
+            inner: Arc::new(Inner {
+                dir: state_dir.to_path_buf(),
+                tx,
+                progress,
+                key: OnceLock::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn send(&self, cmd: Cmd) {
+        // The thread only ends once every sender is gone.
+        let _ = self.inner.tx.send(cmd);
+    }
+
+    /// A receiver that changes after each round of writes.
+    pub(crate) fn progress(&self) -> watch::Receiver<u64> {
+        self.inner.progress.subscribe()
+    }
+
+    /// Create the log of a new session of `pod` (in `<state>/sessions`,
+    /// made if missing), under a fresh id `<pod>-<hex8>` no process has
+    /// used; returns the id.
+    pub(crate) async fn create_log(&self, pod: &str) -> Result<String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Cmd::Create {
+            dir: self.inner.dir.join("sessions"),
+            pod: pod.to_string(),
+            reply,
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(Error::internal("the cldpd-state thread is gone")))
+    }
+
+    /// Touch the logs of live runs (see [`crate::log::HEARTBEAT`]).
+    pub(crate) fn touch(&self, paths: Vec<PathBuf>) {
+        if !paths.is_empty() {
+            self.send(Cmd::Touch(paths));
+        }
+    }
+
+    /// The state directory's hashing key (made on first use; see
+    /// [`key`]). Blocking: call it from a blocking task.
+    pub(crate) fn key_blocking(&self) -> Result<[u8; 32]> {
+        self.inner
+            .key
+            .get_or_init(|| key::load_or_create(&self.inner.dir).map_err(Arc::new))
+            .clone()
+            .map_err(|source| Error::Io {
+                context: format!(
+                    "cannot read or create the state key {}",
+                    key::path(&self.inner.dir).display()
+                ),
+                source,
+            })
+    }
+}
+
+/// Run blocking file-system work off the actor threads and await it.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("a state-directory task failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests;
+
+/// A spare emptied log buffer, for a session's next large batch.
+pub(crate) fn writer_spare() -> Option<Vec<u8>> {
+    writer::take_spare()
+}
