@@ -483,6 +483,46 @@ fn doctor_names_a_bad_pod_once_per_fail_line() {
     }
 }
 
+/// On a terminal (a pseudo-terminal from util-linux's `script`) doctor's
+/// FAIL and the error prefix are red; NO_COLOR or a pipe: no escapes.
+#[test]
+fn colour_on_a_terminal_unless_no_color() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let line = format!(
+        "{} --pods-dir {} doctor",
+        env!("CARGO_BIN_EXE_cldpd"),
+        pods.path().display()
+    );
+    let on_tty = |no_color: Option<&str>| {
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env("CLDPD_DOCKER", "/nonexistent/docker")
+            .env("CLDPD_STATE_DIR", state.path())
+            .env_remove("NO_COLOR")
+            .stdin(std::process::Stdio::null());
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        run(cmd, LIMIT)
+    };
+    let out = on_tty(None);
+    assert!(
+        out.stdout.contains("\x1b[1;31mFAIL\x1b[0m"),
+        "{:?}",
+        out.stdout
+    );
+    let out = on_tty(Some("1"));
+    assert!(out.stdout.contains("FAIL"), "{:?}", out.stdout);
+    assert!(!out.stdout.contains('\x1b'), "{:?}", out.stdout);
+    // Not a terminal: plain.
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.env("CLDPD_DOCKER", "/nonexistent/docker").arg("doctor");
+    let out = run(cmd, LIMIT);
+    assert!(out.stdout.contains("FAIL"), "{}", out.stdout);
+    assert!(!out.stdout.contains('\x1b') && !out.stderr.contains('\x1b'));
+}
+
 #[test]
 fn a_missing_task_is_a_usage_error_exit_2() {
     let pods = tempfile::tempdir().unwrap();

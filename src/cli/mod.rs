@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use cldpd::{Dispatcher, Settings};
 
+mod colour;
 mod commands;
 mod detach;
 mod drive;

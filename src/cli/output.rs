@@ -223,7 +223,12 @@ impl Ui {
 
     /// `cldpd: <message>` and `hint: <hint>` on stderr.
     pub fn error(&mut self, e: &CliError) {
-        let mut text = format!("cldpd: {}\n", e.message);
+        use super::colour::{on_stderr, paint, Colour};
+        let mut text = format!(
+            "{} {}\n",
+            paint(on_stderr(), Colour::Red, "cldpd:"),
+            e.message
+        );
         if let Some(hint) = &e.hint {
             text.push_str(&format!("hint: {hint}\n"));
         }

@@ -179,8 +179,14 @@ impl Renderer {
                 short_duration(std::time::Duration::from_millis(*delay_ms))
             )),
             EventKind::ContainerExited { code } => {
+                use crate::cli::colour::{on_stderr, paint, Colour};
                 ui.spin_end();
-                ui.status(format_args!("exited {code}"));
+                let colour = if *code == 0 {
+                    Colour::Green
+                } else {
+                    Colour::Red
+                };
+                ui.status(paint(on_stderr(), colour, &format!("exited {code}")));
             }
             EventKind::Error { message, .. } => {
                 ui.spin_end();

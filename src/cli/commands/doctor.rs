@@ -58,11 +58,12 @@ impl Report {
         what: impl std::fmt::Display,
         hint: Option<String>,
     ) {
+        use crate::cli::colour::{on_stdout, paint, Colour};
         let tag = match level {
-            Level::Ok => "ok  ",
-            Level::Warn => "warn",
-            Level::Skip => "skip",
-            Level::Fail => "FAIL",
+            Level::Ok => paint(on_stdout(), Colour::Green, "ok  "),
+            Level::Warn => paint(on_stdout(), Colour::Yellow, "warn"),
+            Level::Skip => "skip".to_string(),
+            Level::Fail => paint(on_stdout(), Colour::Red, "FAIL"),
         };
         self.checks += 1;
         if level == Level::Fail {
