@@ -191,6 +191,7 @@ impl DispatcherActor {
         let mounts = pod.resolve_mounts()?;
         let lookup = self.settings.env_lookup.clone();
         let env = pod.resolve_env(&move |name: &str| lookup(name))?;
+        pod.check_argument_size(&prompt, &env)?;
         let template = match (cached, policy) {
             (Some(t), _) => t,
             (None, policy) => {
@@ -660,7 +661,9 @@ impl Handler<Resume> for DispatcherActor {
         if self.shutting_down {
             return Box::pin(actix::fut::ready(Err(Error::ShuttingDown)));
         }
-        if let Err(e) = pod::validate_prompt(&msg.prompt) {
+        if let Err(e) = pod::validate_prompt(&msg.prompt)
+            .and_then(|()| pod::limits::check_follow_up(&msg.prompt))
+        {
             return Box::pin(actix::fut::ready(Err(e)));
         }
         let list = guarded("the runtime's list", self.runtime.list());

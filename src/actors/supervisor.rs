@@ -163,6 +163,7 @@ impl RestartTracker {
             (RestartPolicy::Never, _) => false,
             // Errors that another attempt cannot fix are not retried.
             (_, Ending::Failed(Error::AgentNotRunnable { .. }))
+            | (_, Ending::Failed(Error::ArgumentsTooLong { .. }))
             | (_, Ending::Failed(Error::DockerFailed { .. }))
             | (_, Ending::Failed(Error::Internal { .. }))
             | (_, Ending::Failed(Error::Log { .. })) => false,
@@ -366,6 +367,22 @@ mod tests {
             ),
             Decision::Finish
         ));
+    }
+
+    #[test]
+    fn a_command_line_over_the_limit_is_not_retried() {
+        let mut t = RestartTracker::default();
+        let e = Error::ArgumentsTooLong {
+            what: "the prompt".into(),
+            bytes: 200_000,
+            limit: 131_071,
+        };
+        for restart in [RestartPolicy::OnFailure, RestartPolicy::Always] {
+            assert!(matches!(
+                t.decide(&policy(restart), &Ending::Failed(e.clone()), Instant::now()),
+                Decision::Finish
+            ));
+        }
     }
 
     #[test]

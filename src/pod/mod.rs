@@ -62,6 +62,7 @@ pub(crate) mod agent;
 mod config;
 mod discover;
 mod issue;
+pub mod limits;
 mod name;
 mod suggest;
 #[cfg(test)]

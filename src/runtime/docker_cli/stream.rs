@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 use super::exit::{self, Kind, Outcome};
-use super::{spawn_error, DockerCli};
+use super::{spawn_failure, DockerCli};
 use crate::error::Error;
 use crate::event::OutputStream;
 use crate::runtime::{BuildEvent, LineDecoder, OutputLine, ProcessEvent};
@@ -267,9 +267,9 @@ impl Stream for ProcessStream {
                         });
                     }
                     Err(e) => {
+                        let failure = spawn_failure(&this.ctx.binary, &e, cmd);
                         this.state = State::Done;
-                        this.queue
-                            .push_back(ProcessEvent::Failed(spawn_error(&this.ctx.binary, &e)));
+                        this.queue.push_back(ProcessEvent::Failed(failure));
                     }
                 },
                 State::Streaming(live) if live.pipes.is_done() => {
@@ -456,9 +456,9 @@ impl Stream for BuildStream {
                         this.state = State::Streaming(Box::new(Live { child, pipes }));
                     }
                     Err(e) => {
+                        let failure = spawn_failure(&this.binary, &e, cmd);
                         this.state = State::Done;
-                        this.queue
-                            .push_back(BuildEvent::Finished(Err(spawn_error(&this.binary, &e))));
+                        this.queue.push_back(BuildEvent::Finished(Err(failure)));
                     }
                 },
                 State::Streaming(live) if live.pipes.is_done() => {
