@@ -193,6 +193,19 @@ pub enum Error {
         /// Docker's stderr.
         message: String,
     },
+    /// The docker client's command line (arguments plus environment) is
+    /// over the Linux limit: one string over 128 KiB, or all of them over
+    /// `ARG_MAX`. Caught before spawning where the size is known (see
+    /// [`crate::pod::limits`]), or from the spawn's `E2BIG`. Never retried.
+    #[error("{what} is {bytes} bytes, over the limit of {limit} bytes that Linux allows for a command line")]
+    ArgumentsTooLong {
+        /// What is too long (e.g. "the prompt (template.md plus the task)").
+        what: String,
+        /// Its size.
+        bytes: usize,
+        /// The limit it is over.
+        limit: usize,
+    },
     /// The runtime failed while the container was running.
     #[error("container runtime failed: {message}")]
     RuntimeFailed {
@@ -340,6 +353,7 @@ impl Error {
             Error::DockerFailed { .. } => "docker_failed",
             Error::DockerLost { .. } => "docker_lost",
             Error::AgentNotRunnable { .. } => "agent_not_runnable",
+            Error::ArgumentsTooLong { .. } => "arguments_too_long",
             Error::RuntimeFailed { .. } => "runtime_failed",
             Error::SessionNotFound { .. } => "session_not_found",
             Error::AmbiguousTarget { .. } => "ambiguous_target",
@@ -421,6 +435,7 @@ impl Error {
             Error::AgentNotRunnable { image, command, .. } => format!(
                 "install `{command}` in image `{image}` (for Claude Code: `RUN npm install -g @anthropic-ai/claude-code` in the Dockerfile) or set agentCommand in pod.json"
             ),
+            Error::ArgumentsTooLong { .. } => "shorten the prompt or the pod's template.md (put long material in a file the agent can read, e.g. a mount, and name it in the prompt), or use fewer or shorter env / inheritEnv / buildArgs entries".to_string(),
             Error::SessionNotFound { .. } => "list live runs with `cldpd ps`".to_string(),
             Error::AmbiguousTarget { .. } => "name one session id instead of the pod".to_string(),
             Error::StopFailed { container, .. } => format!(

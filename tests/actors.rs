@@ -656,6 +656,46 @@ async fn a_panicking_build_fails_its_run_only() {
 // ----- invariant 8: bad input ------------------------------------------------
 
 #[actix::test]
+async fn a_command_line_over_the_linux_limit_is_refused_before_anything_runs() {
+    let (dirs, rt, d) = setup(&[("web", None)]);
+    let env: String = (0..100_000)
+        .map(|i| format!("\"VAR_{i}\": \"x\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    dirs.add_pod("manyenv", Some(&format!("{{ \"env\": {{ {env} }} }}")));
+    let huge = "p".repeat(200_000);
+    // The batch pre-check (validate) and the start both refuse, naming what.
+    for result in [
+        d.validate(StartRequest::prompt("web", huge.clone())).await,
+        d.start(StartRequest::prompt("web", huge.clone()))
+            .await
+            .map(|_| ()),
+    ] {
+        match result {
+            Err(Error::ArgumentsTooLong { what, bytes, .. }) => {
+                assert!(what.contains("prompt"), "{what}");
+                assert_eq!(bytes, 200_000);
+            }
+            other => panic!("expected ArgumentsTooLong, got {other:?}"),
+        }
+    }
+    match d.validate(StartRequest::prompt("manyenv", "task")).await {
+        Err(e @ Error::ArgumentsTooLong { .. }) => {
+            assert!(e.to_string().contains("100000 env entries"), "{e}");
+            assert!(e.hint().unwrap().contains("fewer"), "{:?}", e.hint());
+        }
+        other => panic!("expected ArgumentsTooLong, got {other:?}"),
+    }
+    // A follow-up too long for `docker exec` is refused the same way,
+    // before any container is looked up.
+    assert!(matches!(
+        d.resume("web", huge).await,
+        Err(Error::ArgumentsTooLong { .. })
+    ));
+    assert!(rt.runs().is_empty() && rt.execs().is_empty(), "nothing ran");
+}
+
+#[actix::test]
 async fn bad_input_gives_its_own_error_and_creates_nothing() {
     let (dirs, rt, d) = setup(&[("web", None)]);
     std::fs::create_dir_all(dirs.pods().join("nodockerfile")).unwrap();

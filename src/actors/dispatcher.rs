@@ -178,6 +178,9 @@ impl DispatcherActor {
         let mounts = pod.resolve_mounts()?;
         let lookup = self.settings.env_lookup.clone();
         let env = pod.resolve_env(&move |name: &str| lookup(name))?;
+        // The prompt goes on the agent's stdin (never argv): only the rest
+        // of the command line counts against the kernel's limits.
+        pod.check_argument_size("", &env)?;
         let template = match (cached, policy) {
             (Some(t), _) => t,
             (None, policy) => {
@@ -882,7 +885,10 @@ impl Handler<Resume> for DispatcherActor {
         if self.shutting_down {
             return Box::pin(actix::fut::ready(Err(Error::ShuttingDown)));
         }
-        if let Err(e) = pod::validate_prompt(&msg.prompt) {
+        // The follow-up goes on stdin, so its length is not limited by argv.
+        if let Err(e) = pod::validate_prompt(&msg.prompt)
+            .and_then(|()| pod::limits::check_follow_up(""))
+        {
             return Box::pin(actix::fut::ready(Err(e)));
         }
         let list = guarded("the runtime's list", self.runtime.list());

@@ -166,6 +166,7 @@ impl RestartTracker {
             (RestartPolicy::Never, _) => false,
             // Errors that another attempt cannot fix are not retried.
             (_, Ending::Failed(Error::AgentNotRunnable { .. }))
+            | (_, Ending::Failed(Error::ArgumentsTooLong { .. }))
             | (_, Ending::Failed(Error::DockerFailed { .. }))
             // The container may still exist: another one could run beside it.
             | (_, Ending::Failed(Error::DockerLost { .. }))
@@ -389,6 +390,22 @@ mod tests {
             ),
             Decision::Finish
         ));
+    }
+
+    #[test]
+    fn a_command_line_over_the_limit_is_not_retried() {
+        let mut t = RestartTracker::default();
+        let e = Error::ArgumentsTooLong {
+            what: "the prompt".into(),
+            bytes: 200_000,
+            limit: 131_071,
+        };
+        for restart in [RestartPolicy::OnFailure, RestartPolicy::Always] {
+            assert!(matches!(
+                t.decide(&policy(restart), &Ending::Failed(e.clone()), Instant::now()),
+                Decision::Finish
+            ));
+        }
     }
 
     #[test]

@@ -271,6 +271,12 @@ impl Pod {
         }
         let config_path = self.config_path();
         problems.extend(self.config.problems(&self.name, &config_path));
+        // The command line of a run (a name that is invalid is already
+        // reported above). The prompt, template included, goes on the
+        // agent's stdin, so it does not count.
+        if let Ok(env) = self.resolve_env(&|name| std::env::var(name).ok()) {
+            problems.extend(self.check_argument_size("", &env).err());
+        }
         for (i, mount) in self.config.mounts.iter().enumerate() {
             // A source whose syntax is wrong is already reported above.
             if mount_source_problem(&config_path, i, &mount.source).is_none() {
@@ -753,6 +759,33 @@ mod tests {
                 .unwrap(),
             []
         );
+    }
+
+    #[test]
+    fn check_reports_a_command_line_over_the_linux_limit() {
+        let env: Vec<String> = (0..100_000)
+            .map(|i| format!("\"VAR_{i}\": \"x\""))
+            .collect();
+        let many = pods();
+        let json = format!("{{\"env\": {{{}}}}}", env.join(","));
+        make_pod(many.path(), "many", Some(&json));
+        let pod = Pod::discover(many.path(), "many").unwrap();
+        let problems = pod.check();
+        assert!(
+            matches!(problems[..], [Error::ArgumentsTooLong { .. }]),
+            "{problems:?}"
+        );
+        let root = pods();
+        let dir = make_pod(root.path(), "web", None);
+        fs::write(dir.join(TEMPLATE_FILE), "t".repeat(140_000)).unwrap();
+        let pod = Pod::discover(root.path(), "web").unwrap();
+        match &pod.check()[..] {
+            [Error::ArgumentsTooLong { what, .. }] => assert!(what.contains("template.md")),
+            other => panic!("{other:?}"),
+        }
+        fs::write(dir.join(TEMPLATE_FILE), "t".repeat(100_000)).unwrap();
+        let pod = Pod::discover(root.path(), "web").unwrap();
+        assert!(pod.check().is_empty(), "{:?}", pod.check());
     }
 
     #[test]

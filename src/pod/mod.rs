@@ -61,6 +61,7 @@
 mod config;
 mod discover;
 mod issue;
+pub mod limits;
 mod name;
 mod suggest;
 #[cfg(test)]

@@ -96,7 +96,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use tokio::process::Command;
 
-pub(crate) use self::admin::spawn_error;
+pub(crate) use self::admin::spawn_failure;
 use self::admin::{run_admin, runtime_failed, stop_result, unavailable, AdminError, AdminOutput};
 use self::clients::Clients;
 use self::exit::Kind;
@@ -665,6 +665,36 @@ mod tests {
         match &events[0] {
             BuildEvent::Finished(Err(e)) => assert_unavailable(e),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// An argument over Linux's 128 KiB per-string limit makes the spawn of
+    /// the client fail with E2BIG: that is a command line too long, naming
+    /// the argument, not "docker is not available" (issue 9 item 9).
+    #[tokio::test]
+    async fn e2big_at_spawn_is_arguments_too_long() {
+        // Any real program: execve refuses before running it.
+        let d = DockerCli::with_binary("/bin/sh");
+        let spec = RunSpec {
+            session: "s".into(),
+            pod: "p".into(),
+            container: "c".into(),
+            image: "i".into(),
+            command: vec!["claude".into(), "-p".into(), "x".repeat(200_000)],
+            env: vec![],
+            workdir: None,
+            mounts: vec![],
+            labels: Default::default(),
+            resources: Default::default(),
+            line_cap: 1024,
+        };
+        let events: Vec<_> = d.run(spec).collect().await;
+        match &events[..] {
+            [ProcessEvent::Failed(Error::ArgumentsTooLong { what, bytes, limit })] => {
+                assert!(what.contains("prompt"), "{what}");
+                assert_eq!((*bytes, *limit), (200_000, 131_071));
+            }
+            other => panic!("expected ArgumentsTooLong, got {other:?}"),
         }
     }
 

@@ -21,6 +21,18 @@ pub(crate) fn spawn_error(binary: &Path, err: &io::Error) -> Error {
     }
 }
 
+/// The error for a `docker run` / `exec` / `build` client that cannot be
+/// started: [`spawn_error`], except that `E2BIG` (the command line is over
+/// the Linux limit) is [`Error::ArgumentsTooLong`], saying what is too long;
+/// not "docker is not available", and not retried.
+pub(crate) fn spawn_failure(binary: &Path, err: &io::Error, cmd: &Command) -> Error {
+    if err.kind() != io::ErrorKind::ArgumentListTooLong {
+        return spawn_error(binary, err);
+    }
+    let cmd = cmd.as_std();
+    crate::pod::limits::spawn_error(cmd.get_program(), &mut cmd.get_args(), &mut cmd.get_envs())
+}
+
 /// What a finished admin command printed.
 pub(crate) struct AdminOutput {
     pub(crate) success: bool,

@@ -38,7 +38,7 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 use super::exit::{self, Kind, Outcome};
 use super::recover::{self, Position, Skip, MAX_REPLAYS};
-use super::{spawn_error, DockerCli};
+use super::{spawn_failure, DockerCli};
 use crate::error::Error;
 use crate::event::OutputStream;
 use crate::runtime::{BuildEvent, LineDecoder, OutputLine, ProcessEvent};
@@ -581,9 +581,9 @@ impl Stream for ProcessStream {
                         });
                     }
                     Err(e) => {
+                        let failure = spawn_failure(&this.ctx.binary, &e, cmd);
                         this.state = State::Done;
-                        this.queue
-                            .push_back(ProcessEvent::Failed(spawn_error(&this.ctx.binary, &e)));
+                        this.queue.push_back(ProcessEvent::Failed(failure));
                     }
                 },
                 State::Streaming(_) if this.pipes.as_ref().is_some_and(|p| p.is_done()) => {
@@ -781,9 +781,9 @@ impl Stream for BuildStream {
                         this.state = BuildState::Streaming(Box::new(BuildLive { child, pipes }));
                     }
                     Err(e) => {
+                        let failure = spawn_failure(&this.binary, &e, cmd);
                         this.state = BuildState::Done;
-                        this.queue
-                            .push_back(BuildEvent::Finished(Err(spawn_error(&this.binary, &e))));
+                        this.queue.push_back(BuildEvent::Finished(Err(failure)));
                     }
                 },
                 BuildState::Streaming(live) if live.pipes.is_done() => {
