@@ -777,13 +777,9 @@ mod tests {
         );
         let root = pods();
         let dir = make_pod(root.path(), "web", None);
-        fs::write(dir.join(TEMPLATE_FILE), "t".repeat(140_000)).unwrap();
-        let pod = Pod::discover(root.path(), "web").unwrap();
-        match &pod.check()[..] {
-            [Error::ArgumentsTooLong { what, .. }] => assert!(what.contains("template.md")),
-            other => panic!("{other:?}"),
-        }
-        fs::write(dir.join(TEMPLATE_FILE), "t".repeat(100_000)).unwrap();
+        // The template goes on the agent's stdin with the prompt, so a long
+        // one is no command-line problem.
+        fs::write(dir.join(TEMPLATE_FILE), "t".repeat(1 << 20)).unwrap();
         let pod = Pod::discover(root.path(), "web").unwrap();
         assert!(pod.check().is_empty(), "{:?}", pod.check());
     }

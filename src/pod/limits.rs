@@ -156,7 +156,7 @@ pub(crate) fn spawn_error(
     };
     for arg in args {
         note(
-            "an argument of the docker command (the prompt, most likely)",
+            "an argument of the docker command",
             arg.len(),
             &mut total,
         );
@@ -253,7 +253,7 @@ mod tests {
             &mut std::iter::empty(),
         );
         let (what, bytes, limit) = too_long(Err(err));
-        assert!(what.contains("prompt"), "{what}");
+        assert!(what.contains("argument"), "{what}");
         assert_eq!((bytes, limit), (200_000, MAX_ARG_BYTES - 1));
         let many: Vec<String> = (0..200_000).map(|i| format!("NAME_{i}")).collect();
         let err = spawn_error(

@@ -687,11 +687,13 @@ mod tests {
             labels: Default::default(),
             resources: Default::default(),
             line_cap: 1024,
+            stdin: None,
+            network: None,
         };
         let events: Vec<_> = d.run(spec).collect().await;
         match &events[..] {
             [ProcessEvent::Failed(Error::ArgumentsTooLong { what, bytes, limit })] => {
-                assert!(what.contains("prompt"), "{what}");
+                assert!(what.contains("argument"), "{what}");
                 assert_eq!((*bytes, *limit), (200_000, 131_071));
             }
             other => panic!("expected ArgumentsTooLong, got {other:?}"),
@@ -840,6 +842,8 @@ mod tests {
             labels: Default::default(),
             resources: Default::default(),
             line_cap: 1024,
+            stdin: None,
+            network: None,
         }
     }
 
