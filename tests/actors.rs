@@ -678,7 +678,10 @@ async fn a_command_line_over_the_linux_limit_is_refused_before_anything_runs() {
     }
     match d.start(StartRequest::prompt("manyenv", "task")).await {
         Err(Error::ArgumentsTooLong { .. }) => {}
-        other => panic!("expected ArgumentsTooLong, got {:?}", other.map(|s| s.id().to_string())),
+        other => panic!(
+            "expected ArgumentsTooLong, got {:?}",
+            other.map(|s| s.id().to_string())
+        ),
     }
     assert!(rt.runs().is_empty() && rt.execs().is_empty(), "nothing ran");
 }

@@ -496,7 +496,13 @@ async fn a_prompt_that_starts_with_a_dash_reaches_the_agent_as_text() {
     let start = args(&seen);
     assert_eq!(
         start[..5],
-        ["-p", "--output-format", "stream-json", "--verbose", "--session-id"],
+        [
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--session-id"
+        ],
         "{start:?}"
     );
     assert_eq!(start.len(), 6, "{start:?}");

@@ -886,8 +886,8 @@ impl Handler<Resume> for DispatcherActor {
             return Box::pin(actix::fut::ready(Err(Error::ShuttingDown)));
         }
         // The follow-up goes on stdin, so its length is not limited by argv.
-        if let Err(e) = pod::validate_prompt(&msg.prompt)
-            .and_then(|()| pod::limits::check_follow_up(""))
+        if let Err(e) =
+            pod::validate_prompt(&msg.prompt).and_then(|()| pod::limits::check_follow_up(""))
         {
             return Box::pin(actix::fut::ready(Err(e)));
         }

@@ -155,11 +155,7 @@ pub(crate) fn spawn_error(
         }
     };
     for arg in args {
-        note(
-            "an argument of the docker command",
-            arg.len(),
-            &mut total,
-        );
+        note("an argument of the docker command", arg.len(), &mut total);
     }
     for (name, value) in envs {
         if let Some(value) = value {
