@@ -10,35 +10,12 @@ mod support;
 
 use std::time::Duration;
 
-use cldpd::{Dispatcher, Event, EventKind, Settings, StartRequest};
+use cldpd::{EventKind, StartRequest};
 use futures_util::StreamExt;
-use support::docker::{containers_with_label, require_docker, wait_until, TestPod};
-
-fn dispatcher(pod: &TestPod, state: &tempfile::TempDir) -> Dispatcher {
-    Dispatcher::docker(Settings::new(pod.pods_dir(), state.path()).workers(2))
-}
-
-async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {secs}s waiting for {what}"))
-}
-
-/// Read events until `pred` matches one; returns the events so far.
-async fn until(
-    events: &mut cldpd::EventStream,
-    mut pred: impl FnMut(&Event) -> bool,
-) -> Vec<Event> {
-    let mut seen = Vec::new();
-    while let Some(ev) = events.next().await {
-        let hit = pred(&ev);
-        seen.push(ev);
-        if hit {
-            return seen;
-        }
-    }
-    panic!("the stream ended first: {seen:#?}");
-}
+use support::docker::{
+    containers_with_label, dispatcher, require_docker, until, wait_until, TestPod,
+};
+use support::fault::within;
 
 fn assert_nothing_left(pod: &TestPod) {
     assert_eq!(

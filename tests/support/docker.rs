@@ -435,3 +435,26 @@ where
 fn lines_of(text: String) -> Vec<String> {
     text.split_whitespace().map(str::to_string).collect()
 }
+
+/// A dispatcher on the default Docker backend over `pod`'s pods directory
+/// and the state directory `state`.
+pub fn dispatcher(pod: &TestPod, state: &tempfile::TempDir) -> cldpd::Dispatcher {
+    cldpd::Dispatcher::docker(cldpd::Settings::new(pod.pods_dir(), state.path()).workers(2))
+}
+
+/// Read events until `pred` matches one; returns the events so far.
+pub async fn until(
+    events: &mut cldpd::EventStream,
+    mut pred: impl FnMut(&cldpd::Event) -> bool,
+) -> Vec<cldpd::Event> {
+    use futures_util::StreamExt;
+    let mut seen = Vec::new();
+    while let Some(ev) = events.next().await {
+        let hit = pred(&ev);
+        seen.push(ev);
+        if hit {
+            return seen;
+        }
+    }
+    panic!("the stream ended first: {seen:#?}");
+}
