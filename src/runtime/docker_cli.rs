@@ -676,19 +676,8 @@ mod tests {
         // Any real program: execve refuses before running it.
         let d = DockerCli::with_binary("/bin/sh");
         let spec = RunSpec {
-            session: "s".into(),
-            pod: "p".into(),
-            container: "c".into(),
-            image: "i".into(),
             command: vec!["claude".into(), "-p".into(), "x".repeat(200_000)],
-            env: vec![],
-            workdir: None,
-            mounts: vec![],
-            labels: Default::default(),
-            resources: Default::default(),
-            line_cap: 1024,
-            stdin: None,
-            network: None,
+            ..run_spec()
         };
         let events: Vec<_> = d.run(spec).collect().await;
         match &events[..] {
