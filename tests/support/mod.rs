@@ -4,4 +4,5 @@
 
 pub mod claude;
 pub mod docker;
+pub mod engine;
 pub mod fault;

@@ -1,0 +1,232 @@
+//! The `cldpd` binary against a second, private Docker engine reached
+//! through `DOCKER_HOST` (tests/support/engine.rs: its own `dockerd` in a
+//! network namespace of its own), with the default backend and with
+//! `CLDPD_RUNTIME=cli`:
+//!
+//! - build, run, list and stop happen on that engine and nowhere else;
+//! - killing the engine (SIGKILL) mid-run ends the run with a clear error
+//!   within a bounded time, nothing hangs, and once the engine is back
+//!   `ps -a` shows the lost run and `stop --orphans` leaves nothing behind.
+//!
+//! Needs root, `ip`, `nsenter` and `dockerd` besides a reachable Docker
+//! (the machine's engine is checked to be untouched). Without them these
+//! tests are skipped, except under `CI=true`, where they fail.
+
+mod cli_support;
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use cli_support::{cldpd, run, Live, LIMIT};
+use support::docker::{docker, require_docker, unique_name, BUSYBOX};
+use support::engine::{require_private_engine, PrivateEngine};
+
+/// The backends to prove: the default one, and the CLI backend by name.
+const BACKENDS: &[Option<&str>] = &[None, Some("cli")];
+
+/// How long a build plus the start of a container may take.
+const STARTUP: Duration = Duration::from_secs(90);
+
+/// Prints `ready`, then waits until signalled.
+const WAITER: &str = "#!/bin/sh\necho ready\nwhile :; do sleep 0.2; done\n";
+
+/// A busybox pod named `name` in a fresh pods directory. Its runs have no
+/// network (the private engine has no bridge, and a sandboxed run is what
+/// a restarted engine restores most simply).
+fn pod(name: &str) -> tempfile::TempDir {
+    let pods = tempfile::Builder::new()
+        .prefix("cldpd-eng-pods-")
+        .tempdir()
+        .unwrap();
+    let dir = pods.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(BUSYBOX, dir.join("busybox")).expect("copy busybox");
+    std::fs::write(dir.join("claude"), WAITER).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCOPY claude /bin/claude\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("pod.json"),
+        r#"{"agentOutput": "text", "network": "none"}"#,
+    )
+    .unwrap();
+    pods
+}
+
+/// A `cldpd` command aimed at `engine`, with `backend` chosen.
+fn cmd(
+    pods: &std::path::Path,
+    state: &std::path::Path,
+    engine: &PrivateEngine,
+    backend: Option<&str>,
+) -> Command {
+    let mut c = cldpd(pods, state);
+    c.env("DOCKER_HOST", engine.host());
+    match backend {
+        Some(b) => c.env("CLDPD_RUNTIME", b),
+        None => c.env_remove("CLDPD_RUNTIME"),
+    };
+    c
+}
+
+fn name_for(backend: Option<&str>) -> String {
+    format!("{}-{}", unique_name(), backend.unwrap_or("default"))
+}
+
+/// The machine's own engine knows nothing of `pod_name`: no container, no
+/// image.
+fn main_engine_untouched(pod_name: &str) {
+    let out = docker([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=cldpd.pod={pod_name}"),
+    ]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "the machine's engine has containers of {pod_name}"
+    );
+    let out = docker(["image", "inspect", &format!("cldpd-{pod_name}")]);
+    assert!(
+        !out.status.success(),
+        "the machine's engine has the image cldpd-{pod_name}"
+    );
+}
+
+#[test]
+fn a_private_engine_reached_through_docker_host_builds_runs_lists_and_stops() {
+    if !require_docker() || !require_private_engine() {
+        return;
+    }
+    let engine = PrivateEngine::start();
+    for backend in BACKENDS.iter().copied() {
+        let name = name_for(backend);
+        let pods = pod(&name);
+        let state = tempfile::tempdir().unwrap();
+        let c = || cmd(pods.path(), state.path(), &engine, backend);
+
+        let mut start = c();
+        start.args(["start", &name, "--prompt", "hello"]);
+        let live = Live::spawn(start);
+        let id = live.session_id(STARTUP);
+        live.wait_stdout("ready\n", STARTUP);
+
+        // Listed by cldpd, present on the private engine, not on the
+        // machine's.
+        let mut ps = c();
+        ps.arg("ps");
+        let listed = run(ps, LIMIT);
+        listed.expect_code(0);
+        assert!(
+            listed.stdout.contains(&id),
+            "{backend:?}: {}",
+            listed.stdout
+        );
+        assert_eq!(
+            engine
+                .containers_with_label(&format!("cldpd.session={id}"))
+                .len(),
+            1,
+            "{backend:?}: the run's container on the private engine"
+        );
+        let out = engine.docker(["image", "inspect", &format!("cldpd-{name}")]);
+        assert!(
+            out.status.success(),
+            "{backend:?}: image on the private engine"
+        );
+        main_engine_untouched(&name);
+
+        let mut stop = c();
+        stop.args(["stop", &id]);
+        run(stop, LIMIT).expect_code(0);
+        let out = live.finish(LIMIT);
+        out.expect_code(143);
+        assert_eq!(
+            engine.containers_with_label(&format!("cldpd.pod={name}")),
+            Vec::<String>::new(),
+            "{backend:?}: containers left on the private engine"
+        );
+        main_engine_untouched(&name);
+        let _ = engine.docker(["rmi", "-f", &format!("cldpd-{name}")]);
+    }
+}
+
+#[test]
+fn killing_the_engine_mid_run_ends_the_run_clearly_and_what_is_left_is_cleaned_once_it_is_back() {
+    if !require_docker() || !require_private_engine() {
+        return;
+    }
+    let mut engine = PrivateEngine::start();
+    for backend in BACKENDS.iter().copied() {
+        let name = name_for(backend);
+        let pods = pod(&name);
+        let state = tempfile::tempdir().unwrap();
+        let c = |engine: &PrivateEngine| cmd(pods.path(), state.path(), engine, backend);
+
+        let mut start = c(&engine);
+        start.args(["start", &name, "--prompt", "hello"]);
+        let live = Live::spawn(start);
+        let id = live.session_id(STARTUP);
+        live.wait_stdout("ready\n", STARTUP);
+
+        engine.kill();
+        // The run ends by itself, with an error that says what happened and
+        // what to do, well before any test limit.
+        let out = live.finish(Duration::from_secs(60));
+        assert_eq!(out.code, Some(1), "{backend:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("Docker daemon"),
+            "{backend:?}: the error names the daemon:\n{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("cldpd stop --orphans"),
+            "{backend:?}: the hint says how to clean up:\n{}",
+            out.stderr
+        );
+
+        engine.restart();
+        // A daemon restarted after a crash removes the `--rm` containers it
+        // finds dead (seen here, also with `--live-restore`); whatever it
+        // leaves, cldpd must see and clean it.
+        // `ps -a` knows the lost run (from its session log) and says how it
+        // ended.
+        let mut ps = c(&engine);
+        ps.args(["ps", "-a"]);
+        let listed = run(ps, LIMIT);
+        listed.expect_code(0);
+        let line = listed
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&id))
+            .unwrap_or_else(|| panic!("{backend:?}: {id} missing in ps -a:\n{}", listed.stdout));
+        assert!(line.contains("docker_lost"), "{backend:?}: {line}");
+
+        let mut orphans = c(&engine);
+        orphans.args(["stop", "--orphans"]);
+        run(orphans, LIMIT).expect_code(0);
+        assert_eq!(
+            engine.containers_with_label(&format!("cldpd.pod={name}")),
+            Vec::<String>::new(),
+            "{backend:?}: containers left on the private engine after stop --orphans"
+        );
+        // Nothing of it is live any more.
+        let mut ps = c(&engine);
+        ps.arg("ps");
+        let listed = run(ps, LIMIT);
+        listed.expect_code(0);
+        assert!(
+            !listed.stdout.contains(&id),
+            "{backend:?}: {}",
+            listed.stdout
+        );
+        main_engine_untouched(&name);
+        let _ = engine.docker(["rmi", "-f", &format!("cldpd-{name}")]);
+    }
+}

@@ -1,0 +1,359 @@
+//! A second, private Docker engine for one test, in a network namespace of
+//! its own (ARCHITECTURE.md, "Tests").
+//!
+//! `dockerd` runs under `nsenter --net=/var/run/netns/<name>` with its own
+//! socket, data root, exec root and pid file, `--bridge none` and
+//! `--iptables=false`: started in the machine's own network namespace, such
+//! a daemon deletes the `docker0` bridge of the machine's engine. It uses the
+//! `vfs` storage driver, so that nothing is left mounted when the test ends.
+//! The engine is reached with `DOCKER_HOST=unix://<dir>/docker.sock`.
+//!
+//! [`PrivateEngine::kill`] kills the daemon with SIGKILL (as a crash or an
+//! OOM kill would), [`PrivateEngine::restart`] brings it back on the same
+//! state. `Drop` stops the daemon, kills anything still running from its
+//! directories (its containerd, container shims), deletes the namespace and
+//! the directory.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a private engine may take to answer after it is started.
+const READY: Duration = Duration::from_secs(60);
+
+/// Why a private engine cannot be started here, or `None` when it can.
+fn missing_requirement() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("starting a private dockerd needs root".into());
+    }
+    for tool in ["ip", "nsenter", "dockerd"] {
+        let found = std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            return Some(format!("`{tool}` is not on PATH"));
+        }
+    }
+    None
+}
+
+/// True when a private engine can be started. Otherwise panics under
+/// `CI=true` (the test must fail there, not skip), or prints `SKIPPED …`
+/// and returns false.
+pub fn require_private_engine() -> bool {
+    match missing_requirement() {
+        None => true,
+        Some(reason) => {
+            if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+                panic!("CI=true and a private Docker engine cannot be started: {reason}");
+            }
+            use std::io::Write;
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("a private-engine test")
+                .to_string();
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {name}: {reason}; with CI=true this fails"
+            );
+            false
+        }
+    }
+}
+
+/// A `dockerd` of the test's own, in its own network namespace.
+pub struct PrivateEngine {
+    dir: tempfile::TempDir,
+    netns: String,
+    flags: Vec<String>,
+    daemon: Option<Child>,
+}
+
+impl PrivateEngine {
+    /// Create the namespace and start the daemon; waits until it answers.
+    pub fn start() -> PrivateEngine {
+        Self::start_with(&[])
+    }
+
+    /// [`PrivateEngine::start`] with extra daemon flags (for example
+    /// `--live-restore`: containers outlive a crash of the daemon).
+    pub fn start_with(flags: &[&str]) -> PrivateEngine {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let netns = format!(
+            "cldpd-t{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        // Short path: the daemon's and containerd's unix sockets live under
+        // it, and a socket path is limited to 107 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("cldpd-eng-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        std::fs::write(dir.path().join("daemon.json"), "{}").unwrap();
+        let status = Command::new("ip")
+            .args(["netns", "add", &netns])
+            .status()
+            .expect("run ip");
+        assert!(status.success(), "ip netns add {netns} failed");
+        let mut engine = PrivateEngine {
+            dir,
+            netns,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            daemon: None,
+        };
+        let status = Command::new("ip")
+            .args(["-n", &engine.netns, "link", "set", "lo", "up"])
+            .status()
+            .expect("run ip");
+        assert!(
+            status.success(),
+            "bringing lo up in {} failed",
+            engine.netns
+        );
+        engine.launch();
+        engine
+    }
+
+    /// `unix://…/docker.sock`, for `DOCKER_HOST`.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.path("docker.sock").display())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("dockerd.log"))
+            .expect("dockerd log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.netns))
+            .arg("dockerd")
+            .arg("--config-file")
+            .arg(self.path("daemon.json"))
+            .arg("--host")
+            .arg(self.host())
+            .arg("--data-root")
+            .arg(self.path("data"))
+            .arg("--exec-root")
+            .arg(self.path("exec"))
+            .arg("--pidfile")
+            .arg(self.path("docker.pid"))
+            .args([
+                "--bridge",
+                "none",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--storage-driver",
+                "vfs",
+            ])
+            .args(&self.flags)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd under nsenter");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + READY;
+        loop {
+            if self
+                .docker(["info", "--format", "{{.ServerVersion}}"])
+                .status
+                .success()
+            {
+                return;
+            }
+            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "the private dockerd exited ({status}) before answering:\n{}",
+                    self.log_tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the private dockerd did not answer within {READY:?}:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last lines of the daemon's log (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.path("dockerd.log")).unwrap_or_default();
+        // gRPC's reconnection chatter says nothing a reader needs.
+        let lines: Vec<&str> = log.lines().filter(|l| !l.contains("module=grpc")).collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Run `docker <args>` against this engine (stdin closed).
+    pub fn docker<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Command::new(super::docker::docker_bin())
+            .env("DOCKER_HOST", self.host())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker")
+    }
+
+    /// Ids of this engine's containers (any state) matching a label filter.
+    pub fn containers_with_label(&self, filter: &str) -> Vec<String> {
+        let out = self.docker(["ps", "-aq", "--filter", &format!("label={filter}")]);
+        assert!(
+            out.status.success(),
+            "docker ps on the private engine failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Kill the daemon with SIGKILL, as a crash would, and reap it. Its
+    /// containerd goes with it (the daemon would kill it on a clean exit);
+    /// the containers' shims stay, as they do when a daemon crashes.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            // nsenter execs dockerd, so the child is the daemon itself.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let containerd: Vec<u32> = processes_under(self.dir.path())
+            .into_iter()
+            .filter(|(_, cmd)| cmd.starts_with("containerd\0") || cmd.starts_with("containerd "))
+            .map(|(pid, _)| pid)
+            .collect();
+        for pid in &containerd {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        // Wait (bounded) until they are dead. Nobody may reap them (their
+        // parent was the daemon), and a restarted daemon that finds the old
+        // containerd's pid still in /proc waits for it instead of starting
+        // its own: so also remove containerd's pid file.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while containerd.iter().any(|pid| alive(*pid)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(self.path("exec/containerd/containerd.pid"));
+    }
+
+    /// Start the daemon again on the same state; waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Stop the daemon with SIGTERM (it stops its containers), waiting at
+    /// most `limit`, then SIGKILL.
+    fn stop(&mut self, limit: Duration) {
+        let Some(mut child) = self.daemon.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Pids and command lines (arguments joined by NUL) of processes whose
+/// command line mentions `dir`: the private engine's containerd and
+/// container shims.
+fn processes_under(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+            if cmdline.contains(&needle) {
+                pids.push((pid, cmdline));
+            }
+        }
+    }
+    pids
+}
+
+impl Drop for PrivateEngine {
+    fn drop(&mut self) {
+        // Nothing here may panic: Drop also runs while a failed test
+        // unwinds.
+        if self.daemon.is_some() {
+            // Remove what the test left, so that the daemon's shutdown has
+            // nothing to wait for.
+            let out = self.docker(["ps", "-aq"]);
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm".to_string(), "-f".to_string()];
+                args.extend(ids);
+                let _ = self.docker(&args);
+            }
+        }
+        self.stop(Duration::from_secs(20));
+        for (pid, _) in processes_under(self.dir.path()) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        // The daemon bind-mounts its data root and network namespaces under
+        // the directory; unmount them (deepest first) so it can be removed.
+        let prefix = self.dir.path().to_string_lossy().into_owned();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").args(["-l", &m]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.netns])
+            .status();
+        // The TempDir then removes the directory (vfs: plain directories).
+    }
+}
