@@ -222,3 +222,41 @@ async fn a_really_full_state_disk_does_not_stop_the_run() {
     assert!(!reader.gaps().is_empty() || !terminal);
     drop(d);
 }
+
+/// A relative state directory (`CLDPD_STATE_DIR=state` in some directory)
+/// was written as given into every container's `cldpd.state` label, so a
+/// `cldpd stop` run from another directory wrote its stop marker in the
+/// wrong place, and the owner's restart policy undid the stop. The label
+/// now holds the absolute path.
+#[actix::test]
+async fn a_relative_state_dir_is_labelled_as_an_absolute_path() {
+    use cldpd::runtime::Runtime;
+    let dirs = Dirs::new(&[("rel", None)]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("rel", RunScript::new().stdout_lines(1).hang());
+    // The same directory, spelt relative to this process's directory.
+    let cwd = std::env::current_dir().unwrap();
+    let mut relative = PathBuf::new();
+    for _ in cwd.components().skip(1) {
+        relative.push("..");
+    }
+    relative.push(dirs.state().strip_prefix("/").unwrap());
+    assert!(relative.is_relative());
+    let mut settings = dirs.settings();
+    settings.state_dir = relative;
+    let d = Dispatcher::new(settings, rt.clone());
+    let s = d.start(StartRequest::prompt("rel", "go")).await.unwrap();
+    wait_running(&s).await;
+    let containers = within(20, "the list", rt.list()).await.unwrap();
+    let label = containers
+        .iter()
+        .find_map(|c| c.label("cldpd.state"))
+        .expect("the run's container with its state label")
+        .to_string();
+    assert_eq!(
+        Path::new(&label),
+        dirs.state(),
+        "the label names the state directory absolutely"
+    );
+    d.shutdown(None).await.unwrap();
+}

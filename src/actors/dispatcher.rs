@@ -87,7 +87,11 @@ pub struct DispatcherActor {
 impl DispatcherActor {
     /// A dispatcher over `runtime`. Start it with `.start()` inside an
     /// actix system.
-    pub fn new(settings: Settings, runtime: Arc<dyn Runtime>) -> Self {
+    pub fn new(mut settings: Settings, runtime: Arc<dyn Runtime>) -> Self {
+        // Other processes act on the state directory named in a run's
+        // labels (stop markers, adoption): a relative path would mean
+        // another place to them.
+        settings.state_dir = crate::state::absolute_dir(&settings.state_dir);
         let resume_policy = Arc::new(settings.policy.clone());
         let builds = Builds::with_store(settings.state_dir.join("images"));
         let store = StateStore::open(&settings.state_dir);

@@ -85,6 +85,31 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
+/// `dir` as other processes must see it: canonical when it exists (no
+/// `..`, no symlinks, so that two spellings of one directory compare
+/// equal), else absolute against the current directory with `.` and `..`
+/// resolved by name (it is created later, by the state thread), else as
+/// given. Called once per dispatcher, before its actor starts.
+pub(crate) fn absolute_dir(dir: &Path) -> PathBuf {
+    if let Ok(canonical) = std::fs::canonicalize(dir) {
+        return canonical;
+    }
+    let Ok(absolute) = std::path::absolute(dir) else {
+        return dir.to_path_buf();
+    };
+    let mut clean = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            other => clean.push(other),
+        }
+    }
+    clean
+}
+
 impl StateStore {
     /// The owner of `state_dir`'s I/O, with its thread started.
     pub(crate) fn open(state_dir: &Path) -> StateStore {
