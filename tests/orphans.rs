@@ -164,10 +164,14 @@ async fn shutdown_stops_adopted_runs_too() {
     let _orphan = foreign_run(&rt, "web-000000aa", &dead_owner(), &state);
     let d = Dispatcher::new(dirs.settings().adopt_orphans(true), rt.clone());
     assert!(!d.runs().await.unwrap()[0].orphan);
+    let record = cldpd::owner::adoption_path(&dirs.state(), "web-000000aa");
+    assert!(record.exists(), "the adoption is recorded");
     within(20, "shutdown", d.shutdown(Some(Duration::from_millis(100))))
         .await
         .unwrap();
     assert!(rt.running().is_empty(), "{:?}", rt.running());
+    // The run is gone: so is the record of who adopted it.
+    assert!(!record.exists(), "{} left behind", record.display());
 }
 
 #[actix::test]

@@ -752,11 +752,8 @@ impl DispatcherActor {
                         .iter()
                         .any(|c| c.name == run.container && c.is_running());
                     if !live {
-                        let path = crate::owner::adoption_path(&state_dir, session);
-                        actix::spawn(async move {
-                            let _ =
-                                crate::state::blocking(move || std::fs::remove_file(path)).await;
-                        });
+                        let record = crate::owner::adoption_path(&state_dir, session);
+                        actix::spawn(forget_adoption(record));
                     }
                     live
                 });
@@ -764,6 +761,12 @@ impl DispatcherActor {
             }),
         );
     }
+}
+
+/// Remove the record of an adoption whose run has ended or was stopped,
+/// off the actor's thread (state-directory I/O is blocking).
+async fn forget_adoption(record: std::path::PathBuf) {
+    let _ = crate::state::blocking(move || std::fs::remove_file(record)).await;
 }
 
 struct Match {
@@ -1129,13 +1132,23 @@ impl Handler<Shutdown> for DispatcherActor {
         let sessions: Vec<SessionInfo> = self.sessions.values().map(|e| e.info.clone()).collect();
         let runtime = self.runtime.clone();
         let grace = msg.grace.unwrap_or(self.settings.policy.stop_grace);
-        let adopted: Vec<String> = self.adopted.values().map(|r| r.container.clone()).collect();
+        let adopted: Vec<(String, String)> = self
+            .adopted
+            .values()
+            .map(|r| (r.session.clone(), r.container.clone()))
+            .collect();
+        let state_dir = self.settings.state_dir.clone();
         Box::pin(async move {
-            let adopted = adopted.iter().map(|container| {
+            let adopted = adopted.iter().map(|(session, container)| {
                 let stop = guarded("the runtime's stop", runtime.stop(container, grace));
+                let record = crate::owner::adoption_path(&state_dir, session);
                 async move {
-                    if let Ok(Err(e)) | Err(e) = stop.await {
-                        tracing::error!(container, error = %e, "could not stop an adopted run");
+                    match stop.await {
+                        // Stopped: nobody owns it any more.
+                        Ok(Ok(())) => forget_adoption(record).await,
+                        Ok(Err(e)) | Err(e) => {
+                            tracing::error!(container, error = %e, "could not stop an adopted run")
+                        }
                     }
                 }
             });
@@ -1191,10 +1204,8 @@ impl Handler<StopAdopted> for DispatcherActor {
                 for (run, ok) in runs.into_iter().zip(stopped) {
                     if ok {
                         act.adopted.remove(&run.session);
-                        let _ = std::fs::remove_file(crate::owner::adoption_path(
-                            &state_dir,
-                            &run.session,
-                        ));
+                        let record = crate::owner::adoption_path(&state_dir, &run.session);
+                        actix::spawn(forget_adoption(record));
                         tracing::info!(session = %run.session, "stopped an adopted run");
                         done.push(run);
                     }
