@@ -66,10 +66,9 @@ async fn stop_orphans_reaps_exactly_the_runs_of_dead_owners() {
     rt.script_pod("web", RunScript::new().hang());
     let d1 = Dispatcher::new(dirs.settings(), rt.clone());
     let mine = d1.start(StartRequest::prompt("web", "go")).await.unwrap();
-    wait_state(&mine, 10, "running", |s| {
-        matches!(s, SessionState::Running { .. })
-    })
-    .await;
+    // Its container exists (the `running` state comes as the runner
+    // starts, before it asks the runtime for the container).
+    wait_running(&mine).await;
     let state = dirs.state().display().to_string();
     let _orphan = foreign_run(&rt, "web-0000dead", &dead_owner(), &state);
     let _alive = foreign_run(&rt, "web-0000a11e", &live_other_owner(), &state);
@@ -185,10 +184,8 @@ async fn a_stop_from_another_dispatcher_uses_the_runs_own_grace() {
         .start(StartRequest::prompt("stubborn", "go"))
         .await
         .unwrap();
-    wait_state(&s, 10, "running", |s| {
-        matches!(s, SessionState::Running { .. })
-    })
-    .await;
+    // Its container exists, for the other dispatcher to find.
+    wait_running(&s).await;
     let other = Dispatcher::new(dirs.settings(), rt.clone());
     let report = within(5, "a stop with the pod's grace", other.stop(s.id(), None))
         .await
