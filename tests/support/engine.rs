@@ -124,6 +124,11 @@ impl PrivateEngine {
         format!("unix://{}", self.path("docker.sock").display())
     }
 
+    /// The cgroup parent of this engine's containers.
+    fn cgroup_parent(&self) -> String {
+        format!("/{}", self.netns)
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -155,6 +160,10 @@ impl PrivateEngine {
                 "--storage-driver",
                 "vfs",
             ])
+            // Its containers' cgroups are named after the namespace, so
+            // that Drop can find (and kill) whatever outlived the daemon.
+            .arg("--cgroup-parent")
+            .arg(self.cgroup_parent())
             .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -314,6 +323,31 @@ fn processes_under(dir: &Path) -> Vec<(u32, String)> {
     pids
 }
 
+/// Pids of processes whose cgroup path lies under `parent` (`/<name>`).
+fn processes_in_cgroup(parent: &str) -> Vec<u32> {
+    let prefix = format!("{parent}/");
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cgroups) = std::fs::read_to_string(entry.path().join("cgroup")) {
+            // `<id>:<controllers>:<path>` per line (one line on cgroup v2).
+            if cgroups
+                .lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2))
+                .any(|path| path.starts_with(&prefix))
+            {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
 impl Drop for PrivateEngine {
     fn drop(&mut self) {
         // Nothing here may panic: Drop also runs while a failed test
@@ -333,7 +367,15 @@ impl Drop for PrivateEngine {
             }
         }
         self.stop(Duration::from_secs(20));
-        for (pid, _) in processes_under(self.dir.path()) {
+        // Its containerd and shims, then any container process that
+        // outlived them (after a failed test, a container's init survives
+        // its killed shim and runs on, unowned).
+        let mut pids: Vec<u32> = processes_under(self.dir.path())
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect();
+        pids.extend(processes_in_cgroup(&self.cgroup_parent()));
+        for pid in pids {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();
