@@ -190,8 +190,13 @@ struct FaultFixture {
 
 impl FaultFixture {
     fn new() -> Option<FaultFixture> {
+        // Docker-like: a container is `created` for a moment before its
+        // process starts, so signals and lists right after `run` are
+        // tested against the same window the Docker backends have.
+        let rt = FaultRuntime::new();
+        rt.creation_delay(Duration::from_millis(20));
         Some(FaultFixture {
-            rt: FaultRuntime::new(),
+            rt,
             exec_scripts: Mutex::new(HashMap::new()),
         })
     }

@@ -332,6 +332,11 @@ impl ContainerInfo {
     pub fn is_running(&self) -> bool {
         self.state == "running"
     }
+    /// True when it was created and not started yet (its owner is starting
+    /// it, or died while doing so).
+    pub fn is_created(&self) -> bool {
+        self.state == "created"
+    }
 }
 
 /// A container backend. See the [module docs](self).

@@ -61,7 +61,11 @@ async fn run(
         ..Default::default()
     };
     tracing::debug!(image = %spec.image, "engine api: build");
-    let body = bollard::body_full(archive.into());
+    // As a stream: bollard logs a full body's bytes at `trace`, and the
+    // context is the user's files (a key file in the pod directory would
+    // end up in the log); a stream body it logs as `(stream)`.
+    let archive = bytes::Bytes::from(archive);
+    let body = bollard::body_stream(futures_util::stream::once(async move { archive }));
     let mut stream = docker.build_image(options, None, Some(body));
     // The request is sent at the first poll: keep the placeholders until
     // the whole build has been read.
@@ -104,7 +108,7 @@ async fn run(
                         tail.push_back(m.trim_end().to_string());
                         Error::BuildFailed {
                             image: spec.image.clone(),
-                            code: None,
+                            code: step_code(&m),
                             tail: tail.into(),
                         }
                     }
@@ -133,6 +137,15 @@ async fn run(
     Ok(BuiltImage { id })
 }
 
+/// The exit code of the step that failed. Docker sends it in the
+/// `errorDetail` of the build stream, but bollard keeps only the message,
+/// whose text (legacy builder) ends `returned a non-zero code: N`; the
+/// docker CLI exits with that same code, so both backends report it.
+fn step_code(message: &str) -> Option<i32> {
+    let (_, n) = message.rsplit_once("non-zero code: ")?;
+    n.trim().parse().ok()
+}
+
 /// The texts of `lines`, remembering the last [`TAIL`] of them.
 fn keep(tail: &mut VecDeque<String>, lines: Vec<crate::runtime::OutputLine>) -> Vec<String> {
     let texts: Vec<String> = lines.into_iter().map(|l| l.text).collect();
@@ -143,4 +156,15 @@ fn keep(tail: &mut VecDeque<String>, lines: Vec<crate::runtime::OutputLine>) -> 
         tail.push_back(t.clone());
     }
     texts
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_failed_steps_code_comes_from_dockers_message() {
+        let m = "The command '/bin/false' returned a non-zero code: 1";
+        assert_eq!(super::step_code(m), Some(1));
+        assert_eq!(super::step_code("returned a non-zero code: 127\n"), Some(127));
+        assert_eq!(super::step_code("pull access denied"), None);
+    }
 }

@@ -1,12 +1,14 @@
 //! The build context: a tar of the pod directory, made in memory (pod
 //! directories are small: a Dockerfile and what it copies).
 //!
-//! Symbolic links are archived as links (not followed), as the docker CLI
-//! does. A Dockerfile outside the context is added under
+//! Symbolic links are archived as links (not followed) and sockets are
+//! left out, as the docker CLI does. A Dockerfile outside the context is
+//! added under
 //! [`OUTSIDE_DOCKERFILE`]. `.dockerignore` is not read (the CLI backend
 //! honours it).
 
 use std::io;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 /// Name inside the archive of a Dockerfile that lives outside the context.
@@ -17,7 +19,8 @@ pub(crate) fn context_tar(context: &Path, dockerfile: &Path) -> io::Result<(Vec<
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Deterministic);
-    builder.append_dir_all(".", context)?;
+    builder.append_dir(".", context)?;
+    add_dir(&mut builder, context, Path::new("."))?;
     let name = match dockerfile.strip_prefix(context) {
         Ok(rel) if !rel.as_os_str().is_empty() => rel.to_string_lossy().into_owned(),
         _ => {
@@ -26,6 +29,28 @@ pub(crate) fn context_tar(context: &Path, dockerfile: &Path) -> io::Result<(Vec<
         }
     };
     Ok((builder.into_inner()?, name))
+}
+
+/// Add what `dir` holds under `rel`, in name order, without following
+/// links; sockets (which tar cannot hold) are skipped, as docker's own
+/// archiver skips them.
+fn add_dir(builder: &mut tar::Builder<Vec<u8>>, dir: &Path, rel: &Path) -> io::Result<()> {
+    let mut entries = std::fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let kind = entry.file_type()?;
+        let name = rel.join(entry.file_name());
+        if kind.is_socket() {
+            continue;
+        }
+        if kind.is_dir() {
+            builder.append_dir(&name, entry.path())?;
+            add_dir(builder, &entry.path(), &name)?;
+        } else {
+            builder.append_path_with_name(entry.path(), &name)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -47,6 +72,8 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/file"), "x").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
+        // A socket (a daemon's, say) is left out instead of failing.
+        let _sock = std::os::unix::net::UnixListener::bind(dir.path().join("a.sock")).unwrap();
         let (tar, name) = context_tar(dir.path(), &dir.path().join("Dockerfile")).unwrap();
         assert_eq!(name, "Dockerfile");
         let got = names(&tar);
@@ -56,6 +83,7 @@ mod tests {
                 "{want} in {got:?}"
             );
         }
+        assert!(!got.iter().any(|n| n.ends_with("a.sock")), "{got:?}");
         // The link stays a link: /etc/passwd's content is not archived.
         let mut a = tar::Archive::new(&tar[..]);
         let link = a

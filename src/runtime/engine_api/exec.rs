@@ -146,7 +146,11 @@ pub(crate) async fn exec(
                 .inspect_container(&spec.container, None)
                 .await
                 .ok()
-                .and_then(|c| c.config.and_then(|c| c.image))
+                .and_then(|c| c.config)
+                .and_then(|c| {
+                    let tag = c.labels.and_then(|mut l| l.remove(crate::runtime::labels::IMAGE));
+                    tag.or(c.image)
+                })
                 .unwrap_or_else(|| format!("of container {}", spec.container));
             ProcessEvent::Failed(Error::AgentNotRunnable {
                 image,

@@ -104,7 +104,7 @@ pub(crate) async fn run(docker: Docker, spec: RunSpec, guard: Guard, tx: Sender<
         Ok(code @ (126 | 127)) => {
             let message = pump.message();
             ProcessEvent::Failed(Error::AgentNotRunnable {
-                image: spec.image.clone(),
+                image: shown_image(&spec),
                 command: spec.command.first().cloned().unwrap_or_default(),
                 code: not_runnable_code(&message).unwrap_or(code),
                 message,
@@ -133,7 +133,7 @@ async fn create_and_start(docker: &Docker, spec: &RunSpec) -> Result<(Frames, In
             Failed::Engine(e) => match failure(&e) {
                 Failure::Unreachable(m) => unavailable(m),
                 Failure::Status(404, _) => Error::ImageMissing {
-                    image: spec.image.clone(),
+                    image: shown_image(spec),
                 },
                 Failure::Status(_, m) | Failure::Other(m) => Error::DockerFailed { message: m },
             },
@@ -287,6 +287,15 @@ async fn wait_exit(docker: &Docker, container: &str) -> Result<i32, Error> {
     }
 }
 
+/// The image as people know it, for messages: the tag (label
+/// `cldpd.image`), not the id the run uses.
+fn shown_image(spec: &RunSpec) -> String {
+    spec.labels
+        .get(labels::IMAGE)
+        .cloned()
+        .unwrap_or_else(|| spec.image.clone())
+}
+
 /// A failed attach or start.
 fn start_error(e: Failed, spec: &RunSpec, what: &str) -> Error {
     let e = match e {
@@ -297,7 +306,7 @@ fn start_error(e: Failed, spec: &RunSpec, what: &str) -> Error {
         Failure::Unreachable(m) => unavailable(m),
         Failure::Status(_, m) => match not_runnable_code(&m) {
             Some(code) => Error::AgentNotRunnable {
-                image: spec.image.clone(),
+                image: shown_image(spec),
                 command: spec.command.first().cloned().unwrap_or_default(),
                 code,
                 message: m,
