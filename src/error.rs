@@ -181,6 +181,13 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// The image to run does not exist in the engine (removed since it was
+    /// built, or never built there): the next run builds it again.
+    #[error("image `{image}` does not exist in the engine")]
+    ImageMissing {
+        /// Image tag or id.
+        image: String,
+    },
     /// The agent command is missing (127) or not executable (126) in the image.
     #[error("agent command `{command}` {} in image `{image}`{}", if *code == 127 { "was not found" } else { "is not executable" }, if message.is_empty() { String::new() } else { format!(": {message}") })]
     AgentNotRunnable {
@@ -352,6 +359,7 @@ impl Error {
             Error::ContainerFailed { .. } => "container_failed",
             Error::DockerFailed { .. } => "docker_failed",
             Error::DockerLost { .. } => "docker_lost",
+            Error::ImageMissing { .. } => "image_missing",
             Error::AgentNotRunnable { .. } => "agent_not_runnable",
             Error::ArgumentsTooLong { .. } => "arguments_too_long",
             Error::RuntimeFailed { .. } => "runtime_failed",
@@ -423,7 +431,7 @@ impl Error {
             }
             Error::EmptyPrompt => "give a non-empty prompt".to_string(),
             Error::DockerUnavailable { .. } => {
-                "start the Docker daemon (or set CLDPD_DOCKER to a docker-compatible binary) and check `docker info`".to_string()
+                "start the Docker daemon and check `docker info` and DOCKER_HOST (or use a docker-compatible binary: CLDPD_RUNTIME=cli CLDPD_DOCKER=<binary>)".to_string()
             }
             Error::BuildFailed { .. } => "fix the pod's Dockerfile; the build output above says where it failed".to_string(),
             Error::DockerFailed { .. } => {
@@ -431,6 +439,9 @@ impl Error {
             }
             Error::DockerLost { .. } => {
                 "check that the Docker daemon runs (`docker info`); then `cldpd ps` shows whether the container is still there, and `cldpd stop --orphans` removes what is left".to_string()
+            }
+            Error::ImageMissing { .. } => {
+                "run it again: cldpd builds the pod's image when it is missing".to_string()
             }
             Error::AgentNotRunnable { image, command, .. } => format!(
                 "install `{command}` in image `{image}` (for Claude Code: `RUN npm install -g @anthropic-ai/claude-code` in the Dockerfile) or set agentCommand in pod.json"

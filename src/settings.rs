@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::actors::fanout::FanoutLimits;
 use crate::actors::supervisor::Policy;
 use crate::log::Retention;
-use crate::runtime::DEFAULT_LINE_CAP;
+use crate::runtime::{Backend, DEFAULT_LINE_CAP};
 
 /// Looks up a host environment variable (for `inheritEnv`).
 pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -53,6 +53,9 @@ pub struct Settings {
     /// in other processes can tell them from runs whose process died
     /// (default [`crate::log::HEARTBEAT`]).
     pub log_heartbeat: Duration,
+    /// The Docker backend of [`Dispatcher::docker`](crate::Dispatcher::docker);
+    /// `None` (the default): from `CLDPD_RUNTIME` (see [`Backend`]).
+    pub runtime: Option<Backend>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -68,6 +71,7 @@ impl std::fmt::Debug for Settings {
             .field("retention", &self.retention)
             .field("adopt_orphans", &self.adopt_orphans)
             .field("log_heartbeat", &self.log_heartbeat)
+            .field("runtime", &self.runtime)
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +91,7 @@ impl Settings {
             env_lookup: Arc::new(|name| std::env::var(name).ok()),
             adopt_orphans: false,
             log_heartbeat: crate::log::HEARTBEAT,
+            runtime: None,
         }
     }
 
@@ -104,6 +109,13 @@ impl Settings {
         let state_dir = var("CLDPD_STATE_DIR").unwrap_or_else(|| home.join(".cldpd"));
         let pods_dir = var("CLDPD_PODS_DIR").unwrap_or_else(|| home.join(".cldpd").join("pods"));
         Settings::new(pods_dir, state_dir)
+    }
+
+    /// Use this Docker backend in [`Dispatcher::docker`](crate::Dispatcher::docker)
+    /// whatever `CLDPD_RUNTIME` says.
+    pub fn runtime(mut self, backend: Backend) -> Self {
+        self.runtime = Some(backend);
+        self
     }
 
     /// `<state_dir>/sessions`.

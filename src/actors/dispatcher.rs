@@ -556,7 +556,13 @@ impl DispatcherActor {
                 });
             }
         }
-        for c in containers.iter().filter(|c| c.is_running()) {
+        // A `created` container is a run whose owner is starting it (the
+        // Engine API backend's create → attach → start takes a moment):
+        // a target too, so that a stop right after a start is not lost.
+        for c in containers
+            .iter()
+            .filter(|c| c.is_running() || c.is_created())
+        {
             let (Some(session), Some(pod)) = (c.label(labels::SESSION), c.label(labels::POD))
             else {
                 continue;
@@ -1031,6 +1037,9 @@ impl Handler<Stop> for DispatcherActor {
                         if let Ok(Err(e)) = recorded {
                             tracing::warn!(session = %m.session, error = %e, "could not record the stop for the run's owner; it may restart the run");
                         }
+                        if m.labels.as_ref().is_some_and(ContainerInfo::is_created) {
+                            until_started(&runtime, &container).await;
+                        }
                         guarded("the runtime's stop", runtime.stop(&container, grace)).await??;
                         Ok(StopReport {
                             session: m.session,
@@ -1042,6 +1051,30 @@ impl Handler<Stop> for DispatcherActor {
                 }),
         )
     }
+}
+
+/// Wait (bounded) until `container` is no longer `created`: Docker's stop
+/// of a container that has not started does nothing, and its owner would
+/// then start it. Gone or running both end the wait; so does an engine
+/// that cannot list.
+async fn until_started(runtime: &Arc<dyn Runtime>, container: &str) {
+    const LIMIT: Duration = Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut delay = Duration::from_millis(20);
+    while tokio::time::Instant::now() < deadline {
+        let Ok(Ok(list)) = guarded("the runtime's list", runtime.list()).await else {
+            return;
+        };
+        if !list
+            .iter()
+            .any(|c| c.name == container && c.is_created())
+        {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+    tracing::warn!(%container, "still not started after {LIMIT:?}; stopping it anyway");
 }
 
 impl Handler<StopOrphans> for DispatcherActor {

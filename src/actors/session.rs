@@ -923,7 +923,9 @@ impl SessionActor {
                 self.container_ended(ending, ctx);
             }
             RunnerEvent::Process(ProcessEvent::Failed(e)) => {
-                if matches!(&e, Error::DockerFailed { message } if image_missing(message)) {
+                if matches!(&e, Error::ImageMissing { .. })
+                    || matches!(&e, Error::DockerFailed { message } if image_missing(message))
+                {
                     self.dispatcher.do_send(ForgetImage(self.image.to_string()));
                 }
                 self.container_ended(Ending::Failed(e), ctx);

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args;
-use cldpd::runtime::{BuildEvent, BuildSpec, DockerCli, Runtime};
+use cldpd::runtime::{Backend, BuildEvent, BuildSpec, DockerCli, EngineApi};
 use futures_util::StreamExt;
 
 use crate::cli::error::{CliError, EXIT_FAILURE};
@@ -126,7 +126,11 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
         checks: 0,
         failed: 0,
     };
-    let docker = docker_binary();
+    let backend = ctx.settings().runtime.unwrap_or_default();
+    let docker = match backend {
+        Backend::Cli => format!("cli backend, {}", docker_binary()),
+        Backend::EngineApi => format!("Engine API backend, {}", EngineApi::new().host()),
+    };
 
     // Docker.
     let preflight = tokio::time::timeout(PREFLIGHT_TIMEOUT, ctx.dispatcher().preflight()).await;
@@ -149,7 +153,7 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
                 &mut ui,
                 Level::Fail,
                 format_args!(
-                    "`{docker} info` did not answer within {}s",
+                    "docker ({docker}) did not answer within {}s",
                     PREFLIGHT_TIMEOUT.as_secs()
                 ),
                 Some("check that the Docker daemon is running and responsive".into()),
@@ -159,7 +163,7 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
     };
     if reachable {
         let started = Instant::now();
-        match probe_build(&docker).await {
+        match probe_build(backend).await {
             Ok(()) => report.line(
                 &mut ui,
                 Level::Ok,
@@ -302,7 +306,7 @@ fn docker_binary() -> String {
 /// Build a one-file `FROM scratch` image through the library's Docker
 /// runtime, then remove it. Its content is unique, so concurrent doctors
 /// never share (and never delete) each other's layers.
-async fn probe_build(docker: &str) -> Result<(), CliError> {
+async fn probe_build(backend: Backend) -> Result<(), CliError> {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -336,7 +340,7 @@ async fn probe_build(docker: &str) -> Result<(), CliError> {
         build_args: Vec::new(),
         labels: Default::default(),
     };
-    let mut events = DockerCli::new().build(spec);
+    let mut events = backend.runtime().build(spec);
     let outcome = tokio::time::timeout(PROBE_TIMEOUT, async {
         while let Some(ev) = events.next().await {
             if let BuildEvent::Finished(result) = ev {
@@ -347,12 +351,19 @@ async fn probe_build(docker: &str) -> Result<(), CliError> {
     })
     .await;
     // Remove the probe whatever happened (a timed-out build may still tag it).
-    let _ = Command::new(docker)
-        .args(["rmi", "-f", &image])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    match backend {
+        Backend::Cli => {
+            let _ = Command::new(DockerCli::new().binary())
+                .args(["rmi", "-f", &image])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        Backend::EngineApi => {
+            let _ = EngineApi::new().remove_image(&image).await;
+        }
+    }
     match outcome {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
