@@ -209,6 +209,9 @@ pub struct FanoutStats {
     pub replayed_from_log: u64,
     /// Bytes held by the log writer (buffer + index).
     pub log_memory: usize,
+    /// Bytes handed to the state directory's writer thread and not yet
+    /// written (bounded: see [`crate::log`]).
+    pub log_backlog: usize,
 }
 
 struct Slot {
@@ -264,6 +267,7 @@ impl Hub {
             subscribers: self.slots.len(),
             window_events: self.window.len(),
             log_memory: self.log.memory(),
+            log_backlog: self.log.backlog(),
             ..self.stats
         }
     }
@@ -286,9 +290,9 @@ impl Hub {
         async move { crate::log::settled(&store, &shared, seq).await }
     }
 
-    /// Bytes of this session's log not yet written by the state thread.
-    pub(crate) fn log_backlog(&self) -> usize {
-        self.log.backlog()
+    /// Whether the runner may read on (see [`crate::log::has_room`]).
+    pub(crate) fn log_has_room(&self) -> bool {
+        crate::log::has_room(self.log.shared())
     }
 
     /// Wait until the log's backlog is down to half its limit (see
