@@ -79,6 +79,8 @@ pub struct DispatcherActor {
     resume_policy: Arc<Policy>,
     /// The owner of the state directory's I/O (its own thread).
     store: StateStore,
+    /// Memory for lagging subscribers, shared by all sessions.
+    lag_budget: fanout::LagBudget,
     shutting_down: bool,
     /// The stops of a dying dispatcher were sent.
     death_stops_sent: bool,
@@ -95,6 +97,7 @@ impl DispatcherActor {
         let resume_policy = Arc::new(settings.policy.clone());
         let builds = Builds::with_store(settings.state_dir.join("images"));
         let store = StateStore::open(&settings.state_dir);
+        let lag_budget = fanout::LagBudget::new(settings.lag_budget);
         DispatcherActor {
             settings: Arc::new(settings),
             runtime,
@@ -110,6 +113,7 @@ impl DispatcherActor {
             templates: HashMap::new(),
             resume_policy,
             store,
+            lag_budget,
             shutting_down: false,
             death_stops_sent: false,
         }
@@ -364,6 +368,7 @@ impl DispatcherActor {
         let runtime = self.runtime.clone();
         let dispatcher = ctx.address();
         let limits = self.settings.fanout;
+        let budget = self.lag_budget.clone();
         let id_arc: Arc<str> = Arc::from(id.as_str());
         let image_for_actor: Arc<str> = match &plan {
             Plan::Start(start) => start.template.image.clone(),
@@ -374,7 +379,7 @@ impl DispatcherActor {
         let stop_marker =
             matches!(plan, Plan::Start(_)).then(|| stops::path(&self.settings.state_dir, &id));
         let addr = SessionActor::start_in_arbiter(&worker, move |_| {
-            let hub = Hub::new(log, limits);
+            let hub = Hub::new(log, limits, budget);
             for s in subscribers {
                 fanout::subscribe(&hub, s, 1);
             }

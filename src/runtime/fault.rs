@@ -217,6 +217,8 @@ struct Registry {
     unavailable: bool,
     /// How long a container is `created` before it starts.
     creation_delay: Option<std::time::Duration>,
+    /// While `Some`, `image_exists` answers only once it holds `false`.
+    checks_held: Option<tokio::sync::watch::Sender<bool>>,
     record_specs: bool,
     builds: HashMap<String, Arc<BuildScript>>,
     images: HashSet<String>,
@@ -241,6 +243,7 @@ impl Default for Registry {
         Registry {
             unavailable: false,
             creation_delay: None,
+            checks_held: None,
             record_specs: true,
             builds: HashMap::new(),
             images: HashSet::new(),
@@ -518,6 +521,30 @@ impl FaultRuntime {
     /// Make `image_exists(image)` true without a build.
     pub fn add_image(&self, image: &str) -> &Self {
         self.inner.lock().images.insert(image.to_owned());
+        self
+    }
+
+    /// Hold every `image_exists` answer (`true`) until released
+    /// (`false`), as a slow engine would: for the time a session checks
+    /// an image recorded by another process while its container already
+    /// runs.
+    ///
+    /// ```
+    /// # use cldpd::runtime::{FaultRuntime, Runtime};
+    /// # use futures_util::FutureExt;
+    /// let rt = FaultRuntime::new();
+    /// rt.hold_image_checks(true);
+    /// let mut check = rt.image_exists("x");
+    /// assert!((&mut check).now_or_never().is_none());
+    /// rt.hold_image_checks(false);
+    /// assert!(!check.now_or_never().unwrap().unwrap());
+    /// ```
+    pub fn hold_image_checks(&self, hold: bool) -> &Self {
+        self.inner
+            .lock()
+            .checks_held
+            .get_or_insert_with(|| tokio::sync::watch::Sender::new(false))
+            .send_replace(hold);
         self
     }
 

@@ -85,13 +85,26 @@ impl Runtime for FaultRuntime {
     }
 
     fn image_exists(&self, image: &str) -> BoxFuture<'static, Result<bool, Error>> {
-        let reg = self.inner.lock();
-        let result = if reg.unavailable {
-            Err(unavailable())
-        } else {
-            Ok(reg.images.contains(image))
-        };
-        futures_util::future::ready(result).boxed()
+        let held = self
+            .inner
+            .lock()
+            .checks_held
+            .as_ref()
+            .map(|h| h.subscribe());
+        let inner = self.inner.clone();
+        let image = image.to_owned();
+        async move {
+            if let Some(mut held) = held {
+                let _ = held.wait_for(|h| !h).await;
+            }
+            let reg = inner.lock();
+            if reg.unavailable {
+                Err(unavailable())
+            } else {
+                Ok(reg.images.contains(&image))
+            }
+        }
+        .boxed()
     }
 
     fn run(&self, spec: RunSpec) -> BoxStream<'static, ProcessEvent> {
