@@ -54,6 +54,23 @@ fn agent_result(events: &[Event]) -> &EventKind {
         .unwrap_or_else(|| panic!("no agent_result in {events:#?}"))
 }
 
+/// The `agent_api_error` events: code, status, and whether the agent
+/// retries by itself.
+fn api_errors(events: &[Event]) -> Vec<(String, Option<u16>, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::AgentApiError {
+                code,
+                status,
+                retry_in_ms,
+                ..
+            } => Some((code.clone(), *status, retry_in_ms.is_some())),
+            _ => None,
+        })
+        .collect()
+}
+
 fn output_lines(events: &[Event]) -> String {
     events
         .iter()
@@ -256,6 +273,34 @@ async fn an_overloaded_api_is_a_typed_error_and_a_retry_policy_recovers() {
         }) => {}
         other => panic!("{other:?}"),
     }
+    // The agent's own error message is typed before its result.
+    assert!(
+        api_errors(&events).iter().any(|(code, _, _)| code == "api_error"),
+        "{:?}",
+        typed(&events)
+    );
+    drop(d);
+
+    // 429 once, and the agent may retry: it says so in its stream (a typed
+    // `rate_limited`, with its retry delay), then succeeds.
+    let mut limited = Turn::error(429);
+    limited.error.as_mut().unwrap().retry_after = Some(1);
+    let server =
+        ModelServer::start(Script::new([limited.clone(), Turn::text("fine now")]), 0).unwrap();
+    let pod = ClaudePod::with_env(&server.url(), "", &[]);
+    let d = dispatcher(&pod, &state);
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "hello"))
+        .await
+        .unwrap();
+    let events: Vec<Event> = within(180, "the self-retried run", s.events().collect()).await;
+    assert_eq!(
+        api_errors(&events),
+        [("rate_limited".to_string(), Some(429), true)],
+        "{}",
+        output_lines(&events)
+    );
+    assert_eq!(s.wait().await.unwrap(), 0);
     drop(d);
 
     // 429 once, then the API answers: the restart policy retries the run.
@@ -287,6 +332,12 @@ async fn an_overloaded_api_is_a_typed_error_and_a_retry_policy_recovers() {
         })
         .unwrap();
     assert_eq!(first_result, (true, Some(429)), "{names:?}");
+    // Without retries of its own, the agent's failed call is typed too.
+    assert_eq!(
+        api_errors(&events),
+        [("rate_limited".to_string(), Some(429), false)],
+        "{names:?}"
+    );
     let restarting = events
         .iter()
         .find_map(|e| match &e.kind {
