@@ -1219,3 +1219,59 @@ fn ps_shows_an_agents_turns_so_far() {
     live.finish(Duration::from_secs(30));
     no_containers_left(&pod);
 }
+
+#[test]
+fn a_base_image_that_cannot_be_pulled_is_named_and_doctor_warns_of_it() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(SLOW_LINES);
+    // This machine's engine cannot pull (elsewhere the registry has no
+    // such image): either way the image is named and the Dockerfile is
+    // not blamed.
+    let missing = format!("cldpd-test-not-present-{}:1.0", support::docker::unique_name());
+    std::fs::write(
+        pod.dockerfile(),
+        format!("FROM {missing} AS base\nFROM base\nCOPY claude /bin/claude\n"),
+    )
+    .unwrap();
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--prompt", "x"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains(&format!("its base image `{missing}` cannot be pulled: ")),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("fix the pod's Dockerfile"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the engine cannot reach its registry")
+            || out.stderr.contains("the registry has no such image"),
+        "{}",
+        out.stderr
+    );
+
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "--prompt", "x", "--json"]);
+    let out = run(cmd, LIMIT);
+    let events = ndjson(&out);
+    assert_eq!(events.last().unwrap()["code"], "base_image_unavailable");
+
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.arg("doctor");
+    let out = run(cmd, Duration::from_secs(180));
+    out.expect_code(0);
+    assert!(
+        out.stdout.contains(&format!(
+            "warn  pod {}: base image {missing} is not present: building the pod pulls it",
+            pod.name()
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains(&format!("docker pull {missing}")), "{}", out.stdout);
+    no_containers_left(&pod);
+}

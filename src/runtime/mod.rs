@@ -25,10 +25,12 @@ use crate::event::OutputStream;
 mod docker_cli;
 mod fault;
 mod lines;
+mod pull_failure;
 
 pub use docker_cli::DockerCli;
 pub use fault::{BuildScript, FaultRuntime, RunScript, Step};
 pub use lines::{LineDecoder, DEFAULT_LINE_CAP};
+pub use pull_failure::{pull_failure, PullFailure, PullFailureKind};
 
 /// Label keys cldpd puts on every container it starts. Docker is the durable
 /// state store: these labels let another process find, resume, list and stop
