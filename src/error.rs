@@ -146,8 +146,12 @@ pub enum Error {
         /// What the runtime said.
         message: String,
     },
-    /// The image build failed (Go: `ErrBuildFailed`).
-    #[error("building image `{image}` failed{}{}", code.map(|c| format!(" (exit {c})")).unwrap_or_default(), tail_text(tail))]
+    /// The image build failed (Go: `ErrBuildFailed`). When its output shows
+    /// that the base image could not be pulled
+    /// ([`crate::runtime::pull_failure`]) the message says so, the code is
+    /// `base_image_unavailable` and the hint is about the image, not the
+    /// Dockerfile.
+    #[error("building image `{image}` failed{}{}{}", code.map(|c| format!(" (exit {c})")).unwrap_or_default(), crate::runtime::pull_failure(tail).map(|f| format!(": {}", f.describe())).unwrap_or_default(), tail_text(tail))]
     BuildFailed {
         /// The image tag.
         image: String,
@@ -355,6 +359,9 @@ impl Error {
             Error::EmptyPrompt => "empty_prompt",
             Error::InvalidOption { .. } => "invalid_option",
             Error::DockerUnavailable { .. } => "docker_unavailable",
+            Error::BuildFailed { tail, .. } if crate::runtime::pull_failure(tail).is_some() => {
+                "base_image_unavailable"
+            }
             Error::BuildFailed { .. } => "build_failed",
             Error::ContainerFailed { .. } => "container_failed",
             Error::DockerFailed { .. } => "docker_failed",
@@ -433,7 +440,10 @@ impl Error {
             Error::DockerUnavailable { .. } => {
                 "start the Docker daemon and check `docker info` and DOCKER_HOST (or use a docker-compatible binary: CLDPD_RUNTIME=cli CLDPD_DOCKER=<binary>)".to_string()
             }
-            Error::BuildFailed { .. } => "fix the pod's Dockerfile; the build output above says where it failed".to_string(),
+            Error::BuildFailed { tail, .. } => match crate::runtime::pull_failure(tail) {
+                Some(f) => f.hint(),
+                None => "fix the pod's Dockerfile; the build output above says where it failed".to_string(),
+            },
             Error::DockerFailed { .. } => {
                 "this is docker's own error (exit 125): check the image, mounts and options it names".to_string()
             }

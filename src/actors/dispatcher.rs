@@ -17,7 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::future::join_all;
@@ -67,6 +67,8 @@ pub struct DispatcherActor {
     /// holds 32-byte slots, not 200-byte ones.
     sessions: HashMap<String, Box<Entry>>,
     queue: VecDeque<String>,
+    /// Admissions wait until then ([`HoldAdmissions`]).
+    held_until: Option<Instant>,
     running: usize,
     /// Runs of a dead dispatcher taken over (session → container).
     adopted: HashMap<String, AdoptedRun>,
@@ -106,6 +108,7 @@ impl DispatcherActor {
             next_worker: 0,
             sessions: HashMap::new(),
             queue: VecDeque::new(),
+            held_until: None,
             running: 0,
             adopted: HashMap::new(),
             builds,
@@ -417,9 +420,22 @@ impl DispatcherActor {
         info
     }
 
+    /// True while a [`HoldAdmissions`] is in force (an expired one is
+    /// forgotten).
+    fn held(&mut self) -> bool {
+        match self.held_until {
+            Some(t) if t > Instant::now() => true,
+            Some(_) => {
+                self.held_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
     fn admit_or_queue(&mut self, id: &str) {
         let busy = self.running + self.adopted.len();
-        let full = self.settings.max_concurrent.is_some_and(|max| busy >= max);
+        let full = self.held() || self.settings.max_concurrent.is_some_and(|max| busy >= max);
         let Some(entry) = self.sessions.get_mut(id) else {
             return;
         };
@@ -436,6 +452,9 @@ impl DispatcherActor {
     }
 
     fn admit_next(&mut self) {
+        if self.held() {
+            return;
+        }
         while self
             .settings
             .max_concurrent
@@ -1201,6 +1220,30 @@ impl Handler<Shutdown> for DispatcherActor {
             });
             futures_util::future::join(join_all(stops), join_all(adopted)).await;
         })
+    }
+}
+
+impl Handler<HoldAdmissions> for DispatcherActor {
+    type Result = MessageResult<HoldAdmissions>;
+
+    fn handle(&mut self, msg: HoldAdmissions, ctx: &mut Context<Self>) -> Self::Result {
+        self.held_until = msg.until;
+        match msg.until {
+            Some(until) => {
+                tracing::info!(
+                    for_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
+                    queued = self.queue.len(),
+                    "admissions held"
+                );
+                // Admit again once the hold ends (a later hold replaces
+                // this one; an early wake-up finds it still held).
+                ctx.run_later(until.saturating_duration_since(Instant::now()), |act, _| {
+                    act.admit_next()
+                });
+            }
+            None => self.admit_next(),
+        }
+        MessageResult(self.queue.iter().cloned().collect())
     }
 }
 

@@ -29,12 +29,14 @@ mod docker_cli;
 mod engine_api;
 mod fault;
 mod lines;
+mod pull_failure;
 
 pub use backend::Backend;
 pub use docker_cli::DockerCli;
 pub use engine_api::EngineApi;
 pub use fault::{BuildScript, FaultRuntime, RunScript, Step};
 pub use lines::{LineDecoder, DEFAULT_LINE_CAP};
+pub use pull_failure::{pull_failure, PullFailure, PullFailureKind};
 
 /// Label keys cldpd puts on every container it starts. Docker is the durable
 /// state store: these labels let another process find, resume, list and stop

@@ -4,8 +4,9 @@
 //! Checks: Docker is reachable (`docker info`), Docker can build (a tiny
 //! `FROM scratch` probe image, built through the library's runtime and
 //! removed again), the pods directory exists, every pod is valid
-//! (`Pod::check`: Dockerfile, `pod.json`, mount sources), and every
-//! `inheritEnv` variable is set (values are never printed), and the state
+//! (`Pod::check`: Dockerfile, `pod.json`, mount sources), each pod's base
+//! images are on the engine (a missing one is a warning: the build pulls
+//! it), and every `inheritEnv` variable is set (values are never printed), and the state
 //! directory takes a write and has free space (a full one leaves session
 //! logs incomplete).
 
@@ -33,7 +34,8 @@ const PROBE_REPO: &str = "cldpd-doctor-probe";
 #[command(after_help = "\
 Checks that Docker is reachable and can build an image (a tiny FROM scratch
 probe, removed again), that the pods directory exists, that every pod is
-valid, that every inheritEnv variable of every pod is set, and that the
+valid, that each pod's base images (FROM) are present on the engine (a
+missing one is a warning: building the pod pulls it), that every inheritEnv variable of every pod is set, and that the
 state directory is writable with free space. Exits 1 when a check fails.")]
 pub struct DoctorArgs {}
 
@@ -256,6 +258,9 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
                         );
                     }
                     let Some(pod) = pod else { continue };
+                    if reachable {
+                        base_image_checks(&mut ui, &mut report, &row.name, pod).await;
+                    }
                     for name in &pod.config.inherit_env {
                         match std::env::var_os(name) {
                             Some(v) if !v.is_empty() => report.line(
@@ -295,6 +300,51 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
             report.failed, report.checks
         ));
         Ok(EXIT_FAILURE)
+    }
+}
+
+/// Each base image of the pod's Dockerfile (`FROM`, not `scratch` nor an
+/// earlier stage) is present on the engine; a missing one is a warning
+/// that the build will pull it (the engine must reach its registry).
+async fn base_image_checks(ui: &mut Ui, report: &mut Report, name: &str, pod: &cldpd::Pod) {
+    let Ok(text) = std::fs::read_to_string(&pod.dockerfile) else {
+        return; // the pod check above said what is wrong with it
+    };
+    let runtime = DockerCli::new();
+    for image in cldpd::pod::base_images(&text, &pod.config.build_args) {
+        match tokio::time::timeout(PREFLIGHT_TIMEOUT, runtime.image_exists(&image)).await {
+            Ok(Ok(true)) => report.line(
+                ui,
+                Level::Ok,
+                format_args!("pod {name}: base image {image} is present"),
+                None,
+            ),
+            Ok(Ok(false)) => report.line(
+                ui,
+                Level::Warn,
+                format_args!(
+                    "pod {name}: base image {image} is not present: building the pod pulls it, which needs the engine to reach its registry"
+                ),
+                Some(format!(
+                    "`docker pull {image}` now (or `docker load` it where the engine has no network), or change `FROM` to an image `docker images` lists"
+                )),
+            ),
+            Ok(Err(e)) => report.line(
+                ui,
+                Level::Warn,
+                format_args!("pod {name}: could not check base image {image}: {e}"),
+                None,
+            ),
+            Err(_) => report.line(
+                ui,
+                Level::Warn,
+                format_args!(
+                    "pod {name}: checking base image {image} took over {}s",
+                    PREFLIGHT_TIMEOUT.as_secs()
+                ),
+                None,
+            ),
+        }
     }
 }
 
