@@ -259,7 +259,7 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
                     }
                     let Some(pod) = pod else { continue };
                     if reachable {
-                        base_image_checks(&mut ui, &mut report, &row.name, pod).await;
+                        base_image_checks(&mut ui, &mut report, backend, &row.name, pod).await;
                     }
                     for name in &pod.config.inherit_env {
                         match std::env::var_os(name) {
@@ -306,11 +306,18 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
 /// Each base image of the pod's Dockerfile (`FROM`, not `scratch` nor an
 /// earlier stage) is present on the engine; a missing one is a warning
 /// that the build will pull it (the engine must reach its registry).
-async fn base_image_checks(ui: &mut Ui, report: &mut Report, name: &str, pod: &cldpd::Pod) {
+async fn base_image_checks(
+    ui: &mut Ui,
+    report: &mut Report,
+    backend: Backend,
+    name: &str,
+    pod: &cldpd::Pod,
+) {
     let Ok(text) = std::fs::read_to_string(&pod.dockerfile) else {
         return; // the pod check above said what is wrong with it
     };
-    let runtime = DockerCli::new();
+    // The engine the runs use, through the backend they use.
+    let runtime = backend.runtime();
     for image in cldpd::pod::base_images(&text, &pod.config.build_args) {
         match tokio::time::timeout(PREFLIGHT_TIMEOUT, runtime.image_exists(&image)).await {
             Ok(Ok(true)) => report.line(
