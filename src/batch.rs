@@ -6,8 +6,14 @@
 //! dispatcher's admission control (`max_concurrent`) queues what does not fit,
 //! FIFO. [`Batch::events`] merges the events of every job;
 //! [`Batch::report`] waits for every job and returns a [`BatchReport`]: per
-//! job the session id, final state, exit code, restarts, duration and, on
-//! failure, the last lines of output.
+//! job the session id, final state, exit code, restarts, duration, for a
+//! Claude Code agent its turns, cost and result subtype, and, on failure,
+//! the last lines of output; and the totals.
+//!
+//! [`BatchOptions`] add a budget (`budget_usd`: once the agents' results
+//! add up to it, queued jobs never start and are reported `not_started`)
+//! and a back-off while the API reports rate limits (admissions wait;
+//! running jobs go on). See [`admission`].
 //!
 //! Job files (`cldpd batch <file>`) are a JSON array or NDJSON (one object a
 //! line; blank lines and lines starting with `#` are skipped) of
@@ -39,6 +45,11 @@ use crate::event::{Event, EventKind};
 use crate::facade::{Dispatcher, Session};
 use crate::messages::dispatcher::{AdoptedRun, StartRequest, Task};
 use crate::pod::PodConfig;
+
+pub mod admission;
+
+pub use admission::Admission;
+use admission::{Backoff, Governor};
 
 /// Output lines kept per job for the report of a failed job.
 pub const DEFAULT_TAIL_LINES: usize = 20;
@@ -199,6 +210,8 @@ pub enum JobState {
     Failed,
     /// Stopped by [`Batch::stop`] (Ctrl-C) before it finished.
     Stopped,
+    /// Never started: the batch's budget was spent while it waited.
+    NotStarted,
 }
 
 /// The outcome of one job.
@@ -227,6 +240,15 @@ pub struct JobReport {
     pub restarts: u32,
     /// From submission to the end, in milliseconds.
     pub duration_ms: u64,
+    /// Turns the agent took (every attempt), for a Claude Code agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turns: Option<u32>,
+    /// What the agent's results say it cost, in US dollars (every attempt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// The last result's subtype (`success`, `error_max_turns`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
     /// The last lines of output (stdout and stderr) when the job failed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tail: Vec<String>,
@@ -252,6 +274,20 @@ pub struct BatchReport {
     pub failed: usize,
     /// Jobs stopped before they finished.
     pub stopped: usize,
+    /// Jobs that never started because the budget was spent.
+    pub not_started: usize,
+    /// Turns of every agent.
+    pub turns: u64,
+    /// What every agent's results say it cost, in US dollars.
+    pub cost_usd: f64,
+    /// The budget, when the batch had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    /// True when the spent total reached the budget (and jobs were kept
+    /// from starting, if any were left).
+    pub budget_reached: bool,
+    /// Back-offs taken because the API reported rate limits.
+    pub rate_limit_pauses: u32,
     /// Wall time of the batch in milliseconds.
     pub duration_ms: u64,
     /// One entry per job, in batch order.
@@ -292,8 +328,22 @@ impl BatchReport {
     }
 }
 
+/// How a batch admits its jobs (beyond the dispatcher's `max_concurrent`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchOptions {
+    /// Stop admitting jobs once the agents' results add up to this many
+    /// US dollars.
+    pub budget_usd: Option<f64>,
+    /// First back-off when a rate limit is reported (default
+    /// [`admission::DEFAULT_BACKOFF`]).
+    pub backoff: Option<Duration>,
+    /// Longest back-off (default [`admission::DEFAULT_MAX_BACKOFF`]).
+    pub max_backoff: Option<Duration>,
+}
+
 /// A running batch. See the [module docs](self).
 pub struct Batch {
+    governor: Arc<Governor>,
     dispatcher: Dispatcher,
     /// Runs of a dead dispatcher adopted when the batch started.
     adopted: Vec<AdoptedRun>,
@@ -315,6 +365,15 @@ impl Batch {
     /// the jobs already started have been stopped: nothing of a refused
     /// batch keeps running.
     pub async fn start(dispatcher: &Dispatcher, jobs: Vec<Job>) -> Result<Batch> {
+        Self::start_with(dispatcher, jobs, BatchOptions::default()).await
+    }
+
+    /// [`Batch::start`] with a budget or another back-off.
+    pub async fn start_with(
+        dispatcher: &Dispatcher,
+        jobs: Vec<Job>,
+        options: BatchOptions,
+    ) -> Result<Batch> {
         for (index, job) in jobs.iter().enumerate() {
             dispatcher
                 .validate(job.request())
@@ -349,7 +408,18 @@ impl Batch {
                 }
             }
         }
+        let governor = Governor::new(options.budget_usd);
+        let defaults = Backoff::default();
+        governor.spawn(
+            dispatcher.clone(),
+            sessions.clone(),
+            Backoff {
+                base: options.backoff.unwrap_or(defaults.base),
+                max: options.max_backoff.unwrap_or(defaults.max),
+            },
+        );
         Ok(Batch {
+            governor,
             dispatcher: dispatcher.clone(),
             adopted,
             adopted_stopped: Arc::new(Mutex::new(Vec::new())),
@@ -387,6 +457,17 @@ impl Batch {
                 .extend(stopped.into_iter().map(|r| r.session)),
             Err(e) => tracing::error!(error = %e, "could not stop the adopted runs"),
         }
+    }
+
+    /// What the admission governor is doing now (rate-limit hold, money
+    /// spent, budget).
+    pub fn admission(&self) -> Admission {
+        self.governor.state.borrow().clone()
+    }
+
+    /// [`Batch::admission`] as it changes.
+    pub fn admission_changes(&self) -> tokio::sync::watch::Receiver<Admission> {
+        self.governor.state.subscribe()
     }
 
     /// The sessions, in batch order.
@@ -449,11 +530,18 @@ impl Batch {
             })
             .collect();
         let count = |st: JobState| jobs.iter().filter(|j| j.state == st).count();
+        let admission = self.admission();
         BatchReport {
             total: jobs.len(),
             succeeded: count(JobState::Succeeded),
             failed: count(JobState::Failed),
             stopped: count(JobState::Stopped),
+            not_started: count(JobState::NotStarted),
+            turns: jobs.iter().filter_map(|j| j.turns).map(u64::from).sum(),
+            cost_usd: jobs.iter().filter_map(|j| j.cost_usd).sum(),
+            budget_usd: admission.budget_usd,
+            budget_reached: admission.budget_reached,
+            rate_limit_pauses: admission.pauses,
             duration_ms: millis(self.started.elapsed().unwrap_or_default()),
             jobs,
             adopted,
@@ -466,8 +554,10 @@ impl Batch {
         let mut restarts = 0;
         let mut ran = false;
         let mut terminal: Option<Event> = None;
+        let mut tally = crate::agent::AgentTally::default();
         let mut events = session.events();
         while let Some(ev) = events.next().await {
+            tally.observe(&ev.kind);
             match &ev.kind {
                 EventKind::Output { line, .. } | EventKind::BuildOutput { line } => {
                     if tail.len() == self.tail_lines {
@@ -516,7 +606,23 @@ impl Batch {
         // whatever its agent did on SIGTERM.
         let stopped_at = *self.stopped_at.lock().unwrap_or_else(|e| e.into_inner());
         let stopped = stopped_at.is_some_and(|t| ended >= t);
+        let not_started = self.governor.was_not_started(session.id());
+        let error = match error {
+            Some(_) if not_started => {
+                let a = self.admission();
+                Some(JobError {
+                    code: "budget_spent".into(),
+                    message: format!(
+                        "not started: the batch's budget of ${:.4} was spent (${:.4})",
+                        a.budget_usd.unwrap_or_default(),
+                        a.spent_usd
+                    ),
+                })
+            }
+            other => other,
+        };
         let state = match (exit_code, &error) {
+            _ if not_started => JobState::NotStarted,
             (_, Some(e)) if e.code == "stopped" => JobState::Stopped,
             _ if stopped => JobState::Stopped,
             (Some(0), None) => JobState::Succeeded,
@@ -536,7 +642,10 @@ impl Batch {
             error,
             restarts,
             duration_ms: millis(ended.duration_since(self.started).unwrap_or_default()),
-            tail: if state == JobState::Succeeded {
+            turns: tally.is_agent().then(|| tally.turns()),
+            cost_usd: tally.cost_usd(),
+            result: tally.subtype().map(String::from),
+            tail: if matches!(state, JobState::Succeeded | JobState::NotStarted) {
                 Vec::new()
             } else {
                 tail.into()

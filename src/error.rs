@@ -146,8 +146,12 @@ pub enum Error {
         /// What the runtime said.
         message: String,
     },
-    /// The image build failed (Go: `ErrBuildFailed`).
-    #[error("building image `{image}` failed{}{}", code.map(|c| format!(" (exit {c})")).unwrap_or_default(), tail_text(tail))]
+    /// The image build failed (Go: `ErrBuildFailed`). When its output shows
+    /// that the base image could not be pulled
+    /// ([`crate::runtime::pull_failure`]) the message says so, the code is
+    /// `base_image_unavailable` and the hint is about the image, not the
+    /// Dockerfile.
+    #[error("building image `{image}` failed{}{}{}", code.map(|c| format!(" (exit {c})")).unwrap_or_default(), crate::runtime::pull_failure(tail).map(|f| format!(": {}", f.describe())).unwrap_or_default(), tail_text(tail))]
     BuildFailed {
         /// The image tag.
         image: String,
@@ -180,6 +184,13 @@ pub enum Error {
         container: String,
         /// What happened.
         message: String,
+    },
+    /// The image to run does not exist in the engine (removed since it was
+    /// built, or never built there): the next run builds it again.
+    #[error("image `{image}` does not exist in the engine")]
+    ImageMissing {
+        /// Image tag or id.
+        image: String,
     },
     /// The agent command is missing (127) or not executable (126) in the image.
     #[error("agent command `{command}` {} in image `{image}`{}", if *code == 127 { "was not found" } else { "is not executable" }, if message.is_empty() { String::new() } else { format!(": {message}") })]
@@ -348,10 +359,14 @@ impl Error {
             Error::EmptyPrompt => "empty_prompt",
             Error::InvalidOption { .. } => "invalid_option",
             Error::DockerUnavailable { .. } => "docker_unavailable",
+            Error::BuildFailed { tail, .. } if crate::runtime::pull_failure(tail).is_some() => {
+                "base_image_unavailable"
+            }
             Error::BuildFailed { .. } => "build_failed",
             Error::ContainerFailed { .. } => "container_failed",
             Error::DockerFailed { .. } => "docker_failed",
             Error::DockerLost { .. } => "docker_lost",
+            Error::ImageMissing { .. } => "image_missing",
             Error::AgentNotRunnable { .. } => "agent_not_runnable",
             Error::ArgumentsTooLong { .. } => "arguments_too_long",
             Error::RuntimeFailed { .. } => "runtime_failed",
@@ -423,14 +438,20 @@ impl Error {
             }
             Error::EmptyPrompt => "give a non-empty prompt".to_string(),
             Error::DockerUnavailable { .. } => {
-                "start the Docker daemon (or set CLDPD_DOCKER to a docker-compatible binary) and check `docker info`".to_string()
+                "start the Docker daemon and check `docker info` and DOCKER_HOST (or use a docker-compatible binary: CLDPD_RUNTIME=cli CLDPD_DOCKER=<binary>)".to_string()
             }
-            Error::BuildFailed { .. } => "fix the pod's Dockerfile; the build output above says where it failed".to_string(),
+            Error::BuildFailed { tail, .. } => match crate::runtime::pull_failure(tail) {
+                Some(f) => f.hint(),
+                None => "fix the pod's Dockerfile; the build output above says where it failed".to_string(),
+            },
             Error::DockerFailed { .. } => {
                 "this is docker's own error (exit 125): check the image, mounts and options it names".to_string()
             }
             Error::DockerLost { .. } => {
                 "check that the Docker daemon runs (`docker info`); then `cldpd ps` shows whether the container is still there, and `cldpd stop --orphans` removes what is left".to_string()
+            }
+            Error::ImageMissing { .. } => {
+                "run it again: cldpd builds the pod's image when it is missing".to_string()
             }
             Error::AgentNotRunnable { image, command, .. } => format!(
                 "install `{command}` in image `{image}` (for Claude Code: `RUN npm install -g @anthropic-ai/claude-code` in the Dockerfile) or set agentCommand in pod.json"

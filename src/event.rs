@@ -40,7 +40,7 @@
 //! For a Claude Code agent (stream-json, see [`crate::agent`]) each stdout
 //! line is still an `Output` event, and the agent events it yields
 //! (`AgentInit`, `AgentText`, `ToolUse`, `ToolResult`, `AgentResult`,
-//! `AgentUnknown`) follow it directly, in the same `seq`. A run whose
+//! `AgentApiError`, `AgentUnknown`) follow it directly, in the same `seq`. A run whose
 //! `AgentResult` is an error ends with `Error` (code `agent_max_turns`,
 //! `agent_max_budget`, `rate_limited`, `api_error` or `agent_error`), not
 //! `ContainerExited`.
@@ -185,8 +185,31 @@ pub enum EventKind {
         #[serde(default)]
         api_error_status: Option<u16>,
     },
+    /// The agent hit an API error or a rate limit (stream-json
+    /// `system`/`api_retry`, an assistant message with an `error`, a
+    /// `rate_limit_event` whose status is `rejected`). Not terminal: Claude
+    /// Code retries on its own (`retry_in_ms`), and the run's end is decided
+    /// by its `AgentResult`. A batch slows its admissions while these say
+    /// `rate_limited` or the API is overloaded (529).
+    AgentApiError {
+        /// `rate_limited` (HTTP 429 or a rejected rate limit) or
+        /// `api_error` (any other status, e.g. 529 overloaded) — the codes
+        /// of [`crate::Error::AgentFailed`].
+        code: String,
+        /// HTTP status, when known.
+        #[serde(default)]
+        status: Option<u16>,
+        /// What the agent said (`rate_limit`, `API Error: …`, …).
+        message: String,
+        /// When the agent retries by itself: in how long.
+        #[serde(default)]
+        retry_in_ms: Option<u64>,
+        /// When the agent retries by itself: which attempt that is.
+        #[serde(default)]
+        attempt: Option<u32>,
+    },
     /// A stream-json message of a type cldpd does not interpret
-    /// (`rate_limit_event`, `system/compact_boundary`, …); its raw line is
+    /// (`system/compact_boundary`, an allowed `rate_limit_event`, …); its raw line is
     /// the `output` event before it.
     AgentUnknown {
         /// `type`, or `type/subtype`.
@@ -273,6 +296,7 @@ impl EventKind {
             EventKind::ToolUse { .. } => "tool_use",
             EventKind::ToolResult { .. } => "tool_result",
             EventKind::AgentResult { .. } => "agent_result",
+            EventKind::AgentApiError { .. } => "agent_api_error",
             EventKind::AgentUnknown { .. } => "agent_unknown",
             EventKind::ContainerExited { .. } => "container_exited",
             EventKind::Error { .. } => "error",
@@ -388,6 +412,19 @@ impl Serialize for EventData {
                 m.serialize_entry("result", result)?;
                 m.serialize_entry("terminal_reason", terminal_reason)?;
                 m.serialize_entry("api_error_status", api_error_status)?;
+            }
+            EventKind::AgentApiError {
+                code,
+                status,
+                message,
+                retry_in_ms,
+                attempt,
+            } => {
+                m.serialize_entry("code", code)?;
+                m.serialize_entry("status", status)?;
+                m.serialize_entry("message", message)?;
+                m.serialize_entry("retry_in_ms", retry_in_ms)?;
+                m.serialize_entry("attempt", attempt)?;
             }
             EventKind::AgentUnknown { message_type } => {
                 m.serialize_entry("message_type", message_type)?
@@ -1006,6 +1043,20 @@ mod tests {
                 result: None,
                 terminal_reason: None,
                 api_error_status: None,
+            },
+            EventKind::AgentApiError {
+                code: "rate_limited".into(),
+                status: Some(429),
+                message: "rate_limit".into(),
+                retry_in_ms: Some(1025),
+                attempt: Some(1),
+            },
+            EventKind::AgentApiError {
+                code: "api_error".into(),
+                status: None,
+                message: "API Error: \"x\"".into(),
+                retry_in_ms: None,
+                attempt: None,
             },
             EventKind::AgentUnknown {
                 message_type: "rate_limit_event".into(),

@@ -42,7 +42,7 @@ use crate::event::Event;
 use crate::log::LogReader;
 use crate::messages::dispatcher::*;
 use crate::messages::session::{GetStatus, SessionState, SessionStatus, StopSession, Subscribe};
-use crate::runtime::{DockerCli, Runtime};
+use crate::runtime::{Backend, Runtime};
 use crate::settings::Settings;
 
 /// Capacity of the channel behind an [`EventStream`]; a reader slower than
@@ -72,9 +72,17 @@ impl Dispatcher {
         }
     }
 
-    /// Start a dispatcher over the `docker` CLI (`CLDPD_DOCKER` to override).
+    /// Start a dispatcher over Docker: the Engine API (`DOCKER_HOST`) by
+    /// default, the `docker` CLI with `CLDPD_RUNTIME=cli` or
+    /// [`Settings::runtime`] (see [`Backend`]). An invalid `CLDPD_RUNTIME`
+    /// is logged and the default used (the CLI refuses it up front).
     pub fn docker(settings: Settings) -> Dispatcher {
-        Self::new(settings, DockerCli::new())
+        let backend = settings.runtime.map(Ok).unwrap_or_else(Backend::from_env);
+        let backend = backend.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "using the Engine API backend");
+            Backend::EngineApi
+        });
+        Self::with_runtime(settings, backend.runtime())
     }
 
     /// The actor, for sending messages directly.

@@ -29,7 +29,7 @@ pub use futures_util::StreamExt;
 pub use messages::dispatcher::{RunInfo, SessionInfo, StartRequest, StopReport, Task};
 pub use messages::session::{SessionState, SessionStatus};
 pub use pod::{Mount, Pod, PodConfig, RestartPolicy};
-pub use settings::{EnvLookup, Settings};
+pub use settings::{EnvLookup, Settings, DEFAULT_LAG_BUDGET};
 
 /// The README's Rust examples, compiled as doctests.
 #[doc = include_str!("../README.md")]

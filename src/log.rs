@@ -80,6 +80,19 @@ pub const PRUNE_MIN_AGE: Duration = Duration::from_secs(3600);
 /// half of it is written.
 pub(crate) const MAX_BACKLOG: usize = 8 * 1024 * 1024;
 
+/// The same over every session of one state store (a thousand sessions
+/// may each be a little under [`MAX_BACKLOG`] behind a slow disk): above
+/// it, every session that hands bytes over makes its runner wait until the
+/// total is down to half.
+pub(crate) const MAX_TOTAL_BACKLOG: usize = 64 * 1024 * 1024;
+
+/// Whether a session whose log is `log` may read more of its container's
+/// output now (see [`MAX_BACKLOG`], [`MAX_TOTAL_BACKLOG`]).
+pub(crate) fn has_room(log: &SharedLog) -> bool {
+    log.backlog() <= MAX_BACKLOG
+        && (log.backlog() == 0 || log.total_backlog() <= log.max_total_backlog())
+}
+
 /// Whether the log at `path` was written or touched within
 /// [`STALE_AFTER`]: its run is live (or ended only moments ago).
 pub fn is_fresh(path: &Path) -> bool {
@@ -126,7 +139,7 @@ impl LogWriter {
     /// [`StateStore::create_log`]).
     pub(crate) fn new(store: StateStore, path: PathBuf) -> Self {
         LogWriter {
-            shared: SharedLog::new(path),
+            shared: store.shared_log(path),
             store,
             buf: Vec::new(),
             marks: Vec::new(),
@@ -234,11 +247,14 @@ pub(crate) async fn settled(store: &StateStore, log: &SharedLog, seq: u64) {
     }
 }
 
-/// Wait until `log` has at most half of [`MAX_BACKLOG`] waiting.
+/// Wait until `log` has at most half of [`MAX_BACKLOG`] waiting, and the
+/// store at most half of [`MAX_TOTAL_BACKLOG`] (or this log nothing).
 pub(crate) async fn room(store: &StateStore, log: &SharedLog) {
     loop {
         let mut progress = store.progress();
-        if log.backlog() <= MAX_BACKLOG / 2 {
+        if log.backlog() <= MAX_BACKLOG / 2
+            && (log.backlog() == 0 || log.total_backlog() <= log.max_total_backlog() / 2)
+        {
             return;
         }
         if progress.changed().await.is_err() {

@@ -15,7 +15,12 @@ use std::time::Duration;
 use crate::actors::fanout::FanoutLimits;
 use crate::actors::supervisor::Policy;
 use crate::log::Retention;
-use crate::runtime::DEFAULT_LINE_CAP;
+use crate::runtime::{Backend, DEFAULT_LINE_CAP};
+
+/// The default [`Settings::lag_budget`]: 64 MiB, the windows of sixteen
+/// sessions at their own limit (4 MiB each); beyond that, lagging
+/// subscribers catch up from the disk.
+pub const DEFAULT_LAG_BUDGET: usize = 64 * 1024 * 1024;
 
 /// Looks up a host environment variable (for `inheritEnv`).
 pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -40,6 +45,12 @@ pub struct Settings {
     pub line_cap: usize,
     /// Memory each session may hold for lagging subscribers.
     pub fanout: FanoutLimits,
+    /// Memory all sessions of the dispatcher together may hold for
+    /// lagging subscribers, in bytes (approximate, as
+    /// [`FanoutLimits::window_bytes`]); default [`DEFAULT_LAG_BUDGET`].
+    /// Once it is spent, lagging subscribers of every session are fed from
+    /// the session logs on disk (still every event, in order).
+    pub lag_budget: usize,
     /// Session-log retention, applied when the dispatcher starts.
     pub retention: Retention,
     /// Host environment lookup for `inheritEnv` (default: the process
@@ -53,6 +64,9 @@ pub struct Settings {
     /// in other processes can tell them from runs whose process died
     /// (default [`crate::log::HEARTBEAT`]).
     pub log_heartbeat: Duration,
+    /// The Docker backend of [`Dispatcher::docker`](crate::Dispatcher::docker);
+    /// `None` (the default): from `CLDPD_RUNTIME` (see [`Backend`]).
+    pub runtime: Option<Backend>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -65,9 +79,11 @@ impl std::fmt::Debug for Settings {
             .field("policy", &self.policy)
             .field("line_cap", &self.line_cap)
             .field("fanout", &self.fanout)
+            .field("lag_budget", &self.lag_budget)
             .field("retention", &self.retention)
             .field("adopt_orphans", &self.adopt_orphans)
             .field("log_heartbeat", &self.log_heartbeat)
+            .field("runtime", &self.runtime)
             .finish_non_exhaustive()
     }
 }
@@ -83,10 +99,12 @@ impl Settings {
             policy: Policy::default(),
             line_cap: DEFAULT_LINE_CAP,
             fanout: FanoutLimits::default(),
+            lag_budget: DEFAULT_LAG_BUDGET,
             retention: Retention::default(),
             env_lookup: Arc::new(|name| std::env::var(name).ok()),
             adopt_orphans: false,
             log_heartbeat: crate::log::HEARTBEAT,
+            runtime: None,
         }
     }
 
@@ -104,6 +122,13 @@ impl Settings {
         let state_dir = var("CLDPD_STATE_DIR").unwrap_or_else(|| home.join(".cldpd"));
         let pods_dir = var("CLDPD_PODS_DIR").unwrap_or_else(|| home.join(".cldpd").join("pods"));
         Settings::new(pods_dir, state_dir)
+    }
+
+    /// Use this Docker backend in [`Dispatcher::docker`](crate::Dispatcher::docker)
+    /// whatever `CLDPD_RUNTIME` says.
+    pub fn runtime(mut self, backend: Backend) -> Self {
+        self.runtime = Some(backend);
+        self
     }
 
     /// `<state_dir>/sessions`.
@@ -165,6 +190,18 @@ impl Settings {
     /// Fan-out memory limits.
     pub fn fanout(mut self, limits: FanoutLimits) -> Self {
         self.fanout = limits;
+        self
+    }
+
+    /// The memory all sessions together may hold for lagging subscribers
+    /// (see [`Settings::lag_budget`]).
+    ///
+    /// ```
+    /// let settings = cldpd::Settings::new("/srv/pods", "/var/lib/cldpd").lag_budget(16 << 20);
+    /// assert_eq!(settings.lag_budget, 16 << 20);
+    /// ```
+    pub fn lag_budget(mut self, bytes: usize) -> Self {
+        self.lag_budget = bytes;
         self
     }
 

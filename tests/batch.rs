@@ -251,3 +251,198 @@ async fn a_job_failing_to_start_part_way_stops_the_jobs_already_started() {
     );
     assert!(rt.running().is_empty(), "running: {:?}", rt.running());
 }
+
+/// Claude Code's stream-json lines, as a fault run prints them: an
+/// assistant turn, then a result costing `cost`.
+fn agent_lines(cost: f64) -> Vec<u8> {
+    format!(
+        "{}\n{}\n",
+        r#"{"type":"assistant","message":{"id":"msg_1","content":[{"type":"text","text":"working"}]}}"#,
+        format_args!(
+            r#"{{"type":"result","subtype":"success","is_error":false,"num_turns":3,"total_cost_usd":{cost},"duration_ms":5,"result":"done"}}"#
+        )
+    )
+    .into_bytes()
+}
+
+/// Recorded from Claude Code 2.1.332 against the scripted model server
+/// answering 429: it retries by itself and says so.
+const API_RETRY_429: &str = r#"{"type":"system","subtype":"api_retry","attempt":1,"max_retries":10,"retry_delay_ms":1025,"error_status":429,"error":"rate_limit","session_id":"228137a7-8f36-4519-87ad-b6e827e38333","uuid":"5dfae2d0-144f-46e1-931a-f4d8587abef0"}"#;
+
+#[actix::test]
+async fn the_report_gives_each_agents_turns_cost_and_result_and_the_totals() {
+    let dirs = Dirs::new(&[("agent", None), ("plain", Some(r#"{"agentOutput": "text"}"#))]);
+    let rt = FaultRuntime::new();
+    rt.script_pod(
+        "agent",
+        RunScript::new()
+            .bytes(cldpd::OutputStream::Stdout, agent_lines(0.25))
+            .exit(0),
+    );
+    rt.script_pod("plain", RunScript::new().stdout_lines(2).exit(0));
+    let d = Dispatcher::new(dirs.settings().max_concurrent(2), rt.clone());
+    let jobs = vec![
+        Job::prompt("agent", "a"),
+        Job::prompt("agent", "b"),
+        Job::prompt("plain", "c"),
+    ];
+    let batch = Batch::start(&d, jobs).await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(30), batch.report())
+        .await
+        .unwrap();
+    assert_eq!(report.succeeded, 3, "{report:#?}");
+    for j in &report.jobs[..2] {
+        assert_eq!(
+            (j.turns, j.cost_usd, j.result.as_deref()),
+            (Some(3), Some(0.25), Some("success"))
+        );
+    }
+    assert_eq!(
+        (report.jobs[2].turns, report.jobs[2].cost_usd, &report.jobs[2].result),
+        (None, None, &None)
+    );
+    assert_eq!((report.turns, report.cost_usd), (6, 0.5));
+    assert!(!report.budget_reached);
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["cost_usd"], 0.5);
+    assert_eq!(json["jobs"][0]["result"], "success");
+    assert!(json["jobs"][2].get("turns").is_none(), "{json}");
+}
+
+#[actix::test]
+async fn a_spent_budget_keeps_the_queued_jobs_from_starting() {
+    let dirs = Dirs::new(&[("spend", None)]);
+    let rt = FaultRuntime::new();
+    // The first job reports its cost, then keeps running: the budget is
+    // spent while the others wait for its slot.
+    rt.script_pod(
+        "spend",
+        RunScript::new()
+            .bytes(cldpd::OutputStream::Stdout, agent_lines(0.6))
+            .hang(),
+    );
+    let d = Dispatcher::new(dirs.settings().max_concurrent(1), rt.clone());
+    let jobs = (0..3).map(|i| Job::prompt("spend", format!("job {i}"))).collect();
+    let options = cldpd::batch::BatchOptions {
+        budget_usd: Some(0.5),
+        ..Default::default()
+    };
+    let batch = Batch::start_with(&d, jobs, options).await.unwrap();
+    let queued: HashSet<String> = batch.sessions()[1..].iter().map(|s| s.id().to_string()).collect();
+    // Wait until both queued jobs have ended (stopped before they started).
+    let mut events = batch.events();
+    let mut ended = HashSet::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some((_, ev)) = events.next().await {
+            if ev.is_terminal() {
+                ended.insert(ev.session.to_string());
+            }
+            if ended == queued {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the queued jobs end once the budget is spent");
+    let admission = batch.admission();
+    assert!(admission.budget_reached, "{admission:?}");
+    assert_eq!(admission.spent_usd, 0.6);
+    // The running job goes on until stopped.
+    assert_eq!(rt.running().len(), 1);
+    batch.stop(Some(Duration::ZERO)).await;
+    let report = tokio::time::timeout(Duration::from_secs(30), batch.report())
+        .await
+        .unwrap();
+    assert_eq!(rt.run_count("spend"), 1, "only the first job ran");
+    assert_eq!(report.jobs[0].state, JobState::Stopped);
+    assert_eq!(report.jobs[0].cost_usd, Some(0.6));
+    for j in &report.jobs[1..] {
+        assert_eq!(j.state, JobState::NotStarted, "{j:?}");
+        assert_eq!(j.error.as_ref().unwrap().code, "budget_spent");
+    }
+    assert_eq!(report.not_started, 2);
+    assert!(report.budget_reached);
+    assert_eq!(report.budget_usd, Some(0.5));
+    assert_eq!(report.cost_usd, 0.6);
+    // The hold is lifted once the batch is over: the dispatcher admits again.
+    let s = d.start(cldpd::StartRequest::prompt("spend", "after")).await.unwrap();
+    let mut evs = s.events();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(ev) = evs.next().await {
+            if matches!(ev.kind, cldpd::EventKind::ContainerStarted { .. }) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("admitted after the batch");
+    s.stop(Some(Duration::ZERO)).await.ok();
+}
+
+#[actix::test]
+async fn a_reported_rate_limit_holds_admissions_for_a_back_off() {
+    let dirs = Dirs::new(&[("limited", None), ("next", None)]);
+    let rt = FaultRuntime::new();
+    // The agent reports a 429 it is retrying, then keeps running.
+    rt.script_pod(
+        "limited",
+        RunScript::new()
+            .bytes(cldpd::OutputStream::Stdout, format!("{API_RETRY_429}\n").into_bytes())
+            .hang(),
+    );
+    rt.script_pod(
+        "next",
+        RunScript::new()
+            .bytes(cldpd::OutputStream::Stdout, agent_lines(0.01))
+            .exit(0),
+    );
+    let d = Dispatcher::new(dirs.settings().max_concurrent(1), rt.clone());
+    let backoff = Duration::from_millis(700);
+    let options = cldpd::batch::BatchOptions {
+        backoff: Some(backoff),
+        ..Default::default()
+    };
+    let batch = Batch::start_with(
+        &d,
+        vec![Job::prompt("limited", "a"), Job::prompt("next", "b")],
+        options,
+    )
+    .await
+    .unwrap();
+    let mut admission = batch.admission_changes();
+    let held = tokio::time::timeout(
+        Duration::from_secs(30),
+        admission.wait_for(|a| a.pauses == 1),
+    )
+    .await
+    .expect("the rate limit is seen")
+    .unwrap()
+    .clone();
+    let until = held.held_until.expect("a hold");
+    assert!(
+        held.reason.as_deref().unwrap().starts_with("rate_limited (HTTP 429) in limited-"),
+        "{held:?}"
+    );
+    // The limited job ends; its slot is free, but the next job waits out
+    // the back-off.
+    let freed = std::time::Instant::now();
+    batch.sessions()[0].stop(Some(Duration::ZERO)).await.ok();
+    let mut events = batch.sessions()[1].events();
+    let started = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(ev) = events.next().await {
+            if matches!(ev.kind, cldpd::EventKind::ContainerStarted { .. }) {
+                return std::time::Instant::now();
+            }
+        }
+        panic!("the next job never started");
+    })
+    .await
+    .unwrap();
+    assert!(started >= until, "started {:?} before the hold ended", until - started);
+    assert!(until > freed, "the hold was over before the slot was freed");
+    let report = tokio::time::timeout(Duration::from_secs(30), batch.report())
+        .await
+        .unwrap();
+    assert_eq!(report.rate_limit_pauses, 1);
+    assert_eq!(report.jobs[1].state, JobState::Succeeded);
+}

@@ -54,6 +54,23 @@ fn agent_result(events: &[Event]) -> &EventKind {
         .unwrap_or_else(|| panic!("no agent_result in {events:#?}"))
 }
 
+/// The `agent_api_error` events: code, status, and whether the agent
+/// retries by itself.
+fn api_errors(events: &[Event]) -> Vec<(String, Option<u16>, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::AgentApiError {
+                code,
+                status,
+                retry_in_ms,
+                ..
+            } => Some((code.clone(), *status, retry_in_ms.is_some())),
+            _ => None,
+        })
+        .collect()
+}
+
 fn output_lines(events: &[Event]) -> String {
     events
         .iter()
@@ -256,6 +273,34 @@ async fn an_overloaded_api_is_a_typed_error_and_a_retry_policy_recovers() {
         }) => {}
         other => panic!("{other:?}"),
     }
+    // The agent's own error message is typed before its result.
+    assert!(
+        api_errors(&events).iter().any(|(code, _, _)| code == "api_error"),
+        "{:?}",
+        typed(&events)
+    );
+    drop(d);
+
+    // 429 once, and the agent may retry: it says so in its stream (a typed
+    // `rate_limited`, with its retry delay), then succeeds.
+    let mut limited = Turn::error(429);
+    limited.error.as_mut().unwrap().retry_after = Some(1);
+    let server =
+        ModelServer::start(Script::new([limited.clone(), Turn::text("fine now")]), 0).unwrap();
+    let pod = ClaudePod::with_env(&server.url(), "", &[]);
+    let d = dispatcher(&pod, &state);
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "hello"))
+        .await
+        .unwrap();
+    let events: Vec<Event> = within(180, "the self-retried run", s.events().collect()).await;
+    assert_eq!(
+        api_errors(&events),
+        [("rate_limited".to_string(), Some(429), true)],
+        "{}",
+        output_lines(&events)
+    );
+    assert_eq!(s.wait().await.unwrap(), 0);
     drop(d);
 
     // 429 once, then the API answers: the restart policy retries the run.
@@ -287,6 +332,12 @@ async fn an_overloaded_api_is_a_typed_error_and_a_retry_policy_recovers() {
         })
         .unwrap();
     assert_eq!(first_result, (true, Some(429)), "{names:?}");
+    // Without retries of its own, the agent's failed call is typed too.
+    assert_eq!(
+        api_errors(&events),
+        [("rate_limited".to_string(), Some(429), false)],
+        "{names:?}"
+    );
     let restarting = events
         .iter()
         .find_map(|e| match &e.kind {
@@ -459,4 +510,69 @@ async fn ten_concurrent_real_agents_complete() {
         cldpd_rss / 1024
     );
     assert!(pod.containers().is_empty());
+}
+
+/// README's one command: `./demo-claude.sh` runs the real Claude Code
+/// offline against the scripted model (with this test process's image as
+/// its base, a pod name of its own, and the binary under test).
+#[test]
+fn the_offline_demo_script_shows_a_real_agent_loop() {
+    if !require_docker() {
+        return;
+    }
+    let base = support::claude::claude_image();
+    let pod = format!("demo-{}", support::docker::unique_name());
+    let state = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut cmd = std::process::Command::new(format!("{root}/demo-claude.sh"));
+    cmd.env("DEMO_BASE_IMAGE", base)
+        .env("DEMO_POD", &pod)
+        .env("CLDPD_BIN", env!("CARGO_BIN_EXE_cldpd"))
+        .env("CLDPD_STATE_DIR", state.path())
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+        .stdin(std::process::Stdio::null());
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(std::time::Duration::from_secs(300))
+        .unwrap_or_else(|_| {
+            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+            panic!("demo-claude.sh took over 300 s")
+        })
+        .unwrap();
+    let image = format!("cldpd-{pod}");
+    support::docker::docker(["rmi", "-f", image.as_str()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for needle in [
+        "scripted model server on http://127.0.0.1:",
+        "agent: Claude Code 2.1.332",
+        "▸ Bash: cat hello.txt",
+        "↳ hello from a real Claude Code agent",
+        "success in 3 turns",
+    ] {
+        assert!(stderr.contains(needle), "{needle}:\n{stderr}");
+    }
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(stdout.contains("Done: hello.txt holds the greeting."), "{stdout}");
+
+    // --real without credentials says what it needs.
+    let out = std::process::Command::new(format!("{root}/demo-claude.sh"))
+        .arg("--real")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"));
 }

@@ -324,3 +324,76 @@ fn ctrl_c_stops_every_job_and_still_writes_the_report() {
     );
     assert!(pod.containers().is_empty());
 }
+
+/// A Claude Code stand-in: one assistant turn and a result costing $0.60
+/// in stream-json; it then takes 3 s to exit (the budget is seen spent
+/// while the other jobs still wait for its slot).
+const PRICEY_AGENT: &str = "#!/bin/sh\ncat >/dev/null\necho '{\"type\":\"assistant\",\"message\":{\"id\":\"msg_1\",\"content\":[{\"type\":\"text\",\"text\":\"working\"}]}}'\necho '{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"num_turns\":3,\"total_cost_usd\":0.6,\"duration_ms\":5,\"result\":\"done\"}'\nsleep 3\nexit 0\n";
+
+#[test]
+fn a_budget_stops_admissions_and_the_report_gives_turns_and_cost() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(PRICEY_AGENT);
+    let state = state();
+    let file = state.path().join("jobs.ndjson");
+    let jobs: String = (0..3)
+        .map(|i| format!("{{\"pod\": \"{}\", \"prompt\": \"job {i}\"}}\n", pod.name()))
+        .collect();
+    std::fs::write(&file, jobs).unwrap();
+    let report = state.path().join("report.json");
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["batch", "--concurrency", "1", "--budget-usd", "0.5", "--report"])
+        .arg(&report)
+        .arg(&file);
+    let out = run(cmd, Duration::from_secs(180));
+    out.expect_code(1);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    // The queued jobs end (skipped) before the running one finishes.
+    assert!(
+        lines[2].starts_with("ok ")
+            && lines[2].contains("success, 3 turns, $0.6000")
+            && lines[2].ends_with("job 0"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[..2]
+            .iter()
+            .all(|l| l.starts_with("skipped ") && l.contains("budget spent")),
+        "{}",
+        out.stdout
+    );
+    for needle in [
+        "budget reached: $0.6000 spent of $0.50",
+        "1 succeeded, 0 failed, 0 stopped, 2 not started (budget spent)",
+        "agents: 3 turns, $0.6000 of a $0.50 budget (reached)",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(json["not_started"], 2);
+    assert_eq!(json["cost_usd"], 0.6);
+    assert_eq!(json["turns"], 3);
+    assert_eq!(json["budget_reached"], true);
+    assert_eq!(json["jobs"][0]["result"], "success");
+    assert_eq!(json["jobs"][1]["state"], "not_started");
+    assert_eq!(json["jobs"][1]["error"]["code"], "budget_spent");
+
+    // --json: the events, then the report as the last line.
+    let file = state.path().join("one.ndjson");
+    std::fs::write(&file, format!("{{\"pod\": \"{}\", \"prompt\": \"x\"}}\n", pod.name())).unwrap();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["batch", "--json"]).arg(&file);
+    let out = run(cmd, Duration::from_secs(180));
+    out.expect_code(0);
+    let last: serde_json::Value =
+        serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "batch_report", "{last}");
+    assert_eq!(last["cost_usd"], 0.6);
+    assert_eq!(last["jobs"][0]["turns"], 3);
+    assert!(pod.containers().is_empty());
+}

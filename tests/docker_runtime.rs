@@ -1,4 +1,7 @@
-//! `DockerCli` against the real Docker engine.
+//! The Docker backends against the real Docker engine: the one
+//! `CLDPD_RUNTIME` selects (`support::docker::runtime()`: the Engine API by
+//! default, `cli` for `DockerCli`); `.ci/run` runs this file once per
+//! backend.
 //!
 //! Every test builds its own `FROM scratch` + busybox pod image (see
 //! `support::docker`), is bounded in time, waits for conditions (output
@@ -9,11 +12,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cldpd::runtime::{
-    BindMount, BuildEvent, BuildSpec, DockerCli, ExecSpec, OutputLine, ProcessEvent, Resources,
-    RunSpec, Runtime, SecretValue, Stdin, StopSignal, DEFAULT_LINE_CAP,
+    Backend, BindMount, BuildEvent, BuildSpec, DockerCli, EngineApi, ExecSpec, OutputLine,
+    ProcessEvent, Resources, RunSpec, Runtime, SecretValue, Stdin, StopSignal, DEFAULT_LINE_CAP,
 };
 use cldpd::{Error, OutputStream};
 use futures_util::stream::BoxStream;
@@ -149,7 +153,7 @@ async fn read_to_end(stream: &mut BoxStream<'static, ProcessEvent>, seen: &mut S
     }
 }
 
-async fn run_all(docker: &DockerCli, spec: RunSpec) -> Seen {
+async fn run_all(docker: &Arc<dyn Runtime>, spec: RunSpec) -> Seen {
     let mut seen = Seen::default();
     read_to_end(&mut docker.run(spec), &mut seen).await;
     seen
@@ -176,7 +180,9 @@ async fn preflight_reports_the_engine_version() {
     if !require_docker() {
         return;
     }
-    let version = bounded(DockerCli::new().preflight()).await.unwrap();
+    let version = bounded(support::docker::runtime().preflight())
+        .await
+        .unwrap();
     assert!(
         version.chars().next().unwrap().is_ascii_digit(),
         "{version}"
@@ -189,7 +195,7 @@ async fn build_streams_output_and_tags_the_image() {
         return;
     }
     let pod = TestPod::builder().create();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     bounded(async {
         assert!(!docker.image_exists(&pod.image()).await.unwrap());
         let events: Vec<BuildEvent> = docker.build(build_spec(&pod)).collect().await;
@@ -224,7 +230,7 @@ async fn build_failure_carries_the_tail() {
     let pod = TestPod::builder()
         .dockerfile_line("RUN [\"/bin/false\"]")
         .create();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let events: Vec<BuildEvent> = bounded(docker.build(build_spec(&pod)).collect()).await;
     match events.last().unwrap() {
         BuildEvent::Finished(Err(Error::BuildFailed { image, code, tail })) => {
@@ -252,7 +258,7 @@ async fn run_marks_stdout_and_stderr_and_propagates_exit_code() {
         "#!/bin/sh\necho \"out one $1\"\necho \"err one\" >&2\necho \"out two\"\necho \"err two\" >&2\nexit 3\n",
     );
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let container = pod.container_name("run1");
     let seen = bounded(run_all(
         &docker,
@@ -280,7 +286,7 @@ async fn run_delivers_a_large_output_losslessly_in_batches() {
         "#!/bin/sh\nseq 1 200000 | sed 's/^/out /'\nprintf 'bad \\377 byte\\n'\nhead -c 5000 /dev/zero | tr '\\0' x\necho\nseq 1 1000 >&2\n",
     );
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let mut spec = run_spec(&pod, &pod.container_name("big1"), &["claude"]);
     spec.line_cap = 1024;
     let seen = bounded(run_all(&docker, spec)).await;
@@ -319,7 +325,7 @@ async fn missing_agent_is_agent_not_runnable() {
     }
     let pod = TestPod::builder().no_agent().create();
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     bounded(async {
         let seen = run_all(
             &docker,
@@ -368,7 +374,7 @@ async fn docker_failure_125_carries_dockers_message() {
     }
     let pod = TestPod::builder().create();
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     bounded(async {
         let mut spec = run_spec(&pod, &pod.container_name("m125"), &["claude"]);
         spec.mounts.push(BindMount {
@@ -377,7 +383,14 @@ async fn docker_failure_125_carries_dockers_message() {
             read_only: false,
         });
         let seen = run_all(&docker, spec).await;
-        seen.assert_well_formed();
+        // The CLI backend reports `Started` once its client ran; the Engine
+        // API backend's create is refused before anything started (the
+        // contract allows both).
+        if support::docker::backend() == Backend::Cli {
+            seen.assert_well_formed();
+        } else {
+            assert_eq!(seen.events.len(), 1, "{:?}", seen.events);
+        }
         // Docker's own words are the error's message, not agent output.
         assert!(seen.stderr().is_empty(), "{:?}", seen.stderr());
         match seen.terminal() {
@@ -432,7 +445,7 @@ async fn env_secret_reaches_the_container_but_no_argv() {
         "#!/bin/sh\necho \"secret=$CLDPD_TEST_SECRET\"\necho ready\nwhile :; do sleep 0.2; done\n",
     );
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let secret = format!("s3cr3t-{}", uuid::Uuid::new_v4().simple());
     let marker = format!("marker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let container = pod.container_name("sec1");
@@ -463,13 +476,18 @@ async fn env_secret_reaches_the_container_but_no_argv() {
             .map(|(_, c)| c)
             .filter(|c| contains(c, marker.as_bytes()))
             .collect();
-        assert!(
-            with_marker.len() >= 2,
-            "docker client and agent not found in /proc"
-        );
-        assert!(with_marker
-            .iter()
-            .any(|c| contains(c, b"\0-e\0CLDPD_TEST_SECRET\0")));
+        if support::docker::backend() == Backend::Cli {
+            assert!(
+                with_marker.len() >= 2,
+                "docker client and agent not found in /proc"
+            );
+            assert!(with_marker
+                .iter()
+                .any(|c| contains(c, b"\0-e\0CLDPD_TEST_SECRET\0")));
+        } else {
+            // No client process: only the agent carries the marker.
+            assert!(!with_marker.is_empty(), "agent not found in /proc");
+        }
 
         docker.signal(&container, StopSignal::Kill).await.unwrap();
         read_to_end(&mut stream, &mut seen).await;
@@ -497,7 +515,7 @@ async fn bind_mount_with_comma_and_quote_in_the_path() {
     let weird = host.path().join("we,ird \"dir\"");
     std::fs::create_dir(&weird).unwrap();
     std::fs::write(weird.join("hello.txt"), "hello from the host\n").unwrap();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let mut spec = run_spec(&pod, &pod.container_name("mnt1"), &["claude"]);
     spec.mounts.push(BindMount {
         source: weird.clone(),
@@ -526,7 +544,7 @@ async fn resources_and_workdir_reach_the_container() {
         .dockerfile_line("WORKDIR /")
         .create();
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let container = pod.container_name("res1");
     let mut spec = run_spec(&pod, &container, &["claude"]);
     spec.resources = Resources {
@@ -545,9 +563,12 @@ async fn resources_and_workdir_reach_the_container() {
             "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.Config.WorkingDir}} {{.HostConfig.Init}} {{.HostConfig.AutoRemove}}",
             &container,
         ]);
+        // `--rm` on the CLI backend; the Engine API backend removes the
+        // container itself once it has read the exit code.
+        let auto_remove = support::docker::backend() == Backend::Cli;
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
-            "500000000 67108864 64 /tmp true true"
+            format!("500000000 67108864 64 /tmp true {auto_remove}")
         );
         docker.signal(&container, StopSignal::Kill).await.unwrap();
         read_to_end(&mut stream, &mut seen).await;
@@ -564,7 +585,7 @@ async fn term_reaches_an_agent_that_traps_it() {
     }
     let pod = TestPod::with_stub(TRAP_TERM_STUB);
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let container = pod.container_name("trm1");
     bounded(async {
         let mut stream = docker.run(run_spec(&pod, &container, &["claude"]));
@@ -595,7 +616,7 @@ async fn term_sent_before_the_container_exists_is_delivered() {
     }
     let pod = TestPod::with_stub(TRAP_TERM_STUB);
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let container = pod.container_name("ear1");
     bounded(async {
         let mut stream = docker.run(run_spec(&pod, &container, &["claude"]));
@@ -627,7 +648,7 @@ async fn exec_signals_reach_a_starting_exec_and_tolerate_an_ended_one() {
     }
     let pod = TestPod::with_stub(IDLE_STUB);
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let container = pod.container_name("exs1");
     bounded(async {
         let mut stream = docker.run(run_spec(&pod, &container, &["claude"]));
@@ -685,7 +706,7 @@ async fn ignored_term_survives_and_kill_ends_it_with_137() {
     }
     let pod = TestPod::with_stub(STUBBORN_STUB);
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let container = pod.container_name("ign1");
     bounded(async {
         let mut stream = docker.run(run_spec(&pod, &container, &["claude"]));
@@ -731,7 +752,7 @@ async fn stop_escalates_to_kill_after_the_grace_period() {
     }
     let pod = TestPod::with_stub(STUBBORN_STUB);
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let container = pod.container_name("stp1");
     bounded(async {
         let mut stream = docker.run(run_spec(&pod, &container, &["claude"]));
@@ -771,7 +792,7 @@ async fn exec_runs_in_a_running_container() {
     }
     let pod = TestPod::with_stub(IDLE_STUB);
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let container = pod.container_name("exe1");
     bounded(async {
         let mut stream = docker.run(run_spec(&pod, &container, &["claude"]));
@@ -859,7 +880,7 @@ async fn exec_into_a_stopped_container_is_session_not_found() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let docker_cli = DockerCli::new();
+    let docker_cli = support::docker::runtime();
     let exec = ExecSpec {
         container: container.clone(),
         command: vec!["claude".into()],
@@ -884,7 +905,7 @@ async fn list_finds_running_containers_with_their_labels() {
     }
     let pod = TestPod::with_stub(IDLE_STUB);
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let container = pod.container_name("lst1");
     let mut spec = run_spec(&pod, &container, &["claude"]);
     spec.labels.insert("cldpd.attempt".into(), "2".into());
@@ -922,7 +943,7 @@ async fn remove_of_a_running_or_gone_container_is_ok() {
     }
     let pod = TestPod::with_stub(IDLE_STUB);
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     let container = pod.container_name("rm01");
     bounded(async {
         let mut stream = docker.run(run_spec(&pod, &container, &["claude"]));
@@ -953,36 +974,47 @@ async fn remove_of_a_running_or_gone_container_is_ok() {
 /// says Docker is unavailable. Needs the docker binary, not the daemon.
 #[tokio::test]
 async fn unreachable_daemon_is_docker_unavailable() {
-    let have_client = std::process::Command::new(support::docker::docker_bin())
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_client {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and the docker client is missing"
-        );
-        eprintln!("note: skipping, no docker client");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let wrapper = dir.path().join("docker-down");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nDOCKER_HOST=unix://{}/nobody.sock exec {} \"$@\"\n",
-            dir.path().display(),
-            support::docker::docker_bin()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let docker = DockerCli::with_binary(&wrapper);
-    let down = |e: &Error| matches!(e, Error::DockerUnavailable { message } if message.contains("Cannot connect"));
+    let docker: Arc<dyn Runtime> = match support::docker::backend() {
+        Backend::EngineApi => {
+            // A socket file nobody listens on: the connection is refused.
+            let sock = dir.path().join("nobody.sock");
+            drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+            Arc::new(EngineApi::with_host(format!("unix://{}", sock.display())))
+        }
+        Backend::Cli => {
+            let have_client = std::process::Command::new(support::docker::docker_bin())
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !have_client {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI=true and the docker client is missing"
+                );
+                eprintln!("note: skipping, no docker client");
+                return;
+            }
+            let wrapper = dir.path().join("docker-down");
+            std::fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh\nDOCKER_HOST=unix://{}/nobody.sock exec {} \"$@\"\n",
+                    dir.path().display(),
+                    support::docker::docker_bin()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(
+                &wrapper,
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+            Arc::new(DockerCli::with_binary(&wrapper))
+        }
+    };
+    let cli = support::docker::backend() == Backend::Cli;
+    let down = |e: &Error| matches!(e, Error::DockerUnavailable { message } if !cli || message.contains("Cannot connect"));
     bounded(async {
         let e = docker.preflight().await.unwrap_err();
         assert!(down(&e), "{e:?}");
@@ -1054,7 +1086,7 @@ async fn stdin_reaches_the_process_whole_and_an_unread_one_is_no_error() {
     }
     let pod = TestPod::with_stub("#!/bin/sh\nwc -c\n");
     pod.build_image();
-    let docker = DockerCli::new();
+    let docker = support::docker::runtime();
     // 1 MiB + a leading dash: far over one argv string's 128 KiB.
     let mut prompt = b"-rf ".to_vec();
     prompt.resize(1 << 20, b'x');

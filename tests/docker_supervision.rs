@@ -136,6 +136,9 @@ fn run_clients_of(container: &str) -> Vec<u32> {
 /// not the container's exit: the run goes on to the container's real end
 /// and code, the lines written after the kill still arrive — each exactly
 /// once, in order — and the restart policy starts no second container.
+///
+/// About the CLI backend's own client, so it runs on the CLI backend
+/// whatever the default (the Engine API backend has no client process).
 #[actix::test]
 async fn a_killed_docker_run_client_is_not_the_containers_exit() {
     if !require_docker() {
@@ -152,7 +155,11 @@ async fn a_killed_docker_run_client_is_not_the_containers_exit() {
         .pod_json(r#"{ "restart": "on-failure", "backoffMs": 50 }"#)
         .create();
     let state = tempfile::tempdir().unwrap();
-    let d = dispatcher(&pod, &state);
+    let d = cldpd::Dispatcher::docker(
+        cldpd::Settings::new(pod.pods_dir(), state.path())
+            .workers(2)
+            .runtime(cldpd::runtime::Backend::Cli),
+    );
     let s = d
         .start(StartRequest::prompt(pod.name(), "go"))
         .await

@@ -1063,3 +1063,53 @@ async fn a_live_container_costs_under_1_kib() {
     .await;
     assert!(rt.running().is_empty());
 }
+
+/// Docker takes time to create and start a container: with a creation
+/// delay the container is listed `created` until its stream has spent the
+/// delay, then `running`; a signal sent in that window is not lost (it
+/// ends the process right after `Started`, as on the Docker backends).
+#[tokio::test]
+async fn a_creation_delay_lists_created_then_running_and_an_early_signal_lands() {
+    let rt = FaultRuntime::new();
+    rt.creation_delay(Duration::from_millis(100))
+        .script_pod("web", RunScript::new().stdout_lines(1).hang());
+    let state = |rt: &FaultRuntime| {
+        let rt = rt.clone();
+        async move {
+            rt.list()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.name, c.state))
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut first = rt.run(spec("web", "c1"));
+    assert_eq!(state(&rt).await, [("c1".to_string(), "created".to_string())]);
+    let t0 = tokio::time::Instant::now();
+    let started = bounded(first.next()).await;
+    assert!(matches!(started, Some(ProcessEvent::Started { .. })), "{started:?}");
+    assert!(t0.elapsed() >= Duration::from_millis(100));
+    assert_eq!(state(&rt).await, [("c1".to_string(), "running".to_string())]);
+
+    // A TERM before the container has started reaches it once it has.
+    let second = rt.run(spec("web", "c2"));
+    rt.signal("c2", StopSignal::Term).await.unwrap();
+    let events: Vec<ProcessEvent> = bounded(second.collect()).await;
+    assert!(
+        matches!(
+            events.as_slice(),
+            [ProcessEvent::Started { .. }, ProcessEvent::Exited { code: 143 }]
+        ),
+        "{events:?}"
+    );
+    rt.remove("c1").await.unwrap();
+    let rest: Vec<ProcessEvent> = bounded(first.collect()).await;
+    assert!(matches!(rest.last(), Some(ProcessEvent::Exited { code: 137 })), "{rest:?}");
+
+    // Off again: started at the call.
+    rt.creation_delay(Duration::ZERO);
+    let _third = rt.run(spec("web", "c3"));
+    assert_eq!(state(&rt).await, [("c3".to_string(), "running".to_string())]);
+    rt.remove("c3").await.unwrap();
+}

@@ -492,3 +492,57 @@ async fn builds_are_remembered_across_dispatchers_by_image_id() {
     assert_eq!(rt.build_count("cldpd-web"), 3);
     assert!(rt.running().is_empty(), "{:?}", rt.running());
 }
+
+/// Item 11 of issue 9: while a session checks an image recorded by another
+/// process, its container already runs and its output is held back — in
+/// the container's pipe (back-pressure on the runner), not in a queue that
+/// grows with everything the container writes meanwhile. Once the check
+/// answers, every line goes out, in order. Before the fix the session took
+/// every report of the runner into an unbounded queue: the container ran
+/// to its end while the check was still out.
+#[actix::test]
+async fn output_waits_in_the_pipe_while_a_recorded_image_is_checked() {
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", RunScript::new().exit(0));
+    {
+        // Another process builds and records the image.
+        let d = Dispatcher::new(dirs.settings(), rt.clone());
+        let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+        assert_eq!(within(30, "the first run", s.wait()).await.unwrap(), 0);
+        d.shutdown(None).await.unwrap();
+    }
+    let lines = 50_000;
+    rt.script_pod("web", RunScript::new().stdout_lines(lines).exit(0));
+    rt.hold_image_checks(true);
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    let seen = tokio::spawn({
+        let s = s.clone();
+        async move { collect(&s).await }
+    });
+    within(30, "the container to start", async {
+        while rt.running().is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    // An observation window, not a synchronisation: the fault runtime
+    // writes 50,000 lines in a few milliseconds when they are read.
+    let window = std::time::Instant::now() + Duration::from_millis(1000);
+    while std::time::Instant::now() < window {
+        assert_eq!(
+            rt.running(),
+            [s.id().to_string()],
+            "the container must wait for its output to be read"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rt.hold_image_checks(false);
+    assert_eq!(within(30, "the run", s.wait()).await.unwrap(), 0);
+    let seen = within(30, "every event", seen).await.unwrap();
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+    assert_eq!(seen.stdout, lines as u64);
+    assert_flow(&seen.flow, START);
+    d.shutdown(None).await.unwrap();
+}

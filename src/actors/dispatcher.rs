@@ -17,7 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::future::join_all;
@@ -67,6 +67,8 @@ pub struct DispatcherActor {
     /// holds 32-byte slots, not 200-byte ones.
     sessions: HashMap<String, Box<Entry>>,
     queue: VecDeque<String>,
+    /// Admissions wait until then ([`HoldAdmissions`]).
+    held_until: Option<Instant>,
     running: usize,
     /// Runs of a dead dispatcher taken over (session → container).
     adopted: HashMap<String, AdoptedRun>,
@@ -79,6 +81,8 @@ pub struct DispatcherActor {
     resume_policy: Arc<Policy>,
     /// The owner of the state directory's I/O (its own thread).
     store: StateStore,
+    /// Memory for lagging subscribers, shared by all sessions.
+    lag_budget: fanout::LagBudget,
     shutting_down: bool,
     /// The stops of a dying dispatcher were sent.
     death_stops_sent: bool,
@@ -95,6 +99,7 @@ impl DispatcherActor {
         let resume_policy = Arc::new(settings.policy.clone());
         let builds = Builds::with_store(settings.state_dir.join("images"));
         let store = StateStore::open(&settings.state_dir);
+        let lag_budget = fanout::LagBudget::new(settings.lag_budget);
         DispatcherActor {
             settings: Arc::new(settings),
             runtime,
@@ -103,6 +108,7 @@ impl DispatcherActor {
             next_worker: 0,
             sessions: HashMap::new(),
             queue: VecDeque::new(),
+            held_until: None,
             running: 0,
             adopted: HashMap::new(),
             builds,
@@ -110,6 +116,7 @@ impl DispatcherActor {
             templates: HashMap::new(),
             resume_policy,
             store,
+            lag_budget,
             shutting_down: false,
             death_stops_sent: false,
         }
@@ -364,6 +371,7 @@ impl DispatcherActor {
         let runtime = self.runtime.clone();
         let dispatcher = ctx.address();
         let limits = self.settings.fanout;
+        let budget = self.lag_budget.clone();
         let id_arc: Arc<str> = Arc::from(id.as_str());
         let image_for_actor: Arc<str> = match &plan {
             Plan::Start(start) => start.template.image.clone(),
@@ -374,7 +382,7 @@ impl DispatcherActor {
         let stop_marker =
             matches!(plan, Plan::Start(_)).then(|| stops::path(&self.settings.state_dir, &id));
         let addr = SessionActor::start_in_arbiter(&worker, move |_| {
-            let hub = Hub::new(log, limits);
+            let hub = Hub::new(log, limits, budget);
             for s in subscribers {
                 fanout::subscribe(&hub, s, 1);
             }
@@ -412,9 +420,22 @@ impl DispatcherActor {
         info
     }
 
+    /// True while a [`HoldAdmissions`] is in force (an expired one is
+    /// forgotten).
+    fn held(&mut self) -> bool {
+        match self.held_until {
+            Some(t) if t > Instant::now() => true,
+            Some(_) => {
+                self.held_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
     fn admit_or_queue(&mut self, id: &str) {
         let busy = self.running + self.adopted.len();
-        let full = self.settings.max_concurrent.is_some_and(|max| busy >= max);
+        let full = self.held() || self.settings.max_concurrent.is_some_and(|max| busy >= max);
         let Some(entry) = self.sessions.get_mut(id) else {
             return;
         };
@@ -431,6 +452,9 @@ impl DispatcherActor {
     }
 
     fn admit_next(&mut self) {
+        if self.held() {
+            return;
+        }
         while self
             .settings
             .max_concurrent
@@ -556,7 +580,13 @@ impl DispatcherActor {
                 });
             }
         }
-        for c in containers.iter().filter(|c| c.is_running()) {
+        // A `created` container is a run whose owner is starting it (the
+        // Engine API backend's create → attach → start takes a moment):
+        // a target too, so that a stop right after a start is not lost.
+        for c in containers
+            .iter()
+            .filter(|c| c.is_running() || c.is_created())
+        {
             let (Some(session), Some(pod)) = (c.label(labels::SESSION), c.label(labels::POD))
             else {
                 continue;
@@ -1031,6 +1061,9 @@ impl Handler<Stop> for DispatcherActor {
                         if let Ok(Err(e)) = recorded {
                             tracing::warn!(session = %m.session, error = %e, "could not record the stop for the run's owner; it may restart the run");
                         }
+                        if m.labels.as_ref().is_some_and(ContainerInfo::is_created) {
+                            until_started(&runtime, &container).await;
+                        }
                         guarded("the runtime's stop", runtime.stop(&container, grace)).await??;
                         Ok(StopReport {
                             session: m.session,
@@ -1042,6 +1075,30 @@ impl Handler<Stop> for DispatcherActor {
                 }),
         )
     }
+}
+
+/// Wait (bounded) until `container` is no longer `created`: Docker's stop
+/// of a container that has not started does nothing, and its owner would
+/// then start it. Gone or running both end the wait; so does an engine
+/// that cannot list.
+async fn until_started(runtime: &Arc<dyn Runtime>, container: &str) {
+    const LIMIT: Duration = Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut delay = Duration::from_millis(20);
+    while tokio::time::Instant::now() < deadline {
+        let Ok(Ok(list)) = guarded("the runtime's list", runtime.list()).await else {
+            return;
+        };
+        if !list
+            .iter()
+            .any(|c| c.name == container && c.is_created())
+        {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+    tracing::warn!(%container, "still not started after {LIMIT:?}; stopping it anyway");
 }
 
 impl Handler<StopOrphans> for DispatcherActor {
@@ -1163,6 +1220,30 @@ impl Handler<Shutdown> for DispatcherActor {
             });
             futures_util::future::join(join_all(stops), join_all(adopted)).await;
         })
+    }
+}
+
+impl Handler<HoldAdmissions> for DispatcherActor {
+    type Result = MessageResult<HoldAdmissions>;
+
+    fn handle(&mut self, msg: HoldAdmissions, ctx: &mut Context<Self>) -> Self::Result {
+        self.held_until = msg.until;
+        match msg.until {
+            Some(until) => {
+                tracing::info!(
+                    for_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
+                    queued = self.queue.len(),
+                    "admissions held"
+                );
+                // Admit again once the hold ends (a later hold replaces
+                // this one; an early wake-up finds it still held).
+                ctx.run_later(until.saturating_duration_since(Instant::now()), |act, _| {
+                    act.admit_next()
+                });
+            }
+            None => self.admit_next(),
+        }
+        MessageResult(self.queue.iter().cloned().collect())
     }
 }
 

@@ -190,6 +190,48 @@ impl Default for FanoutLimits {
     }
 }
 
+/// Memory for lagging subscribers shared by every session of one
+/// dispatcher ([`Settings::lag_budget`](crate::Settings::lag_budget)).
+/// Each session's lag window charges the events it holds here; while the
+/// budget is spent, windows give up their oldest events (all of them if
+/// need be) and their lagging subscribers are fed from the session log
+/// instead: so a thousand sessions with a stuck subscriber each hold at
+/// most the budget between them (give or take one event each), not a
+/// thousand windows.
+#[derive(Debug, Clone)]
+pub(crate) struct LagBudget(Arc<BudgetInner>);
+
+#[derive(Debug)]
+struct BudgetInner {
+    used: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+impl LagBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        LagBudget(Arc::new(BudgetInner {
+            used: std::sync::atomic::AtomicUsize::new(0),
+            limit,
+        }))
+    }
+
+    fn charge(&self, bytes: usize) {
+        self.0
+            .used
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn release(&self, bytes: usize) {
+        self.0
+            .used
+            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn spent(&self) -> bool {
+        self.0.used.load(std::sync::atomic::Ordering::Relaxed) > self.0.limit
+    }
+}
+
 /// What a hub holds, for tests and monitoring.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct FanoutStats {
@@ -209,6 +251,9 @@ pub struct FanoutStats {
     pub replayed_from_log: u64,
     /// Bytes held by the log writer (buffer + index).
     pub log_memory: usize,
+    /// Bytes handed to the state directory's writer thread and not yet
+    /// written (bounded: see [`crate::log`]).
+    pub log_backlog: usize,
 }
 
 struct Slot {
@@ -229,9 +274,18 @@ pub(crate) struct Hub {
     window_base: u64,
     stats: FanoutStats,
     limits: FanoutLimits,
+    /// Shared with the dispatcher's other sessions; charged with
+    /// `stats.window_bytes`.
+    budget: LagBudget,
     log: LogWriter,
     slots: Vec<Slot>,
     next_id: u64,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.budget.release(self.stats.window_bytes);
+    }
 }
 
 pub(crate) type SharedHub = Rc<RefCell<Hub>>;
@@ -241,7 +295,7 @@ fn approx_size(ev: &Event) -> usize {
 }
 
 impl Hub {
-    pub(crate) fn new(log: LogWriter, limits: FanoutLimits) -> SharedHub {
+    pub(crate) fn new(log: LogWriter, limits: FanoutLimits, budget: LagBudget) -> SharedHub {
         Rc::new(RefCell::new(Hub {
             head: 0,
             terminal: false,
@@ -249,6 +303,7 @@ impl Hub {
             window_base: 1,
             stats: FanoutStats::default(),
             limits,
+            budget,
             log,
             slots: Vec::new(),
             next_id: 0,
@@ -264,6 +319,7 @@ impl Hub {
             subscribers: self.slots.len(),
             window_events: self.window.len(),
             log_memory: self.log.memory(),
+            log_backlog: self.log.backlog(),
             ..self.stats
         }
     }
@@ -286,9 +342,9 @@ impl Hub {
         async move { crate::log::settled(&store, &shared, seq).await }
     }
 
-    /// Bytes of this session's log not yet written by the state thread.
-    pub(crate) fn log_backlog(&self) -> usize {
-        self.log.backlog()
+    /// Whether the runner may read on (see [`crate::log::has_room`]).
+    pub(crate) fn log_has_room(&self) -> bool {
+        crate::log::has_room(self.log.shared())
     }
 
     /// Wait until the log's backlog is down to half its limit (see
@@ -420,7 +476,9 @@ pub(crate) fn publish_all(hub: &SharedHub, events: Vec<Event>) {
                     }
                     h.window_base = ev.seq;
                 }
-                h.stats.window_bytes += approx_size(&ev);
+                let size = approx_size(&ev);
+                h.stats.window_bytes += size;
+                h.budget.charge(size);
                 h.window.push_back(ev);
                 h.stats.peak_window_bytes = h.stats.peak_window_bytes.max(h.stats.window_bytes);
                 h.trim_window();
@@ -440,6 +498,7 @@ impl Hub {
         if self.stats.lagging == 0 {
             self.window.clear();
             self.window_base = self.head + 1;
+            self.budget.release(self.stats.window_bytes);
             self.stats.window_bytes = 0;
             return;
         }
@@ -452,7 +511,8 @@ impl Hub {
             .unwrap_or(self.head + 1);
         while let Some(front) = self.window.front() {
             let over = self.window.len() > self.limits.window_events
-                || self.stats.window_bytes > self.limits.window_bytes;
+                || self.stats.window_bytes > self.limits.window_bytes
+                || self.budget.spent();
             if front.seq >= min_cursor && !over {
                 break;
             }
@@ -462,7 +522,9 @@ impl Hub {
                 self.log.flush();
             }
             let ev = self.window.pop_front().expect("front exists");
-            self.stats.window_bytes -= approx_size(&ev);
+            let size = approx_size(&ev);
+            self.stats.window_bytes -= size;
+            self.budget.release(size);
             self.window_base = ev.seq + 1;
         }
     }

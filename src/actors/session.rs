@@ -227,12 +227,13 @@ impl SessionActor {
     }
 
     /// Done at once, or, while the log has more than
-    /// [`crate::log::MAX_BACKLOG`] bytes waiting for the disk, once it has
+    /// [`crate::log::MAX_BACKLOG`] bytes waiting for the disk (or the
+    /// store more than [`crate::log::MAX_TOTAL_BACKLOG`]), once it has
     /// room: the runner awaits it before reading more of the container's
     /// output, which waits in its pipe meanwhile.
     fn log_room(&self) -> Response<()> {
         let hub = self.hub.borrow();
-        if hub.log_backlog() <= crate::log::MAX_BACKLOG {
+        if hub.log_has_room() {
             return Response::reply(());
         }
         Response::fut(hub.log_room())
@@ -671,10 +672,15 @@ impl Drop for SessionActor {
     }
 }
 
-/// Runner reports held while a recorded image is checked.
+/// Runner reports held while a recorded image is checked. Bounded: the
+/// runner's reply for a held report resolves only once the check is over
+/// (`released` dropped), which is back-pressure on the container's output
+/// (it waits in its pipe), never loss.
 struct Checking {
     cached: bool,
     reports: Vec<RunnerEvent>,
+    /// Dropped with the `Checking`: releases the runner.
+    released: watch::Sender<()>,
 }
 
 /// Docker's message when the image to run does not exist (removed since it
@@ -824,6 +830,7 @@ impl Handler<BuildNotice> for SessionActor {
                 self.checking = Some(Box::new(Checking {
                     cached: done.cached,
                     reports: Vec::new(),
+                    released: watch::Sender::new(()),
                 }));
                 self.run_image = Some(done.image.into_boxed_str());
                 self.start_attempt(ctx);
@@ -852,8 +859,20 @@ impl Handler<RunnerReport> for SessionActor {
             return Response::reply(()); // a report from an earlier runner
         }
         if let Some(checking) = &mut self.checking {
+            // Held until the check answers; the runner reads no more of
+            // the container's output before this reply (its pump awaits
+            // each one), so at most one batch waits here, plus a signal
+            // failure or loss report (`do_send`, one each at most).
+            if checking.reports.is_empty() {
+                tracing::debug!(session = %self.id, image = %self.image,
+                    "holding the container's output until the recorded image is checked");
+            }
             checking.reports.push(msg.event);
-            return Response::reply(());
+            let mut released = checking.released.subscribe();
+            return Response::fut(async move {
+                // Resolves when the check is over (its sender dropped).
+                while released.changed().await.is_ok() {}
+            });
         }
         self.runner_event(msg.event, ctx);
         self.flush(ctx);
@@ -923,7 +942,9 @@ impl SessionActor {
                 self.container_ended(ending, ctx);
             }
             RunnerEvent::Process(ProcessEvent::Failed(e)) => {
-                if matches!(&e, Error::DockerFailed { message } if image_missing(message)) {
+                if matches!(&e, Error::ImageMissing { .. })
+                    || matches!(&e, Error::DockerFailed { message } if image_missing(message))
+                {
                     self.dispatcher.do_send(ForgetImage(self.image.to_string()));
                 }
                 self.container_ended(Ending::Failed(e), ctx);

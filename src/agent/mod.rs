@@ -29,8 +29,10 @@
 //! `agent_max_budget`, `rate_limited`, `api_error`, `agent_error`).
 
 mod stream_json;
+mod tally;
 
 pub use stream_json::{AgentOutcome, StreamJsonParser, MAX_FIRST_LINE, MAX_LINE, MAX_TEXT};
+pub use tally::AgentTally;
 
 use serde::{Deserialize, Serialize};
 

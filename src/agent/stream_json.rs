@@ -7,7 +7,10 @@
 //! | `{"type":"assistant","message":{"content":[…]}}` | per block: `agent_text` (text), `tool_use` (tool_use); `thinking` blocks none |
 //! | `{"type":"user","message":{"content":[{"type":"tool_result",…}]}}` | per result: `tool_result` (id, is_error, size, first line) |
 //! | `{"type":"result",…}` | `agent_result` |
-//! | any other JSON object with a `type` (`rate_limit_event`, `system/compact_boundary`, …) | `agent_unknown` |
+//! | `{"type":"system","subtype":"api_retry",…}` (Claude Code retries an API error) | `agent_api_error` with `retry_in_ms`, `attempt` |
+//! | an `assistant` message with an `error` (the API call failed for good) | its `agent_text`, then `agent_api_error` |
+//! | `{"type":"rate_limit_event","rate_limit_info":{"status":"rejected",…}}` | `agent_api_error` (`rate_limited`) |
+//! | any other JSON object with a `type` (an allowed `rate_limit_event`, `system/compact_boundary`, …) | `agent_unknown` |
 //! | not a JSON object | none (the line is an `output` event like any other) |
 //!
 //! The parser never holds more than one line: a line the runtime split at
@@ -136,12 +139,52 @@ impl StreamJsonParser {
                         _ => {}
                     }
                 }
-                if out.is_empty() && v.get("error").is_some() {
-                    out.push(EventKind::AgentUnknown {
-                        message_type: "assistant/error".into(),
+                if let Some(error) = v.get("error").filter(|e| !e.is_null()) {
+                    // `"error": "rate_limit"`; its text block says
+                    // `API Error: Request rejected (429) · …`.
+                    let error = error.as_str().map_or_else(|| error.to_string(), String::from);
+                    let text = blocks(&v)
+                        .find_map(|b| b["text"].as_str())
+                        .unwrap_or_default();
+                    let status = status_in(text);
+                    out.push(EventKind::AgentApiError {
+                        code: api_error_code(Some(&error), status).into(),
+                        status,
+                        message: cut_to(if text.is_empty() { &error } else { text }, MAX_FIRST_LINE),
+                        retry_in_ms: None,
+                        attempt: None,
                     });
                 }
                 out
+            }
+            "system" if v["subtype"] == "api_retry" => {
+                let status = v["error_status"].as_u64().and_then(|s| u16::try_from(s).ok());
+                let error = v["error"].as_str();
+                vec![EventKind::AgentApiError {
+                    code: api_error_code(error, status).into(),
+                    status,
+                    message: cut_to(error.unwrap_or("API error"), MAX_FIRST_LINE),
+                    retry_in_ms: v["retry_delay_ms"].as_u64(),
+                    attempt: v["attempt"].as_u64().map(|n| n as u32),
+                }]
+            }
+            "rate_limit_event" if v["rate_limit_info"]["status"] == "rejected" => {
+                let info = &v["rate_limit_info"];
+                let kind = info["rateLimitType"].as_str().unwrap_or("rate limit");
+                let resets_at = info["resetsAt"].as_u64();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                vec![EventKind::AgentApiError {
+                    code: "rate_limited".into(),
+                    status: None,
+                    message: match resets_at {
+                        Some(at) => format!("{kind} limit reached; resets in {} s", at.saturating_sub(now)),
+                        None => format!("{kind} limit reached"),
+                    },
+                    retry_in_ms: resets_at.map(|at| at.saturating_sub(now) * 1000),
+                    attempt: None,
+                }]
             }
             "user" => blocks(&v)
                 .filter(|b| b["type"] == "tool_result")
@@ -198,6 +241,24 @@ impl StreamJsonParser {
             }
         }
     }
+}
+
+/// `rate_limited` for HTTP 429 or an error named `rate_limit`, else
+/// `api_error` (the codes of [`crate::Error::AgentFailed`]).
+fn api_error_code(error: Option<&str>, status: Option<u16>) -> &'static str {
+    match (error, status) {
+        (_, Some(429)) => "rate_limited",
+        (Some(e), None) if e.contains("rate_limit") => "rate_limited",
+        _ => "api_error",
+    }
+}
+
+/// The HTTP status in Claude Code's `API Error: … (429) …` text.
+fn status_in(text: &str) -> Option<u16> {
+    let rest = text.strip_prefix("API Error")?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .find(|d| d.len() == 3)
+        .and_then(|d| d.parse().ok())
 }
 
 fn str_of(v: &Value) -> String {
@@ -467,4 +528,61 @@ mod tests {
         assert_eq!(input["file_path"], "a");
         assert!(input["content"].as_str().unwrap().len() <= MAX_TEXT + 3);
     }
+
+    /// Lines Claude Code 2.1.332 printed against the scripted model server
+    /// answering 429 (with retries, then with CLAUDE_CODE_MAX_RETRIES=0).
+    const API_RETRY: &str = r#"{"type":"system","subtype":"api_retry","attempt":1,"max_retries":10,"retry_delay_ms":1025,"error_status":429,"error":"rate_limit","session_id":"228137a7-8f36-4519-87ad-b6e827e38333","uuid":"5dfae2d0-144f-46e1-931a-f4d8587abef0"}"#;
+    const ASSISTANT_ERROR: &str = r#"{"type":"assistant","message":{"diagnostics":null,"id":"4120ba3f-083f-4ca3-89a3-29e7f177e3fc","container":null,"model":"<synthetic>","role":"assistant","stop_details":null,"stop_reason":"stop_sequence","stop_sequence":"","type":"message","usage":{"output_tokens_details":null,"input_tokens":0,"output_tokens":0,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"server_tool_use":{"web_search_requests":0,"web_fetch_requests":0},"service_tier":null,"cache_creation":{"ephemeral_1h_input_tokens":0,"ephemeral_5m_input_tokens":0},"inference_geo":null,"iterations":null,"speed":null,"fallback_credit":null},"content":[{"type":"text","text":"API Error: Request rejected (429) · scripted 429 (rate_limit_error)"}],"context_management":null},"parent_tool_use_id":null,"session_id":"c3235a5c-6d77-4a3f-8cd6-b3c53e7fa2db","uuid":"468b2adf-9977-4855-b662-eff1b38ef897","timestamp":"2026-11-30T23:33:47.624Z","error":"rate_limit","is_api_error_message":true,"api_error_status":429,"api_error_type":"rate_limit_error"}"#;
+
+    #[test]
+    fn api_errors_and_rate_limits_are_typed() {
+        let mut p = StreamJsonParser::new();
+        assert_eq!(
+            p.feed(API_RETRY, false),
+            [EventKind::AgentApiError {
+                code: "rate_limited".into(),
+                status: Some(429),
+                message: "rate_limit".into(),
+                retry_in_ms: Some(1025),
+                attempt: Some(1),
+            }]
+        );
+        let evs = p.feed(ASSISTANT_ERROR, false);
+        assert_eq!(evs.len(), 2, "{evs:?}");
+        assert!(matches!(&evs[0], EventKind::AgentText { text } if text.contains("(429)")));
+        assert_eq!(
+            evs[1],
+            EventKind::AgentApiError {
+                code: "rate_limited".into(),
+                status: Some(429),
+                message: "API Error: Request rejected (429) · scripted 429 (rate_limit_error)".into(),
+                retry_in_ms: None,
+                attempt: None,
+            }
+        );
+        // 529 overloaded, retried by the agent: an api_error.
+        let overloaded = API_RETRY
+            .replace("\"error_status\":429", "\"error_status\":529")
+            .replace("\"rate_limit\"", "\"overloaded\"");
+        assert!(matches!(
+            &p.feed(&overloaded, false)[..],
+            [EventKind::AgentApiError { code, status: Some(529), .. }] if code == "api_error"
+        ));
+        // A subscription's rate limit: rejected is an error, allowed is not.
+        let rejected = r#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1,"rateLimitType":"five_hour"},"session_id":"s"}"#;
+        assert!(matches!(
+            &p.feed(rejected, false)[..],
+            [EventKind::AgentApiError { code, message, retry_in_ms: Some(0), .. }]
+                if code == "rate_limited" && message.starts_with("five_hour limit reached")
+        ));
+        let allowed = rejected.replace("rejected", "allowed");
+        assert_eq!(
+            p.feed(&allowed, false),
+            [EventKind::AgentUnknown {
+                message_type: "rate_limit_event".into()
+            }]
+        );
+        assert!(p.outcome().is_none());
+    }
+
 }

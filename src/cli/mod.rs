@@ -45,7 +45,11 @@ Exit status:
 Environment:
   CLDPD_PODS_DIR   pods directory (default ~/.cldpd/pods), like --pods-dir
   CLDPD_STATE_DIR  state directory, session logs in <dir>/sessions (default ~/.cldpd)
-  CLDPD_DOCKER     docker-compatible binary to run (default: docker on PATH)
+  CLDPD_RUNTIME    Docker backend: engine (the Engine API, default) or cli
+  DOCKER_HOST      engine of the Engine API backend: unix://, tcp://, ssh://
+                   (default unix:///var/run/docker.sock)
+  CLDPD_DOCKER     docker-compatible binary of the cli backend (default:
+                   docker on PATH); setting it selects the cli backend
   RUST_LOG         tracing filter for logs on stderr (wins over -v)";
 
 /// Dispatch Claude Code agents into Docker containers and stream what they
@@ -152,7 +156,14 @@ pub fn main() -> i32 {
     // Usage errors exit 2 here, --help and --version 0.
     let cli = Cli::parse();
     init_tracing(cli.global.verbose);
-    let ctx = Ctx::new(&cli.global);
+    let mut ctx = Ctx::new(&cli.global);
+    match cldpd::runtime::Backend::from_env() {
+        Ok(backend) => ctx.settings.runtime = Some(backend),
+        Err(e) => {
+            ctx.ui(false).error(&e.into());
+            return EXIT_FAILURE;
+        }
+    }
     let system = actix::System::new();
     let code = system.block_on(async {
         let result = commands::run(cli.command, &ctx).await;

@@ -124,6 +124,7 @@ impl Renderer {
                 }
             }
             EventKind::AgentResult { .. } => ui.status(result_line(&ev.kind)),
+            EventKind::AgentApiError { .. } => ui.status(api_error_line(&ev.kind)),
             EventKind::AgentUnknown { .. } => {}
             EventKind::Queued { position } => ui.status(format_args!(
                 "{} is queued (position {position})",
@@ -209,8 +210,41 @@ fn is_agent_event(kind: &EventKind) -> bool {
             | EventKind::ToolUse { .. }
             | EventKind::ToolResult { .. }
             | EventKind::AgentResult { .. }
+            | EventKind::AgentApiError { .. }
             | EventKind::AgentUnknown { .. }
     )
+}
+
+/// `rate limited (HTTP 429): the agent retries in 1.0 s (attempt 1)` for
+/// an `agent_api_error`.
+pub fn api_error_line(kind: &EventKind) -> String {
+    let EventKind::AgentApiError {
+        code,
+        status,
+        message,
+        retry_in_ms,
+        attempt,
+    } = kind
+    else {
+        return String::new();
+    };
+    let what = match code.as_str() {
+        "rate_limited" => "rate limited",
+        _ => "API error",
+    };
+    let status = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+    let first = message.lines().next().unwrap_or_default();
+    let mut line = format!("! {what}{status}: {first}");
+    if let Some(ms) = retry_in_ms {
+        line.push_str(&format!(
+            "; the agent retries in {}",
+            short_duration(std::time::Duration::from_millis(*ms))
+        ));
+        if let Some(n) = attempt {
+            line.push_str(&format!(" (attempt {n})"));
+        }
+    }
+    line
 }
 
 /// A tool's input in one short line: the command, path or pattern it

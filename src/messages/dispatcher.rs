@@ -186,6 +186,21 @@ pub struct Shutdown {
     pub grace: Option<Duration>,
 }
 
+/// Hold admissions: runs waiting for a slot (and new starts that do not
+/// fit) stay queued until `until`; running ones go on. `None` releases the
+/// hold now; a later hold replaces an earlier one. Resolves with the ids of
+/// the runs queued at that moment (in queue order), so that a caller that
+/// closes admissions for good (a batch's budget) can stop exactly those.
+///
+/// Used by [`Batch`](crate::batch::Batch) to slow its admissions while the
+/// API reports rate limits, and to stop admitting once its budget is spent.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<String>")]
+pub struct HoldAdmissions {
+    /// Until when; `None` lifts the hold.
+    pub until: Option<std::time::Instant>,
+}
+
 /// A run of a dead dispatcher that this one took over (settings'
 /// `adopt_orphans`): it counts against `max_concurrent` and is stopped on
 /// [`Shutdown`] or [`StopAdopted`].

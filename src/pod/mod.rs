@@ -58,6 +58,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod base_images;
 mod config;
 mod discover;
 mod issue;
@@ -74,6 +75,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
+pub use base_images::base_images;
 pub use config::parse_memory;
 pub use discover::{discover_all, validate_prompt};
 pub use issue::validate_issue_url;

@@ -43,6 +43,14 @@ const BUILD_TAIL: usize = 20;
 ///
 /// # Semantics
 ///
+/// - **Creation.** By default a container exists and its process has
+///   started at the `run()` call. With a
+///   [`creation_delay`](Self::creation_delay) it is first `created`, as
+///   Docker's create + start take time: [`Runtime::list`] shows it with
+///   state `created` until the delay has passed on its stream (tokio time),
+///   then `running` when `Started` is yielded. A signal sent meanwhile is
+///   not lost: it reaches the process as soon as it starts (`Started`, then
+///   the signal's exit), which is what the Docker backends guarantee too.
 /// - **Liveness.** A container is live from the `run()` call until its
 ///   process exits, crashes, is ended by a signal, or is removed
 ///   ([`running`](Self::running), [`Runtime::list`]). Ended containers are
@@ -68,14 +76,19 @@ const BUILD_TAIL: usize = 20;
 ///   it has ended. [`Runtime::remove`] is KILL (if live) and forget.
 /// - **Exec.** An exec into a container that is not live yields only
 ///   `Failed(SessionNotFound { target: container })`; an exec process ends
-///   with 137 when its container ends. Exec processes are not signalled.
+///   with 137 when its container ends, and is signalled through
+///   [`Runtime::signal_exec`] (found by its command, as on Docker).
+/// - **Failures at the start** (a command that cannot run, Docker refusing
+///   the container, a name in use, an unreachable engine) yield `Failed` as
+///   the only item, without `Started`, as on the Engine API backend.
 /// - **Unavailable** ([`set_unavailable`](Self::set_unavailable)):
 ///   `preflight`, `image_exists`, `list`, `signal`, `stop` and `remove`
 ///   return [`Error::DockerUnavailable`]; builds finish with it; runs and
 ///   execs yield `Failed(DockerUnavailable)` as their only item. Live
 ///   containers keep running.
 /// - `list()` returns the live containers that carry the
-///   [`labels::SESSION`] label, state `running`, with all their labels.
+///   [`labels::SESSION`] label, state `created` (see **Creation**) or
+///   `running`, with all their labels.
 /// - Images are not checked: `run` works whether the image was built or
 ///   not. `image_exists` is true after a successful build of the tag or
 ///   [`add_image`](Self::add_image).
@@ -202,6 +215,10 @@ impl PackedLabels {
 
 struct Registry {
     unavailable: bool,
+    /// How long a container is `created` before it starts.
+    creation_delay: Option<std::time::Duration>,
+    /// While `Some`, `image_exists` answers only once it holds `false`.
+    checks_held: Option<tokio::sync::watch::Sender<bool>>,
     record_specs: bool,
     builds: HashMap<String, Arc<BuildScript>>,
     images: HashSet<String>,
@@ -225,6 +242,8 @@ impl Default for Registry {
     fn default() -> Self {
         Registry {
             unavailable: false,
+            creation_delay: None,
+            checks_held: None,
             record_specs: true,
             builds: HashMap::new(),
             images: HashSet::new(),
@@ -413,6 +432,25 @@ impl FaultRuntime {
         self
     }
 
+    /// Let each container run after this from now on spend `delay` (tokio
+    /// time, counted from the first poll of its stream) in state `created`
+    /// before its process starts, as Docker's create and start take time
+    /// (tens of milliseconds on a quiet machine, seconds on a loaded one).
+    /// Code that signals, lists or stops a run right after starting it is
+    /// then tested against what Docker does; see the **Creation** semantics
+    /// above. `Duration::ZERO` switches it off (the default).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cldpd::runtime::FaultRuntime;
+    /// let rt = FaultRuntime::new();
+    /// rt.creation_delay(Duration::from_millis(50));
+    /// ```
+    pub fn creation_delay(&self, delay: std::time::Duration) -> &Self {
+        self.inner.lock().creation_delay = (!delay.is_zero()).then_some(delay);
+        self
+    }
+
     /// Script the builds of an image tag ([`BuildSpec::image`]). A build
     /// whose tag has no script uses the script registered under its pod name
     /// ([`BuildSpec::pod`]), if any, else the default.
@@ -483,6 +521,30 @@ impl FaultRuntime {
     /// Make `image_exists(image)` true without a build.
     pub fn add_image(&self, image: &str) -> &Self {
         self.inner.lock().images.insert(image.to_owned());
+        self
+    }
+
+    /// Hold every `image_exists` answer (`true`) until released
+    /// (`false`), as a slow engine would: for the time a session checks
+    /// an image recorded by another process while its container already
+    /// runs.
+    ///
+    /// ```
+    /// # use cldpd::runtime::{FaultRuntime, Runtime};
+    /// # use futures_util::FutureExt;
+    /// let rt = FaultRuntime::new();
+    /// rt.hold_image_checks(true);
+    /// let mut check = rt.image_exists("x");
+    /// assert!((&mut check).now_or_never().is_none());
+    /// rt.hold_image_checks(false);
+    /// assert!(!check.now_or_never().unwrap().unwrap());
+    /// ```
+    pub fn hold_image_checks(&self, hold: bool) -> &Self {
+        self.inner
+            .lock()
+            .checks_held
+            .get_or_insert_with(|| tokio::sync::watch::Sender::new(false))
+            .send_replace(hold);
         self
     }
 

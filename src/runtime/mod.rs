@@ -2,12 +2,14 @@
 //!
 //! The [`Runtime`] trait speaks of images, containers, lines and exits —
 //! never of processes or argv — so that the actors do not care whether the
-//! `docker` binary ([`DockerCli`]), an in-memory fake with scripted failures
-//! ([`FaultRuntime`]) or, later, a Docker Engine API client sits behind it.
+//! Docker Engine API ([`EngineApi`], the default: see [`Backend`]), the
+//! `docker` binary ([`DockerCli`]) or an in-memory fake with scripted
+//! failures ([`FaultRuntime`]) sits behind it. [`Runtime`] states the
+//! contract all of them keep.
 //!
 //! Every method returns a `'static` future or stream, so callers may drive it
 //! from any task. Output comes in batches of decoded lines
-//! ([`ProcessEvent::Output`]); both backends decode bytes with the same
+//! ([`ProcessEvent::Output`]); all backends decode bytes with the same
 //! [`LineDecoder`], so non-UTF-8 bytes and over-long lines behave the same
 //! everywhere.
 
@@ -22,13 +24,19 @@ use futures_util::stream::BoxStream;
 use crate::error::Error;
 use crate::event::OutputStream;
 
+mod backend;
 mod docker_cli;
+mod engine_api;
 mod fault;
 mod lines;
+mod pull_failure;
 
+pub use backend::Backend;
 pub use docker_cli::DockerCli;
+pub use engine_api::EngineApi;
 pub use fault::{BuildScript, FaultRuntime, RunScript, Step};
 pub use lines::{LineDecoder, DEFAULT_LINE_CAP};
+pub use pull_failure::{pull_failure, PullFailure, PullFailureKind};
 
 /// Label keys cldpd puts on every container it starts. Docker is the durable
 /// state store: these labels let another process find, resume, list and stop
@@ -326,12 +334,86 @@ impl ContainerInfo {
     pub fn is_running(&self) -> bool {
         self.state == "running"
     }
+    /// True when it was created and not started yet (its owner is starting
+    /// it, or died while doing so).
+    pub fn is_created(&self) -> bool {
+        self.state == "created"
+    }
 }
 
 /// A container backend. See the [module docs](self).
 ///
 /// Implementations must be cheap to share (`Arc<dyn Runtime>`); every
-/// method may be called from any thread.
+/// method may be called from any thread and any tokio runtime (or actix
+/// arbiter).
+///
+/// # The contract
+///
+/// Every backend ([`EngineApi`], [`DockerCli`], [`FaultRuntime`]) obeys
+/// what follows; `tests/runtime_contract.rs` runs one suite against all
+/// three.
+///
+/// **Runs and execs.** [`run`](Self::run) and [`exec`](Self::exec) yield
+/// at most one `Started` (first), then `Output` batches, then exactly one
+/// terminal item (`Exited` or `Failed`), then end. An exec whose target
+/// does not run yields `Failed(SessionNotFound)` as the only item; an
+/// engine that cannot be reached ends a run with
+/// `Failed(DockerUnavailable)` (the only item on the Engine API backend
+/// and `FaultRuntime`; after `Started` and the client's own message on
+/// the CLI backend). A container Docker refuses to create or start (missing
+/// image, bad mount, name in use) fails without `Started` on the Engine
+/// API backend; the CLI backend reports `Started` when its `docker run`
+/// client was spawned, so its refusals come after a `Started`: consumers
+/// must accept both. `Started` otherwise means the container exists and
+/// its process was started (the Engine API backend reports it after
+/// `start`). A signal sent after `run` (or `exec`) was called, even before
+/// `Started`, reaches the process once it exists: the backends ask again
+/// while their own run or exec is still being created. Output lines of one
+/// pipe keep their order; nothing is lost between `Started` and the exit.
+/// When `Exited` is seen, the run's container is gone (removed, as with
+/// `docker run --rm`).
+///
+/// **Stdin and network.** A run or exec with a [`Stdin`] reads exactly
+/// its bytes, then EOF; one without reads EOF at once (the contract is on
+/// [`Stdin`]). The Engine API backend attaches with stdin before the start
+/// and writes once the process has started; the CLI backend writes to its
+/// `docker run -i` client; `FaultRuntime` records the bytes
+/// ([`FaultRuntime::stdins`]). [`RunSpec::network`] is the container's
+/// network on both Docker backends (`--network`, `NetworkMode`).
+///
+/// **A lost engine.** Losing the connection while a container runs is not
+/// an exit (see [`run`](Self::run)): the backend waits for the container's
+/// real exit and reports `Failed(`[`Error::DockerLost`]`)` when it cannot
+/// learn it.
+///
+/// **Exit codes.** `Exited { code }` carries the process's code, 128 + n
+/// after signal n (143 after TERM, 137 after KILL). A command that is not
+/// found or not executable (126/127) is `Failed(`[`Error::AgentNotRunnable`]`)`.
+///
+/// **Already gone.** [`signal`](Self::signal), [`signal_exec`](Self::signal_exec),
+/// [`stop`](Self::stop) and [`remove`](Self::remove) of a container (or
+/// exec) that does not exist or no longer runs succeed (`Ok(())`): the goal
+/// — it does not run — holds.
+///
+/// **Stops from another process.** [`stop`](Self::stop) works on any
+/// container by name, whoever started it: TERM, the grace period, KILL,
+/// and it resolves once the container no longer runs. The process that
+/// started it sees the exit on its own stream (`Exited { code: 143 }` or
+/// `137`) and removes it; a container whose owner is gone is left for
+/// [`remove`](Self::remove).
+///
+/// **Listing.** [`list`](Self::list) returns every container carrying
+/// [`labels::SESSION`], running or not, with its state word and its
+/// `cldpd.*` labels.
+///
+/// **Typed errors.** An engine that cannot be reached is
+/// [`Error::DockerUnavailable`] from every call; an image that does not
+/// exist at `run` is [`Error::ImageMissing`] (CLI backend:
+/// [`Error::DockerFailed`] with docker's message); Docker refusing to
+/// create or start a container (bad mount, name in use) is
+/// [`Error::DockerFailed`]; an exec into a container that does not run is
+/// [`Error::SessionNotFound`]; a failed build is [`Error::BuildFailed`]; a
+/// stop that cannot complete is [`Error::StopFailed`].
 pub trait Runtime: Send + Sync + 'static {
     /// Short name for messages (`docker`, `fault`).
     fn name(&self) -> &str;

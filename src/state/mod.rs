@@ -25,7 +25,11 @@
 //!
 //! Nothing here blocks an actor thread: a session that produces output
 //! faster than the disk takes it is slowed by back-pressure on its runner
-//! (see [`crate::log::LogWriter::backlog`]), never by a write.
+//! (see [`crate::log::LogWriter::backlog`]), never by a write. The bytes
+//! waiting for the thread are bounded per log ([`crate::log::MAX_BACKLOG`])
+//! and over all the logs of a store ([`crate::log::MAX_TOTAL_BACKLOG`]),
+//! whether the disk is slow or failing (a failed write is settled as a gap
+//! at once: it frees its bytes like a written one).
 
 pub(crate) mod key;
 pub(crate) mod lock;
@@ -73,6 +77,9 @@ struct Inner {
     tx: mpsc::Sender<Cmd>,
     /// Bumped by the thread after every round of writes.
     progress: Arc<watch::Sender<u64>>,
+    /// Bytes handed over by every log of this store and not yet written
+    /// (see [`crate::log::MAX_TOTAL_BACKLOG`]).
+    backlog: Arc<writer::TotalBacklog>,
     /// The state directory's hashing key, read (or made) once.
     key: OnceLock<std::result::Result<[u8; 32], Arc<std::io::Error>>>,
 }
@@ -117,6 +124,11 @@ impl StateStore {
         let (progress, _) = watch::channel(0u64);
         let progress = Arc::new(progress);
         let thread_progress = progress.clone();
+        let backlog = Arc::new(writer::TotalBacklog::default());
+        #[cfg(test)]
+        if let Some(max) = writer::fault::total_limit(state_dir) {
+            backlog.max.store(max, std::sync::atomic::Ordering::Relaxed);
+        }
         std::thread::Builder::new()
             .name("cldpd-state".into())
             .spawn(move || writer::run(rx, thread_progress))
@@ -126,6 +138,7 @@ impl StateStore {
                 dir: state_dir.to_path_buf(),
                 tx,
                 progress,
+                backlog,
                 key: OnceLock::new(),
             }),
         }
@@ -134,6 +147,12 @@ impl StateStore {
     pub(crate) fn send(&self, cmd: Cmd) {
         // The thread only ends once every sender is gone.
         let _ = self.inner.tx.send(cmd);
+    }
+
+    /// The shared state of a new log at `path`, counted in this store's
+    /// backlog.
+    pub(crate) fn shared_log(&self, path: PathBuf) -> Arc<SharedLog> {
+        SharedLog::new(path, self.inner.backlog.clone())
     }
 
     /// A receiver that changes after each round of writes.

@@ -296,3 +296,115 @@ async fn a_full_state_disk_mid_run_keeps_the_run_and_live_subscribers_going() {
     assert!(got[0].starts_with("gap 1-"), "{got:?}");
     assert_eq!(got.last().unwrap(), &last.to_string(), "{got:?}");
 }
+
+/// Start `sessions` runs of `lines` lines of 100 bytes each while the
+/// state thread's writes are held (a disk that does not keep up), watch
+/// the bytes waiting for it, then let it write and check every run whole.
+/// Returns the most bytes seen waiting at once, summed over the runs.
+async fn held_disk_backlog(sessions: usize, lines: usize, total_limit: Option<usize>) -> usize {
+    use crate::runtime::{FaultRuntime, RunScript};
+    use crate::{Dispatcher, Settings, StartRequest};
+
+    let root = tempfile::tempdir().unwrap();
+    let pods = root.path().join("pods");
+    std::fs::create_dir_all(pods.join("a")).unwrap();
+    std::fs::write(pods.join("a/Dockerfile"), "FROM scratch\n").unwrap();
+    let state = root.path().join("state");
+    if let Some(max) = total_limit {
+        writer::fault::set_total_limit(&state, max);
+    }
+    let rt = FaultRuntime::new();
+    rt.script_pod(
+        "a",
+        RunScript::new()
+            .lines(OutputStream::Stdout, lines, 100, None)
+            .exit(0),
+    );
+    let d = Dispatcher::new(Settings::new(&pods, &state).workers(2), rt);
+    // Held from the first write on (the log files are created first).
+    writer::fault::set_held(&state, true);
+    let mut runs = Vec::new();
+    for _ in 0..sessions {
+        // Room for every event: the subscriber never lags (it would wait
+        // for the held log).
+        let (tx, rx) = tokio::sync::mpsc::channel(lines + 64);
+        let s = d
+            .start(StartRequest::prompt("a", "go").subscribe(tx))
+            .await
+            .unwrap();
+        runs.push((s, rx));
+    }
+    let backlog = || async {
+        let mut total = 0;
+        let mut ended = 0;
+        for (s, _) in &runs {
+            match s.status().await {
+                Some(st) if !st.state.is_terminal() => total += st.fanout.log_backlog,
+                _ => ended += 1,
+            }
+        }
+        (total, ended)
+    };
+    // Until every runner has had time to run into the limit: the runs
+    // are in memory and fast, so without back-pressure they end (with
+    // everything waiting for the disk) well within this window.
+    let mut peak = 0;
+    let window = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < window {
+        let (total, ended) = backlog().await;
+        peak = peak.max(total);
+        assert_eq!(ended, 0, "a run ended while its log could not be written");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    writer::fault::set_held(&state, false);
+    for (s, mut rx) in runs {
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(60), s.wait())
+                .await
+                .expect("the run ends once the disk writes again")
+                .unwrap(),
+            0
+        );
+        let mut seq = 0;
+        let mut outputs = 0;
+        while let Some(ev) = rx.recv().await {
+            assert_eq!(ev.seq, seq + 1, "gapless, in order");
+            seq = ev.seq;
+            if let EventKind::Output { line, .. } = &ev.kind {
+                assert!(line.starts_with(&format!("out {}", outputs + 1)), "{line}");
+                outputs += 1;
+            }
+        }
+        assert_eq!(outputs, lines, "every line delivered");
+        let logged = entries(s.log_path());
+        assert_eq!(logged, seqs(1..=seq), "the log is whole");
+    }
+    d.shutdown(None).await.unwrap();
+    peak
+}
+
+/// Item 11 of issue 9: a log more than [`log::MAX_BACKLOG`] behind the
+/// disk makes its runner wait (the output waits in the container's pipe);
+/// nothing is dropped. Before the back-pressure, the run went on to its
+/// end with all of its ~21 MB waiting in memory.
+#[actix::test]
+async fn a_log_behind_a_slow_disk_holds_its_runner_back() {
+    let peak = held_disk_backlog(1, 100_000, None).await;
+    assert!(
+        peak > log::MAX_BACKLOG / 2 && peak <= log::MAX_BACKLOG + (1 << 20),
+        "{peak} bytes waited"
+    );
+}
+
+/// Item 11 of issue 9: the bytes waiting for the disk are also bounded
+/// over all the sessions of a store (here 4 MiB, each run's ~6 MB under
+/// the per-log limit), give or take one batch a session.
+#[actix::test]
+async fn the_logs_of_all_sessions_behind_a_slow_disk_hold_their_runners_back() {
+    let limit = 4 << 20;
+    let peak = held_disk_backlog(4, 30_000, Some(limit)).await;
+    assert!(
+        peak > limit / 2 && peak <= limit + 4 * (1 << 20),
+        "{peak} bytes waited"
+    );
+}

@@ -74,6 +74,26 @@ pub(crate) struct SharedLog {
     settled: AtomicU64,
     /// Bytes handed over and not yet settled.
     backlog: AtomicUsize,
+    /// The same, summed over every log of the store.
+    total: Arc<TotalBacklog>,
+}
+
+/// Bytes handed over by every log of one store and not yet settled, and
+/// the most allowed before runners wait (see
+/// [`crate::log::MAX_TOTAL_BACKLOG`]).
+#[derive(Debug)]
+pub(crate) struct TotalBacklog {
+    pub(crate) bytes: AtomicUsize,
+    pub(crate) max: AtomicUsize,
+}
+
+impl Default for TotalBacklog {
+    fn default() -> Self {
+        TotalBacklog {
+            bytes: AtomicUsize::new(0),
+            max: AtomicUsize::new(crate::log::MAX_TOTAL_BACKLOG),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -106,12 +126,14 @@ struct Trouble {
 
 impl SharedLog {
     /// The shared state of the (existing, empty) log file at `path`.
-    pub(crate) fn new(path: PathBuf) -> Arc<SharedLog> {
+    /// `total` is the store's sum of every log's backlog.
+    pub(crate) fn new(path: PathBuf, total: Arc<TotalBacklog>) -> Arc<SharedLog> {
         Arc::new(SharedLog {
             path,
             state: Mutex::new(LogState::default()),
             settled: AtomicU64::new(0),
             backlog: AtomicUsize::new(0),
+            total,
         })
     }
 
@@ -149,6 +171,7 @@ impl SharedLog {
         }
         st.last_seq = last_seq;
         self.backlog.fetch_add(n, Ordering::Relaxed);
+        self.total.bytes.fetch_add(n, Ordering::Relaxed);
         !std::mem::replace(&mut st.queued, true)
     }
 
@@ -160,6 +183,18 @@ impl SharedLog {
     /// Bytes handed over and not yet written.
     pub(crate) fn backlog(&self) -> usize {
         self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Bytes handed over and not yet written, summed over every log of
+    /// the store.
+    pub(crate) fn total_backlog(&self) -> usize {
+        self.total.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The most [`total_backlog`](Self::total_backlog) may be before
+    /// runners wait.
+    pub(crate) fn max_total_backlog(&self) -> usize {
+        self.total.max.load(Ordering::Relaxed)
     }
 
     /// Where to start reading to reach `seq`: `(offset, seq at offset)`
@@ -217,6 +252,43 @@ pub(crate) mod fault {
 
     pub(super) fn is_full(path: &Path) -> bool {
         FULL.lock().unwrap().iter().any(|d| path.starts_with(d))
+    }
+
+    static LIMITS: Mutex<Vec<(PathBuf, usize)>> = Mutex::new(Vec::new());
+
+    /// Stores opened on `dir` from now on allow `bytes` waiting over all
+    /// their logs instead of [`crate::log::MAX_TOTAL_BACKLOG`].
+    pub(crate) fn set_total_limit(dir: &Path, bytes: usize) {
+        let mut v = LIMITS.lock().unwrap();
+        v.retain(|(d, _)| d != dir);
+        v.push((dir.to_path_buf(), bytes));
+    }
+
+    pub(crate) fn total_limit(dir: &Path) -> Option<usize> {
+        LIMITS
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(d, _)| d == dir)
+            .map(|l| l.1)
+    }
+
+    static HELD: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    /// Writes to logs under `dir` wait (`held`), as on a disk that does
+    /// not keep up, or go on again.
+    pub(crate) fn set_held(dir: &Path, held: bool) {
+        let mut v = HELD.lock().unwrap();
+        v.retain(|d| d != dir);
+        if held {
+            v.push(dir.to_path_buf());
+        }
+    }
+
+    /// Whether writes to `path` are held: the thread then puts them
+    /// aside and goes on with other commands (creating logs, touching).
+    pub(super) fn is_held(path: &Path) -> bool {
+        HELD.lock().unwrap().iter().any(|d| path.starts_with(d))
     }
 }
 
@@ -289,8 +361,32 @@ impl Files {
 pub(super) fn run(rx: mpsc::Receiver<Cmd>, progress: Arc<watch::Sender<u64>>) {
     let mut files = Files::default();
     let mut cmds = Vec::new();
-    while let Ok(first) = rx.recv() {
-        cmds.push(first);
+    // Test hook: writes of held logs, put aside (see `fault::set_held`).
+    #[cfg(test)]
+    let mut held: Vec<Cmd> = Vec::new();
+    loop {
+        #[cfg(test)]
+        {
+            let (later, now): (Vec<Cmd>, Vec<Cmd>) = held.drain(..).partition(|c| match c {
+                Cmd::Write(l) | Cmd::Close(l) => fault::is_held(l.path()),
+                _ => false,
+            });
+            held = later;
+            cmds.extend(now);
+            if !held.is_empty() && cmds.is_empty() {
+                match rx.recv_timeout(std::time::Duration::from_millis(2)) {
+                    Ok(c) => cmds.push(c),
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        }
+        if cmds.is_empty() {
+            match rx.recv() {
+                Ok(c) => cmds.push(c),
+                Err(_) => break,
+            }
+        }
         while cmds.len() < 4096 {
             match rx.try_recv() {
                 Ok(c) => cmds.push(c),
@@ -299,6 +395,13 @@ pub(super) fn run(rx: mpsc::Receiver<Cmd>, progress: Arc<watch::Sender<u64>>) {
         }
         let mut wrote = false;
         for cmd in cmds.drain(..) {
+            #[cfg(test)]
+            if let Cmd::Write(l) | Cmd::Close(l) = &cmd {
+                if fault::is_held(l.path()) {
+                    held.push(cmd);
+                    continue;
+                }
+            }
             match cmd {
                 Cmd::Write(log) => {
                     write(&mut files, &log);
@@ -410,6 +513,7 @@ fn write(files: &mut Files, log: &Arc<SharedLog>) {
     }
     log.settled.store(last, Ordering::Release);
     log.backlog.fetch_sub(n, Ordering::Relaxed);
+    log.total.bytes.fetch_sub(n, Ordering::Relaxed);
     put_spare(buf);
 }
 

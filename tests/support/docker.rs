@@ -50,6 +50,17 @@ pub fn docker_bin() -> String {
         .unwrap_or_else(|| "docker".to_string())
 }
 
+/// The backend under test: `CLDPD_RUNTIME` (`cli`, or the Engine API by
+/// default; see `cldpd::runtime::Backend`).
+pub fn backend() -> cldpd::runtime::Backend {
+    cldpd::runtime::Backend::from_env().expect("CLDPD_RUNTIME")
+}
+
+/// A runtime of the backend under test.
+pub fn runtime() -> std::sync::Arc<dyn cldpd::runtime::Runtime> {
+    backend().runtime()
+}
+
 /// Run `docker <args>` to completion (stdin closed).
 pub fn docker<I, S>(args: I) -> Output
 where

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use cldpd::batch::{parse_jobs, Batch, BatchReport};
+use cldpd::batch::{parse_jobs, Admission, Batch, BatchOptions, BatchReport};
 use cldpd::{Dispatcher, EventKind};
 use futures_util::{FutureExt, StreamExt};
 
@@ -32,6 +32,15 @@ are listed when the batch starts, count against --concurrency (shown as
 \"adopted\" on the progress line), are stopped when the batch ends or is
 stopped, and are listed in the report under \"adopted\".
 
+Claude Code agents: each finished line and the report give the job's turns,
+cost and result subtype, and the batch's totals. --budget-usd X stops
+admitting jobs once the agents' results add up to X dollars (running jobs
+finish; the rest are reported \"not_started\"). While an agent reports a rate
+limit (HTTP 429, or 529 overloaded), the batch holds its admissions for a
+back-off (10 s, doubling to 5 min while reports keep coming; shown on the
+progress line); running jobs go on. With --json the last line is the report
+({\"type\": \"batch_report\", ...}).
+
 Exit status: 0 when every job succeeded (exit 0), 1 otherwise.")]
 pub struct BatchArgs {
     /// The job file (JSON array or NDJSON)
@@ -50,9 +59,22 @@ pub struct BatchArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_grace)]
     pub grace: Option<Duration>,
 
-    /// Every event of every job as NDJSON on stdout (each has its session)
+    /// Every event of every job as NDJSON on stdout (each has its session),
+    /// then the report
     #[arg(long)]
     pub json: bool,
+
+    /// Stop admitting jobs once the agents' results add up to this many
+    /// US dollars
+    #[arg(long, value_name = "USD", value_parser = parse_budget)]
+    pub budget_usd: Option<f64>,
+}
+
+fn parse_budget(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not an amount of dollars above 0 (e.g. 2.50)")),
+    }
 }
 
 #[derive(Default)]
@@ -63,6 +85,7 @@ struct Counts {
     running: usize,
     succeeded: usize,
     failed: usize,
+    not_started: usize,
 }
 
 /// Run `cldpd batch`.
@@ -100,10 +123,17 @@ async fn run_batch(
     let mut signals = Signals::install()?;
     let total = jobs.len();
     let start_time = std::time::SystemTime::now();
-    let batch = Batch::start(dispatcher, jobs).await?;
+    let options = BatchOptions {
+        budget_usd: args.budget_usd,
+        ..BatchOptions::default()
+    };
+    let batch = Batch::start_with(dispatcher, jobs, options).await?;
     ui.status(format_args!(
-        "batch of {total} jobs, at most {} at a time",
-        args.concurrency
+        "batch of {total} jobs, at most {} at a time{}",
+        args.concurrency,
+        args.budget_usd
+            .map(|b| format!(", budget ${b:.2}"))
+            .unwrap_or_default()
     ));
     let adopted = batch.adopted().len();
     if adopted > 0 {
@@ -129,6 +159,7 @@ async fn run_batch(
             ..Counts::default()
         },
         start_time,
+        admission: batch.admission_changes(),
     };
     let mut events = batch.events();
     let report = batch.report();
@@ -140,8 +171,11 @@ async fn run_batch(
     let mut signalled = false;
     let mut events_done = false;
     let progress = ui.is_tty() && !ui.json;
+    let mut admission = batch.admission_changes();
+    let mut seen = Admission::default();
+    let mut admission_open = true;
     if progress {
-        ui.spin_begin(progress_text(&board.counts, total));
+        ui.spin_begin(progress_text(&board.counts, total, &seen));
     }
 
     while !(events_done && report_done.is_some()) {
@@ -160,7 +194,7 @@ async fn run_batch(
                 };
                 stopping = Some(Box::pin(batch.stop(grace)));
                 if progress {
-                    ui.spin_begin(progress_text(&board.counts, total));
+                    ui.spin_begin(progress_text(&board.counts, total, &seen));
                 }
             }
             _ = async { stopping.as_mut().expect("guarded").await }, if stopping.is_some() => {
@@ -186,7 +220,7 @@ async fn run_batch(
                     }
                 }
                 if progress {
-                    ui.spin_begin(progress_text(&board.counts, total));
+                    ui.spin_begin(progress_text(&board.counts, total, &seen));
                 }
                 ui.flush();
                 if ui.out_failed_now() && !signalled {
@@ -201,11 +235,39 @@ async fn run_batch(
             r = &mut report, if report_done.is_none() => {
                 report_done = Some(r);
             }
-            _ = tick.tick(), if ui.spinning() => ui.spin_tick(),
+            changed = admission.changed(), if admission_open => {
+                if changed.is_err() {
+                    // The governor is done; nothing more changes.
+                    admission_open = false;
+                    continue;
+                }
+                let now = admission.borrow_and_update().clone();
+                ui.spin_end();
+                admission_notices(ui, &seen, &now);
+                seen = now;
+                if progress {
+                    ui.spin_begin(progress_text(&board.counts, total, &seen));
+                }
+                ui.flush();
+            }
+            _ = tick.tick(), if ui.spinning() => {
+                if seen.held_until.is_some() {
+                    // The back-off's countdown.
+                    ui.spin_begin(progress_text(&board.counts, total, &seen));
+                }
+                ui.spin_tick()
+            }
         }
     }
     ui.spin_end();
     let report = report_done.expect("loop ends with the report");
+    if ui.json {
+        let mut line = serde_json::to_value(&report).expect("report serialises");
+        if let Some(m) = line.as_object_mut() {
+            m.insert("type".into(), "batch_report".into());
+        }
+        ui.json_line(&line);
+    }
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&report).expect("report serialises");
         std::fs::write(path, json).map_err(|e| {
@@ -216,13 +278,37 @@ async fn run_batch(
         })?;
         ui.status(format_args!("report written to {}", path.display()));
     }
+    let not_started = if report.not_started > 0 {
+        format!(", {} not started (budget spent)", report.not_started)
+    } else {
+        String::new()
+    };
     ui.status(format_args!(
-        "batch done in {}: {} succeeded, {} failed, {} stopped",
+        "batch done in {}: {} succeeded, {} failed, {} stopped{not_started}",
         short_duration(started.elapsed()),
         report.succeeded,
         report.failed,
         report.stopped
     ));
+    if report.turns > 0 || report.cost_usd > 0.0 || report.budget_usd.is_some() {
+        let budget = report
+            .budget_usd
+            .map(|b| {
+                format!(
+                    " of a ${b:.2} budget{}",
+                    if report.budget_reached { " (reached)" } else { "" }
+                )
+            })
+            .unwrap_or_default();
+        let pauses = match report.rate_limit_pauses {
+            0 => String::new(),
+            n => format!(", {n} rate-limit back-off{}", if n == 1 { "" } else { "s" }),
+        };
+        ui.status(format_args!(
+            "agents: {} turns, ${:.4}{budget}{pauses}",
+            report.turns, report.cost_usd
+        ));
+    }
     if !report.adopted.is_empty() {
         let stopped = report
             .adopted
@@ -252,6 +338,8 @@ struct Board {
     tails: HashMap<usize, Tail>,
     counts: Counts,
     start_time: std::time::SystemTime,
+    /// The governor's state (is the budget spent?).
+    admission: tokio::sync::watch::Receiver<Admission>,
 }
 
 impl Board {
@@ -269,6 +357,7 @@ impl Board {
             return;
         }
         let tail = self.tails.entry(i).or_default();
+        tail.tally.observe(&ev.kind);
         match &ev.kind {
             EventKind::Output { line, .. } | EventKind::BuildOutput { line } => tail.push(line),
             EventKind::ContainerStarted { .. } if !tail.ran => {
@@ -280,6 +369,13 @@ impl Board {
         let next = match &ev.kind {
             EventKind::BuildStarted { .. } | EventKind::ContainerStarted { .. } => Phase::Running,
             EventKind::ContainerExited { code: 0 } => Phase::Succeeded,
+            EventKind::Error { code, .. }
+                if code == "stopped"
+                    && self.state[i] == Phase::Waiting
+                    && self.admission.borrow().budget_reached =>
+            {
+                Phase::NotStarted
+            }
             k if k.is_terminal() => Phase::Failed,
             _ => self.state[i],
         };
@@ -290,6 +386,17 @@ impl Board {
         if ev.is_terminal() {
             let tail = self.tails.remove(&i).unwrap_or_default();
             let took = ev.time.duration_since(self.start_time).unwrap_or_default();
+            if next == Phase::NotStarted {
+                ui.print(format!(
+                    "{:<8} {:<24} {:<16} {:>8}  {}\n",
+                    "skipped",
+                    ev.session,
+                    "budget spent",
+                    "-",
+                    self.names[i]
+                ));
+                return;
+            }
             ui.print(finished_line(ev, &self.names[i], stopping, took, &tail));
         }
     }
@@ -301,6 +408,8 @@ enum Phase {
     Running,
     Succeeded,
     Failed,
+    /// Never started: the budget was spent.
+    NotStarted,
 }
 
 impl Counts {
@@ -310,6 +419,7 @@ impl Counts {
             Phase::Running => &mut self.running,
             Phase::Succeeded => &mut self.succeeded,
             Phase::Failed => &mut self.failed,
+            Phase::NotStarted => &mut self.not_started,
         }
     }
 
@@ -319,8 +429,28 @@ impl Counts {
     }
 }
 
-fn progress_text(c: &Counts, total: usize) -> String {
-    let done = c.succeeded + c.failed;
+/// Say when a back-off starts and when the budget is reached.
+fn admission_notices(ui: &mut crate::cli::output::Ui, before: &Admission, now: &Admission) {
+    if now.pauses > before.pauses {
+        if let Some(d) = now.held_for() {
+            ui.notice(format_args!(
+                "{}: new jobs wait {} (running ones go on)",
+                now.reason.as_deref().unwrap_or("rate limited"),
+                short_duration(d)
+            ));
+        }
+    }
+    if now.budget_reached && !before.budget_reached {
+        ui.notice(format_args!(
+            "budget reached: ${:.4} spent of ${:.2}; no more jobs start (running ones finish)",
+            now.spent_usd,
+            now.budget_usd.unwrap_or_default()
+        ));
+    }
+}
+
+fn progress_text(c: &Counts, total: usize, a: &Admission) -> String {
+    let done = c.succeeded + c.failed + c.not_started;
     let width = 20;
     let filled = (done * width).checked_div(total).unwrap_or(width);
     let adopted = if c.adopted > 0 {
@@ -328,8 +458,20 @@ fn progress_text(c: &Counts, total: usize) -> String {
     } else {
         String::new()
     };
+    let mut extra = String::new();
+    if a.spent_usd > 0.0 || a.budget_usd.is_some() {
+        extra.push_str(&format!("  ${:.4}", a.spent_usd));
+        if let Some(b) = a.budget_usd {
+            extra.push_str(&format!("/{b:.2}"));
+        }
+    }
+    if a.budget_reached {
+        extra.push_str(&format!("  budget reached, {} not started", c.not_started));
+    } else if let Some(d) = a.held_for() {
+        extra.push_str(&format!("  paused {} (rate limited)", short_duration(d)));
+    }
     format!(
-        "[{}{}] {done}/{total}  queued {}  running {}{adopted}  succeeded {}  failed {}",
+        "[{}{}] {done}/{total}  queued {}  running {}{adopted}  succeeded {}  failed {}{extra}",
         "#".repeat(filled),
         "-".repeat(width - filled),
         c.queued,
@@ -344,6 +486,8 @@ fn progress_text(c: &Counts, total: usize) -> String {
 struct Tail {
     lines: std::collections::VecDeque<String>,
     ran: bool,
+    /// The agent's turns and cost so far.
+    tally: cldpd::agent::AgentTally,
 }
 
 impl Tail {
@@ -370,6 +514,23 @@ fn batch_labels(jobs: &[cldpd::batch::Job]) -> Vec<String> {
         .collect()
 }
 
+/// `success, 4 turns, $0.0123  ` for an agent's job, else nothing.
+fn agent_summary(t: &cldpd::agent::AgentTally) -> String {
+    if !t.is_agent() {
+        return String::new();
+    }
+    let cost = t
+        .cost_usd()
+        .map(|c| format!(", ${c:.4}"))
+        .unwrap_or_default();
+    format!(
+        "{}{} turn{}{cost}  ",
+        t.subtype().map(|s| format!("{s}, ")).unwrap_or_default(),
+        t.turns(),
+        if t.turns() == 1 { "" } else { "s" }
+    )
+}
+
 /// One line per finished job: `STATE SESSION POD OUTCOME DURATION WHAT`,
 /// then for a failure its error and last output lines.
 fn finished_line(
@@ -391,8 +552,9 @@ fn finished_line(
         EventKind::Error { code, message } => ("FAILED", code.clone(), Some(message.as_str())),
         _ => ("?", String::new(), None),
     };
+    let agent = agent_summary(&tail.tally);
     let mut line = format!(
-        "{state:<8} {:<24} {outcome:<16} {:>8}  {what}",
+        "{state:<8} {:<24} {outcome:<16} {:>8}  {agent}{what}",
         ev.session,
         short_duration(took),
     );

@@ -4,8 +4,9 @@
 //! Checks: Docker is reachable (`docker info`), Docker can build (a tiny
 //! `FROM scratch` probe image, built through the library's runtime and
 //! removed again), the pods directory exists, every pod is valid
-//! (`Pod::check`: Dockerfile, `pod.json`, mount sources), and every
-//! `inheritEnv` variable is set (values are never printed), and the state
+//! (`Pod::check`: Dockerfile, `pod.json`, mount sources), each pod's base
+//! images are on the engine (a missing one is a warning: the build pulls
+//! it), and every `inheritEnv` variable is set (values are never printed), and the state
 //! directory takes a write and has free space (a full one leaves session
 //! logs incomplete).
 
@@ -14,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args;
-use cldpd::runtime::{BuildEvent, BuildSpec, DockerCli, Runtime};
+use cldpd::runtime::{Backend, BuildEvent, BuildSpec, DockerCli, EngineApi};
 use futures_util::StreamExt;
 
 use crate::cli::error::{CliError, EXIT_FAILURE};
@@ -33,7 +34,8 @@ const PROBE_REPO: &str = "cldpd-doctor-probe";
 #[command(after_help = "\
 Checks that Docker is reachable and can build an image (a tiny FROM scratch
 probe, removed again), that the pods directory exists, that every pod is
-valid, that every inheritEnv variable of every pod is set, and that the
+valid, that each pod's base images (FROM) are present on the engine (a
+missing one is a warning: building the pod pulls it), that every inheritEnv variable of every pod is set, and that the
 state directory is writable with free space. Exits 1 when a check fails.")]
 pub struct DoctorArgs {}
 
@@ -126,7 +128,11 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
         checks: 0,
         failed: 0,
     };
-    let docker = docker_binary();
+    let backend = ctx.settings().runtime.unwrap_or_default();
+    let docker = match backend {
+        Backend::Cli => format!("cli backend, {}", docker_binary()),
+        Backend::EngineApi => format!("Engine API backend, {}", EngineApi::new().host()),
+    };
 
     // Docker.
     let preflight = tokio::time::timeout(PREFLIGHT_TIMEOUT, ctx.dispatcher().preflight()).await;
@@ -149,7 +155,7 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
                 &mut ui,
                 Level::Fail,
                 format_args!(
-                    "`{docker} info` did not answer within {}s",
+                    "docker ({docker}) did not answer within {}s",
                     PREFLIGHT_TIMEOUT.as_secs()
                 ),
                 Some("check that the Docker daemon is running and responsive".into()),
@@ -159,7 +165,7 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
     };
     if reachable {
         let started = Instant::now();
-        match probe_build(&docker).await {
+        match probe_build(backend).await {
             Ok(()) => report.line(
                 &mut ui,
                 Level::Ok,
@@ -252,6 +258,9 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
                         );
                     }
                     let Some(pod) = pod else { continue };
+                    if reachable {
+                        base_image_checks(&mut ui, &mut report, backend, &row.name, pod).await;
+                    }
                     for name in &pod.config.inherit_env {
                         match std::env::var_os(name) {
                             Some(v) if !v.is_empty() => report.line(
@@ -294,6 +303,58 @@ pub async fn run(_args: DoctorArgs, ctx: &Ctx) -> Result<i32, CliError> {
     }
 }
 
+/// Each base image of the pod's Dockerfile (`FROM`, not `scratch` nor an
+/// earlier stage) is present on the engine; a missing one is a warning
+/// that the build will pull it (the engine must reach its registry).
+async fn base_image_checks(
+    ui: &mut Ui,
+    report: &mut Report,
+    backend: Backend,
+    name: &str,
+    pod: &cldpd::Pod,
+) {
+    let Ok(text) = std::fs::read_to_string(&pod.dockerfile) else {
+        return; // the pod check above said what is wrong with it
+    };
+    // The engine the runs use, through the backend they use.
+    let runtime = backend.runtime();
+    for image in cldpd::pod::base_images(&text, &pod.config.build_args) {
+        match tokio::time::timeout(PREFLIGHT_TIMEOUT, runtime.image_exists(&image)).await {
+            Ok(Ok(true)) => report.line(
+                ui,
+                Level::Ok,
+                format_args!("pod {name}: base image {image} is present"),
+                None,
+            ),
+            Ok(Ok(false)) => report.line(
+                ui,
+                Level::Warn,
+                format_args!(
+                    "pod {name}: base image {image} is not present: building the pod pulls it, which needs the engine to reach its registry"
+                ),
+                Some(format!(
+                    "`docker pull {image}` now (or `docker load` it where the engine has no network), or change `FROM` to an image `docker images` lists"
+                )),
+            ),
+            Ok(Err(e)) => report.line(
+                ui,
+                Level::Warn,
+                format_args!("pod {name}: could not check base image {image}: {e}"),
+                None,
+            ),
+            Err(_) => report.line(
+                ui,
+                Level::Warn,
+                format_args!(
+                    "pod {name}: checking base image {image} took over {}s",
+                    PREFLIGHT_TIMEOUT.as_secs()
+                ),
+                None,
+            ),
+        }
+    }
+}
+
 /// The docker binary the library uses (`CLDPD_DOCKER`, else `docker`).
 fn docker_binary() -> String {
     DockerCli::new().binary().display().to_string()
@@ -302,7 +363,7 @@ fn docker_binary() -> String {
 /// Build a one-file `FROM scratch` image through the library's Docker
 /// runtime, then remove it. Its content is unique, so concurrent doctors
 /// never share (and never delete) each other's layers.
-async fn probe_build(docker: &str) -> Result<(), CliError> {
+async fn probe_build(backend: Backend) -> Result<(), CliError> {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -336,7 +397,7 @@ async fn probe_build(docker: &str) -> Result<(), CliError> {
         build_args: Vec::new(),
         labels: Default::default(),
     };
-    let mut events = DockerCli::new().build(spec);
+    let mut events = backend.runtime().build(spec);
     let outcome = tokio::time::timeout(PROBE_TIMEOUT, async {
         while let Some(ev) = events.next().await {
             if let BuildEvent::Finished(result) = ev {
@@ -347,12 +408,19 @@ async fn probe_build(docker: &str) -> Result<(), CliError> {
     })
     .await;
     // Remove the probe whatever happened (a timed-out build may still tag it).
-    let _ = Command::new(docker)
-        .args(["rmi", "-f", &image])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    match backend {
+        Backend::Cli => {
+            let _ = Command::new(DockerCli::new().binary())
+                .args(["rmi", "-f", &image])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        Backend::EngineApi => {
+            let _ = EngineApi::new().remove_image(&image).await;
+        }
+    }
     match outcome {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.into()),

@@ -4,6 +4,7 @@
 use std::time::SystemTime;
 
 use clap::Args;
+use cldpd::agent::AgentTally;
 
 use crate::cli::error::CliError;
 use crate::cli::output::{age, table};
@@ -13,7 +14,7 @@ use crate::cli::Ctx;
 #[derive(Debug, Args)]
 pub struct PsArgs {
     /// One JSON object per run on stdout (session, pod, container, issue,
-    /// started, state, attempt, owner, orphan)
+    /// started, state, attempt, owner, orphan, turns, cost_usd)
     #[arg(long)]
     pub json: bool,
 
@@ -38,9 +39,18 @@ pub async fn run(args: PsArgs, ctx: &Ctx) -> Result<i32, CliError> {
     } else {
         Vec::new()
     };
+    let sessions_dir = ctx.settings().sessions_dir();
+    let tallies: Vec<Option<AgentTally>> = runs
+        .iter()
+        .map(|r| tally_log(&sessions_dir.join(format!("{}.ndjson", r.session))))
+        .collect();
     if ui.json {
-        for run in &runs {
-            ui.json_line(run);
+        for (run, tally) in runs.iter().zip(&tallies) {
+            ui.json_line(&LiveRow {
+                run,
+                turns: tally.as_ref().map(AgentTally::turns),
+                cost_usd: tally.as_ref().and_then(AgentTally::cost_usd),
+            });
         }
         for run in &ended {
             ui.json_line(run);
@@ -60,7 +70,8 @@ pub async fn run(args: PsArgs, ctx: &Ctx) -> Result<i32, CliError> {
     let now = SystemTime::now();
     let rows: Vec<Vec<String>> = runs
         .iter()
-        .map(|r| {
+        .zip(&tallies)
+        .map(|(r, tally)| {
             let age = r
                 .started
                 .map(|t| age(now.duration_since(t).unwrap_or_default()))
@@ -69,11 +80,14 @@ pub async fn run(args: PsArgs, ctx: &Ctx) -> Result<i32, CliError> {
             if r.orphan {
                 state.push_str(" (orphan)");
             }
+            let (turns, cost) = tally_cells(tally.as_ref());
             vec![
                 r.session.clone(),
                 r.pod.clone(),
                 r.issue.clone().unwrap_or_else(|| "-".into()),
                 age,
+                turns,
+                cost,
                 state,
             ]
         })
@@ -90,6 +104,8 @@ pub async fn run(args: PsArgs, ctx: &Ctx) -> Result<i32, CliError> {
                 },
                 (None, None) => "ended (no final event)".to_string(),
             };
+            let turns = r.turns.map_or("-".into(), |t| t.to_string());
+            let cost = r.cost_usd.map_or("-".into(), |c| format!("${c:.4}"));
             vec![
                 r.session.clone(),
                 r.pod.clone(),
@@ -97,12 +113,62 @@ pub async fn run(args: PsArgs, ctx: &Ctx) -> Result<i32, CliError> {
                 r.started
                     .map(|t| age(now.duration_since(t).unwrap_or_default()))
                     .unwrap_or_else(|| "-".into()),
+                turns,
+                cost,
                 state,
             ]
         }))
         .collect();
-    ui.print(table(&["SESSION", "POD", "ISSUE", "AGE", "STATE"], &rows));
+    ui.print(table(
+        &["SESSION", "POD", "ISSUE", "AGE", "TURNS", "COST", "STATE"],
+        &rows,
+    ));
     Ok(0)
+}
+
+/// A live run as `ps --json` prints it: its labels, and its agent's turns
+/// and cost so far (from its session log).
+#[derive(serde::Serialize)]
+struct LiveRow<'a> {
+    #[serde(flatten)]
+    run: &'a cldpd::RunInfo,
+    turns: Option<u32>,
+    cost_usd: Option<f64>,
+}
+
+/// The TURNS and COST cells of a live run: turns so far; the cost of its
+/// finished attempts (Claude Code reports cost at the end of a run), `…`
+/// before the first.
+fn tally_cells(tally: Option<&AgentTally>) -> (String, String) {
+    match tally {
+        None => ("-".into(), "-".into()),
+        Some(t) => (
+            t.turns().to_string(),
+            t.cost_usd().map_or("…".into(), |c| format!("${c:.4}")),
+        ),
+    }
+}
+
+/// The agent's tally of a session log: `None` when the log is missing or
+/// the run is not an agent's. Only the lines that can matter are parsed
+/// (a log can hold millions of output lines).
+fn tally_log(path: &std::path::Path) -> Option<AgentTally> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).ok()?;
+    let mut tally = AgentTally::default();
+    for line in std::io::BufReader::new(file).lines() {
+        let Ok(line) = line else { break };
+        if !(line.contains("assistant")
+            || line.starts_with("{\"type\":\"agent_result\"")
+            || line.starts_with("{\"type\":\"container_started\""))
+        {
+            continue;
+        }
+        if let Ok(ev) = serde_json::from_str::<cldpd::Event>(&line) {
+            tally.observe(&ev.kind);
+        }
+    }
+    tally.is_agent().then_some(tally)
 }
 
 /// A run that is no longer live, from its session log (`ps -a`).
@@ -123,6 +189,12 @@ pub struct EndedRun {
     pub started: Option<SystemTime>,
     /// From the first event to the final one.
     pub duration_ms: Option<u64>,
+    /// The agent's turns (every attempt), for a Claude Code agent.
+    pub turns: Option<u32>,
+    /// What its results say it cost, in US dollars.
+    pub cost_usd: Option<f64>,
+    /// The last result's subtype.
+    pub result: Option<String>,
 }
 
 /// The ended runs of `dir`'s session logs (not in `live`), newest first.
@@ -149,6 +221,7 @@ fn ended_runs(dir: &std::path::Path, live: &std::collections::HashSet<&str>) -> 
                 _ => (None, None),
             };
             let terminal = last.is_terminal();
+            let tally = tally_log(&e.path());
             Some(EndedRun {
                 session,
                 pod,
@@ -160,6 +233,9 @@ fn ended_runs(dir: &std::path::Path, live: &std::collections::HashSet<&str>) -> 
                     .then(|| last.time.duration_since(first.time).ok())
                     .flatten()
                     .map(|d| d.as_millis() as u64),
+                turns: tally.as_ref().map(AgentTally::turns),
+                cost_usd: tally.as_ref().and_then(AgentTally::cost_usd),
+                result: tally.as_ref().and_then(|t| t.subtype().map(String::from)),
             })
         })
         .collect();

@@ -85,13 +85,26 @@ impl Runtime for FaultRuntime {
     }
 
     fn image_exists(&self, image: &str) -> BoxFuture<'static, Result<bool, Error>> {
-        let reg = self.inner.lock();
-        let result = if reg.unavailable {
-            Err(unavailable())
-        } else {
-            Ok(reg.images.contains(image))
-        };
-        futures_util::future::ready(result).boxed()
+        let held = self
+            .inner
+            .lock()
+            .checks_held
+            .as_ref()
+            .map(|h| h.subscribe());
+        let inner = self.inner.clone();
+        let image = image.to_owned();
+        async move {
+            if let Some(mut held) = held {
+                let _ = held.wait_for(|h| !h).await;
+            }
+            let reg = inner.lock();
+            if reg.unavailable {
+                Err(unavailable())
+            } else {
+                Ok(reg.images.contains(&image))
+            }
+        }
+        .boxed()
     }
 
     fn run(&self, spec: RunSpec) -> BoxStream<'static, ProcessEvent> {
@@ -142,7 +155,11 @@ impl Runtime for FaultRuntime {
             });
         }
         let name: Arc<str> = Arc::from(spec.container);
-        let shared = Arc::new(Shared::new());
+        // Without a creation delay the process has started at the call.
+        let shared = Arc::new(match reg.creation_delay {
+            Some(_) => Shared::new(),
+            None => Shared::started(),
+        });
         reg.live.insert(
             name.clone(),
             Live {
@@ -156,6 +173,7 @@ impl Runtime for FaultRuntime {
             },
         );
         reg.max_running = reg.max_running.max(reg.live.len());
+        let delay = reg.creation_delay;
         drop(reg);
         Process::new(
             self.inner.clone(),
@@ -165,6 +183,7 @@ impl Runtime for FaultRuntime {
             Kind::Main,
             spec.line_cap,
         )
+        .created_for(delay)
         .boxed()
     }
 
@@ -204,7 +223,7 @@ impl Runtime for FaultRuntime {
                 })
             }
         }
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::started());
         if let Some(live) = reg.live.get_mut(spec.container.as_str()) {
             live.execs.push(ExecProcess {
                 command: spec.command.clone().into_boxed_slice(),
@@ -279,7 +298,12 @@ impl Runtime for FaultRuntime {
                 .filter(|(_, live)| live.labels.iter().any(|(k, _)| k == labels::SESSION))
                 .map(|(name, live)| ContainerInfo {
                     name: name.to_string(),
-                    state: "running".to_string(),
+                    state: if live.shared.has_started() {
+                        "running"
+                    } else {
+                        "created"
+                    }
+                    .to_string(),
                     labels: live
                         .labels
                         .iter()

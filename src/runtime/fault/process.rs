@@ -48,11 +48,13 @@ pub(super) const KILL_CODE: i32 = 137;
 const CRASH_CODE: i32 = -1;
 
 const ENDED: u64 = 1 << 32;
+/// Set once the process has started (`Started` yielded).
+const STARTED: u64 = 1 << 33;
 
 /// What the engine and the stream of one process share.
 #[derive(Debug)]
 pub(super) struct Shared {
-    /// 0 while running, `ENDED | code as u32` once ended.
+    /// `STARTED` once started, `| ENDED | code as u32` once ended.
     state: AtomicU64,
     /// The stream's waker, for the engine to wake it.
     waker: AtomicWaker,
@@ -61,12 +63,29 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// A process that is created, not started yet.
     pub(super) fn new() -> Self {
         Shared {
             state: AtomicU64::new(0),
             waker: AtomicWaker::new(),
             ended: Notify::new(),
         }
+    }
+
+    /// A process that starts at once (an exec).
+    pub(super) fn started() -> Self {
+        let shared = Self::new();
+        shared.state.store(STARTED, Ordering::Release);
+        shared
+    }
+
+    /// True once `Started` was yielded (or for an exec).
+    pub(super) fn has_started(&self) -> bool {
+        self.state.load(Ordering::Acquire) & STARTED != 0
+    }
+
+    fn mark_started(&self) {
+        self.state.fetch_or(STARTED, Ordering::AcqRel);
     }
 
     /// The exit code once the process has ended.
@@ -82,7 +101,7 @@ impl Shared {
             return false;
         }
         self.state
-            .store(ENDED | u64::from(code as u32), Ordering::Release);
+            .fetch_or(ENDED | u64::from(code as u32), Ordering::AcqRel);
         self.waker.wake();
         self.ended.notify_waiters();
         true
@@ -131,8 +150,10 @@ pub(super) struct Process {
     /// Last line number per stream (stdout, stderr).
     numbers: [usize; 2],
     decoders: [LineDecoder; 2],
-    /// Allocated only while a timed step waits.
+    /// Allocated only while a timed step waits (or the creation delay).
     timer: Option<Pin<Box<Sleep>>>,
+    /// The creation delay still to spend before `Started`.
+    creating: Option<Duration>,
 }
 
 impl Process {
@@ -160,7 +181,14 @@ impl Process {
                 LineDecoder::new(OutputStream::Stderr, line_cap),
             ],
             timer: None,
+            creating: None,
         }
+    }
+
+    /// Spend `delay` (from the first poll) as `created` before `Started`.
+    pub(super) fn created_for(mut self, delay: Option<Duration>) -> Self {
+        self.creating = delay;
+        self
     }
 
     fn next_step(&mut self) {
@@ -401,9 +429,21 @@ impl Stream for Process {
         let this = self.get_mut();
         match std::mem::replace(&mut this.phase, Phase::Run) {
             Phase::Start => {
+                if let Some(delay) = this.creating {
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+                    if timer.as_mut().poll(cx).is_pending() {
+                        this.phase = Phase::Start;
+                        return Poll::Pending;
+                    }
+                    this.timer = None;
+                    this.creating = None;
+                }
+                this.shared.mark_started();
                 return Poll::Ready(Some(ProcessEvent::Started {
                     container: this.container.to_string(),
-                }))
+                }));
             }
             Phase::Run => {}
             Phase::Terminal(t) => {

@@ -1,0 +1,133 @@
+//! bollard's errors as cldpd's [`Error`]s: typed by what the engine
+//! answered (its HTTP status), never by matching message text, except
+//! where the Engine API gives nothing else (an OCI error of an exec or
+//! start, which says whether the agent binary is missing).
+
+use bollard::errors::Error as BollardError;
+
+use crate::error::Error;
+
+/// How a failed request ended.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The engine could not be reached (connection refused, socket gone,
+    /// connection broken): [`Error::DockerUnavailable`].
+    Unreachable(String),
+    /// The engine answered with this HTTP status and message.
+    Status(u16, String),
+    /// Anything else (bad JSON, timeout, ...).
+    Other(String),
+}
+
+/// Classify a bollard error.
+pub(crate) fn failure(e: &BollardError) -> Failure {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => Failure::Status(*status_code, message.clone()),
+        BollardError::SocketNotFoundError(_)
+        | BollardError::HyperLegacyError { .. }
+        | BollardError::IOError { .. }
+        | BollardError::HyperResponseError { .. } => Failure::Unreachable(e.to_string()),
+        _ => Failure::Other(e.to_string()),
+    }
+}
+
+/// The usual mapping: unreachable is [`Error::DockerUnavailable`],
+/// anything else [`Error::RuntimeFailed`] naming the call.
+pub(crate) fn runtime(what: &str, e: &BollardError) -> Error {
+    match failure(e) {
+        Failure::Unreachable(m) => unavailable(m),
+        Failure::Status(status, m) => Error::RuntimeFailed {
+            message: format!("{what}: the engine answered {status}: {m}"),
+        },
+        Failure::Other(m) => Error::RuntimeFailed {
+            message: format!("{what}: {m}"),
+        },
+    }
+}
+
+pub(crate) fn unavailable(message: String) -> Error {
+    Error::DockerUnavailable { message }
+}
+
+/// True when the engine said the container does not exist (404) or is
+/// not running (409), i.e. a signal has nothing to reach.
+pub(crate) fn gone(e: &BollardError) -> bool {
+    matches!(failure(e), Failure::Status(404 | 409, _))
+}
+
+/// A stop/kill/remove failure: gone is fine, unreachable is
+/// `DockerUnavailable`, anything else `StopFailed`.
+pub(crate) fn stop_result(result: Result<(), BollardError>, container: &str) -> Result<(), Error> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if gone(&e) => Ok(()),
+        Err(e) => Err(match failure(&e) {
+            Failure::Unreachable(m) => unavailable(m),
+            Failure::Status(_, m) | Failure::Other(m) => Error::StopFailed {
+                container: container.to_string(),
+                message: m,
+            },
+        }),
+    }
+}
+
+/// An OCI runtime message that says the command is missing (127) or not
+/// executable (126); `None` for anything else.
+pub(crate) fn not_runnable_code(message: &str) -> Option<i32> {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("executable file not found") || lower.contains("no such file or directory") {
+        Some(127)
+    } else if lower.contains("permission denied") {
+        Some(126)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, message: &str) -> BollardError {
+        BollardError::DockerResponseServerError {
+            status_code: code,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn gone_is_404_or_409() {
+        assert!(gone(&status(404, "No such container: c")));
+        assert!(gone(&status(409, "Container c is not running")));
+        assert!(!gone(&status(500, "boom")));
+        assert!(stop_result(Err(status(404, "x")), "c").is_ok());
+        assert!(matches!(
+            stop_result(Err(status(500, "boom")), "c"),
+            Err(Error::StopFailed { .. })
+        ));
+        assert!(matches!(
+            stop_result(Err(BollardError::SocketNotFoundError("/x".into())), "c"),
+            Err(Error::DockerUnavailable { .. })
+        ));
+    }
+
+    #[test]
+    fn oci_messages() {
+        assert_eq!(
+            not_runnable_code("exec: \"nope\": executable file not found in $PATH"),
+            Some(127)
+        );
+        assert_eq!(
+            not_runnable_code("[FATAL tini (7)] exec /x failed: No such file or directory"),
+            Some(127)
+        );
+        assert_eq!(
+            not_runnable_code("exec /etc failed: Permission denied"),
+            Some(126)
+        );
+        assert_eq!(not_runnable_code("something else"), None);
+    }
+}
