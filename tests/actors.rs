@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use cldpd::messages::dispatcher::Start;
 use cldpd::messages::session::Subscribe;
-use cldpd::runtime::{BuildScript, FaultRuntime, RunScript, StopSignal};
+use cldpd::runtime::{BuildScript, FaultRuntime, RunScript, Runtime, StopSignal};
 use cldpd::{Dispatcher, Error, Event, EventKind, OutputStream, StartRequest, Subscriber};
 use futures_util::StreamExt;
 use support::fault::*;
@@ -943,4 +943,39 @@ async fn a_runner_that_dies_ends_its_run_with_an_error_and_its_container_removed
     let again = d.start(StartRequest::prompt("web", "go")).await.unwrap();
     within(20, "a new run", wait_running(&again)).await;
     again.stop(Some(Duration::ZERO)).await.unwrap();
+}
+
+/// A stop from another dispatcher (another process) that arrives while the
+/// run's container is still `created` — Docker's window between create and
+/// start, here a `FaultRuntime` creation delay — is not lost: it targets the
+/// created run, waits for its start and ends it with the stop's 143.
+#[actix::test]
+async fn a_stop_from_elsewhere_while_the_container_is_created_is_not_lost() {
+    let (dirs, rt, d) = setup(&[("web", None)]);
+    rt.creation_delay(Duration::from_millis(300));
+    rt.script_pod("web", RunScript::new().stdout_lines(1).hang());
+    let s = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
+    within(20, "the container is created", async {
+        while !rt
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.name == s.id() && c.is_created())
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let other = Dispatcher::new(dirs.settings(), rt.clone());
+    let report = within(
+        20,
+        "the stop",
+        other.stop(s.id(), Some(Duration::from_secs(5))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.session, s.id());
+    assert_eq!(within(20, "the run's end", s.wait()).await.unwrap(), 143);
+    assert!(rt.running().is_empty());
 }

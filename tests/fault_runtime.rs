@@ -1085,12 +1085,21 @@ async fn a_creation_delay_lists_created_then_running_and_an_early_signal_lands()
         }
     };
     let mut first = rt.run(spec("web", "c1"));
-    assert_eq!(state(&rt).await, [("c1".to_string(), "created".to_string())]);
+    assert_eq!(
+        state(&rt).await,
+        [("c1".to_string(), "created".to_string())]
+    );
     let t0 = tokio::time::Instant::now();
     let started = bounded(first.next()).await;
-    assert!(matches!(started, Some(ProcessEvent::Started { .. })), "{started:?}");
+    assert!(
+        matches!(started, Some(ProcessEvent::Started { .. })),
+        "{started:?}"
+    );
     assert!(t0.elapsed() >= Duration::from_millis(100));
-    assert_eq!(state(&rt).await, [("c1".to_string(), "running".to_string())]);
+    assert_eq!(
+        state(&rt).await,
+        [("c1".to_string(), "running".to_string())]
+    );
 
     // A TERM before the container has started reaches it once it has.
     let second = rt.run(spec("web", "c2"));
@@ -1099,17 +1108,26 @@ async fn a_creation_delay_lists_created_then_running_and_an_early_signal_lands()
     assert!(
         matches!(
             events.as_slice(),
-            [ProcessEvent::Started { .. }, ProcessEvent::Exited { code: 143 }]
+            [
+                ProcessEvent::Started { .. },
+                ProcessEvent::Exited { code: 143 }
+            ]
         ),
         "{events:?}"
     );
     rt.remove("c1").await.unwrap();
     let rest: Vec<ProcessEvent> = bounded(first.collect()).await;
-    assert!(matches!(rest.last(), Some(ProcessEvent::Exited { code: 137 })), "{rest:?}");
+    assert!(
+        matches!(rest.last(), Some(ProcessEvent::Exited { code: 137 })),
+        "{rest:?}"
+    );
 
     // Off again: started at the call.
     rt.creation_delay(Duration::ZERO);
     let _third = rt.run(spec("web", "c3"));
-    assert_eq!(state(&rt).await, [("c3".to_string(), "running".to_string())]);
+    assert_eq!(
+        state(&rt).await,
+        [("c3".to_string(), "running".to_string())]
+    );
     rt.remove("c3").await.unwrap();
 }

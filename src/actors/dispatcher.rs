@@ -1089,10 +1089,7 @@ async fn until_started(runtime: &Arc<dyn Runtime>, container: &str) {
         let Ok(Ok(list)) = guarded("the runtime's list", runtime.list()).await else {
             return;
         };
-        if !list
-            .iter()
-            .any(|c| c.name == container && c.is_created())
-        {
+        if !list.iter().any(|c| c.name == container && c.is_created()) {
             return;
         }
         tokio::time::sleep(delay).await;

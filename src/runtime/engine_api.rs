@@ -24,9 +24,19 @@
 //! (`driver`), whatever actix arbiter or tokio runtime calls: a bollard
 //! client used from several tokio runtimes breaks (bollard issue #387).
 //!
+//! **Stdin.** A run or exec with a [`Stdin`](crate::runtime::Stdin) is
+//! attached with stdin before it starts; the bytes are written beside the
+//! reading of the output and the write half of the connection is then shut
+//! down, which the engine turns into EOF on the process's stdin
+//! (`StdinOnce`; an exec's stdin always closes so). `stdin.rs` keeps that
+//! write half as a value of its own, so a long-lived agent that takes
+//! follow-ups on one open stdin can hold it instead of closing it.
+//!
 //! **Errors** are typed from the engine's HTTP status: a missing image is
 //! [`Error::ImageMissing`], an unreachable engine
-//! [`Error::DockerUnavailable`], an exec into a container that is gone or
+//! [`Error::DockerUnavailable`], an engine lost while a container runs (or
+//! a container removed before its exit code was read)
+//! [`Error::DockerLost`], an exec into a container that is gone or
 //! stopped [`Error::SessionNotFound`] (no `Started` first), exit 126/127
 //! of the agent (or an OCI error saying so at start)
 //! [`Error::AgentNotRunnable`], any other refusal of create/start

@@ -164,7 +164,10 @@ mod tests {
     fn the_failed_steps_code_comes_from_dockers_message() {
         let m = "The command '/bin/false' returned a non-zero code: 1";
         assert_eq!(super::step_code(m), Some(1));
-        assert_eq!(super::step_code("returned a non-zero code: 127\n"), Some(127));
+        assert_eq!(
+            super::step_code("returned a non-zero code: 127\n"),
+            Some(127)
+        );
         assert_eq!(super::step_code("pull access denied"), None);
     }
 }

@@ -148,7 +148,9 @@ pub(crate) async fn exec(
                 .ok()
                 .and_then(|c| c.config)
                 .and_then(|c| {
-                    let tag = c.labels.and_then(|mut l| l.remove(crate::runtime::labels::IMAGE));
+                    let tag = c
+                        .labels
+                        .and_then(|mut l| l.remove(crate::runtime::labels::IMAGE));
                     tag.or(c.image)
                 })
                 .unwrap_or_else(|| format!("of container {}", spec.container));

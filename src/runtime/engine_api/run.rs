@@ -257,8 +257,7 @@ async fn wait_exit(docker: &Docker, container: &str) -> Result<i32, Error> {
                 // unknown, and no code is made up.
                 return Err(Error::DockerLost {
                     container: container.to_string(),
-                    message: "the container was removed before its exit code could be read"
-                        .into(),
+                    message: "the container was removed before its exit code could be read".into(),
                 });
             }
             Failure::Unreachable(m)
