@@ -235,32 +235,17 @@ impl Drop for LogWriter {
 
 /// Wait until every event up to `seq` of `log` is settled (in the file or
 /// known to be missing).
+/// (`store` is the log's owner: holding it keeps its thread alive.)
 pub(crate) async fn settled(store: &StateStore, log: &SharedLog, seq: u64) {
-    loop {
-        let mut progress = store.progress();
-        if log.settled() >= seq {
-            return;
-        }
-        if progress.changed().await.is_err() {
-            return;
-        }
-    }
+    let _owner = store;
+    log.settled_to(seq).await
 }
 
 /// Wait until `log` has at most half of [`MAX_BACKLOG`] waiting, and the
 /// store at most half of [`MAX_TOTAL_BACKLOG`] (or this log nothing).
 pub(crate) async fn room(store: &StateStore, log: &SharedLog) {
-    loop {
-        let mut progress = store.progress();
-        if log.backlog() <= MAX_BACKLOG / 2
-            && (log.backlog() == 0 || log.total_backlog() <= log.max_total_backlog() / 2)
-        {
-            return;
-        }
-        if progress.changed().await.is_err() {
-            return;
-        }
-    }
+    let _owner = store;
+    log.room().await
 }
 
 /// One line of a log.

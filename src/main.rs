@@ -4,6 +4,12 @@
 
 mod cli;
 
+/// mimalloc, with the opt-in feature `mimalloc` (measured, and not the
+/// default: see `BENCHMARKS.md`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     std::process::exit(cli::main());
 }

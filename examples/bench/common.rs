@@ -11,6 +11,13 @@ use actix::prelude::*;
 use cldpd::{Event, EventKind};
 use tokio::sync::oneshot;
 
+/// The benchmarks run on the allocator of the `cldpd` binary: glibc's
+/// malloc, or mimalloc with `--features mimalloc` (`heap_in_use` then
+/// reads glibc's figures, which mean nothing under mimalloc).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // ----- arguments --------------------------------------------------------------
 
 /// `--name value` pairs from the command line.

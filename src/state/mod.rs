@@ -39,7 +39,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, OnceLock};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 
@@ -75,8 +75,6 @@ pub(crate) struct StateStore {
 struct Inner {
     dir: PathBuf,
     tx: mpsc::Sender<Cmd>,
-    /// Bumped by the thread after every round of writes.
-    progress: Arc<watch::Sender<u64>>,
     /// Bytes handed over by every log of this store and not yet written
     /// (see [`crate::log::MAX_TOTAL_BACKLOG`]).
     backlog: Arc<writer::TotalBacklog>,
@@ -121,9 +119,6 @@ impl StateStore {
     /// The owner of `state_dir`'s I/O, with its thread started.
     pub(crate) fn open(state_dir: &Path) -> StateStore {
         let (tx, rx) = mpsc::channel();
-        let (progress, _) = watch::channel(0u64);
-        let progress = Arc::new(progress);
-        let thread_progress = progress.clone();
         let backlog = Arc::new(writer::TotalBacklog::default());
         #[cfg(test)]
         if let Some(max) = writer::fault::total_limit(state_dir) {
@@ -131,13 +126,12 @@ impl StateStore {
         }
         std::thread::Builder::new()
             .name("cldpd-state".into())
-            .spawn(move || writer::run(rx, thread_progress))
+            .spawn(move || writer::run(rx))
             .expect("cannot start the cldpd-state thread");
         StateStore {
             inner: Arc::new(Inner {
                 dir: state_dir.to_path_buf(),
                 tx,
-                progress,
                 backlog,
                 key: OnceLock::new(),
             }),
@@ -153,11 +147,6 @@ impl StateStore {
     /// backlog.
     pub(crate) fn shared_log(&self, path: PathBuf) -> Arc<SharedLog> {
         SharedLog::new(path, self.inner.backlog.clone())
-    }
-
-    /// A receiver that changes after each round of writes.
-    pub(crate) fn progress(&self) -> watch::Receiver<u64> {
-        self.inner.progress.subscribe()
     }
 
     /// Create the log of a new session of `pod` (in `<state>/sessions`,

@@ -31,8 +31,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use tokio::sync::watch;
-
 use super::{Cmd, OPEN_LOGS};
 use crate::error::{Error, Result};
 
@@ -76,6 +74,10 @@ pub(crate) struct SharedLog {
     backlog: AtomicUsize,
     /// The same, summed over every log of the store.
     total: Arc<TotalBacklog>,
+    /// Woken when `settled` moves: only the waiters of this log (a
+    /// store-wide signal woke every waiting session at every round of
+    /// writes, which made stopping 10,000 runs quadratic).
+    settled_moved: tokio::sync::Notify,
 }
 
 /// Bytes handed over by every log of one store and not yet settled, and
@@ -85,6 +87,10 @@ pub(crate) struct SharedLog {
 pub(crate) struct TotalBacklog {
     pub(crate) bytes: AtomicUsize,
     pub(crate) max: AtomicUsize,
+    /// Woken when `bytes` falls to half of `max` or below (once per
+    /// crossing, not per write: a thousand waiting sessions are woken
+    /// once, not at every round of writes).
+    room: tokio::sync::Notify,
 }
 
 impl Default for TotalBacklog {
@@ -92,6 +98,7 @@ impl Default for TotalBacklog {
         TotalBacklog {
             bytes: AtomicUsize::new(0),
             max: AtomicUsize::new(crate::log::MAX_TOTAL_BACKLOG),
+            room: tokio::sync::Notify::new(),
         }
     }
 }
@@ -134,6 +141,7 @@ impl SharedLog {
             settled: AtomicU64::new(0),
             backlog: AtomicUsize::new(0),
             total,
+            settled_moved: tokio::sync::Notify::new(),
         })
     }
 
@@ -178,6 +186,41 @@ impl SharedLog {
     /// Last seq that is in the file or known to be missing from it.
     pub(crate) fn settled(&self) -> u64 {
         self.settled.load(Ordering::Acquire)
+    }
+
+    /// Resolves once this log has at most half of
+    /// [`crate::log::MAX_BACKLOG`] waiting, and the store at most half of
+    /// its total limit (or this log nothing).
+    pub(crate) async fn room(&self) {
+        loop {
+            let mine = self.settled_moved.notified();
+            let mut mine = std::pin::pin!(mine);
+            mine.as_mut().enable();
+            let all = self.total.room.notified();
+            let mut all = std::pin::pin!(all);
+            all.as_mut().enable();
+            let backlog = self.backlog();
+            if backlog <= crate::log::MAX_BACKLOG / 2
+                && (backlog == 0 || self.total_backlog() <= self.max_total_backlog() / 2)
+            {
+                return;
+            }
+            futures_util::future::select(mine, all).await;
+        }
+    }
+
+    /// Resolves once every event up to `seq` is settled.
+    pub(crate) async fn settled_to(&self, seq: u64) {
+        loop {
+            // Registered before the check: a move in between wakes it.
+            let moved = self.settled_moved.notified();
+            let mut moved = std::pin::pin!(moved);
+            moved.as_mut().enable();
+            if self.settled() >= seq {
+                return;
+            }
+            moved.await;
+        }
     }
 
     /// Bytes handed over and not yet written.
@@ -358,7 +401,7 @@ impl Files {
 }
 
 /// The thread's loop: until every sender is gone.
-pub(super) fn run(rx: mpsc::Receiver<Cmd>, progress: Arc<watch::Sender<u64>>) {
+pub(super) fn run(rx: mpsc::Receiver<Cmd>) {
     let mut files = Files::default();
     let mut cmds = Vec::new();
     // Test hook: writes of held logs, put aside (see `fault::set_held`).
@@ -393,7 +436,6 @@ pub(super) fn run(rx: mpsc::Receiver<Cmd>, progress: Arc<watch::Sender<u64>>) {
                 Err(_) => break,
             }
         }
-        let mut wrote = false;
         for cmd in cmds.drain(..) {
             #[cfg(test)]
             if let Cmd::Write(l) | Cmd::Close(l) = &cmd {
@@ -405,21 +447,16 @@ pub(super) fn run(rx: mpsc::Receiver<Cmd>, progress: Arc<watch::Sender<u64>>) {
             match cmd {
                 Cmd::Write(log) => {
                     write(&mut files, &log);
-                    wrote = true;
                 }
                 Cmd::Close(log) => {
                     write(&mut files, &log);
                     files.close(&log);
-                    wrote = true;
                 }
                 Cmd::Create { dir, pod, reply } => {
                     let _ = reply.send(create(&dir, &pod));
                 }
                 Cmd::Touch(paths) => touch(&paths),
             }
-        }
-        if wrote {
-            progress.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
 }
@@ -511,9 +548,14 @@ fn write(files: &mut Files, log: &Arc<SharedLog>) {
             }
         }
     }
-    log.settled.store(last, Ordering::Release);
     log.backlog.fetch_sub(n, Ordering::Relaxed);
-    log.total.bytes.fetch_sub(n, Ordering::Relaxed);
+    let before = log.total.bytes.fetch_sub(n, Ordering::Relaxed);
+    log.settled.store(last, Ordering::Release);
+    log.settled_moved.notify_waiters();
+    let half = log.total.max.load(Ordering::Relaxed) / 2;
+    if before > half && before - n <= half {
+        log.total.room.notify_waiters();
+    }
     put_spare(buf);
 }
 
