@@ -159,9 +159,11 @@ impl DispatcherActor {
             pod = Arc::new(merged);
         }
         let prompt = match &req.task {
-            crate::messages::dispatcher::Task::Issue(url) => {
-                pod::validate_issue_url(url)?;
-                pod.start_prompt_for_issue(url)
+            crate::messages::dispatcher::Task::Issue(issue) => {
+                // `#42` / `owner/repo#42` become the full URL.
+                let url = pod::expand_issue(issue, pod.config.repository.as_deref())?;
+                pod::validate_issue_url(&url)?;
+                pod.start_prompt_for_issue(&url)
             }
             crate::messages::dispatcher::Task::Prompt(p) => {
                 pod::validate_prompt(p)?;
@@ -200,7 +202,10 @@ impl DispatcherActor {
             }
         };
         let issue = match &req.task {
-            crate::messages::dispatcher::Task::Issue(url) => Some(url.clone()),
+            crate::messages::dispatcher::Task::Issue(issue) => Some(
+                pod::expand_issue(issue, pod.config.repository.as_deref())
+                    .unwrap_or_else(|_| issue.clone()),
+            ),
             crate::messages::dispatcher::Task::Prompt(_) => None,
         };
         let policy = template.policy.clone();
