@@ -1080,3 +1080,31 @@ fn doctor_checks_that_the_state_directory_is_writable() {
         out.stdout
     );
 }
+
+#[test]
+fn usage_lines_do_not_show_options_given_by_the_environment() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    pod(pods.path(), "ok", None);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cldpd"));
+    cmd.env("CLDPD_PODS_DIR", pods.path())
+        .env("CLDPD_STATE_DIR", state.path())
+        .args(["start", "ok"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(2);
+    let usage = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("Usage:"))
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    assert!(!usage.contains("--pods-dir"), "{usage}");
+    assert!(!usage.contains("--state-dir"), "{usage}");
+    // The variables still count: the pods directory is the one named.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cldpd"));
+    cmd.env("CLDPD_PODS_DIR", pods.path())
+        .env("CLDPD_STATE_DIR", state.path())
+        .args(["pods", "--json"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert!(out.stdout.contains("\"ok\""), "{}", out.stdout);
+}

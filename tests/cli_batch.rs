@@ -263,6 +263,31 @@ fn stop_orphans_reaps_the_runs_of_a_killed_cldpd_and_never_those_of_live_ones() 
         left.contains(&a_id) && left.contains(&b_id),
         "live owners' runs stay: {left:?}"
     );
+    // The reaped run's log ends with a final event, as any run's does.
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", "--json", &c_id]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "error", "{last}");
+    assert_eq!(last["code"], "stopped", "{last}");
+    assert_eq!(
+        last["seq"].as_u64().unwrap(),
+        events[events.len() - 2]["seq"].as_u64().unwrap() + 1
+    );
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", &c_id]);
+    let out = run(logs, LIMIT);
+    assert!(
+        out.stderr.contains("stopped by `cldpd stop --orphans`"),
+        "{}",
+        out.stderr
+    );
 
     for live in [a, b] {
         live.signal("TERM");

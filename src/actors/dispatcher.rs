@@ -1070,7 +1070,7 @@ impl Handler<StopOrphans> for DispatcherActor {
         let grace = msg.grace.unwrap_or(self.settings.policy.stop_grace);
         Box::pin(async move {
             let containers = guarded("the runtime's list", runtime.list()).await??;
-            let orphans: Vec<RunInfo> = Self::run_infos(containers, state_dir)
+            let orphans: Vec<RunInfo> = Self::run_infos(containers, state_dir.clone())
                 .await?
                 .into_iter()
                 .filter(|r| r.orphan)
@@ -1088,6 +1088,19 @@ impl Handler<StopOrphans> for DispatcherActor {
             let mut reports = Vec::new();
             for (r, res) in orphans.into_iter().zip(results) {
                 res?;
+                // Its log has no final event (its writer died): say how it
+                // ended, so that `logs` of it ends like any other run's.
+                let log = crate::log::path_for(&state_dir.join("sessions"), &r.session);
+                let end = crate::event::EventKind::Error {
+                    code: Error::Stopped.code().to_string(),
+                    message: "stopped by `cldpd stop --orphans`: the cldpd process that ran it was gone".into(),
+                };
+                let appended = crate::state::blocking(move || crate::log::append_final(&log, end)).await;
+                if let Ok(Err(e)) = appended {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(session = %r.session, error = %e, "could not end the reaped run's log");
+                    }
+                }
                 reports.push(StopReport {
                     session: r.session,
                     container: r.container,
