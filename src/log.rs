@@ -100,7 +100,10 @@ pub fn path_for(sessions_dir: &Path, session: &str) -> PathBuf {
 /// with a newline first. Returns whether it appended.
 pub fn append_final(path: &Path, kind: EventKind) -> std::io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom, Write};
-    let mut file = std::fs::OpenOptions::new().read(true).append(true).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(path)?;
     let len = file.metadata()?.len();
     let from = len.saturating_sub(256 * 1024);
     file.seek(SeekFrom::Start(from))?;

@@ -961,12 +961,18 @@ async fn an_issue_number_means_the_pods_repository_and_the_full_url_is_kept() {
         let spec = rt.runs().pop().unwrap();
         assert_eq!(spec.labels["cldpd.issue"], url, "{issue}");
         let prompt = String::from_utf8(spec.stdin.as_ref().unwrap().bytes().to_vec()).unwrap();
-        assert!(prompt.ends_with(&format!("Work on this GitHub issue: {url}")), "{prompt}");
+        assert!(
+            prompt.ends_with(&format!("Work on this GitHub issue: {url}")),
+            "{prompt}"
+        );
     }
     // A pod without a repository: `#42` is refused with what to add.
     match d.start(StartRequest::issue("bare", "#42")).await {
         Err(Error::InvalidIssueUrl { reason, .. }) => {
-            assert!(reason.contains("\"repository\": \"owner/repo\""), "{reason}")
+            assert!(
+                reason.contains("\"repository\": \"owner/repo\""),
+                "{reason}"
+            )
         }
         other => panic!("{other:?}"),
     }

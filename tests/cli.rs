@@ -1144,7 +1144,11 @@ fn completion_offers_pod_names_and_session_ids_dynamically() {
             .env_remove("CLDPD_PODS_DIR")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| !l.is_empty())
@@ -1154,7 +1158,10 @@ fn completion_offers_pod_names_and_session_ids_dynamically() {
         v
     };
     let dir = pods.path().display();
-    assert_eq!(complete(&format!("cldpd --pods-dir {dir} start w"), 4), ["web"]);
+    assert_eq!(
+        complete(&format!("cldpd --pods-dir {dir} start w"), 4),
+        ["web"]
+    );
     // Targets: the pods, and the live sessions of the engine (whoever
     // started them: other tests may have some).
     let targets = complete(&format!("cldpd --pods-dir {dir} logs ''"), 4);
@@ -1164,9 +1171,14 @@ fn completion_offers_pod_names_and_session_ids_dynamically() {
     );
     for t in targets.iter().filter(|t| *t != "api" && *t != "web") {
         let (_, hex) = t.rsplit_once('-').unwrap_or_else(|| panic!("{t}"));
-        assert!(hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()), "{t}");
+        assert!(
+            hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{t}"
+        );
     }
     // Flags still come from clap.
-    assert!(complete(&format!("cldpd --pods-dir {dir} start web --pr"), 5)
-        .contains(&"--prompt".to_string()));
+    assert!(
+        complete(&format!("cldpd --pods-dir {dir} start web --pr"), 5)
+            .contains(&"--prompt".to_string())
+    );
 }

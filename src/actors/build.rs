@@ -409,11 +409,14 @@ fn may_copy_cldpd_files(dockerfile: &str) -> bool {
         let args: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
         // JSON form: ["src", "dest"].
         let args: Vec<String> = if args.first().is_some_and(|a| a.starts_with('[')) {
-            serde_json::from_str::<Vec<String>>(&args.join(" ")).unwrap_or_else(|_| vec![".".into(), "/".into()])
+            serde_json::from_str::<Vec<String>>(&args.join(" "))
+                .unwrap_or_else(|_| vec![".".into(), "/".into()])
         } else {
             args.iter().map(|a| a.to_string()).collect()
         };
-        let Some((_, sources)) = args.split_last() else { continue };
+        let Some((_, sources)) = args.split_last() else {
+            continue;
+        };
         for src in sources {
             let src = src.trim_start_matches("./");
             // The root itself, or a wildcard at the root: pod.json and
@@ -511,17 +514,35 @@ mod tests {
         std::fs::write(dir.path().join("claude"), "#!/bin/sh\n").unwrap();
         std::fs::write(dir.path().join("pod.json"), r#"{"timeoutSecs": 60}"#).unwrap();
         let a = fingerprint(&spec(dir.path()), &key).unwrap();
-        std::fs::write(dir.path().join("pod.json"), r#"{"timeoutSecs": 600, "restart": "always"}"#).unwrap();
+        std::fs::write(
+            dir.path().join("pod.json"),
+            r#"{"timeoutSecs": 600, "restart": "always"}"#,
+        )
+        .unwrap();
         std::fs::write(dir.path().join("template.md"), "Be brief.").unwrap();
         assert_eq!(fingerprint(&spec(dir.path()), &key), Some(a.clone()));
         // A Dockerfile that may copy them into the image: they count.
-        for copy in ["COPY . /app", "ADD --chown=1:1 ./ /app", "COPY *.json /etc/", "COPY [\"pod.json\", \"/etc/\"]", "COPY template.md \\\n  /t"] {
-            std::fs::write(&df, format!("FROM scratch\nCOPY claude /bin/claude\n{copy}\n")).unwrap();
+        for copy in [
+            "COPY . /app",
+            "ADD --chown=1:1 ./ /app",
+            "COPY *.json /etc/",
+            "COPY [\"pod.json\", \"/etc/\"]",
+            "COPY template.md \\\n  /t",
+        ] {
+            std::fs::write(
+                &df,
+                format!("FROM scratch\nCOPY claude /bin/claude\n{copy}\n"),
+            )
+            .unwrap();
             let b = fingerprint(&spec(dir.path()), &key).unwrap();
             std::fs::write(dir.path().join("template.md"), format!("{copy} changed")).unwrap();
             assert_ne!(fingerprint(&spec(dir.path()), &key), Some(b), "{copy}");
         }
-        assert!(!may_copy_cldpd_files("FROM x\nCOPY src/ /app/src\nCOPY lib/*.so /lib/\n"));
-        assert!(!may_copy_cldpd_files("FROM x\nCOPY bin/claude /bin/claude\nADD https://example.com/x.tgz /x\n"));
+        assert!(!may_copy_cldpd_files(
+            "FROM x\nCOPY src/ /app/src\nCOPY lib/*.so /lib/\n"
+        ));
+        assert!(!may_copy_cldpd_files(
+            "FROM x\nCOPY bin/claude /bin/claude\nADD https://example.com/x.tgz /x\n"
+        ));
     }
 }

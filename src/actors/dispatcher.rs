@@ -1093,9 +1093,12 @@ impl Handler<StopOrphans> for DispatcherActor {
                 let log = crate::log::path_for(&state_dir.join("sessions"), &r.session);
                 let end = crate::event::EventKind::Error {
                     code: Error::Stopped.code().to_string(),
-                    message: "stopped by `cldpd stop --orphans`: the cldpd process that ran it was gone".into(),
+                    message:
+                        "stopped by `cldpd stop --orphans`: the cldpd process that ran it was gone"
+                            .into(),
                 };
-                let appended = crate::state::blocking(move || crate::log::append_final(&log, end)).await;
+                let appended =
+                    crate::state::blocking(move || crate::log::append_final(&log, end)).await;
                 if let Ok(Err(e)) = appended {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         tracing::warn!(session = %r.session, error = %e, "could not end the reaped run's log");

@@ -1081,7 +1081,11 @@ mod tests {
             crate::agent::AgentOutput::StreamJson
         );
         assert!(discover_with(r#"{"network": "my-net_1.x"}"#).is_ok());
-        for ok in ["acme/web", "https://ghe.example.com/team/app/", "acme/web.git"] {
+        for ok in [
+            "acme/web",
+            "https://ghe.example.com/team/app/",
+            "acme/web.git",
+        ] {
             assert!(
                 discover_with(&format!(r#"{{"repository": "{ok}"}}"#)).is_ok(),
                 "{ok}"
@@ -1090,7 +1094,8 @@ mod tests {
         for bad in ["acme", "a/b/c", "https://github.com/acme", "acme/we b", ""] {
             let err = discover_with(&format!(r#"{{"repository": "{bad}"}}"#)).unwrap_err();
             assert!(
-                err.to_string().contains("field `repository`: must be owner/repo"),
+                err.to_string()
+                    .contains("field `repository`: must be owner/repo"),
                 "{bad}: {err}"
             );
         }

@@ -53,7 +53,8 @@ pub async fn candidates(args: CompleteArgs, ctx: &crate::cli::Ctx) -> Result<i32
         .map(|entries| entries.into_iter().map(|e| e.name).collect())
         .unwrap_or_default();
     if args.kind == "targets" {
-        let runs = tokio::time::timeout(std::time::Duration::from_secs(3), ctx.dispatcher().runs()).await;
+        let runs =
+            tokio::time::timeout(std::time::Duration::from_secs(3), ctx.dispatcher().runs()).await;
         if let Ok(Ok(runs)) = runs {
             out.extend(runs.into_iter().map(|r| r.session));
         }
