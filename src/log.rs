@@ -57,7 +57,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 use crate::state::{Cmd, SharedLog, StateStore};
 
 /// An index entry is kept for every `INDEX_STRIDE`-th event, so a reader
@@ -104,6 +104,44 @@ pub fn is_fresh(path: &Path) -> bool {
 /// The log file of `session` under `sessions_dir`.
 pub fn path_for(sessions_dir: &Path, session: &str) -> PathBuf {
     sessions_dir.join(format!("{session}.ndjson"))
+}
+
+/// End the log of a run whose writer is gone (its cldpd process died, and
+/// `stop --orphans` reaped the container): append `kind` as the final
+/// event, numbered after the last one, unless the log already ends with a
+/// terminal event. A torn last line (the process died mid-write) is ended
+/// with a newline first. Returns whether it appended.
+pub fn append_final(path: &Path, kind: EventKind) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    let from = len.saturating_sub(256 * 1024);
+    file.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let text = String::from_utf8_lossy(&tail);
+    let last = text
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Event>(l).ok());
+    let Some(last) = last else {
+        return Ok(false); // nothing to number it after
+    };
+    if last.is_terminal() {
+        return Ok(false);
+    }
+    let ev = Event::new(last.session.clone(), last.seq + 1, kind);
+    let mut line = Vec::new();
+    if !tail.is_empty() && !tail.ends_with(b"\n") {
+        line.push(b'\n');
+    }
+    line.extend(serde_json::to_vec(&ev).map_err(std::io::Error::other)?);
+    line.push(b'\n');
+    file.write_all(&line)?;
+    Ok(true)
 }
 
 /// The marker line of a gap (see [`LogEntry::Gap`]).

@@ -979,3 +979,36 @@ async fn a_stop_from_elsewhere_while_the_container_is_created_is_not_lost() {
     assert_eq!(within(20, "the run's end", s.wait()).await.unwrap(), 143);
     assert!(rt.running().is_empty());
 }
+
+#[actix::test]
+async fn an_issue_number_means_the_pods_repository_and_the_full_url_is_kept() {
+    let (_dirs, rt, d) = setup(&[
+        ("web", Some(r#"{"repository": "acme/web"}"#)),
+        ("bare", None),
+    ]);
+    for (issue, url) in [
+        ("#42", "https://github.com/acme/web/issues/42"),
+        ("other/repo#7", "https://github.com/other/repo/issues/7"),
+    ] {
+        let s = d.start(StartRequest::issue("web", issue)).await.unwrap();
+        let seen = within(20, "the run", collect(&s)).await;
+        assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+        let spec = rt.runs().pop().unwrap();
+        assert_eq!(spec.labels["cldpd.issue"], url, "{issue}");
+        let prompt = String::from_utf8(spec.stdin.as_ref().unwrap().bytes().to_vec()).unwrap();
+        assert!(
+            prompt.ends_with(&format!("Work on this GitHub issue: {url}")),
+            "{prompt}"
+        );
+    }
+    // A pod without a repository: `#42` is refused with what to add.
+    match d.start(StartRequest::issue("bare", "#42")).await {
+        Err(Error::InvalidIssueUrl { reason, .. }) => {
+            assert!(
+                reason.contains("\"repository\": \"owner/repo\""),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}

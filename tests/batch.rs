@@ -271,7 +271,10 @@ const API_RETRY_429: &str = r#"{"type":"system","subtype":"api_retry","attempt":
 
 #[actix::test]
 async fn the_report_gives_each_agents_turns_cost_and_result_and_the_totals() {
-    let dirs = Dirs::new(&[("agent", None), ("plain", Some(r#"{"agentOutput": "text"}"#))]);
+    let dirs = Dirs::new(&[
+        ("agent", None),
+        ("plain", Some(r#"{"agentOutput": "text"}"#)),
+    ]);
     let rt = FaultRuntime::new();
     rt.script_pod(
         "agent",
@@ -298,7 +301,11 @@ async fn the_report_gives_each_agents_turns_cost_and_result_and_the_totals() {
         );
     }
     assert_eq!(
-        (report.jobs[2].turns, report.jobs[2].cost_usd, &report.jobs[2].result),
+        (
+            report.jobs[2].turns,
+            report.jobs[2].cost_usd,
+            &report.jobs[2].result
+        ),
         (None, None, &None)
     );
     assert_eq!((report.turns, report.cost_usd), (6, 0.5));
@@ -322,13 +329,18 @@ async fn a_spent_budget_keeps_the_queued_jobs_from_starting() {
             .hang(),
     );
     let d = Dispatcher::new(dirs.settings().max_concurrent(1), rt.clone());
-    let jobs = (0..3).map(|i| Job::prompt("spend", format!("job {i}"))).collect();
+    let jobs = (0..3)
+        .map(|i| Job::prompt("spend", format!("job {i}")))
+        .collect();
     let options = cldpd::batch::BatchOptions {
         budget_usd: Some(0.5),
         ..Default::default()
     };
     let batch = Batch::start_with(&d, jobs, options).await.unwrap();
-    let queued: HashSet<String> = batch.sessions()[1..].iter().map(|s| s.id().to_string()).collect();
+    let queued: HashSet<String> = batch.sessions()[1..]
+        .iter()
+        .map(|s| s.id().to_string())
+        .collect();
     // Wait until both queued jobs have ended (stopped before they started).
     let mut events = batch.events();
     let mut ended = HashSet::new();
@@ -365,7 +377,10 @@ async fn a_spent_budget_keeps_the_queued_jobs_from_starting() {
     assert_eq!(report.budget_usd, Some(0.5));
     assert_eq!(report.cost_usd, 0.6);
     // The hold is lifted once the batch is over: the dispatcher admits again.
-    let s = d.start(cldpd::StartRequest::prompt("spend", "after")).await.unwrap();
+    let s = d
+        .start(cldpd::StartRequest::prompt("spend", "after"))
+        .await
+        .unwrap();
     let mut evs = s.events();
     tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(ev) = evs.next().await {
@@ -387,7 +402,10 @@ async fn a_reported_rate_limit_holds_admissions_for_a_back_off() {
     rt.script_pod(
         "limited",
         RunScript::new()
-            .bytes(cldpd::OutputStream::Stdout, format!("{API_RETRY_429}\n").into_bytes())
+            .bytes(
+                cldpd::OutputStream::Stdout,
+                format!("{API_RETRY_429}\n").into_bytes(),
+            )
             .hang(),
     );
     rt.script_pod(
@@ -420,7 +438,10 @@ async fn a_reported_rate_limit_holds_admissions_for_a_back_off() {
     .clone();
     let until = held.held_until.expect("a hold");
     assert!(
-        held.reason.as_deref().unwrap().starts_with("rate_limited (HTTP 429) in limited-"),
+        held.reason
+            .as_deref()
+            .unwrap()
+            .starts_with("rate_limited (HTTP 429) in limited-"),
         "{held:?}"
     );
     // The limited job ends; its slot is free, but the next job waits out
@@ -438,7 +459,11 @@ async fn a_reported_rate_limit_holds_admissions_for_a_back_off() {
     })
     .await
     .unwrap();
-    assert!(started >= until, "started {:?} before the hold ended", until - started);
+    assert!(
+        started >= until,
+        "started {:?} before the hold ended",
+        until - started
+    );
     assert!(until > freed, "the hold was over before the slot was freed");
     let report = tokio::time::timeout(Duration::from_secs(30), batch.report())
         .await

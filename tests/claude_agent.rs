@@ -275,7 +275,9 @@ async fn an_overloaded_api_is_a_typed_error_and_a_retry_policy_recovers() {
     }
     // The agent's own error message is typed before its result.
     assert!(
-        api_errors(&events).iter().any(|(code, _, _)| code == "api_error"),
+        api_errors(&events)
+            .iter()
+            .any(|(code, _, _)| code == "api_error"),
         "{:?}",
         typed(&events)
     );
@@ -545,7 +547,9 @@ fn the_offline_demo_script_shows_a_real_agent_loop() {
     let out = rx
         .recv_timeout(std::time::Duration::from_secs(300))
         .unwrap_or_else(|_| {
-            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
             panic!("demo-claude.sh took over 300 s")
         })
         .unwrap();
@@ -564,7 +568,10 @@ fn the_offline_demo_script_shows_a_real_agent_loop() {
         assert!(stderr.contains(needle), "{needle}:\n{stderr}");
     }
     assert!(!stderr.contains("warning"), "{stderr}");
-    assert!(stdout.contains("Done: hello.txt holds the greeting."), "{stdout}");
+    assert!(
+        stdout.contains("Done: hello.txt holds the greeting."),
+        "{stdout}"
+    );
 
     // --real without credentials says what it needs.
     let out = std::process::Command::new(format!("{root}/demo-claude.sh"))
@@ -574,5 +581,6 @@ fn the_offline_demo_script_shows_a_real_agent_loop() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"));
 }

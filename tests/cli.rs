@@ -1080,3 +1080,105 @@ fn doctor_checks_that_the_state_directory_is_writable() {
         out.stdout
     );
 }
+
+#[test]
+fn usage_lines_do_not_show_options_given_by_the_environment() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    pod(pods.path(), "ok", None);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cldpd"));
+    cmd.env("CLDPD_PODS_DIR", pods.path())
+        .env("CLDPD_STATE_DIR", state.path())
+        .args(["start", "ok"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(2);
+    let usage = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("Usage:"))
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    assert!(!usage.contains("--pods-dir"), "{usage}");
+    assert!(!usage.contains("--state-dir"), "{usage}");
+    // The variables still count: the pods directory is the one named.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cldpd"));
+    cmd.env("CLDPD_PODS_DIR", pods.path())
+        .env("CLDPD_STATE_DIR", state.path())
+        .args(["pods", "--json"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert!(out.stdout.contains("\"ok\""), "{}", out.stdout);
+}
+
+#[test]
+fn completion_offers_pod_names_and_session_ids_dynamically() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    pod(pods.path(), "web", None);
+    pod(pods.path(), "api", None);
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["__complete", "pods"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    let mut names: Vec<&str> = out.stdout.lines().collect();
+    names.sort();
+    assert_eq!(names, ["api", "web"]);
+
+    // The bash script asks cldpd at completion time, with the --pods-dir
+    // of the line being completed.
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["completions", "bash"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    let script = state.path().join("cldpd.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_cldpd")).parent().unwrap();
+    let complete = |words: &str, cword: usize| {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; COMP_LINE='x'; COMP_POINT=1; _cldpd_dynamic cldpd; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+                script.display()
+            ))
+            .env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()))
+            .env("CLDPD_STATE_DIR", state.path())
+            .env_remove("CLDPD_PODS_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    let dir = pods.path().display();
+    assert_eq!(
+        complete(&format!("cldpd --pods-dir {dir} start w"), 4),
+        ["web"]
+    );
+    // Targets: the pods, and the live sessions of the engine (whoever
+    // started them: other tests may have some).
+    let targets = complete(&format!("cldpd --pods-dir {dir} logs ''"), 4);
+    assert!(
+        targets.contains(&"api".to_string()) && targets.contains(&"web".to_string()),
+        "{targets:?}"
+    );
+    for t in targets.iter().filter(|t| *t != "api" && *t != "web") {
+        let (_, hex) = t.rsplit_once('-').unwrap_or_else(|| panic!("{t}"));
+        assert!(
+            hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{t}"
+        );
+    }
+    // Flags still come from clap.
+    assert!(
+        complete(&format!("cldpd --pods-dir {dir} start web --pr"), 5)
+            .contains(&"--prompt".to_string())
+    );
+}

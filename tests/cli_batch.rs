@@ -263,6 +263,31 @@ fn stop_orphans_reaps_the_runs_of_a_killed_cldpd_and_never_those_of_live_ones() 
         left.contains(&a_id) && left.contains(&b_id),
         "live owners' runs stay: {left:?}"
     );
+    // The reaped run's log ends with a final event, as any run's does.
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", "--json", &c_id]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "error", "{last}");
+    assert_eq!(last["code"], "stopped", "{last}");
+    assert_eq!(
+        last["seq"].as_u64().unwrap(),
+        events[events.len() - 2]["seq"].as_u64().unwrap() + 1
+    );
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", &c_id]);
+    let out = run(logs, LIMIT);
+    assert!(
+        out.stderr.contains("stopped by `cldpd stop --orphans`"),
+        "{}",
+        out.stderr
+    );
 
     for live in [a, b] {
         live.signal("TERM");
@@ -344,9 +369,16 @@ fn a_budget_stops_admissions_and_the_report_gives_turns_and_cost() {
     std::fs::write(&file, jobs).unwrap();
     let report = state.path().join("report.json");
     let mut cmd = cldpd(pod.pods_dir(), state.path());
-    cmd.args(["batch", "--concurrency", "1", "--budget-usd", "0.5", "--report"])
-        .arg(&report)
-        .arg(&file);
+    cmd.args([
+        "batch",
+        "--concurrency",
+        "1",
+        "--budget-usd",
+        "0.5",
+        "--report",
+    ])
+    .arg(&report)
+    .arg(&file);
     let out = run(cmd, Duration::from_secs(180));
     out.expect_code(1);
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -373,8 +405,7 @@ fn a_budget_stops_admissions_and_the_report_gives_turns_and_cost() {
     ] {
         assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
     }
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(json["not_started"], 2);
     assert_eq!(json["cost_usd"], 0.6);
     assert_eq!(json["turns"], 3);
@@ -385,13 +416,16 @@ fn a_budget_stops_admissions_and_the_report_gives_turns_and_cost() {
 
     // --json: the events, then the report as the last line.
     let file = state.path().join("one.ndjson");
-    std::fs::write(&file, format!("{{\"pod\": \"{}\", \"prompt\": \"x\"}}\n", pod.name())).unwrap();
+    std::fs::write(
+        &file,
+        format!("{{\"pod\": \"{}\", \"prompt\": \"x\"}}\n", pod.name()),
+    )
+    .unwrap();
     let mut cmd = cldpd(pod.pods_dir(), state.path());
     cmd.args(["batch", "--json"]).arg(&file);
     let out = run(cmd, Duration::from_secs(180));
     out.expect_code(0);
-    let last: serde_json::Value =
-        serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+    let last: serde_json::Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
     assert_eq!(last["type"], "batch_report", "{last}");
     assert_eq!(last["cost_usd"], 0.6);
     assert_eq!(last["jobs"][0]["turns"], 3);

@@ -1190,7 +1190,13 @@ fn ps_shows_an_agents_turns_so_far() {
     ps.arg("ps");
     let out = run(ps, LIMIT);
     out.expect_code(0);
-    let header: Vec<&str> = out.stdout.lines().next().unwrap().split_whitespace().collect();
+    let header: Vec<&str> = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     assert_eq!(
         header,
         ["SESSION", "POD", "ISSUE", "AGE", "TURNS", "COST", "STATE"],
@@ -1230,7 +1236,10 @@ fn a_base_image_that_cannot_be_pulled_is_named_and_doctor_warns_of_it() {
     // This machine's engine cannot pull (elsewhere the registry has no
     // such image): either way the image is named and the Dockerfile is
     // not blamed.
-    let missing = format!("cldpd-test-not-present-{}:1.0", support::docker::unique_name());
+    let missing = format!(
+        "cldpd-test-not-present-{}:1.0",
+        support::docker::unique_name()
+    );
     std::fs::write(
         pod.dockerfile(),
         format!("FROM {missing} AS base\nFROM base\nCOPY claude /bin/claude\n"),
@@ -1247,7 +1256,11 @@ fn a_base_image_that_cannot_be_pulled_is_named_and_doctor_warns_of_it() {
         "{}",
         out.stderr
     );
-    assert!(!out.stderr.contains("fix the pod's Dockerfile"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("fix the pod's Dockerfile"),
+        "{}",
+        out.stderr
+    );
     assert!(
         out.stderr.contains("the engine cannot reach its registry")
             || out.stderr.contains("the registry has no such image"),
@@ -1273,6 +1286,10 @@ fn a_base_image_that_cannot_be_pulled_is_named_and_doctor_warns_of_it() {
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains(&format!("docker pull {missing}")), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("docker pull {missing}")),
+        "{}",
+        out.stdout
+    );
     no_containers_left(&pod);
 }

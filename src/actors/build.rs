@@ -19,7 +19,12 @@
 //!   run with the same fingerprint skips `docker build` and reports
 //!   `BuildComplete { cached: true }`; so do the runs that joined a build
 //!   in flight (exactly one run per real build reports `cached: false`).
-//!   Editing any file of the pod triggers a real build again. A pod
+//!   Editing any file of the pod triggers a real build again — except
+//!   cldpd's own `pod.json` and `template.md` when the Dockerfile cannot
+//!   copy them (no `COPY`/`ADD` of `.`, a wildcard or their name): their
+//!   build inputs (`image`, `buildArgs`) are in the fingerprint already,
+//!   and runtime fields (timeouts, restart, env, …) or the template do not
+//!   change the image. A pod
 //!   directory with more than [`MAX_FINGERPRINT_FILES`] files is always
 //!   built. The fingerprint is a keyed hash ([`crate::state::key`]): build
 //!   args may be secrets, and the record must not be a way to guess them.
@@ -353,6 +358,10 @@ impl Builds {
 pub(crate) fn fingerprint(spec: &BuildSpec, key: &[u8; 32]) -> Option<String> {
     let mut entries = Vec::new();
     walk(&spec.context, &spec.context, &mut entries).ok()?;
+    let dockerfile = std::fs::read_to_string(&spec.dockerfile).unwrap_or_default();
+    if !may_copy_cldpd_files(&dockerfile) {
+        entries.retain(|(path, _, _)| !CLDPD_FILES.contains(&path.as_str()));
+    }
     if entries.len() > MAX_FINGERPRINT_FILES {
         return None;
     }
@@ -372,6 +381,57 @@ pub(crate) fn fingerprint(spec: &BuildSpec, key: &[u8; 32]) -> Option<String> {
             .field(&mtime.to_le_bytes());
     }
     Some(h.hex())
+}
+
+/// The files of a pod directory that are cldpd's, not the image's.
+const CLDPD_FILES: [&str; 2] = [crate::pod::POD_CONFIG_FILE, crate::pod::TEMPLATE_FILE];
+
+/// True when a `COPY`/`ADD` of the Dockerfile may take `pod.json` or
+/// `template.md` into the image: a source that is `.`, a wildcard at the
+/// root of the context, or one that names one of them. Conservative: when in
+/// doubt, they count.
+fn may_copy_cldpd_files(dockerfile: &str) -> bool {
+    let mut joined = String::new();
+    for raw in dockerfile.lines() {
+        let line = raw.trim();
+        if let Some(head) = line.strip_suffix('\\') {
+            joined.push_str(head);
+            joined.push(' ');
+            continue;
+        }
+        joined.push_str(line);
+        let logical = std::mem::take(&mut joined);
+        let mut words = logical.split_whitespace();
+        let Some(instr) = words.next() else { continue };
+        if !(instr.eq_ignore_ascii_case("COPY") || instr.eq_ignore_ascii_case("ADD")) {
+            continue;
+        }
+        let args: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
+        // JSON form: ["src", "dest"].
+        let args: Vec<String> = if args.first().is_some_and(|a| a.starts_with('[')) {
+            serde_json::from_str::<Vec<String>>(&args.join(" "))
+                .unwrap_or_else(|_| vec![".".into(), "/".into()])
+        } else {
+            args.iter().map(|a| a.to_string()).collect()
+        };
+        let Some((_, sources)) = args.split_last() else {
+            continue;
+        };
+        for src in sources {
+            let src = src.trim_start_matches("./");
+            // The root itself, or a wildcard at the root: pod.json and
+            // template.md are at the root of the context.
+            if src.is_empty()
+                || src == "."
+                || src == "/"
+                || (src.contains(['*', '?', '[']) && !src.contains('/'))
+                || CLDPD_FILES.iter().any(|f| src.contains(f))
+            {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// [`fingerprint`] in a blocking task, with the state directory's key.
@@ -443,5 +503,46 @@ mod tests {
         assert_ne!(a, b);
         std::fs::write(dir.path().join("sub/x"), "22").unwrap();
         assert_ne!(fingerprint(&spec(dir.path()), &key), Some(b));
+    }
+
+    #[test]
+    fn runtime_fields_of_pod_json_and_the_template_do_not_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = [7u8; 32];
+        let df = dir.path().join("Dockerfile");
+        std::fs::write(&df, "FROM scratch\nCOPY claude /bin/claude\n").unwrap();
+        std::fs::write(dir.path().join("claude"), "#!/bin/sh\n").unwrap();
+        std::fs::write(dir.path().join("pod.json"), r#"{"timeoutSecs": 60}"#).unwrap();
+        let a = fingerprint(&spec(dir.path()), &key).unwrap();
+        std::fs::write(
+            dir.path().join("pod.json"),
+            r#"{"timeoutSecs": 600, "restart": "always"}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("template.md"), "Be brief.").unwrap();
+        assert_eq!(fingerprint(&spec(dir.path()), &key), Some(a.clone()));
+        // A Dockerfile that may copy them into the image: they count.
+        for copy in [
+            "COPY . /app",
+            "ADD --chown=1:1 ./ /app",
+            "COPY *.json /etc/",
+            "COPY [\"pod.json\", \"/etc/\"]",
+            "COPY template.md \\\n  /t",
+        ] {
+            std::fs::write(
+                &df,
+                format!("FROM scratch\nCOPY claude /bin/claude\n{copy}\n"),
+            )
+            .unwrap();
+            let b = fingerprint(&spec(dir.path()), &key).unwrap();
+            std::fs::write(dir.path().join("template.md"), format!("{copy} changed")).unwrap();
+            assert_ne!(fingerprint(&spec(dir.path()), &key), Some(b), "{copy}");
+        }
+        assert!(!may_copy_cldpd_files(
+            "FROM x\nCOPY src/ /app/src\nCOPY lib/*.so /lib/\n"
+        ));
+        assert!(!may_copy_cldpd_files(
+            "FROM x\nCOPY bin/claude /bin/claude\nADD https://example.com/x.tgz /x\n"
+        ));
     }
 }

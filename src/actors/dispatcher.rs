@@ -167,9 +167,11 @@ impl DispatcherActor {
             pod = Arc::new(merged);
         }
         let prompt = match &req.task {
-            crate::messages::dispatcher::Task::Issue(url) => {
-                pod::validate_issue_url(url)?;
-                pod.start_prompt_for_issue(url)
+            crate::messages::dispatcher::Task::Issue(issue) => {
+                // `#42` / `owner/repo#42` become the full URL.
+                let url = pod::expand_issue(issue, pod.config.repository.as_deref())?;
+                pod::validate_issue_url(&url)?;
+                pod.start_prompt_for_issue(&url)
             }
             crate::messages::dispatcher::Task::Prompt(p) => {
                 pod::validate_prompt(p)?;
@@ -208,7 +210,10 @@ impl DispatcherActor {
             }
         };
         let issue = match &req.task {
-            crate::messages::dispatcher::Task::Issue(url) => Some(url.clone()),
+            crate::messages::dispatcher::Task::Issue(issue) => Some(
+                pod::expand_issue(issue, pod.config.repository.as_deref())
+                    .unwrap_or_else(|_| issue.clone()),
+            ),
             crate::messages::dispatcher::Task::Prompt(_) => None,
         };
         let policy = template.policy.clone();
@@ -1107,7 +1112,7 @@ impl Handler<StopOrphans> for DispatcherActor {
         let grace = msg.grace.unwrap_or(self.settings.policy.stop_grace);
         Box::pin(async move {
             let containers = guarded("the runtime's list", runtime.list()).await??;
-            let orphans: Vec<RunInfo> = Self::run_infos(containers, state_dir)
+            let orphans: Vec<RunInfo> = Self::run_infos(containers, state_dir.clone())
                 .await?
                 .into_iter()
                 .filter(|r| r.orphan)
@@ -1125,6 +1130,22 @@ impl Handler<StopOrphans> for DispatcherActor {
             let mut reports = Vec::new();
             for (r, res) in orphans.into_iter().zip(results) {
                 res?;
+                // Its log has no final event (its writer died): say how it
+                // ended, so that `logs` of it ends like any other run's.
+                let log = crate::log::path_for(&state_dir.join("sessions"), &r.session);
+                let end = crate::event::EventKind::Error {
+                    code: Error::Stopped.code().to_string(),
+                    message:
+                        "stopped by `cldpd stop --orphans`: the cldpd process that ran it was gone"
+                            .into(),
+                };
+                let appended =
+                    crate::state::blocking(move || crate::log::append_final(&log, end)).await;
+                if let Ok(Err(e)) = appended {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(session = %r.session, error = %e, "could not end the reaped run's log");
+                    }
+                }
                 reports.push(StopReport {
                     session: r.session,
                     container: r.container,

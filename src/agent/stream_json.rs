@@ -142,7 +142,9 @@ impl StreamJsonParser {
                 if let Some(error) = v.get("error").filter(|e| !e.is_null()) {
                     // `"error": "rate_limit"`; its text block says
                     // `API Error: Request rejected (429) · …`.
-                    let error = error.as_str().map_or_else(|| error.to_string(), String::from);
+                    let error = error
+                        .as_str()
+                        .map_or_else(|| error.to_string(), String::from);
                     let text = blocks(&v)
                         .find_map(|b| b["text"].as_str())
                         .unwrap_or_default();
@@ -150,7 +152,10 @@ impl StreamJsonParser {
                     out.push(EventKind::AgentApiError {
                         code: api_error_code(Some(&error), status).into(),
                         status,
-                        message: cut_to(if text.is_empty() { &error } else { text }, MAX_FIRST_LINE),
+                        message: cut_to(
+                            if text.is_empty() { &error } else { text },
+                            MAX_FIRST_LINE,
+                        ),
                         retry_in_ms: None,
                         attempt: None,
                     });
@@ -158,7 +163,9 @@ impl StreamJsonParser {
                 out
             }
             "system" if v["subtype"] == "api_retry" => {
-                let status = v["error_status"].as_u64().and_then(|s| u16::try_from(s).ok());
+                let status = v["error_status"]
+                    .as_u64()
+                    .and_then(|s| u16::try_from(s).ok());
                 let error = v["error"].as_str();
                 vec![EventKind::AgentApiError {
                     code: api_error_code(error, status).into(),
@@ -179,7 +186,10 @@ impl StreamJsonParser {
                     code: "rate_limited".into(),
                     status: None,
                     message: match resets_at {
-                        Some(at) => format!("{kind} limit reached; resets in {} s", at.saturating_sub(now)),
+                        Some(at) => format!(
+                            "{kind} limit reached; resets in {} s",
+                            at.saturating_sub(now)
+                        ),
                         None => format!("{kind} limit reached"),
                     },
                     retry_in_ms: resets_at.map(|at| at.saturating_sub(now) * 1000),
@@ -555,7 +565,8 @@ mod tests {
             EventKind::AgentApiError {
                 code: "rate_limited".into(),
                 status: Some(429),
-                message: "API Error: Request rejected (429) · scripted 429 (rate_limit_error)".into(),
+                message: "API Error: Request rejected (429) · scripted 429 (rate_limit_error)"
+                    .into(),
                 retry_in_ms: None,
                 attempt: None,
             }
@@ -584,5 +595,4 @@ mod tests {
         );
         assert!(p.outcome().is_none());
     }
-
 }

@@ -21,8 +21,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{self, StreamExt};
 use futures_util::future::join_all;
+use futures_util::stream::{self, StreamExt};
 use tokio::sync::watch;
 
 use crate::event::EventKind;
@@ -110,17 +110,18 @@ impl Governor {
 
     /// Watch `sessions` until every one has ended (spawned on the current
     /// actix arbiter).
-    pub fn spawn(self: &Arc<Self>, dispatcher: Dispatcher, sessions: Vec<Session>, backoff: Backoff) {
+    pub fn spawn(
+        self: &Arc<Self>,
+        dispatcher: Dispatcher,
+        sessions: Vec<Session>,
+        backoff: Backoff,
+    ) {
         let me = self.clone();
         actix::spawn(async move { me.run(dispatcher, sessions, backoff).await });
     }
 
     async fn run(&self, dispatcher: Dispatcher, sessions: Vec<Session>, backoff: Backoff) {
-        let mut events = stream::select_all(
-            sessions
-                .iter()
-                .map(|s| s.events().boxed()),
-        );
+        let mut events = stream::select_all(sessions.iter().map(|s| s.events().boxed()));
         let mut current = Duration::ZERO;
         let mut held = false;
         while let Some(ev) = events.next().await {

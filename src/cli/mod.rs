@@ -67,13 +67,17 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 struct Global {
-    /// Directory holding one sub-directory per pod [default: ~/.cldpd/pods]
-    #[arg(long, global = true, env = "CLDPD_PODS_DIR", value_name = "DIR")]
+    // CLDPD_PODS_DIR / CLDPD_STATE_DIR are read by `Settings::from_env`,
+    // not by clap: a clap `env` counts as given, and usage lines would then
+    // show `--pods-dir <DIR>` as if the user had typed it.
+    /// Directory holding one sub-directory per pod [default:
+    /// $CLDPD_PODS_DIR, else ~/.cldpd/pods]
+    #[arg(long, global = true, value_name = "DIR")]
     pods_dir: Option<PathBuf>,
 
     /// cldpd's state directory; session logs go to <DIR>/sessions
-    /// [default: ~/.cldpd]
-    #[arg(long, global = true, env = "CLDPD_STATE_DIR", value_name = "DIR")]
+    /// [default: $CLDPD_STATE_DIR, else ~/.cldpd]
+    #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
     /// More output on stderr: build output, and debug logs of cldpd (-vv:

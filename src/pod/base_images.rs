@@ -135,7 +135,8 @@ mod tests {
 
     #[test]
     fn args_resolve_from_build_args_then_defaults() {
-        let df = "ARG BASE=node\nARG TAG\nFROM ${BASE}:${TAG:-20}-slim\nARG LATE=x\nFROM $BASE:$LATE\n";
+        let df =
+            "ARG BASE=node\nARG TAG\nFROM ${BASE}:${TAG:-20}-slim\nARG LATE=x\nFROM $BASE:$LATE\n";
         assert_eq!(base_images(df, &none()), ["node:20-slim"]);
         let args = BTreeMap::from([("TAG".to_string(), "22".to_string())]);
         assert_eq!(base_images(df, &args), ["node:22-slim"]);

@@ -319,6 +319,11 @@ impl PodConfig {
         if self.max_turns == Some(0) {
             problems.push(field_error("maxTurns", "must be at least 1".into()));
         }
+        if let Some(repo) = &self.repository {
+            if let Err(reason) = super::issue::repository_url(repo) {
+                problems.push(field_error("repository", reason.to_string()));
+            }
+        }
         if let Some(net) = &self.network {
             let ok = !net.is_empty()
                 && !net.starts_with('-')
@@ -391,6 +396,7 @@ impl PodConfig {
             max_turns,
             max_budget_usd,
             network,
+            repository,
         } = over;
         let mut merged_env = self.env.clone();
         merged_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -431,6 +437,7 @@ impl PodConfig {
             max_turns: max_turns.or(self.max_turns),
             max_budget_usd: max_budget_usd.or(self.max_budget_usd),
             network: network.clone().or_else(|| self.network.clone()),
+            repository: repository.clone().or_else(|| self.repository.clone()),
         }
     }
 
@@ -881,6 +888,7 @@ mod tests {
             max_turns: Some(2),
             max_budget_usd: Some(0.5),
             network: Some("none".into()),
+            repository: Some("acme/web".into()),
         };
         let Value::Object(map) = serde_json::to_value(&full).unwrap() else {
             panic!()
@@ -1073,6 +1081,24 @@ mod tests {
             crate::agent::AgentOutput::StreamJson
         );
         assert!(discover_with(r#"{"network": "my-net_1.x"}"#).is_ok());
+        for ok in [
+            "acme/web",
+            "https://ghe.example.com/team/app/",
+            "acme/web.git",
+        ] {
+            assert!(
+                discover_with(&format!(r#"{{"repository": "{ok}"}}"#)).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in ["acme", "a/b/c", "https://github.com/acme", "acme/we b", ""] {
+            let err = discover_with(&format!(r#"{{"repository": "{bad}"}}"#)).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("field `repository`: must be owner/repo"),
+                "{bad}: {err}"
+            );
+        }
         for (json, field) in [
             (r#"{"agentOutput": "json"}"#, "agentOutput"),
             (r#"{"maxTurns": 0}"#, "maxTurns"),

@@ -27,6 +27,81 @@ pub fn validate_issue_url(url: &str) -> Result<()> {
     }
 }
 
+/// An issue as a user may write it, as its full URL:
+///
+/// - a URL stays as it is (checked by [`validate_issue_url`]);
+/// - `owner/repo#42` (gh's shorthand) is `https://github.com/owner/repo/issues/42`;
+/// - `#42` is issue 42 of `repository` (`pod.json`'s `repository`:
+///   `owner/repo`, or a repository URL for GitHub Enterprise); without
+///   one it is an error that says to add it.
+///
+/// ```
+/// use cldpd::pod::expand_issue;
+/// assert_eq!(expand_issue("#42", Some("acme/web")).unwrap(), "https://github.com/acme/web/issues/42");
+/// assert_eq!(
+///     expand_issue("#7", Some("https://ghe.example.com/team/app/")).unwrap(),
+///     "https://ghe.example.com/team/app/issues/7"
+/// );
+/// assert_eq!(expand_issue("acme/web#1", None).unwrap(), "https://github.com/acme/web/issues/1");
+/// assert!(expand_issue("#42", None).unwrap_err().to_string().contains("repository"));
+/// ```
+pub fn expand_issue(issue: &str, repository: Option<&str>) -> Result<String> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(number) = issue.strip_prefix('#').filter(|n| digits(n)) {
+        let Some(repo) = repository else {
+            return Err(Error::InvalidIssueUrl {
+                url: issue.to_string(),
+                reason: "`#N` needs the pod's repository: add \"repository\": \"owner/repo\" to its pod.json, or write owner/repo#N",
+            });
+        };
+        let base = repository_url(repo).map_err(|reason| Error::InvalidIssueUrl {
+            url: issue.to_string(),
+            reason,
+        })?;
+        return Ok(format!("{base}/issues/{number}"));
+    }
+    if let Some((repo, number)) = issue.split_once('#') {
+        if digits(number) && !repo.contains("://") {
+            if let Some((owner, name)) = repo.split_once('/') {
+                if name_ok(owner) && name_ok(name) {
+                    return Ok(format!("https://github.com/{owner}/{name}/issues/{number}"));
+                }
+            }
+        }
+    }
+    Ok(issue.to_string())
+}
+
+/// A repository (`owner/repo`, or `http(s)://host/owner/repo`) as its URL
+/// without a trailing `/`; the reason when it is neither.
+pub(crate) fn repository_url(repo: &str) -> std::result::Result<String, &'static str> {
+    const SHAPE: &str = "must be owner/repo or a repository URL like https://github.com/owner/repo";
+    let trimmed = repo.trim_end_matches('/');
+    let trimmed = trimmed.strip_suffix(".git").unwrap_or(trimmed);
+    if !trimmed.contains("://") {
+        return match trimmed.split_once('/') {
+            Some((owner, name)) if name_ok(owner) && name_ok(name) => {
+                Ok(format!("https://github.com/{owner}/{name}"))
+            }
+            _ => Err(SHAPE),
+        };
+    }
+    // A URL: it must make a valid issue URL.
+    let url = format!("{trimmed}/issues/1");
+    match issue_url_problem(&url) {
+        None if !trimmed.contains(['?', '#']) => Ok(trimmed.to_string()),
+        _ => Err(SHAPE),
+    }
+}
+
+fn name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 fn issue_url_problem(url: &str) -> Option<&'static str> {
     if url.trim().is_empty() {
         return Some("the issue URL is missing");

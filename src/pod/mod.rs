@@ -78,7 +78,7 @@ use crate::error::Result;
 pub use base_images::base_images;
 pub use config::parse_memory;
 pub use discover::{discover_all, validate_prompt};
-pub use issue::validate_issue_url;
+pub use issue::{expand_issue, validate_issue_url};
 pub use name::{is_valid_env_name, validate_env_name, validate_pod_name};
 
 /// The prefix of the default image tag: a pod `web` builds `cldpd-web`.
@@ -124,6 +124,7 @@ pub const POD_CONFIG_FIELDS: &[&str] = &[
     "maxTurns",
     "maxBudgetUsd",
     "network",
+    "repository",
 ];
 
 /// The field names of one entry of `mounts`.
@@ -246,6 +247,11 @@ pub struct PodConfig {
     /// name of a Docker network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The GitHub repository the pod works on: `owner/repo` (github.com)
+    /// or the repository's URL (GitHub Enterprise). With it, `--issue #42`
+    /// means that repository's issue 42 (the full URL is what is stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
 }
 
 /// A discovered pod.

@@ -195,7 +195,10 @@ mod tests {
                 kind: PullFailureKind::Unreachable
             })
         );
-        let with_platform = ["Step 1/2 : FROM --platform=linux/amd64 node:20 AS build", tail[2]];
+        let with_platform = [
+            "Step 1/2 : FROM --platform=linux/amd64 node:20 AS build",
+            tail[2],
+        ];
         assert_eq!(pull_failure(&with_platform).unwrap().image, "node:20");
     }
 

@@ -73,7 +73,9 @@ pub struct BatchArgs {
 fn parse_budget(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("`{s}` is not an amount of dollars above 0 (e.g. 2.50)")),
+        _ => Err(format!(
+            "`{s}` is not an amount of dollars above 0 (e.g. 2.50)"
+        )),
     }
 }
 
@@ -296,7 +298,11 @@ async fn run_batch(
             .map(|b| {
                 format!(
                     " of a ${b:.2} budget{}",
-                    if report.budget_reached { " (reached)" } else { "" }
+                    if report.budget_reached {
+                        " (reached)"
+                    } else {
+                        ""
+                    }
                 )
             })
             .unwrap_or_default();
@@ -389,11 +395,7 @@ impl Board {
             if next == Phase::NotStarted {
                 ui.print(format!(
                     "{:<8} {:<24} {:<16} {:>8}  {}\n",
-                    "skipped",
-                    ev.session,
-                    "budget spent",
-                    "-",
-                    self.names[i]
+                    "skipped", ev.session, "budget spent", "-", self.names[i]
                 ));
                 return;
             }

@@ -1,4 +1,10 @@
 //! `cldpd completions <shell>`: a completion script on stdout.
+//!
+//! Commands and flags come from clap. For bash and fish the script also
+//! completes what only cldpd knows, by asking it at completion time
+//! (`cldpd __complete pods|targets`): pod names after `start`; pod names
+//! and live session ids after `stop`, `logs` and `resume`. A `--pods-dir`
+//! on the command line being completed is passed on.
 
 use clap::{Args, CommandFactory};
 use clap_complete::Shell;
@@ -20,8 +26,88 @@ pub struct CompletionsArgs {
 
 /// Run `cldpd completions`.
 pub fn run(args: CompletionsArgs) -> Result<i32, CliError> {
+    use std::io::Write;
     let mut cmd = Cli::command();
     let mut out = std::io::stdout().lock();
     clap_complete::generate(args.shell, &mut cmd, "cldpd", &mut out);
+    let dynamic = match args.shell {
+        Shell::Bash => BASH_DYNAMIC,
+        Shell::Fish => FISH_DYNAMIC,
+        _ => "",
+    };
+    let _ = out.write_all(dynamic.as_bytes());
     Ok(0)
 }
+
+/// Arguments of the hidden `cldpd __complete`.
+#[derive(Debug, Args)]
+pub struct CompleteArgs {
+    /// `pods` (pod names) or `targets` (pod names and live session ids)
+    pub kind: String,
+}
+
+/// Print the candidates, one a line; nothing (and exit 0) when they cannot
+/// be found — a completion never prints errors.
+pub async fn candidates(args: CompleteArgs, ctx: &crate::cli::Ctx) -> Result<i32, CliError> {
+    let mut out: Vec<String> = cldpd::pod::discover_all(&ctx.settings().pods_dir)
+        .map(|entries| entries.into_iter().map(|e| e.name).collect())
+        .unwrap_or_default();
+    if args.kind == "targets" {
+        let runs =
+            tokio::time::timeout(std::time::Duration::from_secs(3), ctx.dispatcher().runs()).await;
+        if let Ok(Ok(runs)) = runs {
+            out.extend(runs.into_iter().map(|r| r.session));
+        }
+    }
+    let text: String = out.iter().map(|c| format!("{c}\n")).collect();
+    print!("{text}");
+    Ok(0)
+}
+
+/// Bash: wrap clap's `_cldpd` so that the positional targets of start,
+/// stop, logs and resume complete from `cldpd __complete`.
+const BASH_DYNAMIC: &str = r#"
+# Pod names and live session ids, from cldpd itself (dynamic).
+_cldpd_dynamic() {
+    local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
+    local sub="" kind="" i w
+    local -a dir=()
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        w=${COMP_WORDS[i]}
+        if [[ $w == --pods-dir && $((i + 1)) -lt COMP_CWORD ]]; then
+            dir=(--pods-dir "${COMP_WORDS[i+1]}")
+        elif [[ -z $sub && $w != -* && ${COMP_WORDS[i-1]} != --pods-dir && ${COMP_WORDS[i-1]} != --state-dir ]]; then
+            sub=$w
+        fi
+    done
+    case $sub in
+        start) kind=pods ;;
+        stop | logs | resume) kind=targets ;;
+    esac
+    if [[ -n $kind && $cur != -* ]]; then
+        case $prev in
+            --issue | --prompt | --prompt-file | --grace | --pods-dir | --state-dir | -n | --tail) ;;
+            *)
+                local IFS=$'
+'
+                COMPREPLY=($(compgen -W "$(cldpd "${dir[@]}" __complete "$kind" 2>/dev/null)" -- "$cur"))
+                return 0
+                ;;
+        esac
+    fi
+    _cldpd "$@"
+}
+if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERSINFO[0]}" -gt 4 ]]; then
+    complete -F _cldpd_dynamic -o nosort -o bashdefault -o default cldpd
+else
+    complete -F _cldpd_dynamic -o bashdefault -o default cldpd
+fi
+"#;
+
+/// Fish: pod names after start; pods and live sessions after stop, logs,
+/// resume.
+const FISH_DYNAMIC: &str = r#"
+# Pod names and live session ids, from cldpd itself (dynamic).
+complete -c cldpd -n "__fish_seen_subcommand_from start" -f -a "(cldpd __complete pods 2>/dev/null)"
+complete -c cldpd -n "__fish_seen_subcommand_from stop logs resume" -f -a "(cldpd __complete targets 2>/dev/null)"
+"#;

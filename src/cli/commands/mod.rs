@@ -51,6 +51,9 @@ pub enum Command {
     /// Serve a scripted model (Messages API) on 127.0.0.1, to run the real
     /// Claude Code against offline and for free
     ModelServer(model_server::ModelServerArgs),
+    /// Candidates for the shell completion scripts (pods, live sessions)
+    #[command(name = "__complete", hide = true)]
+    Complete(completions::CompleteArgs),
 }
 
 /// Run one subcommand; returns the exit code.
@@ -67,6 +70,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<i32, CliError> {
         Command::Init(args) => init::run(args, ctx),
         Command::New(args) => new::run(args, ctx),
         Command::Completions(args) => completions::run(args),
+        Command::Complete(args) => completions::candidates(args, ctx).await,
         Command::Version => {
             ctx.ui(false)
                 .print(format_args!("cldpd {}\n", env!("CARGO_PKG_VERSION")));

@@ -19,6 +19,8 @@ use crate::cli::{parse_grace, Ctx};
 #[command(after_help = "\
 Examples:
   cldpd start hello --issue https://github.com/cldpd/demo/issues/1
+  cldpd start web --issue acme/web#42
+  cldpd start web --issue '#42'        (pod.json: \"repository\": \"acme/web\")
   cldpd start web --prompt 'Update the changelog' --json > events.ndjson
   cldpd start web --prompt-file task.md
   git diff | cldpd start web --prompt -
@@ -31,7 +33,8 @@ pub struct StartArgs {
     /// The pod to run: a directory in the pods directory
     pub pod: String,
 
-    /// The GitHub issue for the agent to work on: its URL, or `owner/repo#42`
+    /// The GitHub issue for the agent to work on: its URL, `owner/repo#42`,
+    /// or `#42` when the pod's pod.json names its `repository`
     #[arg(long, value_name = "URL", conflicts_with_all = ["prompt", "prompt_file"])]
     pub issue: Option<String>,
 
@@ -67,11 +70,8 @@ pub struct StartArgs {
 }
 
 /// Run `cldpd start`.
-pub async fn run(mut args: StartArgs, ctx: &Ctx) -> Result<i32, CliError> {
+pub async fn run(args: StartArgs, ctx: &Ctx) -> Result<i32, CliError> {
     let handoff = crate::cli::detach::handoff_file();
-    if let Some(issue) = &args.issue {
-        args.issue = Some(expand_issue(issue));
-    }
     if args.detach && handoff.is_none() {
         let stdin = Some(std::path::Path::new("-"));
         if args.prompt.as_deref() == Some("-") || args.prompt_file.as_deref() == stdin {
@@ -120,50 +120,6 @@ fn warn_unset_inherit_env(ui: &mut crate::cli::output::Ui, ctx: &Ctx, pod: &str)
                 "warning: {name} (inheritEnv of pod {}) is not set: the agent runs without it",
                 pod.name
             ));
-        }
-    }
-}
-
-/// `owner/repo#42` (gh's shorthand) as the issue's URL; anything else as
-/// it is (the library checks it).
-fn expand_issue(issue: &str) -> String {
-    let part = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    };
-    if let Some((repo, number)) = issue.split_once('#') {
-        if let Some((owner, name)) = repo.split_once('/') {
-            if part(owner)
-                && part(name)
-                && !number.is_empty()
-                && number.bytes().all(|b| b.is_ascii_digit())
-            {
-                return format!("https://github.com/{owner}/{name}/issues/{number}");
-            }
-        }
-    }
-    issue.to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gh_issue_shorthands_become_urls() {
-        assert_eq!(
-            expand_issue("acme/web#42"),
-            "https://github.com/acme/web/issues/42"
-        );
-        for as_is in [
-            "https://github.com/acme/web/issues/42",
-            "acme/web#",
-            "acme#42",
-            "acme/web#4x",
-            "a/b/c#1",
-        ] {
-            assert_eq!(expand_issue(as_is), as_is);
         }
     }
 }
