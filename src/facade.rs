@@ -223,6 +223,9 @@ impl Session {
     /// Every event of the run from the first, in order, ending after the
     /// terminal event. May be called any number of times, before, during or
     /// after the run; reading slowly or never does not hold the run up.
+    /// Called as (or after) the run ends, it reads the session's log, and
+    /// waits up to 10 s for the log to hold the terminal event, which the
+    /// state thread writes a moment after the session sent it.
     pub fn events(&self) -> EventStream {
         let (tx, rx) = mpsc::channel(EVENT_STREAM_CAPACITY);
         self.info.addr.do_send(Subscribe {
@@ -233,6 +236,8 @@ impl Session {
             source: Source::Live(rx),
             last_seq: 0,
             log_path: self.info.log_path.clone(),
+            catch_up_until: None,
+            retry: None,
         }
     }
 
@@ -266,11 +271,25 @@ enum Source {
     Done,
 }
 
+/// How long a stream whose live session ended before it could subscribe
+/// keeps reading the session's log for the events still on their way to
+/// the disk (the terminal one at least: the state thread writes the log a
+/// moment after the session has sent its last event).
+const LOG_CATCH_UP: Duration = Duration::from_secs(10);
+
+/// How often the log is read again meanwhile.
+const LOG_RETRY: Duration = Duration::from_millis(10);
+
 /// The events of one session; see [`Session::events`].
 pub struct EventStream {
     source: Source,
     last_seq: u64,
     log_path: PathBuf,
+    /// Set when the live channel closed before the terminal event: until
+    /// then, the end of the log is the end of what is written so far, not
+    /// the end of the stream.
+    catch_up_until: Option<tokio::time::Instant>,
+    retry: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl EventStream {
@@ -280,6 +299,8 @@ impl EventStream {
             source: Source::Log(None),
             last_seq: 0,
             log_path: path.into(),
+            catch_up_until: None,
+            retry: None,
         }
     }
 }
@@ -300,8 +321,12 @@ impl Stream for EventStream {
                         return Poll::Ready(Some(ev));
                     }
                     // Closed before the terminal event (the session had
-                    // already ended): the rest is in the log.
-                    Poll::Ready(None) => this.source = Source::Log(None),
+                    // already ended): the rest is in the log, or about to
+                    // be.
+                    Poll::Ready(None) => {
+                        this.source = Source::Log(None);
+                        this.catch_up_until = Some(tokio::time::Instant::now() + LOG_CATCH_UP);
+                    }
                     Poll::Pending => return Poll::Pending,
                 },
                 Source::Log(reader) => {
@@ -325,7 +350,30 @@ impl Stream for EventStream {
                             }
                             return Poll::Ready(Some(ev));
                         }
-                        Ok(None) => this.source = Source::Done,
+                        Ok(None) => {
+                            let waiting = this
+                                .catch_up_until
+                                .is_some_and(|until| tokio::time::Instant::now() < until);
+                            if waiting {
+                                let retry = this
+                                    .retry
+                                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(LOG_RETRY)));
+                                match std::future::Future::poll(retry.as_mut(), cx) {
+                                    Poll::Pending => return Poll::Pending,
+                                    Poll::Ready(()) => {
+                                        this.retry = None;
+                                        continue;
+                                    }
+                                }
+                            }
+                            if this.catch_up_until.is_some() {
+                                tracing::warn!(
+                                    path = %this.log_path.display(),
+                                    "event stream: the session ended and its log has no final event"
+                                );
+                            }
+                            this.source = Source::Done
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "event stream: session log unreadable");
                             this.source = Source::Done;
@@ -335,5 +383,88 @@ impl Stream for EventStream {
                 Source::Done => return Poll::Ready(None),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventKind, OutputStream};
+    use futures_util::StreamExt;
+    use std::io::Write;
+
+    fn line(seq: u64, kind: EventKind) -> String {
+        let mut s = serde_json::to_string(&Event::new("web-0a1b2c3d", seq, kind)).unwrap();
+        s.push('\n');
+        s
+    }
+
+    fn output(seq: u64) -> String {
+        line(
+            seq,
+            EventKind::Output {
+                stream: OutputStream::Stdout,
+                line: format!("out {seq}"),
+                partial: false,
+            },
+        )
+    }
+
+    /// The session ended before `events()` could subscribe, and the state
+    /// thread had not yet written its last events: the stream reads the
+    /// log until the terminal event arrives, instead of ending without it
+    /// (seen as a flaky `a_panic_in_a_session_ends_its_run_cleanly…`).
+    #[actix::test]
+    async fn a_stream_whose_session_already_ended_waits_for_the_log_to_catch_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web-0a1b2c3d.ndjson");
+        std::fs::write(&path, output(1) + &output(2)).unwrap();
+        let (tx, rx) = mpsc::channel(1);
+        drop(tx); // the session is gone: nobody will send anything live
+        let stream = EventStream {
+            source: Source::Live(rx),
+            last_seq: 0,
+            log_path: path.clone(),
+            catch_up_until: None,
+            retry: None,
+        };
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            // Half a line first, as a writer caught mid-write leaves it.
+            let last = line(3, EventKind::ContainerExited { code: 0 });
+            let (a, b) = last.split_at(10);
+            f.write_all(a.as_bytes()).unwrap();
+            f.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            f.write_all(b.as_bytes()).unwrap();
+        });
+        let events: Vec<Event> =
+            tokio::time::timeout(Duration::from_secs(20), stream.collect::<Vec<_>>())
+                .await
+                .expect("the stream ends");
+        writer.join().unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert!(events[2].is_terminal());
+    }
+
+    /// A log read on its own (`from_log`) ends at its end: a run whose
+    /// process died without a final event is not waited for.
+    #[actix::test]
+    async fn a_stream_from_a_log_ends_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web-0a1b2c3d.ndjson");
+        std::fs::write(&path, output(1)).unwrap();
+        let events: Vec<Event> = tokio::time::timeout(
+            Duration::from_secs(1),
+            EventStream::from_log(&path).collect::<Vec<_>>(),
+        )
+        .await
+        .expect("no waiting");
+        assert_eq!(events.len(), 1);
     }
 }
