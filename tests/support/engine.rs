@@ -348,6 +348,36 @@ fn processes_in_cgroup(parent: &str) -> Vec<u32> {
     pids
 }
 
+/// Remove the (now empty) cgroup directories named `parent` under every
+/// mounted hierarchy, children first. Errors are ignored: a directory that
+/// still holds a process stays.
+fn remove_cgroups(parent: &str) {
+    fn remove(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&entry.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    let name = parent.trim_start_matches('/');
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hierarchies.flatten() {
+        let dir = h.path().join(name);
+        if dir.is_dir() {
+            remove(&dir);
+        }
+    }
+    let top = Path::new("/sys/fs/cgroup").join(name);
+    if top.is_dir() {
+        remove(&top);
+    }
+}
+
 impl Drop for PrivateEngine {
     fn drop(&mut self) {
         // Nothing here may panic: Drop also runs while a failed test
@@ -393,6 +423,7 @@ impl Drop for PrivateEngine {
         for m in mounts {
             let _ = Command::new("umount").args(["-l", &m]).status();
         }
+        remove_cgroups(&self.cgroup_parent());
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.netns])
             .status();
