@@ -2,7 +2,8 @@
 //! one pod (a cached `FROM scratch` busybox image whose agent prints one
 //! line and exits) at concurrency 10 and 50:
 //!
-//! - **cldpd**: a long-lived `Dispatcher` over the Docker CLI backend with
+//! - **cldpd**: a long-lived `Dispatcher::docker` (the default backend, the
+//!   Engine API; `CLDPD_RUNTIME=cli` for the docker CLI) with
 //!   `max_concurrent` = the concurrency; all 50 starts are issued at once
 //!   and its admission control queues the rest (FIFO);
 //! - **docker run**: 50 `docker run --rm <image> claude -p go` launched
@@ -153,7 +154,10 @@ fn main() {
     print_machine();
     print_docker_versions();
     print_command("bench_docker_concurrency", &[("runs", runs.to_string())]);
-    println!("note: the cldpd binary is not on main yet (src/main.rs is a stub); measured through the library only");
+    println!(
+        "backend: {} (CLDPD_RUNTIME)",
+        std::env::var("CLDPD_RUNTIME").unwrap_or_else(|_| "default (engine)".into())
+    );
 
     let pod = DockerPod::new(STUB);
     let name = pod.name.clone();

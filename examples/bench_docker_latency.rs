@@ -3,8 +3,9 @@
 //! stub) prints one line and exits. Measures the time from the start call
 //! to the first output line and to the exit, for
 //!
-//! - **cldpd**: a long-lived `Dispatcher` over the Docker CLI backend (the
-//!   realistic embedding); its first run builds the image, every later run
+//! - **cldpd**: a long-lived `Dispatcher::docker` over the default backend
+//!   (the Engine API; `CLDPD_RUNTIME=cli` for the docker CLI) — the
+//!   realistic embedding; its first run builds the image, every later run
 //!   finds it memoised (a fingerprint walk instead of `docker build`);
 //! - **cldpd binary**: `cldpd --pods-dir … --state-dir … start <pod>
 //!   --prompt go`, one process per run (so every run is a new dispatcher:
@@ -106,7 +107,8 @@ fn ms(d: Duration) -> f64 {
 fn main() {
     let args = Args::parse();
     let runs: usize = args.get("runs", 30);
-    println!("bench_docker_latency: agent prints one line and exits; cldpd (library, long-lived Dispatcher over the docker CLI) vs docker run --rm; {runs} interleaved rounds");
+    let backend = std::env::var("CLDPD_RUNTIME").unwrap_or_else(|_| "default (engine)".into());
+    println!("bench_docker_latency: agent prints one line and exits; cldpd (library, long-lived Dispatcher over the {backend} backend) vs docker run --rm; {runs} interleaved rounds");
     print_machine();
     print_docker_versions();
     print_command("bench_docker_latency", &[("runs", runs.to_string())]);
