@@ -300,52 +300,44 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// Every process of the machine whose `/proc/<pid>/<file>` satisfies
+/// `keep`, with that file's text.
+fn processes_where(file: &str, keep: impl Fn(&str) -> bool) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bytes = std::fs::read(entry.path().join(file)).ok()?;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            keep(&text).then_some((pid, text))
+        })
+        .collect()
+}
+
 /// Pids and command lines (arguments joined by NUL) of processes whose
 /// command line mentions `dir`: the private engine's containerd and
 /// container shims.
 fn processes_under(dir: &Path) -> Vec<(u32, String)> {
     let needle = dir.to_string_lossy().into_owned();
-    let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
-            if cmdline.contains(&needle) {
-                pids.push((pid, cmdline));
-            }
-        }
-    }
-    pids
+    processes_where("cmdline", |cmdline| cmdline.contains(&needle))
 }
 
 /// Pids of processes whose cgroup path lies under `parent` (`/<name>`).
 fn processes_in_cgroup(parent: &str) -> Vec<u32> {
     let prefix = format!("{parent}/");
-    let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cgroups) = std::fs::read_to_string(entry.path().join("cgroup")) {
-            // `<id>:<controllers>:<path>` per line (one line on cgroup v2).
-            if cgroups
-                .lines()
-                .filter_map(|l| l.splitn(3, ':').nth(2))
-                .any(|path| path.starts_with(&prefix))
-            {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
+    // `<id>:<controllers>:<path>` per line (one line on cgroup v2).
+    processes_where("cgroup", |cgroups| {
+        cgroups
+            .lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|path| path.starts_with(&prefix))
+    })
+    .into_iter()
+    .map(|(pid, _)| pid)
+    .collect()
 }
 
 /// Remove the (now empty) cgroup directories named `parent` under every
