@@ -231,6 +231,16 @@ pub enum Error {
         /// The session id or pod name asked for.
         target: String,
     },
+    /// A follow-up cannot reach the live agent of a run: its agent does not
+    /// read follow-ups on stdin (`agentInput` is not `stream-json`), or this
+    /// backend cannot reach that stdin from here.
+    #[error("cannot send a follow-up to {target}: {message}")]
+    InputUnavailable {
+        /// The session id or container.
+        target: String,
+        /// Why.
+        message: String,
+    },
     /// A pod name was given but more than one run of it is live.
     #[error("`{target}` matches {} running sessions: {}", sessions.len(), sessions.join(", "))]
     AmbiguousTarget {
@@ -371,6 +381,7 @@ impl Error {
             Error::ArgumentsTooLong { .. } => "arguments_too_long",
             Error::RuntimeFailed { .. } => "runtime_failed",
             Error::SessionNotFound { .. } => "session_not_found",
+            Error::InputUnavailable { .. } => "input_unavailable",
             Error::AmbiguousTarget { .. } => "ambiguous_target",
             Error::StopFailed { .. } => "stop_failed",
             Error::Stopped => "stopped",
@@ -421,7 +432,7 @@ impl Error {
             }
             Error::InvalidPod { .. } => "add a Dockerfile to the pod directory".to_string(),
             Error::PodConfig { field: Some(f), .. } => format!(
-                "fix or remove `{f}`; the fields are image, env, buildArgs, workdir, inheritEnv, mounts, agentCommand, stopGraceSecs, restart, maxRestarts, withinSecs, backoffMs, backoffMaxMs, timeoutSecs, idleTimeoutSecs, cpus, memory, pidsLimit, agentOutput, maxTurns, maxBudgetUsd, network, repository (see the README)"
+                "fix or remove `{f}`; the fields are image, env, buildArgs, workdir, inheritEnv, mounts, agentCommand, stopGraceSecs, restart, maxRestarts, withinSecs, backoffMs, backoffMaxMs, timeoutSecs, idleTimeoutSecs, cpus, memory, pidsLimit, agentOutput, agentInput, keepAliveSecs, maxTurns, maxBudgetUsd, network, repository (see the README)"
             ),
             Error::PodConfig { .. } => "pod.json must be one JSON object; see the README for its fields".to_string(),
             Error::MountSourceMissing { .. } => {
@@ -458,6 +469,7 @@ impl Error {
             ),
             Error::ArgumentsTooLong { .. } => "shorten the prompt or the pod's template.md (put long material in a file the agent can read, e.g. a mount, and name it in the prompt), or use fewer or shorter env / inheritEnv / buildArgs entries".to_string(),
             Error::SessionNotFound { .. } => "list live runs with `cldpd ps`".to_string(),
+            Error::InputUnavailable { .. } => "send it from the process that started the run, or use the Engine API backend (unset CLDPD_RUNTIME); a pod takes follow-ups on its live agent with \"agentInput\": \"stream-json\"".to_string(),
             Error::AmbiguousTarget { .. } => "name one session id instead of the pod".to_string(),
             Error::StopFailed { container, .. } => format!(
                 "the container may still be running; check `docker ps --filter name={container}` and remove it with `docker rm -f {container}`"

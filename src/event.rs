@@ -215,6 +215,32 @@ pub enum EventKind {
         /// `type`, or `type/subtype`.
         message_type: String,
     },
+    /// A prompt reached a long-lived agent (`agentInput: "stream-json"`):
+    /// the agent echoed it as its turn began (the first prompt, or a
+    /// follow-up from any process).
+    AgentPrompt {
+        /// The prompt's id (its stream-json `uuid`, cldpd's choice).
+        command: String,
+        /// The prompt (cut at [`crate::agent::MAX_TEXT`] bytes).
+        text: String,
+    },
+    /// A prompt's turn changed state (`queued`, `started`, `completed`;
+    /// stream-json `command_lifecycle`). A turn's `agent_result` comes
+    /// before its `completed`.
+    AgentTurn {
+        /// The prompt's id.
+        command: String,
+        /// `queued`, `started` or `completed`.
+        state: String,
+    },
+    /// The long-lived agent answered every prompt and waits for a
+    /// follow-up, for at most `keep_alive_ms` (then the run ends).
+    Idle {
+        /// Turns answered so far.
+        turns: u32,
+        /// How long it waits.
+        keep_alive_ms: u64,
+    },
     /// Terminal: the container exited with this code.
     ContainerExited {
         /// Exit code (128 + n when killed by signal n).
@@ -298,6 +324,9 @@ impl EventKind {
             EventKind::AgentResult { .. } => "agent_result",
             EventKind::AgentApiError { .. } => "agent_api_error",
             EventKind::AgentUnknown { .. } => "agent_unknown",
+            EventKind::AgentPrompt { .. } => "agent_prompt",
+            EventKind::AgentTurn { .. } => "agent_turn",
+            EventKind::Idle { .. } => "idle",
             EventKind::ContainerExited { .. } => "container_exited",
             EventKind::Error { .. } => "error",
         }
@@ -428,6 +457,21 @@ impl Serialize for EventData {
             }
             EventKind::AgentUnknown { message_type } => {
                 m.serialize_entry("message_type", message_type)?
+            }
+            EventKind::AgentPrompt { command, text } => {
+                m.serialize_entry("command", command)?;
+                m.serialize_entry("text", text)?;
+            }
+            EventKind::AgentTurn { command, state } => {
+                m.serialize_entry("command", command)?;
+                m.serialize_entry("state", state)?;
+            }
+            EventKind::Idle {
+                turns,
+                keep_alive_ms,
+            } => {
+                m.serialize_entry("turns", turns)?;
+                m.serialize_entry("keep_alive_ms", keep_alive_ms)?;
             }
             EventKind::ContainerExited { code } => m.serialize_entry("code", code)?,
             EventKind::Error { code, message } => {

@@ -41,7 +41,9 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::log::LogReader;
 use crate::messages::dispatcher::*;
-use crate::messages::session::{GetStatus, SessionState, SessionStatus, StopSession, Subscribe};
+use crate::messages::session::{
+    FollowUp, GetStatus, SessionState, SessionStatus, StopSession, Subscribe,
+};
 use crate::runtime::{Backend, Runtime};
 use crate::settings::Settings;
 
@@ -239,6 +241,37 @@ impl Session {
             catch_up_until: None,
             retry: None,
         }
+    }
+
+    /// Send a follow-up prompt to the run's long-lived agent
+    /// (`agentInput: "stream-json"`; see [`FollowUp`]): no second agent
+    /// process, the same conversation. Answers the prompt's id, which the
+    /// run's `agent_prompt` and `agent_turn` events carry; the answer is in
+    /// the run's own events (between the turn's `started` and `completed`).
+    /// While the agent works the prompt is queued as its next turn; while
+    /// it is [`SessionState::Idle`] it starts at once.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: cldpd::Session) -> cldpd::Result<()> {
+    /// let id = session.send("Now add a test for it.").await?;
+    /// println!("sent {id}; state {}", session.state().name());
+    /// # Ok(()) }
+    /// ```
+    pub async fn send(&self, prompt: impl Into<String>) -> Result<String> {
+        self.info
+            .addr
+            .send(FollowUp {
+                prompt: prompt.into(),
+            })
+            .await
+            .map_err(|_| Error::SessionNotFound {
+                target: self.info.id.clone(),
+            })?
+    }
+
+    /// True while the run's long-lived agent waits for a follow-up.
+    pub fn is_idle(&self) -> bool {
+        matches!(*self.info.state.borrow(), SessionState::Idle { .. })
     }
 
     /// Stop the run (SIGTERM, `grace`, SIGKILL) and return its outcome.

@@ -26,9 +26,11 @@ use tokio::sync::watch;
 
 use crate::actors::build::{self, Builds, Join};
 use crate::actors::fanout::{self, Hub};
+use crate::actors::runner::Job;
 use crate::actors::session::{Plan, RunTemplate, SessionActor, StartPlan};
 use crate::actors::supervisor::{guard, guarded, guarded_stream, stops, Policy};
-use crate::agent::AgentOutput;
+use crate::agent::follow_up::FollowUpSpec;
+use crate::agent::{AgentInput, AgentOutput};
 use crate::error::{Error, Result};
 use crate::log::LogWriter;
 use crate::messages::dispatcher::*;
@@ -318,6 +320,9 @@ impl DispatcherActor {
         if let Some(w) = &pod.config.workdir {
             labels_map.insert(labels::WORKDIR.to_string(), w.clone());
         }
+        if pod.config.agent_input() == AgentInput::StreamJson {
+            labels_map.insert(labels::AGENT_INPUT.to_string(), "stream-json".into());
+        }
         for (k, v) in self.owner.labels() {
             labels_map.insert(k, v);
         }
@@ -351,6 +356,8 @@ impl DispatcherActor {
             run,
             agent: pod.agent_command(),
             agent_output: pod.config.agent_output(),
+            agent_input: pod.config.agent_input(),
+            keep_alive: pod.config.keep_alive(),
             limits: pod.config.agent_limits(),
             policy: Arc::new(policy),
             image: Arc::from(image_tag.as_str()),
@@ -574,7 +581,9 @@ impl DispatcherActor {
         for e in self.sessions.values() {
             if e.info.id == target || e.info.pod == target {
                 let container = match &*e.info.state.borrow() {
-                    SessionState::Running { container, .. } => Some(container.clone()),
+                    SessionState::Starting { container, .. }
+                    | SessionState::Running { container, .. }
+                    | SessionState::Idle { container, .. } => Some(container.clone()),
                     _ => None,
                 };
                 found.push(Match {
@@ -965,24 +974,45 @@ impl Handler<Resume> for DispatcherActor {
                         return Err(Error::SessionNotFound { target: msg.target });
                     };
                     let conversation = c.label(labels::CONVERSATION).unwrap_or_default();
-                    let agent: Vec<String> = c
-                        .label(labels::AGENT)
-                        .and_then(|a| serde_json::from_str(a).ok())
-                        .unwrap_or_else(|| vec!["claude".to_string()]);
                     let image = c.label(labels::IMAGE).unwrap_or_default().to_string();
                     let agent_output = match c.label(labels::AGENT_OUTPUT) {
                         Some("text") => AgentOutput::Text,
                         _ => AgentOutput::StreamJson,
                     };
-                    let mut command = agent;
-                    command.extend(crate::agent::resume_args(agent_output, conversation));
-                    let exec = ExecSpec {
-                        container,
-                        command,
-                        workdir: c.label(labels::WORKDIR).map(str::to_string),
-                        line_cap: act.settings.line_cap,
-                        // The follow-up goes on stdin, never in argv.
-                        stdin: Some(Stdin::new(msg.prompt.clone())),
+                    let job = if c.label(labels::AGENT_INPUT) == Some("stream-json") {
+                        // A long-lived agent: the prompt goes to its stdin,
+                        // the answer comes from the run's log.
+                        let command = uuid::Uuid::new_v4().to_string();
+                        let state_dir = c
+                            .label(labels::STATE_DIR)
+                            .map(std::path::PathBuf::from)
+                            .unwrap_or_else(|| act.settings.state_dir.clone());
+                        Job::FollowUp(FollowUpSpec {
+                            log: crate::log::path_for(&state_dir.join("sessions"), &m.session),
+                            run: m.session.clone(),
+                            bytes: Stdin::new(crate::agent::user_message(
+                                &msg.prompt,
+                                conversation,
+                                &command,
+                            )),
+                            command,
+                            container,
+                        })
+                    } else {
+                        let agent: Vec<String> = c
+                            .label(labels::AGENT)
+                            .and_then(|a| serde_json::from_str(a).ok())
+                            .unwrap_or_else(|| vec!["claude".to_string()]);
+                        let mut command = agent;
+                        command.extend(crate::agent::resume_args(agent_output, conversation));
+                        Job::Exec(ExecSpec {
+                            container,
+                            command,
+                            workdir: c.label(labels::WORKDIR).map(str::to_string),
+                            line_cap: act.settings.line_cap,
+                            // The follow-up goes on stdin, never in argv.
+                            stdin: Some(Stdin::new(msg.prompt.clone())),
+                        })
                     };
                     let policy = act.resume_policy.clone();
                     Ok(act.spawn_session(
@@ -992,7 +1022,7 @@ impl Handler<Resume> for DispatcherActor {
                         pod_name,
                         image,
                         Plan::Resume {
-                            exec: Box::new(exec),
+                            job: Box::new(job),
                             agent_output,
                         },
                         policy,

@@ -29,6 +29,9 @@ pub enum Job {
     Run(RunSpec),
     /// A process in a running container.
     Exec(ExecSpec),
+    /// A prompt to the long-lived agent of a running container, and its
+    /// answer (see [`crate::agent::follow_up`]).
+    FollowUp(crate::agent::follow_up::FollowUpSpec),
 }
 
 impl Job {
@@ -37,6 +40,7 @@ impl Job {
         match self {
             Job::Run(s) => &s.container,
             Job::Exec(s) => &s.container,
+            Job::FollowUp(s) => &s.container,
         }
     }
 }
@@ -53,6 +57,9 @@ pub struct RunnerActor {
     exec: Option<Box<ExecSpec>>,
     /// Boxed: a `RunSpec` is large and only needed until the start.
     job: Option<Box<Job>>,
+    /// For a follow-up job: ends it (a signal stops the follow-up, not
+    /// the run's agent).
+    cancel: Option<Arc<tokio::sync::Notify>>,
     ended: bool,
 }
 
@@ -73,8 +80,9 @@ impl RunnerActor {
             container: job.container().to_string(),
             exec: match &job {
                 Job::Exec(spec) => Some(Box::new(spec.clone())),
-                Job::Run(_) => None,
+                Job::Run(_) | Job::FollowUp(_) => None,
             },
+            cancel: matches!(job, Job::FollowUp(_)).then(Default::default),
             job: Some(Box::new(job)),
             ended: false,
         }
@@ -87,9 +95,11 @@ impl Actor for RunnerActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let Some(job) = self.job.take() else { return };
         let runtime = self.runtime.clone();
+        let cancel = self.cancel.clone().unwrap_or_default();
         let started = guard("the runtime's run/exec", move || match *job {
             Job::Run(spec) => runtime.run(spec),
             Job::Exec(spec) => runtime.exec(spec),
+            Job::FollowUp(spec) => crate::agent::follow_up::follow(runtime, spec, cancel),
         });
         let events: BoxStream<'static, ProcessEvent> = match started {
             Ok(s) => guarded_stream("the runtime's output stream", s, ProcessEvent::Failed).boxed(),
@@ -132,6 +142,12 @@ impl Handler<Signal> for RunnerActor {
     type Result = ();
 
     fn handle(&mut self, Signal(sig): Signal, _ctx: &mut Context<Self>) {
+        if let Some(cancel) = &self.cancel {
+            // A follow-up: stopping it ends the wait for its answer; the
+            // run's agent goes on (it belongs to the run).
+            cancel.notify_one();
+            return;
+        }
         let runtime = self.runtime.clone();
         let container = self.container.clone();
         let exec = self.exec.clone();

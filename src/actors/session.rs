@@ -1,7 +1,7 @@
 //! [`SessionActor`]: the state machine of one run.
 //!
 //! ```text
-//! Created ─Enqueued─▶ Queued ─Admit─▶ Building ─▶ Running ─▶ (Restarting ─▶ Running)* ─▶ Exited | Failed
+//! Created ─Enqueued─▶ Queued ─Admit─▶ Building ─▶ Starting ─Started─▶ Running ─▶ (Restarting ─▶ Starting ─▶ Running)* ─▶ Exited | Failed
 //!                                                   │
 //!                                                   └─ stop / timeout ─▶ Stopping ─▶ Exited | Failed
 //! ```
@@ -27,25 +27,29 @@ use crate::actors::dispatcher::DispatcherActor;
 use crate::actors::fanout::{self, SharedHub};
 use crate::actors::runner::{Job, RunnerActor};
 use crate::actors::supervisor::{guarded, stops, Decision, Ending, Policy, RestartTracker};
-use crate::agent::{self, AgentLimits, AgentOutput, StreamJsonParser};
+use crate::agent::{self, AgentInput, AgentLimits, AgentOutput, StreamJsonParser};
 use crate::error::{Error, TimeoutKind};
 use crate::event::{Event, EventData, EventKind, OutputStream};
 use crate::messages::dispatcher::{ForgetImage, ImageFound, RequestBuild, SessionEnded};
 use crate::messages::runner::{Abandon, Release, Signal};
 use crate::messages::session::*;
 use crate::runtime::{
-    labels, BindMount, BuildSpec, ExecSpec, ProcessEvent, RunSpec, Runtime, SecretValue, Stdin,
-    StopSignal,
+    labels, BindMount, BuildSpec, ProcessEvent, RunSpec, Runtime, SecretValue, Stdin, StopSignal,
 };
+
+mod conversation;
+use conversation::Conversation;
 
 /// What a session runs.
 #[derive(Debug, Clone)]
 pub(crate) enum Plan {
     /// Build the image, then run containers (one per attempt).
     Start(Box<StartPlan>),
-    /// Exec a follow-up into a running container.
+    /// A follow-up to a running container: an exec of a second agent
+    /// process (`Job::Exec`), or a prompt to its long-lived agent
+    /// (`Job::FollowUp`).
     Resume {
-        exec: Box<ExecSpec>,
+        job: Box<Job>,
         agent_output: AgentOutput,
     },
 }
@@ -75,6 +79,10 @@ pub(crate) struct RunTemplate {
     pub(crate) agent: Vec<String>,
     /// What the agent prints (parsed into agent events or not).
     pub(crate) agent_output: AgentOutput,
+    /// How the agent takes prompts (stream-json: a long-lived agent).
+    pub(crate) agent_input: AgentInput,
+    /// How long a long-lived agent waits, idle, for a follow-up.
+    pub(crate) keep_alive: std::time::Duration,
     /// `--max-turns` / `--max-budget-usd`.
     pub(crate) limits: AgentLimits,
     pub(crate) policy: Arc<Policy>,
@@ -98,6 +106,8 @@ enum Phase {
 enum StopReason {
     Requested,
     Timeout(TimeoutKind, std::time::Duration),
+    /// A long-lived agent answered everything and its keep-alive is over.
+    Finished,
 }
 
 struct Stopping {
@@ -145,6 +155,8 @@ pub struct SessionActor {
     /// Where another process records a stop of this run (see
     /// [`stops`]); consulted before any restart.
     stop_marker: Option<Box<std::path::Path>>,
+    /// A long-lived agent's conversation (boxed: only such runs have one).
+    convo: Option<Box<Conversation>>,
 }
 
 impl SessionActor {
@@ -185,6 +197,7 @@ impl SessionActor {
             parser: None,
             ended: None,
             stop_marker: None,
+            convo: None,
         }
     }
 
@@ -269,12 +282,23 @@ impl SessionActor {
                 spec.command = template.agent.clone();
                 spec.command.extend(agent::start_args(
                     template.agent_output,
+                    template.agent_input,
                     &conversation,
                     &template.limits,
                 ));
                 // The prompt goes on stdin, never in argv (128 KiB cap;
                 // a prompt that begins with `-` stays text).
-                spec.stdin = Some(Stdin::new(prompt.clone()));
+                spec.stdin = Some(match template.agent_input {
+                    AgentInput::Text => Stdin::new(prompt.clone()),
+                    AgentInput::StreamJson => {
+                        // One long-lived agent: the prompt is its first
+                        // user message, and stdin stays open for more.
+                        let convo = Conversation::new(conversation.clone(), template.keep_alive);
+                        let first = convo.outstanding[0].clone();
+                        self.convo = Some(Box::new(convo));
+                        Stdin::open(agent::user_message(prompt, &conversation, &first))
+                    }
+                });
                 spec.labels
                     .insert(labels::SESSION.into(), self.id.to_string());
                 if let Some(url) = issue {
@@ -290,7 +314,7 @@ impl SessionActor {
                 );
                 Job::Run(spec)
             }
-            Plan::Resume { exec, .. } => Job::Exec((**exec).clone()),
+            Plan::Resume { job, .. } => (**job).clone(),
         };
         let output = match &self.plan {
             Plan::Start(plan) => plan.template.agent_output,
@@ -308,7 +332,9 @@ impl SessionActor {
         self.runner = Some(runner.start());
         self.phase = Phase::Running;
         self.container = Some(container.clone());
-        self.set_state(SessionState::Running {
+        // `running` once the runtime reports the container started: a
+        // caller that sees `running` can rely on the container existing.
+        self.set_state(SessionState::Starting {
             container,
             attempt: self.attempt,
         });
@@ -338,7 +364,10 @@ impl SessionActor {
             return;
         }
         let quiet = self.last_output.elapsed();
-        let watching = self.phase == Phase::Running && self.stopping.is_none();
+        // An agent waiting for a follow-up is quiet on purpose: its
+        // keep-alive bounds that wait.
+        let waiting = self.convo.as_ref().is_some_and(|c| c.idle.is_some());
+        let watching = self.phase == Phase::Running && self.stopping.is_none() && !waiting;
         if watching && quiet >= idle {
             self.begin_stop(
                 StopReason::Timeout(TimeoutKind::Idle, idle),
@@ -364,6 +393,9 @@ impl SessionActor {
     /// terminal event is ever published while a container of the run lives.
     fn container_ended(&mut self, ending: Ending, ctx: &mut Context<Self>) {
         self.runner = None;
+        if let Some(timer) = self.convo.as_mut().and_then(|c| c.idle.take()) {
+            ctx.cancel_future(timer);
+        }
         let container = match (&ending, &self.plan) {
             (Ending::Failed(_), Plan::Start(_)) => self.container.clone(),
             _ => None,
@@ -417,6 +449,14 @@ impl SessionActor {
             let outcome = match stopping.reason {
                 StopReason::Requested => ending,
                 StopReason::Timeout(kind, after) => Ending::Failed(Error::Timeout { kind, after }),
+                // The agent answered every prompt and the keep-alive ran
+                // out: cldpd ended it, so its exit code (143 after the
+                // TERM) says nothing; its last result decides (an error
+                // result is already `Failed`).
+                StopReason::Finished => match ending {
+                    Ending::Exited(_) => Ending::Exited(0),
+                    failed => failed,
+                },
             };
             return self.finish(outcome, None, ctx);
         }
@@ -468,7 +508,7 @@ impl SessionActor {
             Phase::Created | Phase::Queued | Phase::Building => {
                 let err = match reason {
                     StopReason::Timeout(kind, after) => Error::Timeout { kind, after },
-                    StopReason::Requested => Error::Stopped,
+                    StopReason::Requested | StopReason::Finished => Error::Stopped,
                 };
                 self.finish(Ending::Failed(err), None, ctx);
             }
@@ -482,7 +522,7 @@ impl SessionActor {
                     }
                     // No container runs: like a stop before the first one
                     // started (the last one's ending was in `Restarting`).
-                    StopReason::Requested => Ending::Failed(Error::Stopped),
+                    StopReason::Requested | StopReason::Finished => Ending::Failed(Error::Stopped),
                 };
                 self.finish(ending, None, ctx);
             }
@@ -885,6 +925,23 @@ impl SessionActor {
         match event {
             RunnerEvent::Process(ProcessEvent::Started { container }) => {
                 self.last_output = Instant::now();
+                if self.stopping.is_none() {
+                    self.set_state(SessionState::Running {
+                        container: container.clone(),
+                        attempt: self.attempt,
+                    });
+                }
+                if let Some(convo) = self.convo.as_mut() {
+                    convo.started = true;
+                    for bytes in std::mem::take(&mut convo.held) {
+                        let write = self.runtime.write_input(&container, bytes);
+                        ctx.spawn(actix::fut::wrap_future(write).map(|written, act: &mut Self, _| {
+                            if let Err(e) = written {
+                                tracing::warn!(session = %act.id, error = %e, "a follow-up sent before the start could not be written");
+                            }
+                        }));
+                    }
+                }
                 self.emit(EventKind::ContainerStarted {
                     container,
                     attempt: self.attempt,
@@ -915,7 +972,11 @@ impl SessionActor {
                     });
                     kinds.extend(typed);
                 }
+                let went_idle = self.convo.is_some() && self.track_turns(&kinds, ctx);
                 self.emit_all(kinds.into_iter());
+                if went_idle {
+                    self.go_idle(ctx);
+                }
             }
             RunnerEvent::Process(ProcessEvent::Exited { code }) => {
                 // An error result of the agent fails the run whatever

@@ -28,6 +28,7 @@
 //! whatever the exit code, with its own error code (`agent_max_turns`,
 //! `agent_max_budget`, `rate_limited`, `api_error`, `agent_error`).
 
+pub mod follow_up;
 mod stream_json;
 mod tally;
 
@@ -49,6 +50,54 @@ pub enum AgentOutput {
     Text,
 }
 
+/// How prompts reach the agent (`pod.json` `agentInput`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentInput {
+    /// The prompt as text on stdin, then end of input: the agent answers
+    /// and exits (the default). A follow-up runs a second agent process
+    /// in the container (`--resume`).
+    #[default]
+    Text,
+    /// Claude Code's `--input-format stream-json`: one long-lived agent per
+    /// run; the prompt and every follow-up are user messages
+    /// ([`user_message`]) written to its stdin, which stays open; it prints
+    /// a `result` after each turn. Needs `agentOutput: "stream-json"`.
+    StreamJson,
+}
+
+/// One stream-json user message, as Claude Code reads it on stdin with
+/// `--input-format stream-json`: a JSON object on one line (the prompt's
+/// newlines are escaped), ending in `\n`. `command` is the message's
+/// `uuid`: Claude Code queues each message as a turn of its own (messages
+/// without one that arrive during a turn are merged into one), echoes it
+/// back (`--replay-user-messages`) and reports its progress as
+/// `command_lifecycle` lines naming it (`queued`, `started`, `completed`),
+/// which become [`EventKind::AgentTurn`](crate::event::EventKind::AgentTurn)
+/// events.
+///
+/// ```
+/// let line = cldpd::agent::user_message("fix it\nplease", "c0ffee", "u-1");
+/// let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+/// assert_eq!(v["type"], "user");
+/// assert_eq!(v["message"]["content"], "fix it\nplease");
+/// assert_eq!(v["session_id"], "c0ffee");
+/// assert_eq!(v["uuid"], "u-1");
+/// assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+/// ```
+pub fn user_message(prompt: &str, conversation: &str, command: &str) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&serde_json::json!({
+        "type": "user",
+        "message": {"role": "user", "content": prompt},
+        "parent_tool_use_id": null,
+        "session_id": conversation,
+        "uuid": command,
+    }))
+    .expect("a JSON value serialises");
+    line.push(b'\n');
+    line
+}
+
 /// Limits passed to Claude Code.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct AgentLimits {
@@ -60,9 +109,22 @@ pub struct AgentLimits {
 
 /// The arguments cldpd appends to the agent command on start (the prompt
 /// goes on stdin).
-pub fn start_args(output: AgentOutput, conversation: &str, limits: &AgentLimits) -> Vec<String> {
+pub fn start_args(
+    output: AgentOutput,
+    input: AgentInput,
+    conversation: &str,
+    limits: &AgentLimits,
+) -> Vec<String> {
     let mut args = vec!["-p".to_string()];
+    if input == AgentInput::StreamJson {
+        args.extend(["--input-format".to_string(), "stream-json".to_string()]);
+    }
     args.extend(output_args(output));
+    if input == AgentInput::StreamJson {
+        // Each prompt echoed as it starts: the log records the whole
+        // conversation, prompts from other processes included.
+        args.push("--replay-user-messages".to_string());
+    }
     args.extend(["--session-id".to_string(), conversation.to_string()]);
     if let Some(n) = limits.max_turns {
         args.extend(["--max-turns".to_string(), n.to_string()]);
@@ -101,7 +163,7 @@ mod tests {
             max_budget_usd: Some(0.5),
         };
         assert_eq!(
-            start_args(AgentOutput::StreamJson, "u-1", &limits),
+            start_args(AgentOutput::StreamJson, AgentInput::Text, "u-1", &limits),
             [
                 "-p",
                 "--output-format",
@@ -116,8 +178,32 @@ mod tests {
             ]
         );
         assert_eq!(
-            start_args(AgentOutput::Text, "u-1", &AgentLimits::default()),
+            start_args(
+                AgentOutput::Text,
+                AgentInput::Text,
+                "u-1",
+                &AgentLimits::default()
+            ),
             ["-p", "--session-id", "u-1"]
+        );
+        assert_eq!(
+            start_args(
+                AgentOutput::StreamJson,
+                AgentInput::StreamJson,
+                "u-1",
+                &AgentLimits::default()
+            ),
+            [
+                "-p",
+                "--input-format",
+                "stream-json",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--replay-user-messages",
+                "--session-id",
+                "u-1"
+            ]
         );
         assert_eq!(
             resume_args(AgentOutput::StreamJson, "u-1"),

@@ -7,6 +7,8 @@
 //! | `{"type":"assistant","message":{"content":[…]}}` | per block: `agent_text` (text), `tool_use` (tool_use); `thinking` blocks none |
 //! | `{"type":"user","message":{"content":[{"type":"tool_result",…}]}}` | per result: `tool_result` (id, is_error, size, first line) |
 //! | `{"type":"result",…}` | `agent_result` |
+//! | `{"type":"user","isReplay":true,…}` (a prompt echoed, `--replay-user-messages`) | `agent_prompt` |
+//! | `{"type":"command_lifecycle","command_uuid":…,"state":…}` (a prompt's turn `queued`, `started`, `completed`) | `agent_turn` |
 //! | `{"type":"system","subtype":"api_retry",…}` (Claude Code retries an API error) | `agent_api_error` with `retry_in_ms`, `attempt` |
 //! | an `assistant` message with an `error` (the API call failed for good) | its `agent_text`, then `agent_api_error` |
 //! | `{"type":"rate_limit_event","rate_limit_info":{"status":"rejected",…}}` | `agent_api_error` (`rate_limited`) |
@@ -22,6 +24,20 @@
 use serde_json::Value;
 
 use crate::event::{AgentUsage, EventKind, Usd};
+
+/// The text blocks of a content array, joined.
+fn blocks_text(content: &Value) -> String {
+    content
+        .as_array()
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("")
+        })
+        .unwrap_or_default()
+}
 
 /// Longest stream-json line put back together from split output (16 MiB).
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
@@ -194,6 +210,20 @@ impl StreamJsonParser {
                     },
                     retry_in_ms: resets_at.map(|at| at.saturating_sub(now) * 1000),
                     attempt: None,
+                }]
+            }
+            "command_lifecycle" => vec![EventKind::AgentTurn {
+                command: str_of(&v["command_uuid"]),
+                state: str_of(&v["state"]),
+            }],
+            "user" if v["isReplay"] == true => {
+                let text = match &v["message"]["content"] {
+                    Value::String(s) => s.clone(),
+                    other => blocks_text(other),
+                };
+                vec![EventKind::AgentPrompt {
+                    command: str_of(&v["uuid"]),
+                    text: cut(&text),
                 }]
             }
             "user" => blocks(&v)

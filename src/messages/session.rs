@@ -50,6 +50,24 @@ pub struct StopSession {
 #[rtype(result = "Result<i32, Error>")]
 pub struct Wait;
 
+/// Send a follow-up prompt to the session's long-lived agent
+/// (`agentInput: "stream-json"`): written to its stdin as a stream-json
+/// user message, while it works (Claude Code queues it as the next turn)
+/// or while it is [`SessionState::Idle`] (it starts at once). Answers the
+/// prompt's id, which the run's [`EventKind::AgentPrompt`] and
+/// [`EventKind::AgentTurn`] events carry. A run whose agent does not read
+/// stdin, or that is not running, refuses it
+/// ([`Error::InputUnavailable`]).
+///
+/// [`EventKind::AgentPrompt`]: crate::event::EventKind::AgentPrompt
+/// [`EventKind::AgentTurn`]: crate::event::EventKind::AgentTurn
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<String, Error>")]
+pub struct FollowUp {
+    /// The prompt.
+    pub prompt: String,
+}
+
 /// Snapshot of the session.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "SessionStatus")]
@@ -67,12 +85,30 @@ pub enum SessionState {
     },
     /// Its image is being built (or a shared build awaited).
     Building,
-    /// A container (or exec process) is running.
+    /// Its container (or exec process) is being created and started:
+    /// the name is chosen, the runtime has not yet reported it started.
+    Starting {
+        /// Container name.
+        container: String,
+        /// Restart attempt (0 first).
+        attempt: u32,
+    },
+    /// A container (or exec process) is running: the runtime reported it
+    /// started (the `container_started` event).
     Running {
         /// Container name.
         container: String,
         /// Restart attempt (0 first).
         attempt: u32,
+    },
+    /// A long-lived agent (`agentInput: "stream-json"`) answered every
+    /// prompt and waits for a follow-up ([`FollowUp`]) for its
+    /// `keepAliveSecs`.
+    Idle {
+        /// Container name.
+        container: String,
+        /// Turns answered so far.
+        turns: u32,
     },
     /// Waiting out a restart back-off.
     Restarting {
@@ -105,14 +141,16 @@ impl SessionState {
         }
     }
 
-    /// One word: `created`, `queued`, `building`, `running`, `restarting`,
-    /// `stopping`, `exited`, `failed`.
+    /// One word: `created`, `queued`, `building`, `starting`, `running`,
+    /// `idle`, `restarting`, `stopping`, `exited`, `failed`.
     pub fn name(&self) -> &'static str {
         match self {
             SessionState::Created => "created",
             SessionState::Queued { .. } => "queued",
             SessionState::Building => "building",
+            SessionState::Starting { .. } => "starting",
             SessionState::Running { .. } => "running",
+            SessionState::Idle { .. } => "idle",
             SessionState::Restarting { .. } => "restarting",
             SessionState::Stopping => "stopping",
             SessionState::Exited { .. } => "exited",

@@ -290,11 +290,28 @@ impl PodConfig {
                 Some(_) => {}
             }
         }
+        if self.agent_input() == crate::agent::AgentInput::StreamJson
+            && self.agent_output() != crate::agent::AgentOutput::StreamJson
+        {
+            problems.push(field_error(
+                "agentInput",
+                "`stream-json` input needs `\"agentOutput\": \"stream-json\"` (Claude Code reads stream-json only when it writes it)".into(),
+            ));
+        }
+        if self.keep_alive_secs.is_some_and(|s| s > 0.0)
+            && self.agent_input() != crate::agent::AgentInput::StreamJson
+        {
+            problems.push(field_error(
+                "keepAliveSecs",
+                "a run waits for follow-ups only with `\"agentInput\": \"stream-json\"` (one long-lived agent); set it, or remove keepAliveSecs".into(),
+            ));
+        }
         for (field, value) in [
             ("stopGraceSecs", self.stop_grace_secs),
             ("withinSecs", self.within_secs),
             ("timeoutSecs", self.timeout_secs),
             ("idleTimeoutSecs", self.idle_timeout_secs),
+            ("keepAliveSecs", self.keep_alive_secs),
         ] {
             if let Some(message) = value.and_then(seconds_problem) {
                 problems.push(field_error(field, message));
@@ -393,6 +410,8 @@ impl PodConfig {
             memory,
             pids_limit,
             agent_output,
+            agent_input,
+            keep_alive_secs,
             max_turns,
             max_budget_usd,
             network,
@@ -434,6 +453,8 @@ impl PodConfig {
             memory: memory.clone().or_else(|| self.memory.clone()),
             pids_limit: pids_limit.or(self.pids_limit),
             agent_output: agent_output.or(self.agent_output),
+            agent_input: agent_input.or(self.agent_input),
+            keep_alive_secs: keep_alive_secs.or(self.keep_alive_secs),
             max_turns: max_turns.or(self.max_turns),
             max_budget_usd: max_budget_usd.or(self.max_budget_usd),
             network: network.clone().or_else(|| self.network.clone()),
@@ -444,6 +465,19 @@ impl PodConfig {
     /// `agentOutput`, defaulted.
     pub fn agent_output(&self) -> crate::agent::AgentOutput {
         self.agent_output.unwrap_or_default()
+    }
+
+    /// `agentInput`, defaulted.
+    pub fn agent_input(&self) -> crate::agent::AgentInput {
+        self.agent_input.unwrap_or_default()
+    }
+
+    /// `keepAliveSecs`, defaulted (0).
+    pub fn keep_alive(&self) -> std::time::Duration {
+        self.keep_alive_secs
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(std::time::Duration::from_secs_f64)
+            .unwrap_or_default()
     }
 
     /// `maxTurns` and `maxBudgetUsd`.
@@ -885,6 +919,8 @@ mod tests {
             memory: Some("1m".into()),
             pids_limit: Some(1),
             agent_output: Some(crate::agent::AgentOutput::Text),
+            agent_input: Some(crate::agent::AgentInput::StreamJson),
+            keep_alive_secs: Some(2.5),
             max_turns: Some(2),
             max_budget_usd: Some(0.5),
             network: Some("none".into()),
@@ -1081,6 +1117,14 @@ mod tests {
             crate::agent::AgentOutput::StreamJson
         );
         assert!(discover_with(r#"{"network": "my-net_1.x"}"#).is_ok());
+        let live = discover_with(r#"{"agentInput": "stream-json", "keepAliveSecs": 1.5}"#).unwrap();
+        assert_eq!(
+            live.config.agent_input(),
+            crate::agent::AgentInput::StreamJson
+        );
+        assert_eq!(live.config.keep_alive(), Duration::from_millis(1500));
+        assert_eq!(defaults.config.agent_input(), crate::agent::AgentInput::Text);
+        assert_eq!(defaults.config.keep_alive(), Duration::ZERO);
         for ok in [
             "acme/web",
             "https://ghe.example.com/team/app/",
@@ -1101,6 +1145,16 @@ mod tests {
         }
         for (json, field) in [
             (r#"{"agentOutput": "json"}"#, "agentOutput"),
+            (r#"{"agentInput": "json"}"#, "agentInput"),
+            (
+                r#"{"agentInput": "stream-json", "agentOutput": "text"}"#,
+                "agentInput",
+            ),
+            (r#"{"keepAliveSecs": 5}"#, "keepAliveSecs"),
+            (
+                r#"{"agentInput": "stream-json", "keepAliveSecs": -1}"#,
+                "keepAliveSecs",
+            ),
             (r#"{"maxTurns": 0}"#, "maxTurns"),
             (r#"{"maxBudgetUsd": 0}"#, "maxBudgetUsd"),
             (r#"{"maxBudgetUsd": -1}"#, "maxBudgetUsd"),

@@ -121,6 +121,8 @@ pub const POD_CONFIG_FIELDS: &[&str] = &[
     "memory",
     "pidsLimit",
     "agentOutput",
+    "agentInput",
+    "keepAliveSecs",
     "maxTurns",
     "maxBudgetUsd",
     "network",
@@ -235,6 +237,18 @@ pub struct PodConfig {
     /// [`crate::agent`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_output: Option<crate::agent::AgentOutput>,
+    /// How prompts reach the agent: `"text"` (default: the prompt, then
+    /// end of input; a follow-up starts a second agent process in the
+    /// container) or `"stream-json"` (Claude Code's `--input-format
+    /// stream-json`: one long-lived agent per run, the prompt and every
+    /// follow-up are user messages on its stdin; see [`crate::agent`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_input: Option<crate::agent::AgentInput>,
+    /// With `agentInput: "stream-json"`: seconds the run stays up, `idle`,
+    /// waiting for a follow-up after the agent answered; default 0 (the
+    /// run ends when the first prompt is answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_secs: Option<f64>,
     /// Most agent turns (`claude --max-turns`); exceeding it ends the run
     /// with the error `agent_max_turns`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

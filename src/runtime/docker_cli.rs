@@ -104,8 +104,9 @@ use self::stream::{BuildStream, ProcessContext, ProcessStream};
 use crate::error::Error;
 use crate::runtime::{
     labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, ProcessEvent, RunSpec, Runtime,
-    SecretValue, StopSignal,
+    SecretValue, Stdin, StopSignal,
 };
+use std::sync::Arc;
 
 /// The environment variable naming the docker binary.
 const DOCKER_ENV: &str = DockerCli::BINARY_ENV;
@@ -151,7 +152,18 @@ pub struct DockerCli {
     binary: PathBuf,
     /// `docker run` clients of this process still running (shared by clones).
     clients: Clients,
+    /// The open stdin of each live run given a [`Stdin::open`]: the
+    /// writer of its client's pipe, held weakly (the run's stream holds it,
+    /// so the pipe closes when the run ends).
+    inputs: Inputs,
 }
+
+/// Container name → the writer feeding its `docker run -i` client's stdin.
+type Inputs = Arc<
+    std::sync::Mutex<
+        std::collections::HashMap<String, tokio::sync::mpsc::WeakUnboundedSender<Stdin>>,
+    >,
+>;
 
 impl Default for DockerCli {
     /// Same as [`DockerCli::new`].
@@ -184,6 +196,7 @@ impl DockerCli {
         DockerCli {
             binary: binary.into(),
             clients: Clients::default(),
+            inputs: Inputs::default(),
         }
     }
 
@@ -425,10 +438,18 @@ impl Runtime for DockerCli {
         if spec.stdin.is_some() {
             cmd.stdin(Stdio::piped());
         }
+        let mut stream = ProcessStream::new(cmd, ctx);
+        if spec.stdin.as_ref().is_some_and(Stdin::keeps_open) {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+            inputs.retain(|_, w| w.strong_count() > 0);
+            inputs.insert(spec.container.clone(), tx.downgrade());
+            stream = stream.with_input(tx, rx);
+        }
         // Counted as running until its process has ended (or the stream is
         // dropped), so that a signal in the meantime waits for the
         // container to exist (see `signal`).
-        self.tracked(&spec.container, ProcessStream::new(cmd, ctx))
+        self.tracked(&spec.container, stream)
     }
 
     fn exec(&self, spec: ExecSpec) -> BoxStream<'static, ProcessEvent> {
@@ -565,6 +586,25 @@ impl Runtime for DockerCli {
             }
         }
         .boxed()
+    }
+
+    fn write_input(&self, container: &str, bytes: Stdin) -> BoxFuture<'static, Result<(), Error>> {
+        let writer = self
+            .inputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(container)
+            .and_then(|w| w.upgrade());
+        let result = match writer {
+            Some(tx) => tx.send(bytes).map_err(|_| Error::SessionNotFound {
+                target: container.to_string(),
+            }),
+            None => Err(Error::InputUnavailable {
+                target: container.to_string(),
+                message: "the docker CLI backend reaches a live agent's stdin only from the process that started its run".into(),
+            }),
+        };
+        futures_util::future::ready(result).boxed()
     }
 }
 

@@ -83,7 +83,7 @@ use self::errors::{failure, stop_result, Failure};
 use self::tracker::Tracker;
 use crate::error::Error;
 use crate::runtime::{
-    labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, ProcessEvent, RunSpec, Runtime,
+    labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, ProcessEvent, RunSpec, Runtime, Stdin,
     StopSignal,
 };
 
@@ -118,6 +118,11 @@ struct Inner {
     starting: Tracker,
     /// Live execs of this process and their markers.
     execs: Tracker,
+    /// The open stdin of each live run of this process given a
+    /// [`Stdin::open`](crate::runtime::Stdin::open): the sender feeding
+    /// its attach connection, held weakly (the run holds it, so the entry
+    /// dies with the run).
+    inputs: Mutex<HashMap<String, tokio::sync::mpsc::WeakUnboundedSender<Stdin>>>,
 }
 
 impl Default for EngineApi {
@@ -141,6 +146,7 @@ impl EngineApi {
                 host: host.into(),
                 starting: Tracker::default(),
                 execs: Tracker::default(),
+                inputs: Mutex::default(),
             }),
         }
     }
@@ -298,8 +304,23 @@ impl Runtime for EngineApi {
         // Tracked from now on, so that a signal sent before the run's task
         // got going waits for the container.
         let guard = self.inner.starting.track(&spec.container, "");
-        self.stream(ProcessEvent::Failed, move |docker, tx| {
-            run::run(docker, spec, guard, tx)
+        // An open stdin: later `write_input`s of this process go through
+        // the run's own attach connection, in order after its bytes.
+        let more = spec.stdin.as_ref().filter(|s| s.keeps_open()).map(|_| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut inputs = self
+                .inner
+                .inputs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            inputs.retain(|_, w| w.strong_count() > 0);
+            inputs.insert(spec.container.clone(), tx.downgrade());
+            (tx, rx)
+        });
+        self.stream(ProcessEvent::Failed, move |docker, tx| async move {
+            let (writer, more) = more.unzip();
+            run::run(docker, spec, guard, more, tx).await;
+            drop(writer);
         })
     }
 
@@ -424,5 +445,25 @@ impl Runtime for EngineApi {
                 })
                 .collect())
         })
+    }
+
+    fn write_input(&self, container: &str, bytes: Stdin) -> BoxFuture<'static, Result<(), Error>> {
+        let own = self
+            .inner
+            .inputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(container)
+            .and_then(|w| w.upgrade());
+        if let Some(writer) = own {
+            let result = writer.send(bytes).map_err(|_| Error::SessionNotFound {
+                target: container.to_string(),
+            });
+            return Box::pin(futures_util::future::ready(result));
+        }
+        let container = container.to_string();
+        self.call(
+            move |docker| async move { stdin::write_attached(&docker, &container, bytes).await },
+        )
     }
 }

@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::runtime::{labels, BuildSpec, Runtime};
 use crate::runtime::{ExecSpec, ProcessEvent, RunSpec, Stdin, StopSignal};
 
+mod converse;
 mod engine;
 mod process;
 mod script;
@@ -169,6 +170,8 @@ struct Live {
     labels: PackedLabels,
     ignore_sigterm: bool,
     stop_fails: bool,
+    /// Its stdin stays open for `write_input` ([`Stdin::open`]).
+    input_open: bool,
     /// Exec processes running in it (ended with it).
     execs: Vec<ExecProcess>,
 }

@@ -59,6 +59,10 @@ pub mod labels {
     pub const AGENT_OUTPUT: &str = "cldpd.agent.output";
     /// Working directory of the agent inside the container, for resume.
     pub const WORKDIR: &str = "cldpd.workdir";
+    /// How the agent takes prompts: `stream-json` (a long-lived agent whose
+    /// open stdin takes follow-ups, see [`Runtime::write_input`]) or
+    /// absent (text: one prompt, then end of input).
+    pub const AGENT_INPUT: &str = "cldpd.agent.input";
     /// The state directory of the dispatcher that started it (adoption is
     /// among dispatchers sharing one).
     pub const STATE_DIR: &str = "cldpd.state";
@@ -199,32 +203,58 @@ pub struct RunSpec {
 ///   prompt); traces give only their length.
 /// - A restart of the run writes the same bytes again to the new process.
 ///
+/// - [`Stdin::open`]: the backend writes the bytes and keeps the pipe
+///   open: the process never reads EOF from cldpd, and more input comes
+///   through [`Runtime::write_input`] (a long-lived agent taking
+///   follow-ups, `agentInput: "stream-json"`). Such a process is ended by a
+///   signal. Only for runs (an exec's stdin is always closed after its
+///   bytes).
+///
 /// Cheap to clone (one reference count).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Stdin(std::sync::Arc<[u8]>);
+pub struct Stdin {
+    bytes: std::sync::Arc<[u8]>,
+    keep_open: bool,
+}
 
 impl Stdin {
-    /// Wrap bytes.
+    /// Wrap bytes: written, then stdin is closed.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Stdin(bytes.into().into())
+        Stdin {
+            bytes: bytes.into().into(),
+            keep_open: false,
+        }
+    }
+    /// Wrap bytes: written, then stdin stays open for
+    /// [`Runtime::write_input`].
+    pub fn open(bytes: impl Into<Vec<u8>>) -> Self {
+        Stdin {
+            bytes: bytes.into().into(),
+            keep_open: true,
+        }
     }
     /// The bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
     /// How many bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
     /// True when there are no bytes.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes.is_empty()
+    }
+    /// True when stdin stays open after the bytes ([`Stdin::open`]).
+    pub fn keeps_open(&self) -> bool {
+        self.keep_open
     }
 }
 
 impl fmt::Debug for Stdin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Stdin({} bytes)", self.0.len())
+        let open = if self.keep_open { ", open" } else { "" };
+        write!(f, "Stdin({} bytes{open})", self.bytes.len())
     }
 }
 
@@ -469,4 +499,17 @@ pub trait Runtime: Send + Sync + 'static {
     /// Every container (running or not) that carries the
     /// [`labels::SESSION`] label.
     fn list(&self) -> BoxFuture<'static, Result<Vec<ContainerInfo>, Error>>;
+
+    /// Write `bytes` to the stdin of the main process of `container`, a
+    /// running container whose run was given a [`Stdin::open`]. Writes
+    /// made through one runtime value reach the process in the order they
+    /// were called, after the run's own bytes. Works from the process that
+    /// started the run; the Engine API backend also from any other
+    /// process (it attaches to the container's stdin, which Docker allows
+    /// from several clients; a container without an open stdin is
+    /// refused). A container that does not run is
+    /// [`Error::SessionNotFound`]; a backend that cannot reach the stdin
+    /// (the CLI backend, for another process's run) says so with
+    /// [`Error::InputUnavailable`]. The bytes are never logged.
+    fn write_input(&self, container: &str, bytes: Stdin) -> BoxFuture<'static, Result<(), Error>>;
 }

@@ -340,6 +340,15 @@ pub(crate) struct ProcessStream {
     /// When the run's client was spawned (for the `die` event look-up).
     spawned_at: SystemTime,
     recovery: Option<Box<Recovery>>,
+    /// A run with an open stdin: the writer (held so that the pipe stays
+    /// open while the stream lives) and the reader, handed to the task that
+    /// writes the client's stdin when it is spawned.
+    input: Option<Box<OpenInput>>,
+}
+
+struct OpenInput {
+    _writer: tokio::sync::mpsc::UnboundedSender<crate::runtime::Stdin>,
+    more: Option<tokio::sync::mpsc::UnboundedReceiver<crate::runtime::Stdin>>,
 }
 
 impl ProcessStream {
@@ -368,7 +377,22 @@ impl ProcessStream {
             queue: VecDeque::new(),
             spawned_at: SystemTime::now(),
             recovery: None,
+            input: None,
         }
+    }
+
+    /// Keep the client's stdin open after the run's bytes, and write what
+    /// arrives on `more` to it (see [`crate::runtime::Stdin::open`]).
+    pub(crate) fn with_input(
+        mut self,
+        writer: tokio::sync::mpsc::UnboundedSender<crate::runtime::Stdin>,
+        more: tokio::sync::mpsc::UnboundedReceiver<crate::runtime::Stdin>,
+    ) -> Self {
+        self.input = Some(Box::new(OpenInput {
+            _writer: writer,
+            more: Some(more),
+        }));
+        self
     }
 
     /// The client's pipes are closed and it exited with `status`: the end,
@@ -567,7 +591,8 @@ impl Stream for ProcessStream {
                         if let (Some(bytes), Some(pipe)) =
                             (this.ctx.stdin.clone(), child.stdin.take())
                         {
-                            tokio::spawn(write_stdin(pipe, bytes));
+                            let more = this.input.as_mut().and_then(|i| i.more.take());
+                            tokio::spawn(write_stdin(pipe, bytes, more));
                         }
                         // `docker exec` prints its own OCI errors (126) on
                         // stdout, so an exec keeps the tail of both pipes.
@@ -629,12 +654,29 @@ impl Stream for ProcessStream {
 }
 
 /// Write the prompt to the client's stdin beside the reading of its
-/// output, then close it (EOF). A process that stops reading early is not
-/// an error: the rest is dropped.
-async fn write_stdin(mut pipe: tokio::process::ChildStdin, bytes: crate::runtime::Stdin) {
+/// output, then close it (EOF) — or, with `more` (an open stdin), write
+/// each input that arrives there, and close once the run's stream is gone.
+/// A process that stops reading early is not an error: the rest is
+/// dropped.
+async fn write_stdin(
+    mut pipe: tokio::process::ChildStdin,
+    bytes: crate::runtime::Stdin,
+    more: Option<tokio::sync::mpsc::UnboundedReceiver<crate::runtime::Stdin>>,
+) {
     use tokio::io::AsyncWriteExt;
     if let Err(e) = pipe.write_all(bytes.bytes()).await {
         tracing::debug!(error = %e, len = bytes.len(), "stdin not fully read by the process");
+        return;
+    }
+    if let Some(mut more) = more {
+        let _ = pipe.flush().await;
+        while let Some(bytes) = more.recv().await {
+            if let Err(e) = pipe.write_all(bytes.bytes()).await {
+                tracing::debug!(error = %e, len = bytes.len(), "input not read by the process");
+                return;
+            }
+            let _ = pipe.flush().await;
+        }
     }
     let _ = pipe.shutdown().await;
 }

@@ -126,7 +126,7 @@ pub(crate) async fn exec(
         .await;
     // The follow-up prompt, beside the output; the engine closes the
     // exec's stdin when this half is shut down.
-    let feeding = Feeding::start(input, spec.stdin.clone());
+    let feeding = Feeding::start(input, spec.stdin.clone(), None);
     let mut pump = Pump::new(spec.line_cap);
     match pump.run(&mut frames, &tx).await {
         End::Closed => {}

@@ -29,7 +29,7 @@ use tokio::sync::mpsc::Sender;
 use super::errors::{failure, not_runnable_code, unavailable, Failure};
 use super::output::{End, Frames, Pump};
 use super::secrets::Placeholders;
-use super::stdin::{Feeding, Input};
+use super::stdin::{Feeding, Input, More};
 use super::tracker::Guard;
 use crate::error::Error;
 use crate::runtime::{labels, ProcessEvent, RunSpec};
@@ -43,7 +43,13 @@ const LOST_ENGINE: Duration = Duration::from_secs(20);
 /// Run `spec`, sending its events to `tx`. `guard` holds the container in
 /// the backend's `starting` tracker (taken when `run` was called) until
 /// the container has started.
-pub(crate) async fn run(docker: Docker, spec: RunSpec, guard: Guard, tx: Sender<ProcessEvent>) {
+pub(crate) async fn run(
+    docker: Docker,
+    spec: RunSpec,
+    guard: Guard,
+    more: Option<More>,
+    tx: Sender<ProcessEvent>,
+) {
     let (frames, input) = match create_and_start(&docker, &spec).await {
         Ok(attached) => attached,
         Err(e) => {
@@ -65,7 +71,7 @@ pub(crate) async fn run(docker: Docker, spec: RunSpec, guard: Guard, tx: Sender<
         .await;
     // The prompt, written once the process runs, beside the reading of
     // its output; aborted (whatever is unread dropped) once the run ends.
-    let feeding = Feeding::start(input, spec.stdin.clone());
+    let feeding = Feeding::start(input, spec.stdin.clone(), more);
     let mut frames = frames;
     let mut pump = Pump::new(spec.line_cap);
     match pump.run(&mut frames, &tx).await {
@@ -202,8 +208,12 @@ fn create_body(spec: &RunSpec, secrets: &mut Placeholders) -> ContainerCreateBod
         ..Default::default()
     };
     // A stdin to write: open, and closed by the engine when the one
-    // attached client (this run) closes its end (`docker run -i`).
+    // attached client (this run) closes its end (`docker run -i`). An
+    // open stdin (`Stdin::open`: follow-ups for a long-lived agent) is
+    // not closed when an attached client leaves, so that other clients
+    // (`write_input` from another process) can attach and write too.
     let stdin = spec.stdin.is_some().then_some(true);
+    let once = spec.stdin.as_ref().map(|s| !s.keeps_open());
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: Some(spec.command.clone()),
@@ -219,7 +229,7 @@ fn create_body(spec: &RunSpec, secrets: &mut Placeholders) -> ContainerCreateBod
         attach_stderr: Some(true),
         attach_stdin: stdin,
         open_stdin: stdin,
-        stdin_once: stdin,
+        stdin_once: once,
         host_config: Some(host_config),
         ..Default::default()
     }

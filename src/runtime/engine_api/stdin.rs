@@ -24,10 +24,16 @@ use crate::runtime::Stdin;
 /// The write half of an attach or exec connection.
 pub(crate) type Input = Pin<Box<dyn AsyncWrite + Send>>;
 
-/// Write `bytes` to `input`, then close it, on a task of its own (on the
-/// caller's runtime: the Engine API's driver). The handle lets the run
-/// abort a write its process will never read once the process has exited.
-pub(crate) fn feed(mut input: Input, bytes: Stdin) -> JoinHandle<()> {
+/// Later input for an open stdin: what `write_input` sends in this
+/// process, in order.
+pub(crate) type More = tokio::sync::mpsc::UnboundedReceiver<Stdin>;
+
+/// Write `bytes` to `input`, then close it — or, with `more` (an open
+/// stdin), write each input arriving there, in order, for as long as the
+/// run lives — on a task of its own (on the caller's runtime: the Engine
+/// API's driver). The handle lets the run abort a write its process will
+/// never read once the process has exited.
+pub(crate) fn feed(mut input: Input, bytes: Stdin, more: Option<More>) -> JoinHandle<()> {
     tokio::spawn(async move {
         if let Err(e) = input.write_all(bytes.bytes()).await {
             // The process exited (or closed its stdin) before reading it
@@ -35,10 +41,99 @@ pub(crate) fn feed(mut input: Input, bytes: Stdin) -> JoinHandle<()> {
             tracing::debug!(error = %e, len = bytes.len(), "stdin not fully read by the process");
             return;
         }
+        if let Some(mut more) = more {
+            let _ = input.flush().await;
+            while let Some(bytes) = more.recv().await {
+                if let Err(e) = input.write_all(bytes.bytes()).await {
+                    tracing::debug!(error = %e, len = bytes.len(), "input not read by the process");
+                    return;
+                }
+                let _ = input.flush().await;
+            }
+        }
         if let Err(e) = input.shutdown().await {
             tracing::debug!(error = %e, "closing stdin failed");
         }
     })
+}
+
+/// Write `bytes` to the stdin of `container`, a run of another process
+/// (or one this process no longer drives): attach with stdin only, write,
+/// half-close, and wait (briefly) for the engine to end the attach. The
+/// container must run and have an open stdin that outlives its clients
+/// (`OpenStdin` without `StdinOnce`), or the write is refused — with
+/// `StdinOnce` the half-close would end the agent's input.
+pub(crate) async fn write_attached(
+    docker: &bollard::Docker,
+    container: &str,
+    bytes: Stdin,
+) -> Result<(), crate::error::Error> {
+    use crate::error::Error;
+    use futures_util::StreamExt;
+    const CALL: std::time::Duration = std::time::Duration::from_secs(30);
+    let not_found = || Error::SessionNotFound {
+        target: container.to_string(),
+    };
+    let inspected = tokio::time::timeout(CALL, docker.inspect_container(container, None))
+        .await
+        .map_err(|_| Error::RuntimeFailed {
+            message: format!("the engine did not answer the inspect of {container}"),
+        })?;
+    let info = match inspected {
+        Ok(info) => info,
+        Err(e) if super::errors::gone(&e) => return Err(not_found()),
+        Err(e) => return Err(super::errors::runtime("inspect", &e)),
+    };
+    let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+    if !running {
+        return Err(not_found());
+    }
+    let config = info.config.unwrap_or_default();
+    if config.open_stdin != Some(true) || config.stdin_once == Some(true) {
+        return Err(Error::InputUnavailable {
+            target: container.to_string(),
+            message: "its agent does not take follow-ups on an open stdin (agentInput is not stream-json)".into(),
+        });
+    }
+    let options = bollard::query_parameters::AttachContainerOptions {
+        stream: true,
+        stdin: true,
+        stdout: false,
+        stderr: false,
+        ..Default::default()
+    };
+    let attached = tokio::time::timeout(CALL, docker.attach_container(container, Some(options)))
+        .await
+        .map_err(|_| Error::RuntimeFailed {
+            message: format!("the engine did not answer the attach to {container}"),
+        })?
+        .map_err(|e| {
+            if super::errors::gone(&e) {
+                not_found()
+            } else {
+                super::errors::runtime("attach", &e)
+            }
+        })?;
+    let (mut output, mut input) = (attached.output, attached.input);
+    let written = async {
+        input.write_all(bytes.bytes()).await?;
+        input.flush().await?;
+        input.shutdown().await
+    };
+    tokio::time::timeout(CALL, written)
+        .await
+        .map_err(|_| Error::RuntimeFailed {
+            message: format!("writing to the stdin of {container} did not finish"),
+        })?
+        .map_err(|e| Error::RuntimeFailed {
+            message: format!("writing to the stdin of {container}: {e}"),
+        })?;
+    // The engine ends the attach once it has copied the input.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while output.next().await.is_some() {}
+    })
+    .await;
+    Ok(())
 }
 
 /// The writer of one run, aborted when dropped (the process has ended, so
@@ -46,9 +141,10 @@ pub(crate) fn feed(mut input: Input, bytes: Stdin) -> JoinHandle<()> {
 pub(crate) struct Feeding(Option<JoinHandle<()>>);
 
 impl Feeding {
-    /// Start feeding `bytes` to `input`, or nothing when there are none.
-    pub(crate) fn start(input: Input, bytes: Option<Stdin>) -> Feeding {
-        Feeding(bytes.map(|b| feed(input, b)))
+    /// Start feeding `bytes` (and, for an open stdin, `more`) to
+    /// `input`, or nothing when there are none.
+    pub(crate) fn start(input: Input, bytes: Option<Stdin>, more: Option<More>) -> Feeding {
+        Feeding(bytes.map(|b| feed(input, b, more)))
     }
 }
 

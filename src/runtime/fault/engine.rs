@@ -15,7 +15,7 @@ use super::{failed, unavailable, ExecProcess, FaultRuntime, Live, PackedLabels, 
 use crate::error::Error;
 use crate::runtime::{
     labels, BuildEvent, BuildSpec, BuiltImage, ContainerInfo, ExecSpec, ProcessEvent, RunSpec,
-    Runtime, StopSignal,
+    Runtime, Stdin, StopSignal,
 };
 
 impl Runtime for FaultRuntime {
@@ -160,6 +160,10 @@ impl Runtime for FaultRuntime {
             Some(_) => Shared::new(),
             None => Shared::started(),
         });
+        let input_open = spec.stdin.as_ref().is_some_and(|s| s.keeps_open());
+        if let Some(stdin) = &spec.stdin {
+            shared.write_input(stdin.bytes(), input_open);
+        }
         reg.live.insert(
             name.clone(),
             Live {
@@ -169,6 +173,7 @@ impl Runtime for FaultRuntime {
                 labels: PackedLabels::new(spec.labels),
                 ignore_sigterm: script.ignore_sigterm,
                 stop_fails: script.stop_fails,
+                input_open,
                 execs: Vec::new(),
             },
         );
@@ -224,6 +229,10 @@ impl Runtime for FaultRuntime {
             }
         }
         let shared = Arc::new(Shared::started());
+        if let Some(stdin) = &spec.stdin {
+            // An exec's stdin is always closed after its bytes.
+            shared.write_input(stdin.bytes(), false);
+        }
         if let Some(live) = reg.live.get_mut(spec.container.as_str()) {
             live.execs.push(ExecProcess {
                 command: spec.command.clone().into_boxed_slice(),
@@ -314,6 +323,34 @@ impl Runtime for FaultRuntime {
             infos.sort_unstable_by(|a, b| a.name.cmp(&b.name));
             Ok(infos)
         };
+        futures_util::future::ready(result).boxed()
+    }
+
+    fn write_input(&self, container: &str, bytes: Stdin) -> BoxFuture<'static, Result<(), Error>> {
+        let mut reg = self.inner.lock();
+        let result = if reg.unavailable {
+            Err(unavailable())
+        } else {
+            match reg.live.get(container) {
+                Some(live) if live.shared.has_started() && live.shared.code().is_none() => {
+                    if live.input_open {
+                        live.shared.write_input(bytes.bytes(), true);
+                        Ok(())
+                    } else {
+                        Err(Error::InputUnavailable {
+                            target: container.to_string(),
+                            message: "its agent's stdin is closed (the run was not started with an open stdin)".into(),
+                        })
+                    }
+                }
+                _ => Err(Error::SessionNotFound {
+                    target: container.to_string(),
+                }),
+            }
+        };
+        if result.is_ok() {
+            reg.stdins.push((container.to_string(), bytes));
+        }
         futures_util::future::ready(result).boxed()
     }
 }

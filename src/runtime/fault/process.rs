@@ -60,6 +60,17 @@ pub(super) struct Shared {
     waker: AtomicWaker,
     /// Wakes `stop()` callers waiting for the end.
     pub(super) ended: Notify,
+    /// What was written to its stdin and not read yet (runs with a
+    /// [`Stdin`](crate::runtime::Stdin) only).
+    input: std::sync::Mutex<Option<Box<Input>>>,
+}
+
+/// Unread stdin bytes of a process, and whether stdin was closed after
+/// them.
+#[derive(Debug, Default)]
+struct Input {
+    bytes: Vec<u8>,
+    closed: bool,
 }
 
 impl Shared {
@@ -69,7 +80,47 @@ impl Shared {
             state: AtomicU64::new(0),
             waker: AtomicWaker::new(),
             ended: Notify::new(),
+            input: std::sync::Mutex::new(None),
         }
+    }
+
+    fn input(&self) -> std::sync::MutexGuard<'_, Option<Box<Input>>> {
+        self.input.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Append to its stdin (and close it after, unless `keep_open`).
+    pub(super) fn write_input(&self, bytes: &[u8], keep_open: bool) {
+        {
+            let mut guard = self.input();
+            let input = guard.get_or_insert_with(Box::default);
+            input.bytes.extend_from_slice(bytes);
+            input.closed = !keep_open;
+        }
+        self.waker.wake();
+    }
+
+    /// The next complete input line (without its `\n`): `Some(Some(line))`;
+    /// `Some(None)` when none is complete yet; `None` once stdin is closed
+    /// and every line was read (a partial last line counts as a line).
+    fn next_input_line(&self, take: bool) -> Option<Option<Vec<u8>>> {
+        let mut guard = self.input();
+        let Some(input) = guard.as_mut() else {
+            return None;
+        };
+        let end = match memchr::memchr(b'\n', &input.bytes) {
+            Some(i) => i + 1,
+            None if input.closed && !input.bytes.is_empty() => input.bytes.len(),
+            None if input.closed => return None,
+            None => return Some(None),
+        };
+        if !take {
+            return Some(Some(Vec::new()));
+        }
+        let mut line: Vec<u8> = input.bytes.drain(..end).collect();
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        Some(Some(line))
     }
 
     /// A process that starts at once (an exec).
@@ -315,6 +366,37 @@ impl Process {
                     panic!("{message}");
                 }
                 Some(Step::Hang) => None,
+                Some(&Step::Converse { turn }) => match self.shared.next_input_line(false) {
+                    // Stdin closed and read: the agent ends, as Claude Code
+                    // does at the end of its input.
+                    None => {
+                        self.next_step();
+                        continue;
+                    }
+                    Some(None) => None,
+                    Some(Some(_)) => {
+                        let start = *self.step_start.get_or_insert_with(Instant::now);
+                        let deadline = start.checked_add(turn);
+                        if turn.is_zero()
+                            || timer_fired
+                            || deadline.is_some_and(|d| Instant::now() >= d)
+                        {
+                            let line = self
+                                .shared
+                                .next_input_line(true)
+                                .flatten()
+                                .unwrap_or_default();
+                            self.progress += 1;
+                            let answer = super::converse::answer(&line, self.progress, turn);
+                            self.decoders[0].push(&answer, batch);
+                            bytes += answer.len();
+                            self.step_start = None;
+                            self.timer = None;
+                            continue;
+                        }
+                        deadline
+                    }
+                },
                 Some(Step::Sleep(duration)) => {
                     let start = *self.step_start.get_or_insert_with(Instant::now);
                     // Too far to represent: sleep forever.

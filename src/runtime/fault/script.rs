@@ -151,6 +151,18 @@ pub enum Step {
     Crash(String),
     /// Block until a signal or `remove` ends the process.
     Hang,
+    /// A stand-in for Claude Code with `--input-format stream-json`: each
+    /// line of its stdin (the run's own bytes, then each
+    /// [`write_input`](crate::runtime::Runtime::write_input)) is one turn,
+    /// answered `turn` after it was taken up, in order, with a stream-json
+    /// `assistant` line and a `result` line (`"answer <n>: <prompt>"`; a
+    /// line that is not a user message gets an error result). It waits for
+    /// more input while stdin is open, and goes on to the next step once
+    /// stdin is closed and read.
+    Converse {
+        /// How long each turn takes.
+        turn: Duration,
+    },
     /// Panic inside `poll_next` with this message.
     Panic(String),
 }
@@ -296,6 +308,14 @@ impl RunScript {
     #[must_use]
     pub fn hang(self) -> Self {
         self.step(Step::Hang)
+    }
+
+    /// Answer each stream-json user message on stdin like Claude Code
+    /// with `--input-format stream-json`, each turn taking `turn` (see
+    /// [`Step::Converse`]).
+    #[must_use]
+    pub fn converse(self, turn: Duration) -> Self {
+        self.step(Step::Converse { turn })
     }
 
     /// Panic inside `poll_next` with `message`. The container stays live

@@ -1,0 +1,234 @@
+//! One long-lived agent per run (`agentInput: "stream-json"`), over
+//! `FaultRuntime`'s stand-in for Claude Code (`RunScript::converse`, which
+//! prints what Claude Code prints for each stream-json user message):
+//! follow-ups written to the open stdin of the one agent process, turns
+//! tracked by their ids, `idle` and the keep-alive, resumes from the
+//! dispatcher answered from the run's log.
+
+mod support;
+
+use std::time::Duration;
+
+use cldpd::runtime::{FaultRuntime, RunScript, StopSignal};
+use cldpd::{Dispatcher, Error, EventKind, SessionState, StartRequest};
+use support::fault::*;
+
+const LIVE: &str = r#"{"agentInput": "stream-json", "keepAliveSecs": 60, "stopGraceSecs": 5}"#;
+
+fn converse(turn_ms: u64) -> RunScript {
+    RunScript::new().converse(Duration::from_millis(turn_ms))
+}
+
+/// The result texts of a run's `agent_result` events, in order.
+fn results(seen: &Seen) -> Vec<String> {
+    seen.all
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::AgentResult { result, .. } => result.clone(),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn wait_idle(s: &cldpd::Session, turns: u32) {
+    wait_state(
+        s,
+        20,
+        "idle",
+        |st| matches!(st, SessionState::Idle { turns: t, .. } if *t >= turns),
+    )
+    .await;
+}
+
+#[actix::test]
+async fn follow_ups_reach_the_one_live_agent_in_order_and_it_goes_idle_between() {
+    let dirs = Dirs::new(&[("web", Some(LIVE))]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", converse(30));
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let s = d.start(StartRequest::prompt("web", "first")).await.unwrap();
+    wait_idle(&s, 1).await;
+    assert!(s.is_idle());
+    // Two while idle, back to back: the second is queued behind the first.
+    let a = s.send("second").await.unwrap();
+    let b = s.send("third").await.unwrap();
+    assert_ne!(a, b);
+    assert!(!s.is_idle(), "a follow-up wakes the agent at once");
+    wait_idle(&s, 3).await;
+    let c = s.send("fourth").await.unwrap();
+    wait_idle(&s, 4).await;
+    // One container, one agent process: no exec, no second run.
+    assert_eq!(rt.run_count("web"), 1);
+    assert!(rt.execs().is_empty());
+    let stdins = rt.stdins();
+    assert_eq!(stdins.len(), 4, "{stdins:?}");
+    assert!(stdins[0].1.keeps_open());
+    let code = within(20, "stop", s.stop(None)).await.unwrap();
+    assert_eq!(code, 143);
+    let seen = collect(&s).await;
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+    assert!(seen
+        .all
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::Output { line, .. } if line.contains(&c))));
+    let template_free = results(&seen)
+        .into_iter()
+        .map(|r| r.split(": ").nth(1).unwrap_or_default().to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(template_free[1..], ["second", "third", "fourth"]);
+    let idles = seen
+        .all
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Idle { .. }))
+        .count();
+    assert_eq!(idles, 3, "idle after turn 1, after turns 2+3, after turn 4");
+    assert!(rt.running().is_empty());
+}
+
+#[actix::test]
+async fn without_keep_alive_the_run_ends_once_the_first_prompt_is_answered() {
+    let dirs = Dirs::new(&[("web", Some(r#"{"agentInput": "stream-json"}"#))]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", converse(10));
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let s = d.start(StartRequest::prompt("web", "only")).await.unwrap();
+    // Ended by cldpd (TERM), reported by the answer: exit 0.
+    assert_eq!(within(20, "the end", s.wait()).await.unwrap(), 0);
+    let seen = collect(&s).await;
+    assert_flow(
+        &seen.flow,
+        &[
+            "queued?",
+            "build_started",
+            "build_output*",
+            "build_complete",
+            "container_started",
+            "output",
+            "agent_turn",
+            "output",
+            "agent_prompt",
+            "output",
+            "agent_text",
+            "output",
+            "agent_result",
+            "output",
+            "agent_turn",
+            "idle",
+            "container_exited",
+        ],
+    );
+    let name = &rt.runs()[0].container;
+    assert_eq!(rt.signals(name), [StopSignal::Term]);
+    assert!(rt.running().is_empty());
+}
+
+#[actix::test]
+async fn the_keep_alive_runs_out_and_a_follow_up_before_that_resets_it() {
+    let dirs = Dirs::new(&[(
+        "web",
+        Some(r#"{"agentInput": "stream-json", "keepAliveSecs": 0.3}"#),
+    )]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", converse(0));
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let s = d.start(StartRequest::prompt("web", "one")).await.unwrap();
+    wait_idle(&s, 1).await;
+    s.send("two").await.unwrap();
+    wait_idle(&s, 2).await;
+    assert_eq!(within(20, "the end", s.wait()).await.unwrap(), 0);
+    let seen = collect(&s).await;
+    assert_eq!(results(&seen).len(), 2);
+    // A run that has ended takes no follow-up.
+    assert!(matches!(
+        s.send("three").await,
+        Err(Error::SessionNotFound { .. } | Error::InputUnavailable { .. })
+    ));
+}
+
+#[actix::test]
+async fn an_error_result_fails_the_run_when_it_ends() {
+    let dirs = Dirs::new(&[("web", Some(r#"{"agentInput": "stream-json"}"#))]);
+    let rt = FaultRuntime::new();
+    // An agent that answers with an error result, then waits.
+    let failing = r#"{"type":"result","subtype":"success","is_error":true,"num_turns":1,"api_error_status":529,"result":"API Error: 529 overloaded"}"#;
+    rt.script_pod(
+        "web",
+        RunScript::new()
+            .bytes(cldpd::OutputStream::Stdout, format!("{failing}\n"))
+            .hang(),
+    );
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    // Without lifecycle lines (an older agent) the turn is not tracked: the
+    // run waits for the agent; a stop ends it with the result's error.
+    wait_running(&s).await;
+    let _ = within(20, "stop", s.stop(Some(Duration::ZERO))).await;
+    match s.wait().await {
+        Err(e @ Error::AgentFailed { .. }) => assert_eq!(e.code(), "api_error"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[actix::test]
+async fn a_text_agent_takes_no_follow_ups_on_stdin() {
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", RunScript::new().hang());
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let s = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    wait_running(&s).await;
+    match s.send("more").await {
+        Err(e @ Error::InputUnavailable { .. }) => {
+            assert_eq!(e.code(), "input_unavailable");
+            assert!(e.hint().unwrap().contains("stream-json"));
+        }
+        other => panic!("{other:?}"),
+    }
+    within(20, "shutdown", d.shutdown(Some(Duration::ZERO)))
+        .await
+        .unwrap();
+}
+
+#[actix::test]
+async fn resumes_are_written_to_the_live_agent_and_each_gets_its_own_answer() {
+    let dirs = Dirs::new(&[("web", Some(LIVE))]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", converse(50));
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let run = d.start(StartRequest::prompt("web", "first")).await.unwrap();
+    wait_idle(&run, 1).await;
+    // Two concurrent resumes, as from two terminals.
+    let (r1, r2) = tokio::join!(d.resume(run.id(), "alpha"), d.resume(run.id(), "beta"));
+    let (r1, r2) = (r1.unwrap(), r2.unwrap());
+    assert_eq!(within(20, "resume 1", r1.wait()).await.unwrap(), 0);
+    assert_eq!(within(20, "resume 2", r2.wait()).await.unwrap(), 0);
+    let (s1, s2) = (collect(&r1).await, collect(&r2).await);
+    assert!(s1.problems.is_empty() && s2.problems.is_empty());
+    let (a1, a2) = (results(&s1), results(&s2));
+    assert_eq!(a1.len(), 1, "{a1:?}");
+    assert_eq!(a2.len(), 1, "{a2:?}");
+    assert!(a1[0].ends_with(": alpha"), "{a1:?}");
+    assert!(a2[0].ends_with(": beta"), "{a2:?}");
+    assert_flow(
+        &s1.flow,
+        &[
+            "container_started",
+            "output",
+            "agent_prompt",
+            "output",
+            "agent_text",
+            "output",
+            "agent_result",
+            "output",
+            "agent_turn",
+            "container_exited",
+        ],
+    );
+    // Still one agent: no exec; the run answered both and is idle again.
+    assert!(rt.execs().is_empty());
+    wait_idle(&run, 3).await;
+    within(20, "shutdown", d.shutdown(Some(Duration::ZERO)))
+        .await
+        .unwrap();
+    assert!(rt.running().is_empty());
+}
