@@ -15,6 +15,7 @@ pub mod pod;
 pub mod runtime;
 mod settings;
 pub mod state;
+pub mod workspace;
 
 pub use actors::fanout::{FanoutLimits, FanoutStats, Subscriber, SubscriptionId};
 pub use actors::supervisor::Policy;
