@@ -48,6 +48,118 @@ impl std::fmt::Display for TimeoutKind {
     }
 }
 
+/// What is wrong with a repository or a session workspace, in
+/// [`Error::Repo`]: see [`crate::workspace`]. Each kind has its own
+/// [`Error::code`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RepoProblem {
+    /// `repo_missing`: the path does not exist.
+    Missing,
+    /// `repo_not_git`: the path is not the top level of a git repository
+    /// (not a directory, no repository at all, or a directory inside one).
+    NotGit {
+        /// What it is instead, e.g. "not a git repository" or "inside the
+        /// work tree of /src/app, not its top level".
+        reason: String,
+    },
+    /// `repo_dirty`: the working tree has staged, unstaged or untracked
+    /// (not ignored) changes.
+    Dirty {
+        /// Up to five of the offending paths, as git names them.
+        paths: Vec<String>,
+        /// How many paths are dirty in all.
+        total: usize,
+    },
+    /// `repo_ref_missing`: the ref does not name a commit of the repository.
+    RefMissing {
+        /// The ref asked for.
+        reference: String,
+    },
+    /// `repo_branch_checked_out`: the session's branch is checked out in a
+    /// work tree of the repository, so cldpd will not move it.
+    BranchCheckedOut {
+        /// The branch (`cldpd/<session>`).
+        branch: String,
+        /// The work tree it is checked out in.
+        worktree: PathBuf,
+    },
+    /// `workspace_not_empty`: the directory meant for a new workspace
+    /// already holds files.
+    NotEmpty,
+    /// `workspace_untrusted`: the session's workspace (written by the
+    /// container) has a `.git` that cldpd will not run git on, e.g. one
+    /// holding symbolic links.
+    Untrusted {
+        /// What was found.
+        reason: String,
+    },
+    /// `workspace_wrong_branch`: the workspace's HEAD is no longer on the
+    /// session's branch, so its changes would not come back with it.
+    WrongBranch {
+        /// The session's branch.
+        branch: String,
+        /// Where HEAD is instead (a branch name or "a detached HEAD").
+        head: String,
+    },
+    /// `git_missing`: the `git` program could not be run.
+    GitMissing {
+        /// The operating system's error.
+        message: String,
+    },
+    /// `git_failed`: git ran and failed.
+    GitFailed {
+        /// The git command (`git fetch`, ...), without its arguments.
+        command: String,
+        /// Git's own error output, trimmed.
+        message: String,
+    },
+}
+
+impl std::fmt::Display for RepoProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RepoProblem::Missing => f.write_str("does not exist"),
+            RepoProblem::NotGit { reason } => f.write_str(reason),
+            RepoProblem::Dirty { paths, total } => {
+                write!(f, "has uncommitted changes: {}", paths.join(", "))?;
+                if *total > paths.len() {
+                    write!(f, " and {} more", total - paths.len())?;
+                }
+                Ok(())
+            }
+            RepoProblem::RefMissing { reference } => {
+                write!(f, "has no commit named `{reference}`")
+            }
+            RepoProblem::BranchCheckedOut { branch, worktree } => write!(
+                f,
+                "branch {branch} is checked out in {}, so cldpd will not update it",
+                worktree.display()
+            ),
+            RepoProblem::NotEmpty => {
+                f.write_str("is not empty, so it cannot become a new workspace")
+            }
+            RepoProblem::Untrusted { reason } => {
+                write!(f, "is not a workspace cldpd runs git on: {reason}")
+            }
+            RepoProblem::WrongBranch { branch, head } => write!(
+                f,
+                "is on {head}, not on branch {branch}, so its work was not taken"
+            ),
+            RepoProblem::GitMissing { message } => {
+                write!(f, "the `git` program could not be run: {message}")
+            }
+            RepoProblem::GitFailed { command, message } => {
+                write!(f, "`{command}` failed")?;
+                if !message.is_empty() {
+                    write!(f, ": {message}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Everything that can go wrong in cldpd.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -324,6 +436,21 @@ pub enum Error {
         /// Why.
         source: Box<Error>,
     },
+    // ----- repositories and workspaces ------------------------------------
+    /// A pod's repository or a session's workspace cannot be used, or git
+    /// failed on it ([`crate::workspace`]). The code depends on the
+    /// [`RepoProblem`]: `repo_missing`, `repo_not_git`, `repo_dirty`,
+    /// `repo_ref_missing`, `repo_branch_checked_out`, `workspace_not_empty`,
+    /// `workspace_untrusted`, `workspace_wrong_branch`, `git_missing`,
+    /// `git_failed`.
+    #[error("{}: {problem}", path.display())]
+    Repo {
+        /// The repository or workspace.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: RepoProblem,
+    },
+
     /// The dispatcher is shutting down and takes no new runs.
     #[error("the dispatcher is shutting down")]
     ShuttingDown,
@@ -342,6 +469,38 @@ pub enum Error {
         /// Description (panic message included).
         message: String,
     },
+}
+
+fn repo_hint(path: &std::path::Path, problem: &RepoProblem) -> String {
+    match problem {
+        RepoProblem::Missing => {
+            "check the path in pod.json's repo field (a directory on this host; `~` is expanded)"
+                .to_string()
+        }
+        RepoProblem::NotGit { .. } => {
+            "point pod.json's repo.path at the top level of a git repository (the directory holding .git), or run `git init` there".to_string()
+        }
+        RepoProblem::Dirty { .. } => format!(
+            "commit or stash your changes (`git -C {} stash -u` includes untracked files), or ignore build output in .gitignore; a session starts only from a clean tree so that its branch holds only the agent's work",
+            path.display()
+        ),
+        RepoProblem::RefMissing { .. } => format!(
+            "check repo.ref in pod.json: a branch, tag or commit of that repository (`git -C {} branch -a` lists the branches)",
+            path.display()
+        ),
+        RepoProblem::BranchCheckedOut { worktree, .. } => format!(
+            "switch {} to another branch (`git switch -`), then take the session's work again",
+            worktree.display()
+        ),
+        RepoProblem::NotEmpty => "give the new workspace an empty or absent directory".to_string(),
+        RepoProblem::Untrusted { .. } | RepoProblem::WrongBranch { .. } => {
+            "the agent changed the workspace's git setup; its files are still in the session's workspace, inspect them there by hand".to_string()
+        }
+        RepoProblem::GitMissing { .. } => {
+            "install git; cldpd runs the `git` program found on PATH".to_string()
+        }
+        RepoProblem::GitFailed { .. } => "git's own message above says what went wrong".to_string(),
+    }
 }
 
 fn tail_text(tail: &[String]) -> String {
@@ -401,6 +560,18 @@ impl Error {
             Error::Log { .. } => "log",
             Error::BatchFile { .. } => "batch_file",
             Error::BatchJob { .. } => "batch_job",
+            Error::Repo { problem, .. } => match problem {
+                RepoProblem::Missing => "repo_missing",
+                RepoProblem::NotGit { .. } => "repo_not_git",
+                RepoProblem::Dirty { .. } => "repo_dirty",
+                RepoProblem::RefMissing { .. } => "repo_ref_missing",
+                RepoProblem::BranchCheckedOut { .. } => "repo_branch_checked_out",
+                RepoProblem::NotEmpty => "workspace_not_empty",
+                RepoProblem::Untrusted { .. } => "workspace_untrusted",
+                RepoProblem::WrongBranch { .. } => "workspace_wrong_branch",
+                RepoProblem::GitMissing { .. } => "git_missing",
+                RepoProblem::GitFailed { .. } => "git_failed",
+            },
             Error::ShuttingDown => "shutting_down",
             Error::Io { .. } => "io",
             Error::Internal { .. } => "internal",
@@ -482,6 +653,7 @@ impl Error {
             Error::BatchJob { source, .. } => {
                 return source.hint().map(|h| format!("{h} (the batch did not start)"))
             }
+            Error::Repo { path, problem } => repo_hint(path, problem),
             Error::Internal { .. } => "this is a bug in cldpd or its runtime backend; please report it".to_string(),
             Error::AgentFailed { subtype, api_error_status, .. } => match (subtype.as_str(), api_error_status) {
                 ("error_max_turns", _) => "raise maxTurns in pod.json, or split the task".to_string(),
@@ -526,6 +698,85 @@ mod tests {
             s.contains("cldpd-x") && s.contains("exit 1") && s.ends_with("boom"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn every_repo_problem_has_a_code_and_a_hint() {
+        let problems = [
+            (RepoProblem::Missing, "repo_missing"),
+            (
+                RepoProblem::NotGit {
+                    reason: "is not a git repository".into(),
+                },
+                "repo_not_git",
+            ),
+            (
+                RepoProblem::Dirty {
+                    paths: vec!["a".into(), "b".into()],
+                    total: 3,
+                },
+                "repo_dirty",
+            ),
+            (
+                RepoProblem::RefMissing {
+                    reference: "main".into(),
+                },
+                "repo_ref_missing",
+            ),
+            (
+                RepoProblem::BranchCheckedOut {
+                    branch: "cldpd/x".into(),
+                    worktree: "/w".into(),
+                },
+                "repo_branch_checked_out",
+            ),
+            (RepoProblem::NotEmpty, "workspace_not_empty"),
+            (
+                RepoProblem::Untrusted { reason: "r".into() },
+                "workspace_untrusted",
+            ),
+            (
+                RepoProblem::WrongBranch {
+                    branch: "cldpd/x".into(),
+                    head: "branch y".into(),
+                },
+                "workspace_wrong_branch",
+            ),
+            (
+                RepoProblem::GitMissing {
+                    message: "not found".into(),
+                },
+                "git_missing",
+            ),
+            (
+                RepoProblem::GitFailed {
+                    command: "git fetch".into(),
+                    message: "fatal: boom".into(),
+                },
+                "git_failed",
+            ),
+        ];
+        for (problem, code) in problems {
+            let e = Error::Repo {
+                path: "/src/app".into(),
+                problem,
+            };
+            assert_eq!(e.code(), code);
+            assert!(e.to_string().starts_with("/src/app: "), "{e}");
+            assert!(e.hint().is_some(), "{code}");
+        }
+        let dirty = Error::Repo {
+            path: "/src/app".into(),
+            problem: RepoProblem::Dirty {
+                paths: vec!["a".into(), "b".into()],
+                total: 3,
+            },
+        };
+        assert_eq!(
+            dirty.to_string(),
+            "/src/app: has uncommitted changes: a, b and 1 more"
+        );
+        assert!(dirty.hint().unwrap().contains("commit or stash"));
     }
 
     #[test]

@@ -15,11 +15,12 @@ pub mod pod;
 pub mod runtime;
 mod settings;
 pub mod state;
+pub mod workspace;
 
 pub use actors::fanout::{FanoutLimits, FanoutStats, Subscriber, SubscriptionId};
 pub use actors::supervisor::Policy;
 pub use actors::{DispatcherActor, RunnerActor, SessionActor};
-pub use error::{Error, Result, TimeoutKind};
+pub use error::{Error, RepoProblem, Result, TimeoutKind};
 pub use event::{Event, EventData, EventKind, OutputStream};
 pub use facade::{Dispatcher, EventStream, Session, EVENT_STREAM_CAPACITY};
 /// `next()` and the other combinators of [`Session::events`] and
