@@ -584,3 +584,206 @@ fn the_offline_demo_script_shows_a_real_agent_loop() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"));
 }
+
+/// Follow a session's state until `pred` holds (bounded).
+async fn wait_for_state(
+    s: &cldpd::Session,
+    secs: u64,
+    what: &str,
+    pred: impl FnMut(&cldpd::SessionState) -> bool,
+) {
+    let mut st = s.info().state.clone();
+    within(secs, what, st.wait_for(pred))
+        .await
+        .expect("the session's state");
+}
+
+fn idle_after(turns: u32) -> impl FnMut(&cldpd::SessionState) -> bool {
+    move |st| matches!(st, cldpd::SessionState::Idle { turns: t, .. } if *t >= turns)
+}
+
+/// The processes of a container whose command is `claude` (not the
+/// `docker-init -- claude …` in front of it), from `docker top`.
+fn claude_processes(container: &str) -> usize {
+    let out = std::process::Command::new("docker")
+        .args(["top", container, "-eo", "pid,args"])
+        .output()
+        .expect("docker top");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let n = text
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|p| p == "claude" || p.ends_with("/claude"))
+        })
+        .count();
+    assert!(
+        n > 0,
+        "no claude process in `docker top`: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    n
+}
+
+fn results_in(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::AgentResult { result, .. } => Some(result.clone().unwrap_or_default()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn prompts_in(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::AgentPrompt { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[actix::test]
+async fn one_live_agent_answers_three_follow_ups_in_order() {
+    if !require_docker() {
+        return;
+    }
+    // The first turn is slow, so that the first follow-up arrives while
+    // the agent works (Claude Code queues it as the next turn).
+    let server = ModelServer::start(
+        Script::new([
+            Turn::text("answer one").delay_ms(1500),
+            Turn::text("answer two"),
+            Turn::text("answer three"),
+            Turn::text("answer four"),
+        ]),
+        0,
+    )
+    .unwrap();
+    let pod = ClaudePod::new(
+        &server.url(),
+        r#""agentInput": "stream-json", "keepAliveSecs": 120"#,
+    );
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "task MARKER-0"))
+        .await
+        .unwrap();
+    wait_for_state(&s, 180, "the agent's start", |st| {
+        matches!(st, cldpd::SessionState::Running { .. })
+    })
+    .await;
+    s.send("follow-up MARKER-1").await.unwrap();
+    wait_for_state(&s, 120, "two answers", idle_after(2)).await;
+    let container = pod.containers().pop().expect("the run's container");
+    assert_eq!(claude_processes(&container), 1, "one agent process");
+    s.send("follow-up MARKER-2").await.unwrap();
+    wait_for_state(&s, 120, "three answers", idle_after(3)).await;
+    s.send("follow-up MARKER-3").await.unwrap();
+    wait_for_state(&s, 120, "four answers", idle_after(4)).await;
+    assert_eq!(claude_processes(&container), 1, "still one agent process");
+    assert_eq!(pod.containers(), [container.clone()], "one container");
+    // The run ends with the last answer's status.
+    within(60, "the stop", s.stop(Some(Duration::from_secs(10))))
+        .await
+        .unwrap();
+    let events: Vec<Event> = within(60, "the events", s.events().collect()).await;
+    gapless(&events);
+    assert_eq!(
+        results_in(&events),
+        ["answer one", "answer two", "answer three", "answer four"],
+        "{}",
+        output_lines(&events)
+    );
+    let prompts = prompts_in(&events);
+    assert_eq!(prompts.len(), 4, "{prompts:?}");
+    for (i, p) in prompts.iter().enumerate() {
+        assert!(p.contains(&format!("MARKER-{i}")), "{prompts:?}");
+    }
+    // One conversation, growing: request k carries every earlier prompt.
+    let reqs = server.message_requests();
+    assert_eq!(reqs.len(), 4, "one request a turn");
+    for (k, r) in reqs.iter().enumerate() {
+        assert_eq!(r.conversation, reqs[0].conversation);
+        for i in 0..=k {
+            assert!(
+                r.body.contains(&format!("MARKER-{i}")),
+                "request {k} lacks prompt {i}"
+            );
+        }
+    }
+    assert!(pod.containers().is_empty());
+}
+
+#[actix::test]
+async fn two_concurrent_resumes_from_another_process_are_both_answered() {
+    if !require_docker() {
+        return;
+    }
+    let server = ModelServer::start(
+        Script::new([
+            Turn::text("answer one"),
+            Turn::text("answer two").delay_ms(500),
+            Turn::text("answer three"),
+        ]),
+        0,
+    )
+    .unwrap();
+    let pod = ClaudePod::new(
+        &server.url(),
+        r#""agentInput": "stream-json", "keepAliveSecs": 120"#,
+    );
+    let state = tempfile::tempdir().unwrap();
+    let owner = dispatcher(&pod, &state);
+    let run = owner
+        .start(StartRequest::prompt(pod.name(), "task MARKER-0"))
+        .await
+        .unwrap();
+    wait_for_state(&run, 180, "the first answer", idle_after(1)).await;
+    // Another process: its own dispatcher, state directory and Engine API
+    // client, which reaches the agent by attaching to its stdin.
+    let other_state = tempfile::tempdir().unwrap();
+    let other = dispatcher(&pod, &other_state);
+    let (a, b) = tokio::join!(
+        other.resume(run.id(), "resume MARKER-A"),
+        other.resume(run.id(), "resume MARKER-B")
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let (ea, eb): (Vec<Event>, Vec<Event>) = tokio::join!(
+        within(120, "resume A", a.events().collect()),
+        within(120, "resume B", b.events().collect())
+    );
+    assert_eq!(a.wait().await.unwrap(), 0, "{}", output_lines(&ea));
+    assert_eq!(b.wait().await.unwrap(), 0, "{}", output_lines(&eb));
+    gapless(&ea);
+    gapless(&eb);
+    // Each resume saw its own prompt and the answer to it.
+    assert_eq!(prompts_in(&ea).len(), 1);
+    assert!(prompts_in(&ea)[0].contains("MARKER-A"));
+    assert!(prompts_in(&eb)[0].contains("MARKER-B"));
+    let (ra, rb) = (results_in(&ea), results_in(&eb));
+    assert_eq!((ra.len(), rb.len()), (1, 1), "{ra:?} {rb:?}");
+    wait_for_state(&run, 120, "both answered", idle_after(3)).await;
+    // The run's own log: the turns in the order they were sent, each
+    // answered in that order.
+    within(60, "the stop", run.stop(Some(Duration::from_secs(10))))
+        .await
+        .unwrap();
+    let events: Vec<Event> = within(60, "the events", run.events().collect()).await;
+    let prompts = prompts_in(&events);
+    let results = results_in(&events);
+    assert_eq!(results, ["answer one", "answer two", "answer three"]);
+    let a_first = prompts[1].contains("MARKER-A");
+    let (first, second) = if a_first { (&ra, &rb) } else { (&rb, &ra) };
+    assert_eq!(first[0], "answer two", "{prompts:?}");
+    assert_eq!(second[0], "answer three", "{prompts:?}");
+    // One agent process answered all: no exec, no second conversation.
+    let reqs = server.message_requests();
+    assert_eq!(reqs.len(), 3);
+    assert!(reqs.iter().all(|r| r.conversation == reqs[0].conversation));
+    assert!(pod.containers().is_empty());
+}

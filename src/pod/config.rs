@@ -1123,7 +1123,10 @@ mod tests {
             crate::agent::AgentInput::StreamJson
         );
         assert_eq!(live.config.keep_alive(), Duration::from_millis(1500));
-        assert_eq!(defaults.config.agent_input(), crate::agent::AgentInput::Text);
+        assert_eq!(
+            defaults.config.agent_input(),
+            crate::agent::AgentInput::Text
+        );
         assert_eq!(defaults.config.keep_alive(), Duration::ZERO);
         for ok in [
             "acme/web",
