@@ -241,6 +241,17 @@ pub enum EventKind {
         /// How long it waits.
         keep_alive_ms: u64,
     },
+    /// The session's work came back into its repository (pod.json `repo`)
+    /// as a branch: sent once the run's container has ended, right before
+    /// the terminal event.
+    Branch {
+        /// `cldpd/<session>`.
+        name: String,
+        /// The commit it points at.
+        head: String,
+        /// Commits on it that the base has not.
+        commits: usize,
+    },
     /// Terminal: the container exited with this code.
     ContainerExited {
         /// Exit code (128 + n when killed by signal n).
@@ -327,6 +338,7 @@ impl EventKind {
             EventKind::AgentPrompt { .. } => "agent_prompt",
             EventKind::AgentTurn { .. } => "agent_turn",
             EventKind::Idle { .. } => "idle",
+            EventKind::Branch { .. } => "branch",
             EventKind::ContainerExited { .. } => "container_exited",
             EventKind::Error { .. } => "error",
         }
@@ -472,6 +484,15 @@ impl Serialize for EventData {
             } => {
                 m.serialize_entry("turns", turns)?;
                 m.serialize_entry("keep_alive_ms", keep_alive_ms)?;
+            }
+            EventKind::Branch {
+                name,
+                head,
+                commits,
+            } => {
+                m.serialize_entry("name", name)?;
+                m.serialize_entry("head", head)?;
+                m.serialize_entry("commits", commits)?;
             }
             EventKind::ContainerExited { code } => m.serialize_entry("code", code)?,
             EventKind::Error { code, message } => {

@@ -121,6 +121,41 @@ impl Dispatcher {
         Ok(Session { info })
     }
 
+    /// The sessions with storage of their own, live or ended (see
+    /// [`ListStored`]): what `resume` can still continue.
+    pub async fn stored(&self) -> Result<Vec<StoredInfo>> {
+        self.addr.send(ListStored).await.map_err(gone)?
+    }
+
+    /// Remove an ended session's storage and logs (see [`RemoveStored`]).
+    pub async fn remove_stored(&self, session: impl Into<String>) -> Result<StoredInfo> {
+        self.addr
+            .send(RemoveStored {
+                session: session.into(),
+            })
+            .await
+            .map_err(gone)?
+    }
+
+    /// Remove the sessions ended more than `older_than` ago (see
+    /// [`PruneStored`]).
+    pub async fn prune_stored(&self, older_than: Duration) -> Result<Vec<StoredInfo>> {
+        self.addr
+            .send(PruneStored { older_than })
+            .await
+            .map_err(gone)?
+    }
+
+    /// A session's changes to its repository as a patch (see [`Diff`]).
+    pub async fn diff(&self, session: impl Into<String>) -> Result<Vec<u8>> {
+        self.addr
+            .send(Diff {
+                session: session.into(),
+            })
+            .await
+            .map_err(gone)?
+    }
+
     /// Stop a run of this or another process (see [`Stop`]).
     pub async fn stop(
         &self,

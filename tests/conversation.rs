@@ -232,3 +232,144 @@ async fn resumes_are_written_to_the_live_agent_and_each_gets_its_own_answer() {
         .unwrap();
     assert!(rt.running().is_empty());
 }
+
+fn arg_after<'a>(command: &'a [String], flag: &str) -> Option<&'a str> {
+    let i = command.iter().position(|a| a == flag)?;
+    command.get(i + 1).map(String::as_str)
+}
+
+#[actix::test]
+async fn an_ended_session_is_resumed_on_its_own_storage_and_conversation() {
+    let dirs = Dirs::new(&[("web", Some(r#"{"agentInput": "stream-json"}"#))]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", converse(0));
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let first = d.start(StartRequest::prompt("web", "one")).await.unwrap();
+    assert_eq!(within(20, "the first run", first.wait()).await.unwrap(), 0);
+    let stored = d.stored().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    let meta = &stored[0].meta;
+    assert!(!stored[0].live);
+    assert_eq!(meta.session, first.id());
+    assert_eq!(meta.runs, [first.id().to_string()]);
+    assert_eq!(meta.outcome.as_deref(), Some("exited 0"));
+    assert!(meta.ended.is_some());
+    let run0 = rt.runs()[0].clone();
+    assert_eq!(
+        arg_after(&run0.command, "--session-id"),
+        Some(meta.conversation.as_str())
+    );
+    let dir = dirs.state().join("workspaces").join(first.id());
+    let sources: Vec<_> = run0
+        .mounts
+        .iter()
+        .map(|m| (m.source.clone(), m.target.clone()))
+        .collect();
+    assert!(
+        sources.contains(&(dir.join("work"), "/workspace".to_string())),
+        "{sources:?}"
+    );
+    assert!(
+        sources.contains(&(dir.join("agent"), "/cldpd-agent".to_string())),
+        "{sources:?}"
+    );
+    assert!(run0
+        .env
+        .iter()
+        .any(|(k, v)| k == "CLAUDE_CONFIG_DIR" && v.expose() == "/cldpd-agent"));
+    assert_eq!(run0.workdir.as_deref(), Some("/workspace"));
+
+    // Its container is gone: a resume starts a new one on the same storage.
+    let second = d.resume(first.id(), "two").await.unwrap();
+    assert_ne!(second.id(), first.id());
+    assert_eq!(
+        within(20, "the resumed run", second.wait()).await.unwrap(),
+        0
+    );
+    let run1 = rt.runs()[1].clone();
+    assert_eq!(
+        arg_after(&run1.command, "--resume"),
+        Some(meta.conversation.as_str())
+    );
+    assert!(!run1.command.iter().any(|a| a == "--session-id"));
+    let m1: Vec<_> = run1.mounts.iter().map(|m| m.source.clone()).collect();
+    let m0: Vec<_> = run0.mounts.iter().map(|m| m.source.clone()).collect();
+    assert_eq!(m0, m1);
+    let resumed = String::from_utf8_lossy(rt.stdins()[1].1.bytes()).into_owned();
+    assert!(
+        resumed.contains("\"two\""),
+        "the follow-up alone, no template: {resumed}"
+    );
+    let seen = collect(&second).await;
+    assert_eq!(results(&seen), ["answer 1: two"]);
+    let stored = d.stored().await.unwrap();
+    assert_eq!(
+        stored[0].meta.runs,
+        [first.id().to_string(), second.id().to_string()]
+    );
+
+    // rm removes the storage and the logs of both runs, once.
+    let removed = d.remove_stored(first.id()).await.unwrap();
+    assert_eq!(removed.meta.session, first.id());
+    assert!(!dir.exists());
+    assert!(!log_of(&dirs, first.id()).exists());
+    assert!(!log_of(&dirs, second.id()).exists());
+    assert!(matches!(
+        d.remove_stored(first.id()).await,
+        Err(Error::SessionNotFound { .. })
+    ));
+    assert!(matches!(
+        d.resume(first.id(), "three").await,
+        Err(Error::SessionNotFound { .. })
+    ));
+}
+
+#[actix::test]
+async fn concurrent_sessions_never_share_storage_and_live_ones_are_never_removed() {
+    let dirs = Dirs::new(&[("web", Some(LIVE))]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", converse(0));
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let mut sessions = Vec::new();
+    for i in 0..10 {
+        sessions.push(
+            d.start(StartRequest::prompt("web", format!("task {i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    for s in &sessions {
+        wait_idle(s, 1).await;
+    }
+    let agent_dirs: std::collections::HashSet<_> = rt
+        .runs()
+        .iter()
+        .flat_map(|r| r.mounts.iter())
+        .filter(|m| m.target == "/cldpd-agent")
+        .map(|m| m.source.clone())
+        .collect();
+    assert_eq!(agent_dirs.len(), 10, "ten distinct agent state directories");
+    let stored = d.stored().await.unwrap();
+    assert_eq!(stored.len(), 10);
+    assert!(stored.iter().all(|s| s.live));
+    assert!(matches!(
+        d.remove_stored(sessions[0].id()).await,
+        Err(Error::InvalidOption { .. })
+    ));
+    assert!(d.prune_stored(Duration::ZERO).await.unwrap().is_empty());
+    assert_eq!(d.stored().await.unwrap().len(), 10);
+    // Stop one: only that one can go.
+    within(20, "stop", sessions[0].stop(None)).await.unwrap();
+    let pruned = d.prune_stored(Duration::from_secs(3600)).await.unwrap();
+    assert!(pruned.is_empty(), "ended just now: younger than an hour");
+    let pruned = d.prune_stored(Duration::ZERO).await.unwrap();
+    assert_eq!(pruned.len(), 1);
+    assert_eq!(pruned[0].meta.session, sessions[0].id());
+    // Every other one is still resumable: follow-ups reach its live agent.
+    let r = d.resume(sessions[5].id(), "more").await.unwrap();
+    assert_eq!(within(20, "resume", r.wait()).await.unwrap(), 0);
+    within(20, "shutdown", d.shutdown(Some(Duration::ZERO)))
+        .await
+        .unwrap();
+    assert!(rt.running().is_empty());
+}

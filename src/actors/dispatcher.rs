@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use crate::actors::build::{self, Builds, Join};
 use crate::actors::fanout::{self, Hub};
 use crate::actors::runner::Job;
-use crate::actors::session::{Plan, RunTemplate, SessionActor, StartPlan};
+use crate::actors::session::{Persistent, Plan, RunTemplate, SessionActor, StartPlan};
 use crate::actors::supervisor::{guard, guarded, guarded_stream, stops, Policy};
 use crate::agent::follow_up::FollowUpSpec;
 use crate::agent::{AgentInput, AgentOutput};
@@ -50,6 +50,7 @@ use crate::state::StateStore;
 const ADOPTED_POLL: Duration = Duration::from_secs(2);
 
 mod pod_cache;
+mod stored;
 
 use pod_cache::PodCache;
 
@@ -225,6 +226,7 @@ impl DispatcherActor {
             mounts,
             issue,
             prompt,
+            persistent: None,
         }));
         Ok((pod, plan, policy))
     }
@@ -893,14 +895,66 @@ impl Handler<Start> for DispatcherActor {
             Ok(planned) => planned,
             Err(e) => return Box::pin(actix::fut::ready(Err(e))),
         };
+        // A long-lived agent's session gets storage of its own (and its
+        // repository checked) before anything is created.
+        let storage = match storage_plan(&pod, &plan) {
+            Ok(s) => s,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e))),
+        };
+        let checked = async move {
+            match storage {
+                Some(mut s) => {
+                    if let Some(spec) = s.repo_spec.take() {
+                        let source = tokio::task::spawn_blocking(move || {
+                            crate::workspace::check_source(&spec)
+                        })
+                        .await
+                        .map_err(|e| Error::internal(format!("checking the repository: {e}")))??;
+                        s.source = Some(source);
+                    }
+                    Ok(Some(s))
+                }
+                None => Ok(None),
+            }
+        };
         // The log file is made on the state thread; the run is registered
         // when it exists.
         let made = self.new_session(&pod.name);
+        let state_dir = self.settings.state_dir.clone();
+        let meta_pod = pod.clone();
+        let issue = match &plan {
+            Plan::Start(sp) => sp.issue.clone(),
+            Plan::Resume { .. } => None,
+        };
+        let prepared = async move {
+            let storage = checked.await?;
+            let (id, log) = made.await?;
+            let persistent = match storage {
+                Some(s) => {
+                    let id2 = id.clone();
+                    Some(
+                        tokio::task::spawn_blocking(move || {
+                            s.create(&state_dir, &id2, &meta_pod, issue)
+                        })
+                        .await
+                        .map_err(|e| {
+                            Error::internal(format!("making the session's storage: {e}"))
+                        })??,
+                    )
+                }
+                None => None,
+            };
+            Ok::<_, Error>((id, log, persistent))
+        };
+        let mut plan = plan;
         Box::pin(
-            actix::fut::wrap_future(made).map(move |made, act: &mut Self, ctx| {
-                let (id, log) = made?;
+            actix::fut::wrap_future(prepared).map(move |made, act: &mut Self, ctx| {
+                let (id, log, persistent) = made?;
                 if act.shutting_down {
                     return Err(Error::ShuttingDown);
+                }
+                if let (Plan::Start(sp), Some(p)) = (&mut plan, persistent) {
+                    sp.persistent = Some(Arc::new(p));
                 }
                 let image = pod.image();
                 let info = act.spawn_session(
@@ -918,6 +972,187 @@ impl Handler<Start> for DispatcherActor {
                 Ok(info)
             }),
         )
+    }
+}
+
+/// What a long-lived agent's session needs of its storage, worked out
+/// from the pod before anything is made.
+struct StoragePlan {
+    workdir: String,
+    mount_work: bool,
+    repo_spec: Option<crate::workspace::RepoSpec>,
+    source: Option<crate::workspace::Source>,
+}
+
+/// `None` for a run that needs no storage (its agent is not long-lived).
+fn storage_plan(pod: &Pod, plan: &Plan) -> Result<Option<StoragePlan>> {
+    let Plan::Start(sp) = plan else {
+        return Ok(None);
+    };
+    if sp.template.agent_input != AgentInput::StreamJson {
+        return Ok(None);
+    }
+    let workdir = pod
+        .config
+        .workdir
+        .clone()
+        .unwrap_or_else(|| crate::workspace::storage::DEFAULT_WORKDIR.to_string());
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    let mount_work = !sp.mounts.iter().any(|m| same(&m.target, &workdir));
+    let repo_spec = pod.repo()?;
+    if repo_spec.is_some() && !mount_work {
+        return Err(Error::PodConfig {
+            path: pod.config_path(),
+            field: Some("repo".into()),
+            message: format!(
+                "field `repo`: the pod mounts a directory of its own at its workdir `{workdir}`, where the repository's clone would go; remove that mount or the repo field"
+            ),
+        });
+    }
+    Ok(Some(StoragePlan {
+        workdir,
+        mount_work,
+        repo_spec,
+        source: None,
+    }))
+}
+
+impl StoragePlan {
+    /// Make the storage of session `id` (and clone the repository into
+    /// its workspace). Blocking.
+    fn create(
+        self,
+        state_dir: &std::path::Path,
+        id: &str,
+        pod: &Pod,
+        issue: Option<String>,
+    ) -> Result<Persistent> {
+        use crate::workspace::{storage, Storage, StoredRepo, StoredSession};
+        let store = Storage::of(state_dir, id);
+        let conversation = uuid::Uuid::new_v4().to_string();
+        store.create(&StoredSession {
+            session: id.to_string(),
+            pod: pod.name.clone(),
+            image: pod.image(),
+            conversation: conversation.clone(),
+            workdir: self.workdir.clone(),
+            issue: issue.clone(),
+            repo: None,
+            created: storage::now(),
+            runs: vec![id.to_string()],
+            ended: None,
+            outcome: None,
+            branch: None,
+        })?;
+        let repo = match &self.source {
+            Some(source) => {
+                let prepared = crate::workspace::prepare_workspace(source, id, &store.work());
+                let prepared = match prepared {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = store.remove();
+                        return Err(e);
+                    }
+                };
+                let repo = StoredRepo {
+                    source: source.path.clone(),
+                    reference: source.reference.clone(),
+                    base: prepared.base,
+                };
+                let r = repo.clone();
+                store.update(|m| m.repo = Some(r))?;
+                Some(repo)
+            }
+            None => None,
+        };
+        Ok(Persistent {
+            storage: store,
+            key: id.to_string(),
+            conversation,
+            resume: false,
+            workdir: self.workdir,
+            mount_work: self.mount_work,
+            repo,
+            issue,
+        })
+    }
+}
+
+/// What a `Resume` reaches: a live run, or the storage of one that ended
+/// (with the plan of its new run).
+enum ResumeTarget {
+    Live(Box<Match>, String),
+    Stored(
+        Box<(
+            crate::workspace::StoredSession,
+            (Arc<Pod>, Plan, Arc<Policy>),
+        )>,
+    ),
+}
+
+impl DispatcherActor {
+    /// The live run `target` names (a session id, a pod name, or the
+    /// session whose storage a resumed run uses), and its pod.
+    fn live_target(&self, target: &str, containers: &[ContainerInfo]) -> Result<(Match, String)> {
+        let m = match self.matches(target, containers) {
+            Ok(mut found) => found.remove(0),
+            Err(Error::SessionNotFound { .. }) => {
+                let resumed = containers
+                    .iter()
+                    .find(|c| c.is_running() && c.label(labels::STORAGE) == Some(target));
+                let Some(session) = resumed.and_then(|c| c.label(labels::SESSION)) else {
+                    return Err(Error::SessionNotFound {
+                        target: target.to_string(),
+                    });
+                };
+                self.matches(session, containers)?.remove(0)
+            }
+            Err(e) => return Err(e),
+        };
+        match (&m.container, &m.labels) {
+            (Some(_), Some(c)) if c.label(labels::CONVERSATION).is_some() => {
+                let pod = c.label(labels::POD).unwrap_or("resume").to_string();
+                Ok((m, pod))
+            }
+            _ => Err(Error::SessionNotFound {
+                target: target.to_string(),
+            }),
+        }
+    }
+
+    /// The plan of a new run on the storage of session `meta` (its
+    /// container has ended): the same pod, workspace and agent state, the
+    /// conversation continued (`--resume`) with `prompt` (no template).
+    fn plan_stored_resume(
+        &mut self,
+        meta: &crate::workspace::StoredSession,
+        prompt: &str,
+    ) -> Result<(Arc<Pod>, Plan, Arc<Policy>)> {
+        let req = StartRequest::prompt(meta.pod.clone(), prompt);
+        let (pod, mut plan, policy) = self.checked_plan(&req)?;
+        let layout = storage_plan(&pod, &plan)?.ok_or_else(|| Error::InputUnavailable {
+            target: meta.session.clone(),
+            message: format!(
+                "pod {} no longer runs a long-lived agent (agentInput is not stream-json)",
+                meta.pod
+            ),
+        })?;
+        let Plan::Start(sp) = &mut plan else {
+            return Err(Error::internal("a start plan was expected"));
+        };
+        sp.prompt = prompt.to_string();
+        sp.issue = meta.issue.clone();
+        sp.persistent = Some(Arc::new(Persistent {
+            storage: crate::workspace::Storage::of(&self.settings.state_dir, &meta.session),
+            key: meta.session.clone(),
+            conversation: meta.conversation.clone(),
+            resume: true,
+            workdir: meta.workdir.clone(),
+            mount_work: layout.mount_work,
+            repo: meta.repo.clone(),
+            issue: meta.issue.clone(),
+        }));
+        Ok((pod, plan, policy))
     }
 }
 
@@ -944,32 +1179,73 @@ impl Handler<Resume> for DispatcherActor {
         }
         let list = guarded("the runtime's list", self.runtime.list());
         let target = msg.target.clone();
+        let prompt = msg.prompt.clone();
         Box::pin(
             actix::fut::wrap_future(list)
                 .then(move |listed, act: &mut Self, _ctx| {
-                    // The run to resume first, then its new session's log.
+                    // The run to resume first (a live one, or the storage
+                    // of one that ended), then its new session's log.
                     let found = listed.and_then(|r| r).and_then(|containers| {
-                        let m = act.matches(&target, &containers)?.remove(0);
-                        match (&m.container, &m.labels) {
-                            (Some(_), Some(c)) if c.label(labels::CONVERSATION).is_some() => {
-                                let pod = c.label(labels::POD).unwrap_or("resume").to_string();
-                                Ok((m, pod))
+                        match act.live_target(&target, &containers) {
+                            Ok((m, pod)) => Ok(ResumeTarget::Live(Box::new(m), pod)),
+                            Err(Error::SessionNotFound { .. }) => {
+                                let store =
+                                    crate::workspace::Storage::of(&act.settings.state_dir, &target);
+                                if !store.exists() {
+                                    return Err(Error::SessionNotFound { target });
+                                }
+                                let meta = store.load()?;
+                                let planned = act.plan_stored_resume(&meta, &prompt)?;
+                                Ok(ResumeTarget::Stored(Box::new((meta, planned))))
                             }
-                            _ => Err(Error::SessionNotFound { target }),
+                            Err(e) => Err(e),
                         }
                     });
-                    let made = found.as_ref().ok().map(|(_, pod)| act.new_session(pod));
+                    let made = found.as_ref().ok().map(|t| {
+                        act.new_session(match t {
+                            ResumeTarget::Live(_, pod) => pod,
+                            ResumeTarget::Stored(s) => &s.0.pod,
+                        })
+                    });
                     actix::fut::wrap_future(async move {
-                        let (m, pod) = found?;
+                        let found = found?;
                         let made = made.expect("made when the run is found").await?;
-                        Ok::<_, Error>((m, pod, made))
+                        Ok::<_, Error>((found, made))
                     })
                 })
                 .map(move |found, act: &mut Self, ctx| {
-                    let (m, pod_name, (id, log)) = found?;
+                    let (found, (id, log)) = found?;
                     if act.shutting_down {
                         return Err(Error::ShuttingDown);
                     }
+                    let (m, pod_name) = match found {
+                        ResumeTarget::Live(m, pod) => (*m, pod),
+                        ResumeTarget::Stored(stored) => {
+                            let (meta, (pod, plan, policy)) = *stored;
+                            // A new container on the session's storage.
+                            let store = crate::workspace::Storage::of(
+                                &act.settings.state_dir,
+                                &meta.session,
+                            );
+                            let run = id.clone();
+                            tokio::task::spawn_blocking(move || {
+                                let _ = store.update(|m| m.runs.push(run));
+                            });
+                            let info = act.spawn_session(
+                                ctx,
+                                id.clone(),
+                                log,
+                                pod.name.clone(),
+                                pod.image(),
+                                plan,
+                                policy,
+                                msg.subscribers,
+                                None,
+                            );
+                            act.admit_or_queue(&id);
+                            return Ok(info);
+                        }
+                    };
                     let (Some(container), Some(c)) = (m.container, m.labels) else {
                         return Err(Error::SessionNotFound { target: msg.target });
                     };

@@ -38,7 +38,9 @@ use crate::runtime::{
 };
 
 mod conversation;
+mod storage;
 use conversation::Conversation;
+use storage::persist;
 
 /// What a session runs.
 #[derive(Debug, Clone)]
@@ -65,6 +67,25 @@ pub(crate) struct StartPlan {
     /// The issue URL, for the `cldpd.issue` label.
     pub(crate) issue: Option<String>,
     pub(crate) prompt: String,
+    /// Storage that outlives the container (a long-lived agent's).
+    pub(crate) persistent: Option<Arc<Persistent>>,
+}
+
+/// A run whose workspace and agent state outlive its container (see
+/// [`crate::workspace::storage`]).
+#[derive(Debug)]
+pub(crate) struct Persistent {
+    pub(crate) storage: crate::workspace::Storage,
+    /// The storage's session id (its first run's): names the branch.
+    pub(crate) key: String,
+    pub(crate) conversation: String,
+    /// Continue the conversation (`--resume`) instead of beginning it.
+    pub(crate) resume: bool,
+    pub(crate) workdir: String,
+    /// False when the pod mounts something of its own at the workdir.
+    pub(crate) mount_work: bool,
+    pub(crate) repo: Option<crate::workspace::StoredRepo>,
+    pub(crate) issue: Option<String>,
 }
 
 /// What every run of one pod under one dispatcher has in common (made
@@ -157,6 +178,8 @@ pub struct SessionActor {
     stop_marker: Option<Box<std::path::Path>>,
     /// A long-lived agent's conversation (boxed: only such runs have one).
     convo: Option<Box<Conversation>>,
+    /// Set once the work of a persistent session was saved (or that began).
+    harvested: bool,
 }
 
 impl SessionActor {
@@ -198,6 +221,7 @@ impl SessionActor {
             ended: None,
             stop_marker: None,
             convo: None,
+            harvested: false,
         }
     }
 
@@ -265,6 +289,7 @@ impl SessionActor {
                     mounts,
                     issue,
                     prompt,
+                    persistent,
                 } = &**plan;
                 let mut spec = template.run.clone();
                 if let Some(image) = &self.run_image {
@@ -273,7 +298,10 @@ impl SessionActor {
                 spec.session = self.id.to_string();
                 spec.env = env.clone();
                 spec.mounts = mounts.clone();
-                let conversation = uuid::Uuid::new_v4().to_string();
+                let conversation = match persistent {
+                    Some(p) => p.conversation.clone(),
+                    None => uuid::Uuid::new_v4().to_string(),
+                };
                 spec.container = if self.attempt == 0 {
                     self.id.to_string()
                 } else {
@@ -286,6 +314,18 @@ impl SessionActor {
                     &conversation,
                     &template.limits,
                 ));
+                if let Some(p) = persistent {
+                    // A resumed session, or a restart on the same storage:
+                    // the conversation goes on.
+                    if p.resume || self.attempt > 0 {
+                        for arg in &mut spec.command {
+                            if arg == "--session-id" {
+                                *arg = "--resume".into();
+                            }
+                        }
+                    }
+                    persist(&mut spec, p);
+                }
                 // The prompt goes on stdin, never in argv (128 KiB cap;
                 // a prompt that begins with `-` stays text).
                 spec.stdin = Some(match template.agent_input {
@@ -596,6 +636,9 @@ impl SessionActor {
     fn finish(&mut self, ending: Ending, cleanup: Option<String>, ctx: &mut Context<Self>) {
         if self.finished {
             return;
+        }
+        if self.harvest(&ending, &cleanup, ctx) {
+            return; // finishes once the work is saved
         }
         self.finished = true;
         self.phase = Phase::Ended;

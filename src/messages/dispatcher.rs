@@ -284,6 +284,53 @@ mod opt_time {
     }
 }
 
+/// The sessions that have storage of their own (a long-lived agent's:
+/// workspace, agent state, `session.json`; see
+/// [`crate::workspace::storage`]), live or ended, oldest first.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Vec<StoredInfo>, Error>")]
+pub struct ListStored;
+
+/// A session's storage and whether a run uses it now.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredInfo {
+    /// What `session.json` says.
+    #[serde(flatten)]
+    pub meta: crate::workspace::StoredSession,
+    /// True while a container of it runs (it cannot be removed then).
+    pub live: bool,
+    /// The storage directory.
+    pub dir: std::path::PathBuf,
+}
+
+/// Remove a session's storage (workspace, agent state) and the logs of its
+/// runs. Refused while a run of it is live.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<StoredInfo, Error>")]
+pub struct RemoveStored {
+    /// The session id (its first run's).
+    pub session: String,
+}
+
+/// Remove the storage and logs of every session whose last run ended more
+/// than `older_than` ago (never a live one); answers what was removed.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Vec<StoredInfo>, Error>")]
+pub struct PruneStored {
+    /// Age of the last end.
+    pub older_than: Duration,
+}
+
+/// The changes a session made to its repository (pod.json `repo`), as a
+/// patch from its base to its branch `cldpd/<session>` (`git apply`
+/// applies it). Its work comes back when a run of it ends.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<u8>, Error>")]
+pub struct Diff {
+    /// The session id (its first run's).
+    pub session: String,
+}
+
 /// Fault injection: make the dispatcher actor panic inside its handler,
 /// as a bug in cldpd would. Its live runs must still be stopped. For
 /// supervision tests; compiled only with the cargo feature

@@ -298,6 +298,17 @@ impl PodConfig {
                 "`stream-json` input needs `\"agentOutput\": \"stream-json\"` (Claude Code reads stream-json only when it writes it)".into(),
             ));
         }
+        if let Some(repo) = &self.repo {
+            if self.agent_input() != crate::agent::AgentInput::StreamJson {
+                problems.push(field_error(
+                    "repo",
+                    "a session works on a repository only with `\"agentInput\": \"stream-json\"` (its workspace outlives the container); set it".into(),
+                ));
+            }
+            if repo.path.trim().is_empty() {
+                problems.push(field_error("repo", "`path` is empty".into()));
+            }
+        }
         if self.keep_alive_secs.is_some_and(|s| s > 0.0)
             && self.agent_input() != crate::agent::AgentInput::StreamJson
         {
@@ -416,6 +427,7 @@ impl PodConfig {
             max_budget_usd,
             network,
             repository,
+            repo,
         } = over;
         let mut merged_env = self.env.clone();
         merged_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -459,6 +471,7 @@ impl PodConfig {
             max_budget_usd: max_budget_usd.or(self.max_budget_usd),
             network: network.clone().or_else(|| self.network.clone()),
             repository: repository.clone().or_else(|| self.repository.clone()),
+            repo: repo.clone().or_else(|| self.repo.clone()),
         }
     }
 
@@ -925,6 +938,10 @@ mod tests {
             max_budget_usd: Some(0.5),
             network: Some("none".into()),
             repository: Some("acme/web".into()),
+            repo: Some(crate::pod::RepoConfig {
+                path: "~/src".into(),
+                reference: Some("main".into()),
+            }),
         };
         let Value::Object(map) = serde_json::to_value(&full).unwrap() else {
             panic!()

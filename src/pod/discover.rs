@@ -154,6 +154,39 @@ impl Pod {
             .collect()
     }
 
+    /// The pod's `repo`, its path expanded (`~`, relative to the pod
+    /// directory), or `None`. Whether it is a usable repository is
+    /// [`crate::workspace::check_source`]'s to say.
+    pub fn repo(&self) -> Result<Option<crate::workspace::RepoSpec>> {
+        let Some(repo) = &self.config.repo else {
+            return Ok(None);
+        };
+        let home = home_dir();
+        let source = &repo.path;
+        let under_home = if source == "~" {
+            Some("")
+        } else {
+            source.strip_prefix("~/")
+        };
+        let path = match (under_home, &home) {
+            (Some(rest), Some(home)) => home.join(rest),
+            (Some(_), None) => {
+                return Err(Error::PodConfig {
+                    path: self.config_path(),
+                    field: Some("repo.path".into()),
+                    message: format!(
+                        "`{source}` cannot be expanded: HOME is not set; use an absolute path"
+                    ),
+                })
+            }
+            (None, _) => self.dir.join(source),
+        };
+        Ok(Some(crate::workspace::RepoSpec::new(
+            path,
+            repo.reference.clone().unwrap_or_default(),
+        )))
+    }
+
     /// Expand and check one mount source (its syntax already checked).
     fn mount_source(&self, index: usize, source: &str, home: Option<&Path>) -> Result<PathBuf> {
         let under_home = if source == "~" {

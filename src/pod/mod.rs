@@ -127,6 +127,7 @@ pub const POD_CONFIG_FIELDS: &[&str] = &[
     "maxBudgetUsd",
     "network",
     "repository",
+    "repo",
 ];
 
 /// The field names of one entry of `mounts`.
@@ -266,6 +267,24 @@ pub struct PodConfig {
     /// means that repository's issue 42 (the full URL is what is stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+    /// A local git repository the session works on (`agentInput:
+    /// "stream-json"` only): its workspace starts as a clone of `ref` on a
+    /// new branch `cldpd/<session>`, and comes back into the repository as
+    /// that branch (see [`crate::workspace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<RepoConfig>,
+}
+
+/// `pod.json` `repo`: `{"path": "~/src/app", "ref": "main"}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// The repository on the host: absolute, `~/…`, or relative to the pod
+    /// directory.
+    pub path: String,
+    /// The branch, tag or commit to start from; default `HEAD`.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 /// A discovered pod.

@@ -63,6 +63,10 @@ pub mod labels {
     /// open stdin takes follow-ups, see [`Runtime::write_input`]) or
     /// absent (text: one prompt, then end of input).
     pub const AGENT_INPUT: &str = "cldpd.agent.input";
+    /// The session whose storage (workspace, agent state) the run uses:
+    /// its own id, or for a resumed session the first run's (see
+    /// [`crate::workspace::storage`]).
+    pub const STORAGE: &str = "cldpd.storage";
     /// The state directory of the dispatcher that started it (adoption is
     /// among dispatchers sharing one).
     pub const STATE_DIR: &str = "cldpd.state";

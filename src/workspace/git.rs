@@ -136,7 +136,7 @@ pub struct Prepared {
 }
 
 /// The session's branch in the source repository, after [`fetch_back`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Branch {
     /// `cldpd/<session>`.
     pub name: String,

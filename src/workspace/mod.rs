@@ -6,9 +6,9 @@
 //! comes back into the repository as that branch, without touching the
 //! user's working tree, index or current branch.
 //!
-//! This module is the git layer of that round trip, on plain host
-//! directories (the workspace is copied out of its Docker volume into a
-//! temporary directory before these functions see it). It runs the `git`
+//! The workspace is a directory of the session's [`storage`] on the host,
+//! bind-mounted into its containers; [`git`] is the layer of that round
+//! trip on plain host directories. It runs the `git`
 //! program, synchronously: call it from a blocking thread
 //! (`tokio::task::spawn_blocking`), not from an actor's handler.
 //!
@@ -64,6 +64,9 @@
 //! and file-system errors of cldpd's own ([`crate::Error::Io`]).
 
 pub mod git;
+pub mod storage;
+
+pub use storage::{Storage, StoredRepo, StoredSession};
 
 pub use git::{
     branch_name, check_source, commit_pending, diff, fetch_back, prepare_workspace, Branch,
