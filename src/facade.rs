@@ -42,7 +42,7 @@ use crate::event::Event;
 use crate::log::LogReader;
 use crate::messages::dispatcher::*;
 use crate::messages::session::{
-    FollowUp, GetStatus, SessionState, SessionStatus, StopSession, Subscribe,
+    EndConversation, FollowUp, GetStatus, SessionState, SessionStatus, StopSession, Subscribe,
 };
 use crate::runtime::{Backend, Runtime};
 use crate::settings::Settings;
@@ -302,6 +302,15 @@ impl Session {
             .map_err(|_| Error::SessionNotFound {
                 target: self.info.id.clone(),
             })?
+    }
+
+    /// End the long-lived agent's conversation once it has answered (see
+    /// [`EndConversation`]) and return the run's outcome.
+    pub async fn end(&self) -> Result<i32> {
+        match self.info.addr.send(EndConversation).await {
+            Ok(outcome) => outcome,
+            Err(_) => self.wait().await,
+        }
     }
 
     /// True while the run's long-lived agent waits for a follow-up.

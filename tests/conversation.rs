@@ -139,6 +139,7 @@ async fn the_keep_alive_runs_out_and_a_follow_up_before_that_resets_it() {
     let seen = collect(&s).await;
     assert_eq!(results(&seen).len(), 2);
     // A run that has ended takes no follow-up.
+    assert!(matches!(s.end().await, Ok(0)));
     assert!(matches!(
         s.send("three").await,
         Err(Error::SessionNotFound { .. } | Error::InputUnavailable { .. })
@@ -371,5 +372,20 @@ async fn concurrent_sessions_never_share_storage_and_live_ones_are_never_removed
     within(20, "shutdown", d.shutdown(Some(Duration::ZERO)))
         .await
         .unwrap();
+    assert!(rt.running().is_empty());
+}
+
+#[actix::test]
+async fn ending_the_conversation_waits_for_the_turn_and_reports_its_result() {
+    let dirs = Dirs::new(&[("web", Some(LIVE))]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", converse(200));
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let s = d.start(StartRequest::prompt("web", "one")).await.unwrap();
+    wait_running(&s).await;
+    // Asked while the first turn runs: the answer comes first.
+    assert_eq!(within(20, "the end", s.end()).await.unwrap(), 0);
+    let seen = collect(&s).await;
+    assert_eq!(results(&seen).len(), 1);
     assert!(rt.running().is_empty());
 }

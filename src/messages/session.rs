@@ -68,6 +68,16 @@ pub struct FollowUp {
     pub prompt: String,
 }
 
+/// End a long-lived agent's conversation as its keep-alive running out
+/// would: the agent is ended (TERM, grace, KILL) once its current turn is
+/// done — at once when idle — and the run's outcome is its last result's
+/// (exit 0 for a success), not the signal's. For `cldpd start -i` at
+/// Ctrl-D. A run without a long-lived agent is stopped as by
+/// [`StopSession`]. Answers the run's outcome.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<i32, Error>")]
+pub struct EndConversation;
+
 /// Snapshot of the session.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "SessionStatus")]

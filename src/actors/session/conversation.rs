@@ -19,7 +19,7 @@ use super::{Phase, SessionActor, StopReason};
 use crate::agent;
 use crate::error::Error;
 use crate::event::EventKind;
-use crate::messages::session::{FollowUp, SessionState};
+use crate::messages::session::{EndConversation, FollowUp, SessionState};
 use crate::runtime::Stdin;
 
 /// See the [module docs](self).
@@ -123,6 +123,21 @@ impl SessionActor {
         }
     }
 
+    /// End the conversation once every prompt is answered: now when idle,
+    /// else when the agent next goes idle (with no keep-alive left).
+    fn end_conversation(&mut self, ctx: &mut Context<Self>) {
+        let Some(convo) = self.convo.as_mut() else {
+            let grace = self.policy.stop_grace;
+            return self.begin_stop(StopReason::Requested, grace, ctx);
+        };
+        convo.keep_alive = std::time::Duration::ZERO;
+        if let Some(timer) = convo.idle.take() {
+            ctx.cancel_future(timer);
+            let grace = self.policy.stop_grace;
+            self.begin_stop(StopReason::Finished, grace, ctx);
+        }
+    }
+
     /// A follow-up arrived while idle: `running` again.
     fn back_to_work(&mut self) {
         if let Some(container) = &self.container {
@@ -186,5 +201,15 @@ impl Handler<FollowUp> for SessionActor {
                 }
             }),
         )
+    }
+}
+
+impl Handler<EndConversation> for SessionActor {
+    type Result = ResponseFuture<Result<i32, Error>>;
+
+    fn handle(&mut self, _: EndConversation, ctx: &mut Context<Self>) -> Self::Result {
+        self.end_conversation(ctx);
+        self.flush(ctx);
+        self.outcome_future()
     }
 }
