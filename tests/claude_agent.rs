@@ -787,3 +787,261 @@ async fn two_concurrent_resumes_from_another_process_are_both_answered() {
     assert!(reqs.iter().all(|r| r.conversation == reqs[0].conversation));
     assert!(pod.containers().is_empty());
 }
+
+fn conversation_of(events: &[Event]) -> String {
+    events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::AgentInit { conversation, .. } => Some(conversation.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no agent_init in {events:#?}"))
+}
+
+#[actix::test]
+async fn resume_after_exit_continues_the_conversation_on_the_same_files() {
+    if !require_docker() {
+        return;
+    }
+    let server = ModelServer::start(
+        Script::new([
+            Turn::bash("echo kept-across-containers > /workspace/note.txt"),
+            Turn::text("wrote it"),
+            Turn::bash("cat /workspace/note.txt"),
+            Turn::text("read it"),
+        ]),
+        0,
+    )
+    .unwrap();
+    let pod = ClaudePod::persistent(&server.url(), "");
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let first = d
+        .start(StartRequest::prompt(pod.name(), "task MARKER-ONE"))
+        .await
+        .unwrap();
+    let e1: Vec<Event> = within(180, "the first run", first.events().collect()).await;
+    assert_eq!(first.wait().await.unwrap(), 0, "{}", output_lines(&e1));
+    assert!(pod.containers().is_empty(), "its container is gone");
+    let work = state
+        .path()
+        .join("workspaces")
+        .join(first.id())
+        .join("work");
+    assert_eq!(
+        std::fs::read_to_string(work.join("note.txt")).unwrap(),
+        "kept-across-containers\n"
+    );
+    let second = d.resume(first.id(), "follow-up MARKER-TWO").await.unwrap();
+    let e2: Vec<Event> = within(180, "the resumed run", second.events().collect()).await;
+    assert_eq!(second.wait().await.unwrap(), 0, "{}", output_lines(&e2));
+    // A new container saw the file, in the same conversation.
+    let read = e2.iter().find_map(|e| match &e.kind {
+        EventKind::ToolResult { first_line, .. } => Some(first_line.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        read.as_deref(),
+        Some("kept-across-containers"),
+        "{}",
+        output_lines(&e2)
+    );
+    assert_eq!(conversation_of(&e1), conversation_of(&e2));
+    let reqs = server.message_requests();
+    let last = reqs.last().unwrap();
+    assert!(last.body.contains("MARKER-TWO"));
+    assert!(
+        last.body.contains("MARKER-ONE"),
+        "the earlier turns came along"
+    );
+    assert_eq!(last.conversation, reqs[0].conversation);
+    assert!(pod.containers().is_empty());
+}
+
+/// `git` with a fixed identity and no user or system configuration.
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[actix::test]
+async fn the_work_comes_back_as_a_branch_and_a_dirty_or_missing_repository_is_refused() {
+    if !require_docker() {
+        return;
+    }
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.path().join("README.md"), "hello\n").unwrap();
+    git(repo.path(), &["add", "README.md"]);
+    git(repo.path(), &["commit", "-q", "-m", "first"]);
+    let head_before = git(repo.path(), &["rev-parse", "HEAD"]);
+    let server = ModelServer::start(
+        Script::new([
+            Turn::bash("echo agent-change > /workspace/CHANGE.txt && cat README.md"),
+            Turn::text("changed it"),
+        ]),
+        0,
+    )
+    .unwrap();
+    let extra = format!(
+        r#""repo": {{"path": "{}", "ref": "main"}}"#,
+        repo.path().display()
+    );
+    let pod = ClaudePod::persistent(&server.url(), &extra);
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "change something"))
+        .await
+        .unwrap();
+    let events: Vec<Event> = within(180, "the run", s.events().collect()).await;
+    assert_eq!(s.wait().await.unwrap(), 0, "{}", output_lines(&events));
+    let branch = format!("cldpd/{}", s.id());
+    let seen = events.iter().find_map(|e| match &e.kind {
+        EventKind::Branch { name, commits, .. } => Some((name.clone(), *commits)),
+        _ => None,
+    });
+    assert_eq!(seen, Some((branch.clone(), 1)), "{}", output_lines(&events));
+    // The agent read the clone; the source gained the branch, untouched.
+    assert!(output_lines(&events).contains("hello"));
+    assert_eq!(
+        git(repo.path(), &["show", &format!("{branch}:CHANGE.txt")]),
+        "agent-change"
+    );
+    assert_eq!(
+        git(repo.path(), &["log", "-1", "--format=%an", &branch]),
+        "cldpd agent"
+    );
+    assert_eq!(git(repo.path(), &["rev-parse", "HEAD"]), head_before);
+    assert_eq!(
+        git(repo.path(), &["symbolic-ref", "--short", "HEAD"]),
+        "main"
+    );
+    assert_eq!(git(repo.path(), &["status", "--porcelain"]), "");
+    let patch = String::from_utf8(d.diff(s.id()).await.unwrap()).unwrap();
+    assert!(patch.contains("+agent-change"), "{patch}");
+    assert!(pod.containers().is_empty());
+
+    // A dirty repository is refused before anything starts.
+    std::fs::write(repo.path().join("untracked.txt"), "x").unwrap();
+    match d.start(StartRequest::prompt(pod.name(), "again")).await {
+        Err(e) => {
+            assert_eq!(e.code(), "repo_dirty", "{e}");
+            assert!(e.to_string().contains("untracked.txt"), "{e}");
+        }
+        Ok(s) => panic!("started {} on a dirty repository", s.id()),
+    }
+    // So is a missing one.
+    let gone = format!(
+        r#"{{"repo": {{"path": "{}/nope"}}}}"#,
+        repo.path().display()
+    );
+    let overrides: cldpd::pod::PodConfig = serde_json::from_str(&gone).unwrap();
+    match d
+        .start(StartRequest::prompt(pod.name(), "again").overrides(overrides))
+        .await
+    {
+        Err(e) => assert_eq!(e.code(), "repo_missing", "{e}"),
+        Ok(s) => panic!("started {} on a missing repository", s.id()),
+    }
+    assert_eq!(
+        d.stored().await.unwrap().len(),
+        1,
+        "no storage for refused runs"
+    );
+    assert!(pod.containers().is_empty());
+}
+
+#[actix::test]
+async fn ten_concurrent_sessions_keep_their_own_agent_state_and_each_resumes() {
+    if !require_docker() {
+        return;
+    }
+    let server = ModelServer::start(
+        Script::new([Turn::text("first answer"), Turn::text("second answer")]),
+        0,
+    )
+    .unwrap();
+    let pod = ClaudePod::persistent(&server.url(), "");
+    let state = tempfile::tempdir().unwrap();
+    let d = Dispatcher::docker(Settings::new(pod.pods_dir(), state.path()).workers(4));
+    let mut sessions = Vec::new();
+    for i in 0..10 {
+        sessions.push(
+            d.start(StartRequest::prompt(pod.name(), format!("agent {i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut conversations = Vec::new();
+    for s in &sessions {
+        let events: Vec<Event> = within(300, "an agent", s.events().collect()).await;
+        assert_eq!(s.wait().await.unwrap(), 0, "{}", output_lines(&events));
+        conversations.push(conversation_of(&events));
+    }
+    let stored = d.stored().await.unwrap();
+    assert_eq!(stored.len(), 10);
+    let mut dirs = std::collections::HashSet::new();
+    for (s, conversation) in sessions.iter().zip(&conversations) {
+        let agent = state.path().join("workspaces").join(s.id()).join("agent");
+        assert!(dirs.insert(agent.clone()));
+        // Claude Code's own state, intact: its config parses, and the
+        // conversation file is there.
+        let config = std::fs::read_to_string(agent.join(".claude.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&config).expect("an intact .claude.json");
+        let transcript = walk(&agent.join("projects")).into_iter().find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy() == format!("{conversation}.jsonl"))
+        });
+        assert!(
+            transcript.is_some(),
+            "no transcript of {conversation} in {}",
+            agent.display()
+        );
+    }
+    // Each is resumable afterwards, all at once.
+    let mut resumed = Vec::new();
+    for s in &sessions {
+        resumed.push(d.resume(s.id(), "and then?").await.unwrap());
+    }
+    for (r, conversation) in resumed.iter().zip(&conversations) {
+        let events: Vec<Event> = within(300, "a resume", r.events().collect()).await;
+        assert_eq!(r.wait().await.unwrap(), 0, "{}", output_lines(&events));
+        assert_eq!(&conversation_of(&events), conversation);
+        assert_eq!(results_in(&events), ["second answer"]);
+    }
+    assert!(pod.containers().is_empty());
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -143,6 +143,22 @@ impl ClaudePod {
 
     /// Like [`ClaudePod::new`] with extra `env` entries.
     pub fn with_env(base_url: &str, extra: &str, env: &[(&str, &str)]) -> ClaudePod {
+        Self::make(base_url, extra, env, true)
+    }
+
+    /// A pod whose agent is long-lived (`agentInput: "stream-json"`) and
+    /// whose workspace is the session's own storage (no mount of a test
+    /// directory), plus `extra`.
+    pub fn persistent(base_url: &str, extra: &str) -> ClaudePod {
+        let mut fields = r#""agentInput": "stream-json""#.to_string();
+        if !extra.trim().is_empty() {
+            fields.push_str(", ");
+            fields.push_str(extra);
+        }
+        Self::make(base_url, &fields, &[], false)
+    }
+
+    fn make(base_url: &str, extra: &str, env: &[(&str, &str)], mount: bool) -> ClaudePod {
         let image = claude_image();
         let tmp = tempfile::Builder::new()
             .prefix("cldpd-claude-pods-")
@@ -175,10 +191,14 @@ impl ClaudePod {
         }
         let mut json = format!(
             r#"{{"network": "host", "agentCommand": ["claude", "--dangerously-skip-permissions"],
-                "workdir": "/workspace", "env": {env_json},
-                "mounts": [{{"source": "{}", "target": "/workspace"}}]"#,
-            workspace.path().display()
+                "workdir": "/workspace", "env": {env_json}"#
         );
+        if mount {
+            json.push_str(&format!(
+                r#", "mounts": [{{"source": "{}", "target": "/workspace"}}]"#,
+                workspace.path().display()
+            ));
+        }
         if !extra.trim().is_empty() {
             json.push_str(", ");
             json.push_str(extra);
