@@ -510,3 +510,78 @@ async fn a_prompt_that_starts_with_a_dash_reaches_the_agent_as_text() {
     );
     assert_nothing_left(&pod);
 }
+
+#[actix::test]
+async fn rm_and_prune_remove_exactly_the_ended_sessions_they_name() {
+    if !require_docker() {
+        return;
+    }
+    const LIVE: &str = r#"{"agentInput": "stream-json", "keepAliveSecs": 60, "stopGraceSecs": 1}"#;
+    let waiting = TestPod::builder()
+        .stub("#!/bin/sh\necho ready\nwhile :; do sleep 0.1; done\n")
+        .pod_json(LIVE)
+        .create();
+    let done = TestPod::builder()
+        .stub("#!/bin/sh\necho done\nexit 0\n")
+        .pod_json(r#"{"agentInput": "stream-json"}"#)
+        .create();
+    let state = tempfile::tempdir().unwrap();
+    let settings = Settings::new(waiting.pods_dir(), state.path());
+    std::fs::rename(
+        done.pods_dir().join(done.name()),
+        waiting.pods_dir().join(done.name()),
+    )
+    .unwrap();
+    let d = Dispatcher::docker(settings);
+    let live = d
+        .start(StartRequest::prompt(waiting.name(), "wait"))
+        .await
+        .unwrap();
+    let mut events = live.events();
+    within(120, "ready", async {
+        while let Some(ev) = events.next().await {
+            if ev.line() == Some("ready") {
+                break;
+            }
+        }
+    })
+    .await;
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        let s = d
+            .start(StartRequest::prompt(done.name(), "go"))
+            .await
+            .unwrap();
+        assert_eq!(within(120, "a short run", s.wait()).await.unwrap(), 0);
+        ended.push(s);
+    }
+    let stored = d.stored().await.unwrap();
+    assert_eq!(stored.len(), 3);
+    let is_live = |id: &str| stored.iter().find(|s| s.meta.session == id).unwrap().live;
+    assert!(is_live(live.id()));
+    assert!(!is_live(ended[0].id()) && !is_live(ended[1].id()));
+    let storage = |id: &str| state.path().join("workspaces").join(id);
+    let log = |id: &str| state.path().join("sessions").join(format!("{id}.ndjson"));
+
+    // rm of a live session is refused; of an ended one removes just it.
+    let refused = d.remove_stored(live.id()).await.unwrap_err();
+    assert!(refused.to_string().contains("stop it first"), "{refused}");
+    d.remove_stored(ended[0].id()).await.unwrap();
+    assert!(!storage(ended[0].id()).exists() && !log(ended[0].id()).exists());
+    assert!(storage(ended[1].id()).exists() && log(ended[1].id()).exists());
+    assert!(storage(live.id()).exists() && log(live.id()).exists());
+
+    // prune takes the ended one, never the live one.
+    let pruned = d.prune_stored(Duration::ZERO).await.unwrap();
+    let names: Vec<&str> = pruned.iter().map(|p| p.meta.session.as_str()).collect();
+    assert_eq!(names, [ended[1].id()]);
+    assert!(!storage(ended[1].id()).exists() && !log(ended[1].id()).exists());
+    assert!(storage(live.id()).exists());
+    within(60, "the stop", live.stop(None)).await.unwrap();
+    let pruned = d.prune_stored(Duration::ZERO).await.unwrap();
+    assert_eq!(pruned.len(), 1);
+    assert!(!storage(live.id()).exists());
+    assert!(d.stored().await.unwrap().is_empty());
+    assert_nothing_left(&waiting);
+    assert_nothing_left(&done);
+}
