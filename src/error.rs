@@ -603,7 +603,7 @@ impl Error {
             }
             Error::InvalidPod { .. } => "add a Dockerfile to the pod directory".to_string(),
             Error::PodConfig { field: Some(f), .. } => format!(
-                "fix or remove `{f}`; the fields are image, env, buildArgs, workdir, inheritEnv, mounts, agentCommand, stopGraceSecs, restart, maxRestarts, withinSecs, backoffMs, backoffMaxMs, timeoutSecs, idleTimeoutSecs, cpus, memory, pidsLimit, agentOutput, agentInput, keepAliveSecs, maxTurns, maxBudgetUsd, network, repository, repo (see the README)"
+                "fix or remove `{f}`; the fields are image, env, buildArgs, workdir, inheritEnv, mounts, agentCommand, stopGraceSecs, restart, maxRestarts, withinSecs, backoffMs, backoffMaxMs, timeoutSecs, idleTimeoutSecs, cpus, memory, pidsLimit, agentOutput, agentInput, keepAliveSecs, maxTurns, maxBudgetUsd, network, repository, repo, checkpoint (see the README)"
             ),
             Error::PodConfig { .. } => "pod.json must be one JSON object; see the README for its fields".to_string(),
             Error::MountSourceMissing { .. } => {

@@ -242,8 +242,8 @@ pub enum EventKind {
         keep_alive_ms: u64,
     },
     /// The session's work came back into its repository (pod.json `repo`)
-    /// as a branch: sent once the run's container has ended, right before
-    /// the terminal event.
+    /// as a branch: once the run's container has ended, right before the
+    /// terminal event; with `checkpoint`, also after each turn.
     Branch {
         /// `cldpd/<session>`.
         name: String,

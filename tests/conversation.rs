@@ -389,3 +389,98 @@ async fn ending_the_conversation_waits_for_the_turn_and_reports_its_result() {
     assert_eq!(results(&seen).len(), 1);
     assert!(rt.running().is_empty());
 }
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The commit count of the next `branch` event.
+async fn next_branch(events: &mut cldpd::EventStream) -> usize {
+    use futures_util::StreamExt;
+    while let Some(ev) = events.next().await {
+        if let EventKind::Branch { commits, .. } = ev.kind {
+            return commits;
+        }
+    }
+    panic!("the run ended without a branch event");
+}
+
+fn branches(seen: &Seen) -> Vec<(String, usize)> {
+    seen.all
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Branch { name, commits, .. } => Some((name.clone(), *commits)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[actix::test]
+async fn with_checkpoint_the_work_comes_back_after_each_turn() {
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.path().join("a.txt"), "a\n").unwrap();
+    git(repo.path(), &["add", "a.txt"]);
+    git(repo.path(), &["commit", "-q", "-m", "a"]);
+    let json = format!(
+        r#"{{"agentInput": "stream-json", "keepAliveSecs": 60, "checkpoint": true,
+            "repo": {{"path": "{}", "ref": "main"}}}}"#,
+        repo.path().display()
+    );
+    let dirs = Dirs::new(&[("web", Some(&json))]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", converse(0));
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let s = d.start(StartRequest::prompt("web", "one")).await.unwrap();
+    wait_idle(&s, 1).await;
+    let branch = format!("cldpd/{}", s.id());
+    // The workspace is a clone of main on the session's branch.
+    let work = dirs.state().join("workspaces").join(s.id()).join("work");
+    assert_eq!(std::fs::read_to_string(work.join("a.txt")).unwrap(), "a\n");
+    // The checkpoint after turn 1 brings the (empty) branch back.
+    let mut events = s.events();
+    assert_eq!(
+        within(20, "checkpoint 1", next_branch(&mut events)).await,
+        0
+    );
+    assert!(!git(repo.path(), &["branch", "--list", &branch]).is_empty());
+    // What "the agent" writes during turn 2 comes back after it.
+    std::fs::write(work.join("b.txt"), "b\n").unwrap();
+    s.send("two").await.unwrap();
+    assert_eq!(
+        within(20, "checkpoint 2", next_branch(&mut events)).await,
+        1
+    );
+    assert_eq!(
+        git(repo.path(), &["ls-tree", "--name-only", &branch]),
+        "a.txt\nb.txt"
+    );
+    assert_eq!(git(repo.path(), &["status", "--porcelain"]), "");
+    assert_eq!(
+        git(repo.path(), &["symbolic-ref", "--short", "HEAD"]),
+        "main"
+    );
+    within(20, "stop", s.stop(None)).await.unwrap();
+    let seen = collect(&s).await;
+    let b = branches(&seen);
+    assert!(b.len() >= 3, "after turn 1, turn 2 and the end: {b:?}");
+    assert_eq!(b[0], (branch.clone(), 0));
+    assert_eq!(b.last().unwrap(), &(branch, 1));
+}

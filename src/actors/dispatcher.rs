@@ -1074,6 +1074,7 @@ impl StoragePlan {
             mount_work: self.mount_work,
             repo,
             issue,
+            checkpoint: pod.config.checkpoint == Some(true),
         })
     }
 }
@@ -1151,6 +1152,7 @@ impl DispatcherActor {
             mount_work: layout.mount_work,
             repo: meta.repo.clone(),
             issue: meta.issue.clone(),
+            checkpoint: pod.config.checkpoint == Some(true),
         }));
         Ok((pod, plan, policy))
     }

@@ -86,6 +86,8 @@ pub(crate) struct Persistent {
     pub(crate) mount_work: bool,
     pub(crate) repo: Option<crate::workspace::StoredRepo>,
     pub(crate) issue: Option<String>,
+    /// Bring the work back after each turn too (`checkpoint`).
+    pub(crate) checkpoint: bool,
 }
 
 /// What every run of one pod under one dispatcher has in common (made

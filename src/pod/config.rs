@@ -308,6 +308,11 @@ impl PodConfig {
             if repo.path.trim().is_empty() {
                 problems.push(field_error("repo", "`path` is empty".into()));
             }
+        } else if self.checkpoint == Some(true) {
+            problems.push(field_error(
+                "checkpoint",
+                "checkpoints bring work back into a repository: set `repo` too, or remove checkpoint".into(),
+            ));
         }
         if self.keep_alive_secs.is_some_and(|s| s > 0.0)
             && self.agent_input() != crate::agent::AgentInput::StreamJson
@@ -428,6 +433,7 @@ impl PodConfig {
             network,
             repository,
             repo,
+            checkpoint,
         } = over;
         let mut merged_env = self.env.clone();
         merged_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -472,6 +478,7 @@ impl PodConfig {
             network: network.clone().or_else(|| self.network.clone()),
             repository: repository.clone().or_else(|| self.repository.clone()),
             repo: repo.clone().or_else(|| self.repo.clone()),
+            checkpoint: checkpoint.or(self.checkpoint),
         }
     }
 
@@ -942,6 +949,7 @@ mod tests {
                 path: "~/src".into(),
                 reference: Some("main".into()),
             }),
+            checkpoint: Some(true),
         };
         let Value::Object(map) = serde_json::to_value(&full).unwrap() else {
             panic!()

@@ -128,6 +128,7 @@ pub const POD_CONFIG_FIELDS: &[&str] = &[
     "network",
     "repository",
     "repo",
+    "checkpoint",
 ];
 
 /// The field names of one entry of `mounts`.
@@ -273,6 +274,10 @@ pub struct PodConfig {
     /// that branch (see [`crate::workspace`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo: Option<RepoConfig>,
+    /// With `repo`: also bring the work back after each turn (when the
+    /// agent goes idle), not only when the run ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<bool>,
 }
 
 /// `pod.json` `repo`: `{"path": "~/src/app", "ref": "main"}`.

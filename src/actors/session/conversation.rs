@@ -103,6 +103,14 @@ impl SessionActor {
         };
         let keep_alive = convo.keep_alive;
         let turns = convo.turns;
+        if !keep_alive.is_zero() {
+            // The run goes on: bring the work back now (`checkpoint`);
+            // otherwise the end of the run does.
+            self.checkpoint(ctx);
+        }
+        let Some(convo) = self.convo.as_mut() else {
+            return;
+        };
         convo.idle = Some(ctx.run_later(keep_alive, |act, ctx| {
             if let Some(convo) = act.convo.as_mut() {
                 convo.idle = None;

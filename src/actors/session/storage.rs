@@ -65,7 +65,52 @@ fn save(p: &Persistent, outcome: String) -> Result<Option<Branch>, crate::Error>
     Ok(branch)
 }
 
+/// Commit what is there and fetch the branch back (a checkpoint).
+fn checkpoint(p: &Persistent) -> Result<Option<Branch>, crate::Error> {
+    let Some(repo) = &p.repo else {
+        return Ok(None);
+    };
+    let work = p.storage.work();
+    workspace::commit_pending(&work, &p.key, p.issue.as_deref())?;
+    let branch = workspace::fetch_back(&work, &repo.source, &p.key, &repo.base)?;
+    let b = branch.clone();
+    p.storage.update(|m| m.branch = Some(b))?;
+    Ok(Some(branch))
+}
+
 impl SessionActor {
+    /// After a turn, for a session with `checkpoint`: bring the work back
+    /// now (on a blocking thread), reported as a `branch` event.
+    pub(super) fn checkpoint(&mut self, ctx: &mut Context<Self>) {
+        let Plan::Start(plan) = &self.plan else {
+            return;
+        };
+        let Some(p) = plan
+            .persistent
+            .clone()
+            .filter(|p| p.checkpoint && p.repo.is_some())
+        else {
+            return;
+        };
+        let id = self.id.clone();
+        let saved = tokio::task::spawn_blocking(move || checkpoint(&p));
+        ctx.spawn(actix::fut::wrap_future(saved).map(
+            move |saved, act: &mut Self, ctx| match saved {
+                Ok(Ok(Some(b))) if !act.finished && !act.harvested => {
+                    act.emit(EventKind::Branch {
+                        name: b.name,
+                        head: b.head,
+                        commits: b.commits,
+                    });
+                    act.flush(ctx);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(session = %id, error = %e, "checkpoint failed"),
+                Err(e) => tracing::warn!(session = %id, error = %e, "checkpoint failed"),
+            },
+        ));
+    }
+
     /// For a persistent session, save its work before the run ends (on a
     /// blocking thread), then finish with `ending`: true when that was
     /// started (the caller returns), false when there is nothing to save.
