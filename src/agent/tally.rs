@@ -2,10 +2,13 @@
 //! last result's subtype. For `cldpd ps` (a live run, read from its session
 //! log) and the batch report (per job and in total).
 //!
-//! Claude Code reports turns and cost in its final `result` line only. A
-//! run's tally therefore adds up the results of its attempts (restarts
-//! and, in a session log, follow-ups), and counts the turns of the attempt
-//! still going from its raw stream-json lines: one turn per distinct
+//! Claude Code reports turns and cost in its `result` lines only: one per
+//! prompt, whose `num_turns` counts that prompt's turns and whose
+//! `total_cost_usd` is what the agent process has cost so far (a
+//! long-lived agent's results grow: measured on Claude Code 2.1.332). A
+//! run's tally therefore adds up the turns of every result, the cost of
+//! each attempt's last result (restarts start from zero), and counts the
+//! turns of a prompt still going from its raw stream-json lines: one turn per distinct
 //! assistant message id (Claude Code prints one `assistant` line per
 //! content block, all with the message's id). The cost of a turn is not
 //! known before its attempt's result.
@@ -33,10 +36,15 @@ use crate::event::{EventKind, OutputStream};
 /// ([`AgentTally::observe`]).
 #[derive(Debug, Clone, Default)]
 pub struct AgentTally {
-    /// Turns of the attempts that reported a result.
+    /// Turns of the results seen.
     done_turns: u32,
-    /// Cost of those attempts.
+    /// Cost of the attempts before the current one.
     cost_usd: f64,
+    /// Cost of the current attempt so far (its last result's).
+    attempt_cost: f64,
+    /// A long-lived agent waits for a follow-up (its last `idle` event is
+    /// later than its last prompt).
+    idle: bool,
     /// How many results were seen.
     results: u32,
     /// The last result's subtype, and whether it was an error.
@@ -49,7 +57,14 @@ impl AgentTally {
     /// Account for one event.
     pub fn observe(&mut self, kind: &EventKind) {
         match kind {
-            EventKind::ContainerStarted { .. } => self.current.clear(),
+            EventKind::ContainerStarted { .. } => {
+                self.current.clear();
+                self.cost_usd += std::mem::take(&mut self.attempt_cost);
+                self.idle = false;
+            }
+            EventKind::Idle { .. } => self.idle = true,
+            EventKind::AgentPrompt { .. } | EventKind::AgentTurn { .. } => self.idle = false,
+            kind if kind.is_terminal() => self.idle = false,
             EventKind::Output {
                 stream: OutputStream::Stdout,
                 line,
@@ -67,7 +82,7 @@ impl AgentTally {
                 ..
             } => {
                 self.done_turns += turns;
-                self.cost_usd += cost_usd.0;
+                self.attempt_cost = cost_usd.0;
                 self.results += 1;
                 self.last = Some((subtype.clone(), *is_error));
                 self.current.clear();
@@ -84,7 +99,12 @@ impl AgentTally {
 
     /// What the finished attempts cost; `None` before any result.
     pub fn cost_usd(&self) -> Option<f64> {
-        (self.results > 0).then_some(self.cost_usd)
+        (self.results > 0).then_some(self.cost_usd + self.attempt_cost)
+    }
+
+    /// True while a long-lived agent waits for a follow-up.
+    pub fn is_idle(&self) -> bool {
+        self.idle
     }
 
     /// The last result's subtype (`success`, `error_max_turns`, …), when
@@ -172,12 +192,30 @@ mod tests {
         assert_eq!((t.turns(), t.cost_usd()), (3, Some(0.75)));
         assert_eq!(t.subtype(), Some("success"));
         assert!(!t.last_is_error());
+        // A long-lived agent: results per prompt, cost growing.
+        t.observe(&EventKind::ContainerStarted {
+            container: "c".into(),
+            attempt: 2,
+        });
+        t.observe(&result(1, 0.1, "success", false));
+        t.observe(&EventKind::Idle {
+            turns: 1,
+            keep_alive_ms: 0,
+        });
+        assert!(t.is_idle());
+        t.observe(&EventKind::AgentTurn {
+            command: "u".into(),
+            state: "started".into(),
+        });
+        assert!(!t.is_idle());
+        t.observe(&result(2, 0.3, "success", false));
+        assert_eq!((t.turns(), t.cost_usd()), (6, Some(1.05)));
         // stderr and partial lines are not the agent's messages.
         t.observe(&EventKind::Output {
             stream: OutputStream::Stderr,
             line: r#"{"type":"assistant","message":{"id":"m9"}}"#.into(),
             partial: false,
         });
-        assert_eq!(t.turns(), 3);
+        assert_eq!(t.turns(), 6);
     }
 }
