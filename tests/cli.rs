@@ -1410,6 +1410,7 @@ fn help_texts_explain_sessions_with_examples() {
                 "Ctrl-D",
                 "cldpd start web -i --prompt 'Read the README'",
                 "--keep-alive 10m",
+                r"printf 'Add a test\nRun it\n' | cldpd start web -i --prompt 'Fix the bug'",
             ],
         ),
         (

@@ -36,7 +36,7 @@ Examples:
 A pod with \"agentInput\": \"stream-json\" (one long-lived agent per run):
   cldpd start web -i --prompt 'Read the README'   (then type follow-ups; Ctrl-D ends)
   cldpd start web --issue '#42' --keep-alive 10m  (then: cldpd resume <id> --prompt ...)
-  printf 'Add a test\nRun it\n' | cldpd start web -i --prompt 'Fix the bug'
+  printf 'Add a test\\nRun it\\n' | cldpd start web -i --prompt 'Fix the bug'
 
 Ctrl-C (or SIGTERM) stops the run: SIGTERM into the container, then SIGKILL
 after the grace period; a second Ctrl-C kills it at once. cldpd exits with
