@@ -7,8 +7,9 @@
 //! FIFO. [`Batch::events`] merges the events of every job;
 //! [`Batch::report`] waits for every job and returns a [`BatchReport`]: per
 //! job the session id, final state, exit code, restarts, duration, for a
-//! Claude Code agent its turns, cost and result subtype, and, on failure,
-//! the last lines of output; and the totals.
+//! Claude Code agent its turns, cost and result subtype, for a pod with a
+//! `repo` the branch its work came back as and its commit count, and, on
+//! failure, the last lines of output; and the totals.
 //!
 //! [`BatchOptions`] add a budget (`budget_usd`: once the agents' results
 //! add up to it, queued jobs never start and are reported `not_started`)
@@ -249,6 +250,13 @@ pub struct JobReport {
     /// The last result's subtype (`success`, `error_max_turns`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
+    /// The branch the job's work came back as (`cldpd/<session>`), for a
+    /// pod whose `pod.json` names a `repo`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// How many commits that branch has on top of the ref it started from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commits: Option<usize>,
     /// The last lines of output (stdout and stderr) when the job failed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tail: Vec<String>,
@@ -555,10 +563,14 @@ impl Batch {
         let mut ran = false;
         let mut terminal: Option<Event> = None;
         let mut tally = crate::agent::AgentTally::default();
+        let mut branch: Option<(String, usize)> = None;
         let mut events = session.events();
         while let Some(ev) = events.next().await {
             tally.observe(&ev.kind);
             match &ev.kind {
+                EventKind::Branch { name, commits, .. } => {
+                    branch = Some((name.clone(), *commits));
+                }
                 EventKind::Output { line, .. } | EventKind::BuildOutput { line } => {
                     if tail.len() == self.tail_lines {
                         tail.pop_front();
@@ -645,6 +657,8 @@ impl Batch {
             turns: tally.is_agent().then(|| tally.turns()),
             cost_usd: tally.cost_usd(),
             result: tally.subtype().map(String::from),
+            commits: branch.as_ref().map(|b| b.1),
+            branch: branch.map(|b| b.0),
             tail: if matches!(state, JobState::Succeeded | JobState::NotStarted) {
                 Vec::new()
             } else {

@@ -686,7 +686,11 @@ async fn one_live_agent_answers_three_follow_ups_in_order() {
     s.send("follow-up MARKER-3").await.unwrap();
     wait_for_state(&s, 120, "four answers", idle_after(4)).await;
     assert_eq!(claude_processes(&container), 1, "still one agent process");
-    assert_eq!(pod.containers(), [container.clone()], "one container");
+    assert_eq!(
+        pod.containers(),
+        std::slice::from_ref(&container),
+        "one container"
+    );
     // The run ends with the last answer's status.
     within(60, "the stop", s.stop(Some(Duration::from_secs(10))))
         .await

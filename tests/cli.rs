@@ -1182,3 +1182,282 @@ fn completion_offers_pod_names_and_session_ids_dynamically() {
             .contains(&"--prompt".to_string())
     );
 }
+
+/// A pod whose agent is long-lived (`agentInput: "stream-json"`).
+const LIVE_POD: &str = r#"{"agentInput": "stream-json"}"#;
+
+#[test]
+fn keep_alive_takes_durations_and_attach_needs_a_long_lived_agent() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let base = unique_name();
+    let plain = format!("{base}-plain");
+    let live = format!("{base}-live");
+    pod(pods.path(), &plain, None);
+    pod(pods.path(), &live, Some(LIVE_POD));
+    let start = |args: &[&str]| {
+        let mut cmd = cldpd(pods.path(), state.path());
+        cmd.arg("start").args(args);
+        run(cmd, LIMIT)
+    };
+
+    // Valid durations pass parsing: what refuses these starts is the pod
+    // that does not exist (exit 1), not the flag (exit 2).
+    for value in ["30s", "10m", "1h 30m", "2d", "90", "0", "1.5"] {
+        let out = start(&["nope", "--keep-alive", value, "--prompt", "x"]);
+        refused(&out, &["pod `nope` not found"]);
+    }
+    // Invalid ones are usage errors naming the value.
+    for value in ["soon", "-5s", "10 parsecs", ""] {
+        let out = start(&[&live, &format!("--keep-alive={value}"), "--prompt", "x"]);
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains("--keep-alive <DURATION>"),
+            "{value}: {}",
+            out.stderr
+        );
+    }
+    let out = start(&[&live, "--keep-alive", "soon", "--prompt", "x"]);
+    assert!(
+        out.stderr
+            .contains("`soon` is not a duration: write it like 30s, 10m, 1h or 7d"),
+        "{}",
+        out.stderr
+    );
+
+    // A pod that runs one agent per prompt takes neither, said before
+    // anything is built.
+    for flag in [vec!["-i"], vec!["--attach"], vec!["--keep-alive", "10m"]] {
+        let mut args = vec![plain.as_str(), "--prompt", "x"];
+        args.extend(&flag);
+        let out = start(&args);
+        let shown = if flag[0] == "--keep-alive" {
+            "--keep-alive"
+        } else {
+            "-i"
+        };
+        refused(
+            &out,
+            &[
+                &format!(
+                    "{shown} needs a long-lived agent, and pod `{plain}` runs one agent per prompt"
+                ),
+                "hint: add \"agentInput\": \"stream-json\" to ",
+                &format!("{plain}/pod.json"),
+            ],
+        );
+    }
+    nothing_created(&plain);
+
+    // -i reads stdin: the first prompt cannot come from it too.
+    for args in [
+        vec![live.as_str(), "-i", "--prompt", "-"],
+        vec![live.as_str(), "-i", "--prompt-file", "-"],
+    ] {
+        let out = start(&args);
+        refused(
+            &out,
+            &[
+                "-i reads follow-ups from stdin: the first prompt cannot come from it too",
+                "hint: pass the first prompt with --prompt <text> or --prompt-file <file>",
+            ],
+        );
+    }
+    // A detached run has no terminal to read follow-ups from.
+    let out = start(&[&live, "-i", "-d", "--prompt", "x"]);
+    out.expect_code(2);
+    assert!(
+        out.stderr
+            .contains("'--attach' cannot be used with '--detach'"),
+        "{}",
+        out.stderr
+    );
+    nothing_created(&live);
+}
+
+/// The storage of a session as the library writes it, without a run:
+/// `<state>/workspaces/<id>/session.json`.
+fn stored_session(state: &Path, id: &str, repo: Option<&str>) {
+    let dir = state.join("workspaces").join(id);
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    std::fs::create_dir_all(dir.join("agent")).unwrap();
+    let repo = repo.map_or(
+        serde_json::Value::Null,
+        |path| serde_json::json!({"source": path, "reference": "main", "base": "0".repeat(40)}),
+    );
+    let meta = serde_json::json!({
+        "session": id,
+        "pod": id.rsplit_once('-').unwrap().0,
+        "image": "cldpd-web",
+        "conversation": "00000000-0000-4000-8000-000000000000",
+        "workdir": "/workspace",
+        "repo": repo,
+        "created": "2026-01-01T00:00:00Z",
+        "runs": [id],
+        "ended": "2026-01-01T00:01:00Z",
+        "outcome": "exited 0",
+    });
+    std::fs::write(dir.join("session.json"), meta.to_string()).unwrap();
+}
+
+#[test]
+fn rm_prune_and_diff_name_what_is_missing_without_docker() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let cmd = |args: &[&str]| {
+        let mut cmd = cldpd(pods.path(), state.path());
+        // No engine: nothing here may need one.
+        cmd.env("DOCKER_HOST", "unix:///nonexistent/cldpd-test.sock")
+            .args(args);
+        run(cmd, LIMIT)
+    };
+    let hint = "hint: `cldpd ps -a` lists the sessions that can be resumed or removed";
+
+    // An empty state directory.
+    refused(
+        &cmd(&["rm", "web-0a1b2c3d"]),
+        &["no stored session `web-0a1b2c3d`", hint],
+    );
+    refused(&cmd(&["rm", "../etc"]), &["no stored session `../etc`"]);
+    let out = cmd(&["rm", "web-0a1b2c3d", "api-1b2c3d4e"]);
+    refused(
+        &out,
+        &[
+            "cldpd: web-0a1b2c3d: no stored session `web-0a1b2c3d`",
+            "cldpd: api-1b2c3d4e: no stored session `api-1b2c3d4e`",
+        ],
+    );
+    refused(
+        &cmd(&["diff", "web-0a1b2c3d"]),
+        &["no stored session `web-0a1b2c3d`", hint],
+    );
+    let out = cmd(&["prune"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout, "");
+    assert!(
+        out.stderr
+            .contains("cldpd: removed 0 sessions ended 7d ago or more"),
+        "{}",
+        out.stderr
+    );
+    let out = cmd(&["prune", "--older-than", "12h", "--json"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout, "");
+    assert_eq!(out.stderr, "", "--json: nothing but JSON");
+    for args in [
+        vec!["rm"],
+        vec!["diff"],
+        vec!["prune", "--older-than", "soon"],
+        vec!["rm", "x", "--bogus"],
+    ] {
+        let out = cmd(&args);
+        out.expect_code(2);
+        assert!(out.stderr.contains("error:"), "{args:?}: {}", out.stderr);
+    }
+
+    // diff reads the session's own record: no repository, no patch; a
+    // repository whose work has not come back yet, not yet.
+    stored_session(state.path(), "web-0a1b2c3d", None);
+    stored_session(state.path(), "api-1b2c3d4e", Some("/nonexistent/repo"));
+    refused(
+        &cmd(&["diff", "web-0a1b2c3d"]),
+        &[
+            "web-0a1b2c3d does not work on a repository: it has no patch",
+            "workspaces/web-0a1b2c3d/work",
+        ],
+    );
+    refused(
+        &cmd(&["diff", "api-1b2c3d4e"]),
+        &[
+            "the work of api-1b2c3d4e has not come back yet: it does when a run of it ends",
+            "cldpd stop api-1b2c3d4e",
+        ],
+    );
+    // rm and diff complete stored session ids, from the state directory.
+    let out = cmd(&["__complete", "sessions"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout, "api-1b2c3d4e\nweb-0a1b2c3d\n");
+}
+
+#[test]
+fn help_texts_explain_sessions_with_examples() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let help = |args: &[&str]| {
+        let mut cmd = cldpd(pods.path(), state.path());
+        cmd.args(args).arg("--help");
+        let out = run(cmd, LIMIT);
+        out.expect_code(0);
+        out.stdout
+    };
+    let top = help(&[]);
+    for needle in [
+        "rm ",
+        "Remove ended sessions",
+        "prune ",
+        "Remove the sessions that ended long ago",
+        "diff ",
+        "as a patch",
+    ] {
+        assert!(top.contains(needle), "--help: {needle}\n{top}");
+    }
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &["start"],
+            &[
+                "--keep-alive <DURATION>",
+                "-i, --attach",
+                "Ctrl-D",
+                "cldpd start web -i --prompt 'Read the README'",
+                "--keep-alive 10m",
+                r"printf 'Add a test\nRun it\n' | cldpd start web -i --prompt 'Fix the bug'",
+            ],
+        ),
+        (
+            &["rm"],
+            &[
+                "Examples:",
+                "cldpd rm web-1a2b3c4d",
+                "stop it first",
+                "exit 1",
+            ],
+        ),
+        (
+            &["prune"],
+            &[
+                "Examples:",
+                "--older-than <DURATION>",
+                "[default: 7d]",
+                "never ended",
+            ],
+        ),
+        (
+            &["diff"],
+            &[
+                "Examples:",
+                "cldpd diff web-1a2b3c4d > work.patch",
+                "cldpd/<session>",
+            ],
+        ),
+        (&["ps"], &["RESUMABLE"]),
+        (&["resume"], &["ended: resumed on its storage"]),
+    ];
+    for (args, needles) in cases {
+        let text = help(args);
+        for needle in needles {
+            assert!(text.contains(needle), "{args:?} --help: {needle}\n{text}");
+        }
+    }
+    // The completion scripts complete stored sessions after rm and diff.
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["completions", "bash"]);
+    let bash = run(cmd, LIMIT).stdout;
+    assert!(bash.contains("rm | diff) kind=sessions"), "{bash}");
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["completions", "fish"]);
+    let fish = run(cmd, LIMIT).stdout;
+    assert!(
+        fish.contains("__fish_seen_subcommand_from rm diff"),
+        "{fish}"
+    );
+}

@@ -1293,3 +1293,359 @@ fn a_base_image_that_cannot_be_pulled_is_named_and_doctor_warns_of_it() {
     );
     no_containers_left(&pod);
 }
+
+/// A long-lived agent as Claude Code is one with `--input-format
+/// stream-json` (see `src/runtime/fault/converse.rs`): for each user
+/// message on its stdin, one turn — `command_lifecycle` started with the
+/// message's `uuid`, the message replayed, an `assistant` text `answer <n>:
+/// <prompt>`, a `result`, `command_lifecycle` completed; it ends at the end
+/// of its input. `NOTE` (empty here) runs after each turn, with `$text`.
+const STREAM_JSON_AGENT: &str = r#"#!/bin/sh
+n=0
+while IFS= read -r line; do
+  n=$((n + 1))
+  uuid=$(printf '%s\n' "$line" | sed -n 's/.*"uuid":"\([^"]*\)".*/\1/p')
+  text=$(printf '%s\n' "$line" | sed -n 's/.*"content":"\([^"]*\)".*/\1/p')
+  echo "{\"type\":\"command_lifecycle\",\"command_uuid\":\"$uuid\",\"state\":\"started\"}"
+  echo "{\"type\":\"user\",\"message\":{\"role\":\"user\",\"content\":\"$text\"},\"isReplay\":true,\"uuid\":\"$uuid\"}"
+  echo "{\"type\":\"assistant\",\"message\":{\"id\":\"msg_$n\",\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"answer $n: $text\"}]}}"
+  echo "{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"num_turns\":1,\"total_cost_usd\":0.001,\"duration_ms\":1,\"result\":\"answer $n: $text\"}"
+  NOTE
+  echo "{\"type\":\"command_lifecycle\",\"command_uuid\":\"$uuid\",\"state\":\"completed\"}"
+done
+"#;
+
+/// A pod whose agent is [`STREAM_JSON_AGENT`], long-lived; `note` runs
+/// after each turn, `extra` is more of its pod.json.
+fn stream_json_pod(note: &str, extra: &str) -> TestPod {
+    TestPod::builder()
+        .stub(&STREAM_JSON_AGENT.replace("NOTE", note))
+        .pod_json(&format!(
+            r#"{{"agentInput": "stream-json", "stopGraceSecs": 5{extra}}}"#
+        ))
+        .create()
+}
+
+/// The `agent_prompt` texts and `agent_result` results of a session log,
+/// in order, and how many containers it started.
+fn turns_in_log(state: &std::path::Path, id: &str) -> (Vec<String>, Vec<String>, usize) {
+    let log = std::fs::read_to_string(state.join("sessions").join(format!("{id}.ndjson")))
+        .expect("the session log");
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |kind: &str, field: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .map(|e| e[field].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let started = events
+        .iter()
+        .filter(|e| e["type"] == "container_started")
+        .count();
+    (
+        of("agent_prompt", "text"),
+        of("agent_result", "result"),
+        started,
+    )
+}
+
+#[test]
+fn start_attached_sends_each_stdin_line_to_the_live_agent_and_ends_at_eof() {
+    use std::io::Write;
+    if !require_docker() {
+        return;
+    }
+    let pod = stream_json_pod("", "");
+    let state = state();
+
+    // Typed while the agent waits: it answers each, in order, in the one
+    // container, and waits again (an hour by default with -i).
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["start", pod.name(), "-i", "--prompt", "first prompt"])
+        .stdin(std::process::Stdio::piped());
+    let mut live = Live::spawn(cmd);
+    let mut stdin = live.take_stdin();
+    let id = live.session_id(STARTUP);
+    live.wait_stderr(
+        "cldpd: idle after 1 turn; waiting 1h for a follow-up (type it here, one line; Ctrl-D ends)\n",
+        STARTUP,
+    );
+    stdin
+        .write_all(b"second prompt\n\n   \nthird prompt\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    live.wait_stderr("cldpd: idle after 3 turns; waiting 1h", LIMIT);
+    assert!(live.running(), "the agent waits for more");
+    // Ctrl-D: the run ends with the last result's outcome.
+    drop(stdin);
+    let out = live.finish(LIMIT);
+    out.expect_code(0);
+    assert_eq!(
+        out.stdout, "answer 1: first prompt\nanswer 2: second prompt\nanswer 3: third prompt\n",
+        "{}",
+        out.stderr
+    );
+    let err = &out.stderr;
+    let first = pos(err, "cldpd: prompt: first prompt\n");
+    let second = pos(err, "cldpd: prompt: second prompt\n");
+    let third = pos(err, "cldpd: prompt: third prompt\n");
+    let end = pos(
+        err,
+        "cldpd: end of input: the conversation ends once the agent has answered\n",
+    );
+    let exited = pos(err, "cldpd: exited 0\n");
+    assert!(
+        first < second && second < third && third < end && end < exited,
+        "{err}"
+    );
+    assert!(!err.contains("agent_turn"), "turns show nothing:\n{err}");
+    let (prompts, results, containers) = turns_in_log(state.path(), &id);
+    assert_eq!(prompts, ["first prompt", "second prompt", "third prompt"]);
+    assert_eq!(
+        results,
+        [
+            "answer 1: first prompt",
+            "answer 2: second prompt",
+            "answer 3: third prompt"
+        ]
+    );
+    assert_eq!(containers, 1, "one agent, one container");
+    no_containers_left(&pod);
+
+    // Piped in at once, with its end, while the image is still being
+    // built (a fresh state directory builds again): the follow-ups wait
+    // for the agent instead of being refused, and the run ends once all
+    // are answered.
+    let fresh = self::state();
+    let mut cmd = cldpd(pod.pods_dir(), fresh.path());
+    cmd.args(["start", pod.name(), "--attach", "--prompt", "one"])
+        .stdin(std::process::Stdio::piped());
+    let mut live = Live::spawn(cmd);
+    live.take_stdin().write_all(b"two\nthree\n").unwrap();
+    let out = live.finish(STARTUP);
+    out.expect_code(0);
+    assert_eq!(
+        out.stdout, "answer 1: one\nanswer 2: two\nanswer 3: three\n",
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("cannot send"), "{}", out.stderr);
+    no_containers_left(&pod);
+}
+
+/// A clean git repository with one commit on `main`.
+fn source_repo() -> tempfile::TempDir {
+    let repo = tempfile::Builder::new()
+        .prefix("cldpd-cli-repo-")
+        .tempdir()
+        .unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(repo.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(repo.path().join("README"), "hello\n").unwrap();
+    git(&["add", "README"]);
+    git(&["commit", "-q", "-m", "init"]);
+    repo
+}
+
+#[test]
+fn work_on_a_repository_comes_back_as_a_branch_in_batch_ps_diff_and_rm_removes_it() {
+    if !require_docker() {
+        return;
+    }
+    let repo = source_repo();
+    let pod = stream_json_pod(
+        r#"echo "$text" >> /workspace/notes.txt"#,
+        &format!(
+            r#", "repo": {{"path": "{}", "ref": "main"}}"#,
+            repo.path().display()
+        ),
+    );
+    let state = state();
+    let jobs = state.path().join("jobs.ndjson");
+    std::fs::write(
+        &jobs,
+        format!(
+            "{{\"pod\": \"{}\", \"prompt\": \"write notes\", \"name\": \"notes\"}}\n",
+            pod.name()
+        ),
+    )
+    .unwrap();
+    let report = state.path().join("report.json");
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.arg("batch").arg(&jobs).arg("--report").arg(&report);
+    let out = run(cmd, STARTUP);
+    out.expect_code(0);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let job = &report["jobs"][0];
+    let id = job["session"].as_str().unwrap().to_string();
+    let branch = format!("cldpd/{id}");
+    assert_eq!(job["branch"], branch.as_str(), "{report}");
+    assert_eq!(job["commits"], 1, "{report}");
+    assert!(
+        out.stdout.contains(&format!("→ {branch} (1 commit)")),
+        "{}",
+        out.stdout
+    );
+    let listed = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo.path())
+        .args(["branch", "--list", &branch])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&branch),
+        "the source repository has the branch"
+    );
+
+    // diff: the patch of what the agent wrote.
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["diff", &id]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert!(
+        out.stdout.contains("+++ b/notes.txt") && out.stdout.contains("\n+write notes\n"),
+        "{}",
+        out.stdout
+    );
+
+    // ps -a: resumable, with its branch; ps alone: not listed.
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["ps", "-a"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    let resumable = &out.stdout[pos(&out.stdout, "\nRESUMABLE ")..];
+    let row = resumable
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} is resumable:\n{}", out.stdout));
+    assert!(
+        row.contains("exited 0") && row.ends_with(&format!("{branch} (1 commit)")),
+        "{row}"
+    );
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["ps", "-a", "--json"]);
+    let rows = ndjson(&run(cmd, LIMIT));
+    let stored = rows
+        .iter()
+        .find(|r| r["state"] == "resumable" && r["session"] == id.as_str())
+        .expect("a resumable row");
+    assert_eq!(stored["branch"]["commits"], 1);
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.arg("ps");
+    let out = run(cmd, LIMIT);
+    assert!(!out.stdout.contains("RESUMABLE"), "{}", out.stdout);
+
+    // rm: storage and logs gone, the branch stays.
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["rm", &id]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert_eq!(out.stdout, format!("{id}\n"));
+    assert!(!state.path().join("workspaces").join(&id).exists());
+    assert!(!state
+        .path()
+        .join("sessions")
+        .join(format!("{id}.ndjson"))
+        .exists());
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["rm", &id]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains(&format!("no stored session `{id}`")),
+        "{}",
+        out.stderr
+    );
+    let listed = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo.path())
+        .args(["branch", "--list", &branch])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&branch));
+    no_containers_left(&pod);
+}
+
+#[test]
+fn rm_refuses_a_live_session_and_the_final_line_names_the_branch() {
+    if !require_docker() {
+        return;
+    }
+    let repo = source_repo();
+    let pod = stream_json_pod(
+        r#"echo "$text" >> /workspace/notes.txt"#,
+        &format!(
+            r#", "repo": {{"path": "{}", "ref": "main"}}"#,
+            repo.path().display()
+        ),
+    );
+    let state = state();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args([
+        "start",
+        pod.name(),
+        "--prompt",
+        "write",
+        "--keep-alive",
+        "5m",
+    ]);
+    let live = Live::spawn(cmd);
+    let id = live.session_id(STARTUP);
+    live.wait_stderr(
+        &format!(
+            "cldpd: idle after 1 turn; waiting 5m for a follow-up (cldpd resume {id} --prompt …)\n"
+        ),
+        STARTUP,
+    );
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["rm", &id]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains(&format!(
+            "cldpd: {id} is running: its storage is in use\nhint: stop it first (`cldpd stop {id}`), then `cldpd rm {id}`"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(state.path().join("workspaces").join(&id).exists());
+    // A follow-up from another process, then the stop.
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["resume", &id, "--prompt", "more"]);
+    run(cmd, LIMIT).expect_code(0);
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["stop", &id]);
+    run(cmd, LIMIT).expect_code(0);
+    let out = live.finish(LIMIT);
+    assert_eq!(
+        out.stdout, "answer 1: write\nanswer 2: more\n",
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .ends_with(&format!("cldpd: work is on branch cldpd/{id} (1 commit)\n")),
+        "the last line names the branch:\n{}",
+        out.stderr
+    );
+    no_containers_left(&pod);
+}

@@ -1079,16 +1079,17 @@ impl StoragePlan {
     }
 }
 
+/// The storage of an ended session and the plan of its new run.
+type StoredResume = (
+    crate::workspace::StoredSession,
+    (Arc<Pod>, Plan, Arc<Policy>),
+);
+
 /// What a `Resume` reaches: a live run, or the storage of one that ended
 /// (with the plan of its new run).
 enum ResumeTarget {
     Live(Box<Match>, String),
-    Stored(
-        Box<(
-            crate::workspace::StoredSession,
-            (Arc<Pod>, Plan, Arc<Policy>),
-        )>,
-    ),
+    Stored(Box<StoredResume>),
 }
 
 impl DispatcherActor {

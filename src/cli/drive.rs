@@ -1,6 +1,7 @@
 //! Follow a live run to its end: render its events, turn Ctrl-C / SIGTERM
 //! into a graceful stop (a second one: kill at once), and work out the exit
-//! code. Shared by `start` and `resume`.
+//! code. Shared by `start` and `resume`; with `start -i`, also the
+//! follow-ups typed on stdin ([`Attach`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use cldpd::Session;
 use futures_util::{FutureExt, StreamExt};
 
+use super::attach::{Attach, Report};
 use super::error::{exit_code_for, exit_code_for_error, CliError, EXIT_FAILURE};
 use super::output::{grace_text, Ui, SPINNER_INTERVAL};
 use super::render::Renderer;
@@ -24,16 +26,18 @@ type StopFuture = Pin<Box<dyn Future<Output = cldpd::Result<i32>>>>;
 /// when a limit ended it, [`EXIT_FAILURE`] when the run failed, or `128 + n`
 /// when signal `n` stopped it while no container ran (before the first one,
 /// or during a restart back-off). `grace` is the SIGTERM → SIGKILL period of
-/// a stop caused by a signal.
+/// a stop caused by a signal. `attach`: the follow-ups read from stdin
+/// (`start -i`); their errors are shown, their answers are in the events.
 pub async fn drive(
     ui: &mut Ui,
     session: &Session,
     signals: &mut Signals,
     grace: Duration,
     resume_of: Option<String>,
+    mut attach: Option<Attach>,
 ) -> i32 {
     let mut events = session.events();
-    let mut renderer = Renderer::live(resume_of);
+    let mut renderer = Renderer::live(resume_of).attached(attach.is_some());
     let mut tick = tokio::time::interval(SPINNER_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut stop: Option<StopFuture> = None;
@@ -103,6 +107,20 @@ pub async fn drive(
                     stop = Some(Box::pin(async move { s.stop(Some(grace)).await }));
                 }
             }
+            report = async { attach.as_mut().expect("guarded").next().await }, if attach.is_some() => {
+                match report {
+                    None => attach = None,
+                    Some(Report::Refused(e)) => ui.error(&CliError::from(e)),
+                    Some(Report::Unreadable(e)) => ui.notice(format_args!(
+                        "cannot read stdin ({e}): taken as the end of the follow-ups"
+                    )),
+                    Some(Report::Ending) if stop.is_none() && signalled.is_none() && !out_stop => {
+                        ui.status("end of input: the conversation ends once the agent has answered")
+                    }
+                    Some(Report::Ending) => {}
+                }
+                ui.flush();
+            }
             _ = tick.tick(), if ui.spinning() => ui.spin_tick(),
         }
     }
@@ -110,6 +128,20 @@ pub async fn drive(
     ui.flush();
 
     let outcome = session.wait().await;
+    let code = outcome_code(ui, outcome, stop_error, signalled);
+    // The work's branch, when it came back: the last line.
+    renderer.finish(ui);
+    ui.flush();
+    code
+}
+
+/// The exit code of a run's outcome, its error shown.
+fn outcome_code(
+    ui: &mut Ui,
+    outcome: cldpd::Result<i32>,
+    stop_error: Option<cldpd::Error>,
+    signalled: Option<Sig>,
+) -> i32 {
     if let Some(e) = stop_error {
         ui.error(&e.into());
         return EXIT_FAILURE;

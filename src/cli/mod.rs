@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use cldpd::{Dispatcher, Settings};
 
+mod attach;
 mod colour;
 mod commands;
 mod detach;
@@ -148,6 +149,18 @@ fn parse_grace(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("`{text}` is not a number of seconds >= 0"))
 }
 
+/// Parse a duration as humans write it (`30s`, `10m`, `1h 30m`, `7d`; a
+/// bare number is seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("`{text}` is not a duration >= 0"));
+    }
+    humantime::parse_duration(t)
+        .map_err(|_| format!("`{text}` is not a duration: write it like 30s, 10m, 1h or 7d"))
+}
+
 /// Run the command line of this process; returns the exit code.
 pub fn main() -> i32 {
     // An empty variable means "not set" (as in Settings::from_env), not an
@@ -234,5 +247,18 @@ mod tests {
         assert_eq!(parse_grace("0"), Ok(Duration::ZERO));
         assert!(parse_grace("-1").is_err());
         assert!(parse_grace("soon").is_err());
+    }
+
+    #[test]
+    fn durations_take_units_and_bare_seconds() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
     }
 }

@@ -202,6 +202,11 @@ impl Ui {
         self.write_out(&line);
     }
 
+    /// Bytes for stdout as they are (a patch).
+    pub fn write_bytes(&mut self, bytes: &[u8]) {
+        self.write_out(bytes);
+    }
+
     /// Text for stdout as it is (tables, ids, completions).
     pub fn print(&mut self, text: impl Display) {
         self.write_out(text.to_string().as_bytes());

@@ -13,6 +13,14 @@
 //! and the end as `cldpd: success in 4 turns, $0.0123, 45 s`. A stdout line
 //! that starts with `{` is held until the next event: an agent event after
 //! it means it was a stream-json line (dropped), anything else prints it.
+//!
+//! Long-lived agents (`agentInput: "stream-json"`): each prompt that
+//! reaches the agent is `cldpd: prompt: <its first line>`, waiting for a
+//! follow-up is `cldpd: idle after 2 turns; waiting 10m for a follow-up
+//! (…)`, turns themselves show nothing more. The work's branch (pod.json
+//! `repo`) is the last line: `cldpd: work is on branch cldpd/<id> (3
+//! commits)`, after the exit line (live: after the error too, see
+//! [`Renderer::finish`]).
 
 use std::time::SystemTime;
 
@@ -35,6 +43,10 @@ pub struct Renderer {
     skipping: bool,
     /// An agent (stream-json) run: seen `agent_init`.
     agent: bool,
+    /// `start -i`: follow-ups come from this terminal.
+    attached: bool,
+    /// The `branch` line, shown last.
+    branch: Option<String>,
 }
 
 impl Renderer {
@@ -47,6 +59,8 @@ impl Renderer {
             held: None,
             skipping: false,
             agent: false,
+            attached: false,
+            branch: None,
         }
     }
 
@@ -59,6 +73,23 @@ impl Renderer {
             held: None,
             skipping: false,
             agent: false,
+            attached: false,
+            branch: None,
+        }
+    }
+
+    /// Follow-ups come from this terminal (`start -i`): the idle line says
+    /// so.
+    pub fn attached(mut self, attached: bool) -> Self {
+        self.attached = attached;
+        self
+    }
+
+    /// Show what is still held back once the run has ended: the `branch`
+    /// line (live, it comes after the outcome, which the caller shows).
+    pub fn finish(&mut self, ui: &mut Ui) {
+        if let Some(line) = self.branch.take() {
+            ui.status(line);
         }
     }
 
@@ -125,7 +156,26 @@ impl Renderer {
             }
             EventKind::AgentResult { .. } => ui.status(result_line(&ev.kind)),
             EventKind::AgentApiError { .. } => ui.status(api_error_line(&ev.kind)),
-            EventKind::AgentUnknown { .. } => {}
+            EventKind::AgentUnknown { .. } | EventKind::AgentTurn { .. } => {}
+            EventKind::AgentPrompt { text, .. } => {
+                ui.status(format_args!("prompt: {}", prompt_line(text)))
+            }
+            EventKind::Idle {
+                turns,
+                keep_alive_ms,
+            } => {
+                if *keep_alive_ms > 0 {
+                    ui.status(idle_line(
+                        &ev.session,
+                        *turns,
+                        *keep_alive_ms,
+                        self.attached,
+                    ));
+                }
+            }
+            EventKind::Branch { name, commits, .. } => {
+                self.branch = Some(branch_line(name, *commits));
+            }
             EventKind::Queued { position } => ui.status(format_args!(
                 "{} is queued (position {position})",
                 ev.session
@@ -188,11 +238,15 @@ impl Renderer {
                     Colour::Red
                 };
                 ui.status(paint(on_stderr(), colour, &format!("exited {code}")));
+                if !self.live {
+                    self.finish(ui);
+                }
             }
             EventKind::Error { message, .. } => {
                 ui.spin_end();
                 if !self.live {
                     ui.status(format_args!("failed: {message}"));
+                    self.finish(ui);
                 }
             }
             // A kind added to the library later: say so rather than hide it.
@@ -212,7 +266,63 @@ fn is_agent_event(kind: &EventKind) -> bool {
             | EventKind::AgentResult { .. }
             | EventKind::AgentApiError { .. }
             | EventKind::AgentUnknown { .. }
+            | EventKind::AgentPrompt { .. }
+            | EventKind::AgentTurn { .. }
     )
+}
+
+/// Characters of a prompt shown in its `prompt:` line.
+const PROMPT_SHOWN: usize = 72;
+
+/// A prompt in one line: its first non-blank line, cut, `…` when there
+/// is more.
+pub fn prompt_line(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let mut line = super::output::truncate_chars(first, PROMPT_SHOWN);
+    if lines.next().is_some() && !line.ends_with('…') {
+        line.push_str(" …");
+    }
+    line
+}
+
+/// `idle after 2 turns; waiting 10m for a follow-up (cldpd resume <id>
+/// --prompt …)`; attached (`start -i`), the follow-up is typed here.
+pub fn idle_line(session: &str, turns: u32, keep_alive_ms: u64, attached: bool) -> String {
+    let plural = if turns == 1 { "" } else { "s" };
+    let wait = keep_alive_text(std::time::Duration::from_millis(keep_alive_ms));
+    let how = if attached {
+        "type it here, one line; Ctrl-D ends".to_string()
+    } else {
+        format!("cldpd resume {session} --prompt …")
+    };
+    format!("idle after {turns} turn{plural}; waiting {wait} for a follow-up ({how})")
+}
+
+/// A duration as a user would write it: `30s`, `10m`, `1h 30m`, `7d`,
+/// `1.5s`.
+pub fn keep_alive_text(d: std::time::Duration) -> String {
+    if d.subsec_millis() != 0 && d.as_secs() < 60 {
+        return super::output::grace_text(d);
+    }
+    let mut left = d.as_secs();
+    let mut parts = Vec::new();
+    for (unit, secs) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if left >= secs {
+            parts.push(format!("{}{unit}", left / secs));
+            left %= secs;
+        }
+    }
+    if parts.is_empty() {
+        return "0s".into();
+    }
+    parts.join(" ")
+}
+
+/// `work is on branch cldpd/<id> (3 commits)`.
+pub fn branch_line(name: &str, commits: usize) -> String {
+    let plural = if commits == 1 { "" } else { "s" };
+    format!("work is on branch {name} ({commits} commit{plural})")
 }
 
 /// `rate limited (HTTP 429): the agent retries in 1.0 s (attempt 1)` for
@@ -346,6 +456,48 @@ mod tests {
             "ls -la…"
         );
         assert_eq!(short_input(&serde_json::json!({"x": 1})), "{\"x\":1}");
+    }
+
+    #[test]
+    fn session_lines_read_as_the_readme_shows_them() {
+        assert_eq!(prompt_line("Add a test"), "Add a test");
+        assert_eq!(prompt_line("\n  Fix it\nthen more"), "Fix it …");
+        let long = "x".repeat(100);
+        assert_eq!(prompt_line(&long).chars().count(), PROMPT_SHOWN);
+        assert!(prompt_line(&long).ends_with('…'));
+        assert_eq!(
+            idle_line("web-0a1b2c3d", 2, 600_000, false),
+            "idle after 2 turns; waiting 10m for a follow-up (cldpd resume web-0a1b2c3d --prompt …)"
+        );
+        assert_eq!(
+            idle_line("web-0a1b2c3d", 1, 3_600_000, true),
+            "idle after 1 turn; waiting 1h for a follow-up (type it here, one line; Ctrl-D ends)"
+        );
+        assert_eq!(
+            keep_alive_text(std::time::Duration::from_millis(1500)),
+            "1.5s"
+        );
+        assert_eq!(
+            keep_alive_text(std::time::Duration::from_secs(5400)),
+            "1h 30m"
+        );
+        assert_eq!(
+            keep_alive_text(std::time::Duration::from_secs(7 * 86_400)),
+            "7d"
+        );
+        assert_eq!(
+            keep_alive_text(std::time::Duration::from_secs(90_061)),
+            "1d 1h 1m 1s"
+        );
+        assert_eq!(keep_alive_text(std::time::Duration::ZERO), "0s");
+        assert_eq!(
+            branch_line("cldpd/web-0a1b2c3d", 1),
+            "work is on branch cldpd/web-0a1b2c3d (1 commit)"
+        );
+        assert_eq!(
+            branch_line("cldpd/x", 3),
+            "work is on branch cldpd/x (3 commits)"
+        );
     }
 
     #[test]

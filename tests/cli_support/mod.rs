@@ -95,6 +95,12 @@ impl Live {
         }
     }
 
+    /// Its stdin, once (the command must have been given
+    /// `stdin(Stdio::piped())`); dropping it closes it (end of input).
+    pub fn take_stdin(&mut self) -> std::process::ChildStdin {
+        self.child.stdin.take().expect("stdin was piped")
+    }
+
     /// True while the process has not exited.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -39,7 +39,9 @@ finish; the rest are reported \"not_started\"). While an agent reports a rate
 limit (HTTP 429, or 529 overloaded), the batch holds its admissions for a
 back-off (10 s, doubling to 5 min while reports keep coming; shown on the
 progress line); running jobs go on. With --json the last line is the report
-({\"type\": \"batch_report\", ...}).
+({\"type\": \"batch_report\", ...}). A job of a pod whose pod.json names a
+\"repo\" has its work come back as branch cldpd/<session>: its finished line
+ends with it, and its report entry has \"branch\" and \"commits\".
 
 Exit status: 0 when every job succeeded (exit 0), 1 otherwise.")]
 pub struct BatchArgs {
@@ -366,6 +368,7 @@ impl Board {
         tail.tally.observe(&ev.kind);
         match &ev.kind {
             EventKind::Output { line, .. } | EventKind::BuildOutput { line } => tail.push(line),
+            EventKind::Branch { name, commits, .. } => tail.branch = Some((name.clone(), *commits)),
             EventKind::ContainerStarted { .. } if !tail.ran => {
                 tail.ran = true;
                 tail.lines.clear();
@@ -490,6 +493,8 @@ struct Tail {
     ran: bool,
     /// The agent's turns and cost so far.
     tally: cldpd::agent::AgentTally,
+    /// The branch the work came back as, and its commits.
+    branch: Option<(String, usize)>,
 }
 
 impl Tail {
@@ -560,6 +565,10 @@ fn finished_line(
         ev.session,
         short_duration(took),
     );
+    if let Some((name, commits)) = &tail.branch {
+        let plural = if *commits == 1 { "" } else { "s" };
+        line.push_str(&format!("  → {name} ({commits} commit{plural})"));
+    }
     if state == "FAILED" {
         if let Some(message) = error {
             line.push_str(&format!(

@@ -2,9 +2,11 @@
 //!
 //! Commands and flags come from clap. For bash and fish the script also
 //! completes what only cldpd knows, by asking it at completion time
-//! (`cldpd __complete pods|targets`): pod names after `start`; pod names
-//! and live session ids after `stop`, `logs` and `resume`. A `--pods-dir`
-//! on the command line being completed is passed on.
+//! (`cldpd __complete pods|targets|sessions`): pod names after `start`; pod
+//! names and live session ids after `stop`, `logs` and `resume`; stored
+//! session ids (those `ps -a` lists as resumable, and live ones) after `rm`
+//! and `diff`. A `--pods-dir` or `--state-dir` on the command line being
+//! completed is passed on.
 
 use clap::{Args, CommandFactory};
 use clap_complete::Shell;
@@ -42,13 +44,23 @@ pub fn run(args: CompletionsArgs) -> Result<i32, CliError> {
 /// Arguments of the hidden `cldpd __complete`.
 #[derive(Debug, Args)]
 pub struct CompleteArgs {
-    /// `pods` (pod names) or `targets` (pod names and live session ids)
+    /// `pods` (pod names), `targets` (pod names and live session ids) or
+    /// `sessions` (stored session ids)
     pub kind: String,
 }
 
 /// Print the candidates, one a line; nothing (and exit 0) when they cannot
 /// be found — a completion never prints errors.
 pub async fn candidates(args: CompleteArgs, ctx: &crate::cli::Ctx) -> Result<i32, CliError> {
+    if args.kind == "sessions" {
+        // From the state directory alone: no engine to wait for.
+        let text: String = cldpd::workspace::Storage::all(&ctx.settings().state_dir)
+            .iter()
+            .filter_map(|s| s.dir().file_name()?.to_str().map(|n| format!("{n}\n")))
+            .collect();
+        print!("{text}");
+        return Ok(0);
+    }
     let mut out: Vec<String> = cldpd::pod::discover_all(&ctx.settings().pods_dir)
         .map(|entries| entries.into_iter().map(|e| e.name).collect())
         .unwrap_or_default();
@@ -65,7 +77,7 @@ pub async fn candidates(args: CompleteArgs, ctx: &crate::cli::Ctx) -> Result<i32
 }
 
 /// Bash: wrap clap's `_cldpd` so that the positional targets of start,
-/// stop, logs and resume complete from `cldpd __complete`.
+/// stop, logs, resume, rm and diff complete from `cldpd __complete`.
 const BASH_DYNAMIC: &str = r#"
 # Pod names and live session ids, from cldpd itself (dynamic).
 _cldpd_dynamic() {
@@ -74,8 +86,8 @@ _cldpd_dynamic() {
     local -a dir=()
     for ((i = 1; i < COMP_CWORD; i++)); do
         w=${COMP_WORDS[i]}
-        if [[ $w == --pods-dir && $((i + 1)) -lt COMP_CWORD ]]; then
-            dir=(--pods-dir "${COMP_WORDS[i+1]}")
+        if [[ ( $w == --pods-dir || $w == --state-dir ) && $((i + 1)) -lt COMP_CWORD ]]; then
+            dir+=("$w" "${COMP_WORDS[i+1]}")
         elif [[ -z $sub && $w != -* && ${COMP_WORDS[i-1]} != --pods-dir && ${COMP_WORDS[i-1]} != --state-dir ]]; then
             sub=$w
         fi
@@ -83,10 +95,11 @@ _cldpd_dynamic() {
     case $sub in
         start) kind=pods ;;
         stop | logs | resume) kind=targets ;;
+        rm | diff) kind=sessions ;;
     esac
     if [[ -n $kind && $cur != -* ]]; then
         case $prev in
-            --issue | --prompt | --prompt-file | --grace | --pods-dir | --state-dir | -n | --tail) ;;
+            --issue | --prompt | --prompt-file | --grace | --pods-dir | --state-dir | -n | --tail | --keep-alive | --older-than) ;;
             *)
                 local IFS=$'
 '
@@ -105,9 +118,10 @@ fi
 "#;
 
 /// Fish: pod names after start; pods and live sessions after stop, logs,
-/// resume.
+/// resume; stored sessions after rm and diff.
 const FISH_DYNAMIC: &str = r#"
 # Pod names and live session ids, from cldpd itself (dynamic).
 complete -c cldpd -n "__fish_seen_subcommand_from start" -f -a "(cldpd __complete pods 2>/dev/null)"
 complete -c cldpd -n "__fish_seen_subcommand_from stop logs resume" -f -a "(cldpd __complete targets 2>/dev/null)"
+complete -c cldpd -n "__fish_seen_subcommand_from rm diff" -f -a "(cldpd __complete sessions 2>/dev/null)"
 "#;

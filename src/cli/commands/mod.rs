@@ -7,14 +7,17 @@ use super::Ctx;
 
 mod batch;
 mod completions;
+mod diff;
 mod doctor;
 mod init;
 mod logs;
 mod model_server;
 mod new;
 mod pods;
+mod prune;
 mod ps;
 mod resume;
+mod rm;
 mod scaffold;
 mod start;
 mod stop;
@@ -25,14 +28,22 @@ pub enum Command {
     /// Build a pod's image, run its agent on an issue, stream the output,
     /// exit with the agent's exit code
     Start(start::StartArgs),
-    /// Send a follow-up prompt to a running agent (same conversation)
+    /// Send a follow-up prompt to an agent (same conversation): its live
+    /// run, or a new run of an ended session
     Resume(resume::ResumeArgs),
     /// Stop a run started by any cldpd process (SIGTERM, grace, SIGKILL)
     Stop(stop::StopArgs),
     /// Show a run's events from its session log, also after it ended
     Logs(logs::LogsArgs),
-    /// List runs, found through their Docker labels
+    /// List runs, found through their Docker labels (-a: also ended runs
+    /// and the sessions that can be resumed)
     Ps(ps::PsArgs),
+    /// Remove ended sessions: their workspace, agent state and run logs
+    Rm(rm::RmArgs),
+    /// Remove the sessions that ended long ago (default: 7 days)
+    Prune(prune::PruneArgs),
+    /// Print the changes a session made to its repository, as a patch
+    Diff(diff::DiffArgs),
     /// List the pods in the pods directory and whether each is valid
     Pods(pods::PodsArgs),
     /// Run many jobs from a file, at most --concurrency at a time, and report
@@ -51,7 +62,8 @@ pub enum Command {
     /// Serve a scripted model (Messages API) on 127.0.0.1, to run the real
     /// Claude Code against offline and for free
     ModelServer(model_server::ModelServerArgs),
-    /// Candidates for the shell completion scripts (pods, live sessions)
+    /// Candidates for the shell completion scripts (pods, live sessions,
+    /// stored sessions)
     #[command(name = "__complete", hide = true)]
     Complete(completions::CompleteArgs),
 }
@@ -64,6 +76,9 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<i32, CliError> {
         Command::Stop(args) => stop::run(args, ctx).await,
         Command::Logs(args) => logs::run(args, ctx).await,
         Command::Ps(args) => ps::run(args, ctx).await,
+        Command::Rm(args) => rm::run(args, ctx).await,
+        Command::Prune(args) => prune::run(args, ctx).await,
+        Command::Diff(args) => diff::run(args, ctx).await,
         Command::Pods(args) => pods::run(args, ctx),
         Command::Batch(args) => batch::run(args, ctx).await,
         Command::Doctor(args) => doctor::run(args, ctx).await,

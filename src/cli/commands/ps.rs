@@ -1,10 +1,13 @@
 //! `cldpd ps`: the runs Docker knows about, from their `cldpd.*` labels, so
-//! runs of every cldpd process are listed.
+//! runs of every cldpd process are listed. `-a` adds the runs that ended
+//! (from their session logs) and the stored sessions of long-lived agents
+//! that `resume` can continue ([`cldpd::Dispatcher::stored`]).
 
 use std::time::SystemTime;
 
 use clap::Args;
 use cldpd::agent::AgentTally;
+use cldpd::messages::dispatcher::StoredInfo;
 
 use crate::cli::error::CliError;
 use crate::cli::output::{age, table};
@@ -18,8 +21,9 @@ pub struct PsArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Also the runs that ended, from the session logs: exit code and
-    /// duration
+    /// Also the runs that ended, from the session logs (exit code and
+    /// duration), and the sessions that can be resumed (RESUMABLE: ended,
+    /// outcome, branch; `cldpd resume <session> --prompt ...`)
     #[arg(short, long)]
     pub all: bool,
 
@@ -39,6 +43,16 @@ pub async fn run(args: PsArgs, ctx: &Ctx) -> Result<i32, CliError> {
     } else {
         Vec::new()
     };
+    let resumable: Vec<StoredInfo> = if args.all {
+        ctx.dispatcher()
+            .stored()
+            .await?
+            .into_iter()
+            .filter(|s| !s.live)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let sessions_dir = ctx.settings().sessions_dir();
     let tallies: Vec<Option<AgentTally>> = runs
         .iter()
@@ -55,15 +69,25 @@ pub async fn run(args: PsArgs, ctx: &Ctx) -> Result<i32, CliError> {
         for run in &ended {
             ui.json_line(run);
         }
+        for info in &resumable {
+            ui.json_line(&StoredRow {
+                info,
+                state: "resumable",
+            });
+        }
         return Ok(0);
     }
     if args.quiet {
+        let mut seen = std::collections::HashSet::new();
         for session in runs
             .iter()
             .map(|r| &r.session)
             .chain(ended.iter().map(|r| &r.session))
+            .chain(resumable.iter().map(|s| &s.meta.session))
         {
-            ui.print(format_args!("{session}\n"));
+            if seen.insert(session) {
+                ui.print(format_args!("{session}\n"));
+            }
         }
         return Ok(0);
     }
@@ -123,7 +147,56 @@ pub async fn run(args: PsArgs, ctx: &Ctx) -> Result<i32, CliError> {
         &["SESSION", "POD", "ISSUE", "AGE", "TURNS", "COST", "STATE"],
         &rows,
     ));
+    if !resumable.is_empty() {
+        ui.print(format_args!("\n{}", resumable_table(&resumable, now)));
+    }
     Ok(0)
+}
+
+/// A stored session as `ps -a --json` prints it: `session.json`'s fields,
+/// `live`, `dir`, and `"state": "resumable"`.
+#[derive(serde::Serialize)]
+struct StoredRow<'a> {
+    #[serde(flatten)]
+    info: &'a StoredInfo,
+    state: &'static str,
+}
+
+/// The sessions `resume` can continue: `RESUMABLE POD ENDED OUTCOME RUNS
+/// BRANCH`.
+fn resumable_table(stored: &[StoredInfo], now: SystemTime) -> String {
+    let rows: Vec<Vec<String>> = stored
+        .iter()
+        .map(|s| {
+            let m = &s.meta;
+            let ended = m
+                .ended
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                .map(|t| format!("{} ago", age(now.duration_since(t).unwrap_or_default())))
+                .unwrap_or_else(|| "-".into());
+            let branch = m
+                .branch
+                .as_ref()
+                .map(|b| {
+                    let plural = if b.commits == 1 { "" } else { "s" };
+                    format!("{} ({} commit{plural})", b.name, b.commits)
+                })
+                .unwrap_or_else(|| "-".into());
+            vec![
+                m.session.clone(),
+                m.pod.clone(),
+                ended,
+                m.outcome.clone().unwrap_or_else(|| "-".into()),
+                m.runs.len().to_string(),
+                branch,
+            ]
+        })
+        .collect();
+    table(
+        &["RESUMABLE", "POD", "ENDED", "OUTCOME", "RUNS", "BRANCH"],
+        &rows,
+    )
 }
 
 /// A live run as `ps --json` prints it: its labels, and its agent's turns

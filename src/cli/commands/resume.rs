@@ -1,6 +1,8 @@
 //! `cldpd resume <session-or-pod> --prompt <text>`: a follow-up prompt into
-//! a running agent's conversation (`claude -p --resume <uuid>` via
-//! `docker exec`), streamed like `start`.
+//! an agent's conversation, streamed like `start`: written to the live
+//! agent's stdin (a pod with `agentInput: "stream-json"`; only that turn is
+//! shown), a new run on an ended session's storage (`--resume`), or for
+//! other pods `claude -p --resume <uuid>` via `docker exec`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,9 +22,13 @@ use crate::cli::{parse_grace, Ctx};
 Examples:
   cldpd resume hello-1a2b3c4d --prompt 'Also add a test'
   cldpd resume hello --prompt 'Summarise what you did'   (one live run of hello)
+  cldpd resume web-1a2b3c4d --prompt 'Now rebase it'     (ended: resumed on its storage)
 
 The run may have been started by another cldpd process: it is found through
-its Docker labels. cldpd exits with the agent's exit code.")]
+its Docker labels. A long-lived agent (\"agentInput\": \"stream-json\") gets the
+prompt on its stdin and answers it as its next turn; a session of one whose
+run has ended (see `cldpd ps -a`) is continued in a new container with the
+same workspace and conversation. cldpd exits with the agent's exit code.")]
 pub struct ResumeArgs {
     /// A session id, or a pod name when exactly one run of it is live
     pub target: String,
@@ -75,6 +81,12 @@ pub async fn run(args: ResumeArgs, ctx: &Ctx) -> Result<i32, CliError> {
     let grace = args
         .grace
         .unwrap_or_else(|| super::pod_grace(ctx, session.pod()));
-    let resume_of = session.info().resume_of.clone();
-    Ok(drive(&mut ui, &session, &mut signals, grace, resume_of).await)
+    // A live run names the session it runs in; an ended session's new
+    // run continues the one named.
+    let resume_of = session
+        .info()
+        .resume_of
+        .clone()
+        .or_else(|| (args.target != session.id()).then(|| args.target.clone()));
+    Ok(drive(&mut ui, &session, &mut signals, grace, resume_of, None).await)
 }

@@ -104,9 +104,7 @@ impl Shared {
     /// and every line was read (a partial last line counts as a line).
     fn next_input_line(&self, take: bool) -> Option<Option<Vec<u8>>> {
         let mut guard = self.input();
-        let Some(input) = guard.as_mut() else {
-            return None;
-        };
+        let input = guard.as_mut()?;
         let end = match memchr::memchr(b'\n', &input.bytes) {
             Some(i) => i + 1,
             None if input.closed && !input.bytes.is_empty() => input.bytes.len(),
