@@ -64,6 +64,7 @@ pub async fn run(args: PsArgs, ctx: &Ctx) -> Result<i32, CliError> {
                 run,
                 turns: tally.as_ref().map(AgentTally::turns),
                 cost_usd: tally.as_ref().and_then(AgentTally::cost_usd),
+                idle: is_idle(run, tally.as_ref()),
             });
         }
         for run in &ended {
@@ -100,7 +101,11 @@ pub async fn run(args: PsArgs, ctx: &Ctx) -> Result<i32, CliError> {
                 .started
                 .map(|t| age(now.duration_since(t).unwrap_or_default()))
                 .unwrap_or_else(|| "-".into());
-            let mut state = r.state.clone();
+            let mut state = if is_idle(r, tally.as_ref()) {
+                "idle".to_string()
+            } else {
+                r.state.clone()
+            };
             if r.orphan {
                 state.push_str(" (orphan)");
             }
@@ -207,6 +212,8 @@ struct LiveRow<'a> {
     run: &'a cldpd::RunInfo,
     turns: Option<u32>,
     cost_usd: Option<f64>,
+    /// A long-lived agent waiting for a follow-up.
+    idle: bool,
 }
 
 /// The TURNS and COST cells of a live run: turns so far; the cost of its
@@ -233,7 +240,10 @@ fn tally_log(path: &std::path::Path) -> Option<AgentTally> {
         let Ok(line) = line else { break };
         if !(line.contains("assistant")
             || line.starts_with("{\"type\":\"agent_result\"")
-            || line.starts_with("{\"type\":\"container_started\""))
+            || line.starts_with("{\"type\":\"container_started\"")
+            || line.starts_with("{\"type\":\"idle\"")
+            || line.starts_with("{\"type\":\"agent_prompt\"")
+            || line.starts_with("{\"type\":\"agent_turn\""))
         {
             continue;
         }
@@ -242,6 +252,12 @@ fn tally_log(path: &std::path::Path) -> Option<AgentTally> {
         }
     }
     tally.is_agent().then_some(tally)
+}
+
+/// A running container whose long-lived agent waits for a follow-up (its
+/// log's last `idle` is later than its last prompt).
+fn is_idle(run: &cldpd::RunInfo, tally: Option<&AgentTally>) -> bool {
+    run.state == "running" && tally.is_some_and(AgentTally::is_idle)
 }
 
 /// A run that is no longer live, from its session log (`ps -a`).
