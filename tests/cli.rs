@@ -1249,6 +1249,15 @@ fn keep_alive_takes_durations_and_attach_needs_a_long_lived_agent() {
     }
     nothing_created(&plain);
 
+    // --checkpoint brings work back into a repository: a pod without one
+    // is refused before anything is built.
+    let out = start(&[&live, "--checkpoint", "--prompt", "x"]);
+    refused(
+        &out,
+        &["field `checkpoint`: checkpoints bring work back into a repository"],
+    );
+    nothing_created(&live);
+
     // -i reads stdin: the first prompt cannot come from it too.
     for args in [
         vec![live.as_str(), "-i", "--prompt", "-"],

@@ -94,6 +94,12 @@ pub struct StartArgs {
     /// "agentInput": "stream-json"
     #[arg(short = 'i', long, conflicts_with = "detach")]
     pub attach: bool,
+
+    /// Bring the work back into the pod's repository after every answer
+    /// too, not only when the run ends (pod.json "checkpoint"). Needs a pod
+    /// with a "repo"
+    #[arg(long)]
+    pub checkpoint: bool,
 }
 
 /// Run `cldpd start`.
@@ -131,6 +137,10 @@ pub async fn run(args: StartArgs, ctx: &Ctx) -> Result<i32, CliError> {
     }
     if let Some(keep_alive) = keep_alive {
         request.overrides.keep_alive_secs = Some(keep_alive.as_secs_f64());
+    }
+    if args.checkpoint {
+        // A pod without `repo` is refused by the start (pod.json check).
+        request.overrides.checkpoint = Some(true);
     }
     let session = ctx
         .dispatcher()
