@@ -644,8 +644,10 @@ impl Batch {
             index,
             name: job.name.clone(),
             pod: job.pod.clone(),
+            // As the agent got it (`#42` expanded with the pod's
+            // repository), else as the job gave it (it never started).
             issue: match &job.task {
-                Task::Issue(url) => Some(url.clone()),
+                Task::Issue(url) => session.info().issue.clone().or_else(|| Some(url.clone())),
                 Task::Prompt(_) => None,
             },
             session: session.id().to_string(),

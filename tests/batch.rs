@@ -471,3 +471,28 @@ async fn a_reported_rate_limit_holds_admissions_for_a_back_off() {
     assert_eq!(report.rate_limit_pauses, 1);
     assert_eq!(report.jobs[1].state, JobState::Succeeded);
 }
+
+#[actix::test]
+async fn the_report_names_the_issue_as_the_agent_got_it() {
+    let dirs = Dirs::new(&[("web", Some(r#"{"repository": "acme/web"}"#))]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", RunScript::new().exit(0));
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let jobs = vec![
+        Job::issue("web", "#42"),
+        Job::issue("web", "acme/other#7"),
+        Job::issue("web", "https://github.com/acme/web/issues/9"),
+    ];
+    let batch = Batch::start(&d, jobs).await.unwrap();
+    let report = within(30, "report", batch.report()).await;
+    let issues: Vec<Option<&str>> = report.jobs.iter().map(|j| j.issue.as_deref()).collect();
+    assert_eq!(
+        issues,
+        [
+            Some("https://github.com/acme/web/issues/42"),
+            Some("https://github.com/acme/other/issues/7"),
+            Some("https://github.com/acme/web/issues/9"),
+        ]
+    );
+    assert!(report.jobs.iter().all(|j| j.state == JobState::Succeeded));
+}

@@ -391,6 +391,10 @@ impl DispatcherActor {
             Plan::Start(start) => start.template.image.clone(),
             Plan::Resume { .. } => Arc::from(image.as_str()),
         };
+        let issue = match &plan {
+            Plan::Start(start) => start.issue.clone(),
+            Plan::Resume { .. } => None,
+        };
         let worker = self.worker();
         // A run (not a resume) can be stopped by another process: see `stops`.
         let stop_marker =
@@ -420,6 +424,7 @@ impl DispatcherActor {
             pod,
             image,
             resume_of,
+            issue,
             addr,
             state: rx,
             log_path,

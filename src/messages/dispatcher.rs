@@ -239,6 +239,9 @@ pub struct SessionInfo {
     pub image: String,
     /// For a resume, the session whose container it runs in.
     pub resume_of: Option<String>,
+    /// The issue's URL when the run works on one, as the agent got it
+    /// (`#42` and `owner/repo#42` expanded).
+    pub issue: Option<String>,
     /// The session actor.
     pub addr: Addr<SessionActor>,
     /// Its state, updated as it changes.
