@@ -1012,3 +1012,46 @@ async fn an_issue_number_means_the_pods_repository_and_the_full_url_is_kept() {
         other => panic!("{other:?}"),
     }
 }
+
+#[actix::test]
+async fn a_rebuild_removes_the_replaced_image_only_when_no_container_uses_it() {
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    rt.script_next_run("web", RunScript::new().hang());
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    // Image 1, held by a live run.
+    let live = d.start(StartRequest::prompt("web", "hold")).await.unwrap();
+    wait_running(&live).await;
+    let first = rt.image_id("cldpd-web").await.unwrap().unwrap();
+    let edit = |n: u32| {
+        std::fs::write(
+            dirs.pods().join("web").join("Dockerfile"),
+            format!("FROM scratch\nLABEL edit={n}\n"),
+        )
+        .unwrap()
+    };
+    // Image 2 replaces it: image 1 is in use, so it stays.
+    edit(1);
+    let s = d.start(StartRequest::prompt("web", "two")).await.unwrap();
+    assert_eq!(within(20, "run 2", s.wait()).await.unwrap(), 0);
+    let second = rt.image_id("cldpd-web").await.unwrap().unwrap();
+    assert_ne!(first, second);
+    // Image 3 replaces image 2, which nothing uses: it goes.
+    edit(2);
+    let s = d.start(StartRequest::prompt("web", "three")).await.unwrap();
+    assert_eq!(within(20, "run 3", s.wait()).await.unwrap(), 0);
+    within(20, "image 2 removed", async {
+        while rt.image_exists(&second).await.unwrap() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // Image 1's removal was tried first (right after build 2), and refused.
+    assert!(
+        rt.image_exists(&first).await.unwrap(),
+        "an image in use stays"
+    );
+    within(20, "shutdown", d.shutdown(Some(Duration::ZERO)))
+        .await
+        .unwrap();
+}

@@ -585,3 +585,58 @@ async fn rm_and_prune_remove_exactly_the_ended_sessions_they_name() {
     assert_nothing_left(&waiting);
     assert_nothing_left(&done);
 }
+
+#[actix::test]
+async fn a_rebuild_removes_the_image_it_replaced() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub("#!/bin/sh\necho done\n");
+    let state = tempfile::tempdir().unwrap();
+    let d = dispatcher(&pod, &state);
+    let image_id = || {
+        let out = std::process::Command::new(support::docker::docker_bin())
+            .args(["image", "inspect", "--format", "{{.Id}}", &pod.image()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let exists = |id: &str| {
+        std::process::Command::new(support::docker::docker_bin())
+            .args(["image", "inspect", id])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "go"))
+        .await
+        .unwrap();
+    assert_eq!(within(120, "run 1", s.wait()).await.unwrap(), 0);
+    let first = image_id();
+    assert!(exists(&first));
+    // An edit of the pod: the next run rebuilds, and the image the tag
+    // named before is removed (no container uses it).
+    let mut dockerfile = std::fs::read_to_string(pod.dockerfile()).unwrap();
+    dockerfile.push_str("LABEL edited=1\n");
+    std::fs::write(pod.dockerfile(), dockerfile).unwrap();
+    let s = d
+        .start(StartRequest::prompt(pod.name(), "go"))
+        .await
+        .unwrap();
+    assert_eq!(within(120, "run 2", s.wait()).await.unwrap(), 0);
+    let second = image_id();
+    assert_ne!(first, second);
+    // The removal runs beside the start of run 2: ask Docker until it is
+    // done (each question is a docker call; bounded).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while exists(&first) {
+        assert!(
+            Instant::now() < deadline,
+            "the replaced image {first} is still there"
+        );
+    }
+    assert!(exists(&second));
+    assert_nothing_left(&pod);
+}

@@ -534,6 +534,11 @@ impl DispatcherActor {
     fn run_build(&mut self, spec: BuildSpec, ctx: &mut Context<Self>) {
         let image = spec.image.clone();
         let runtime = self.runtime.clone();
+        // The image the tag names before the build: once the build has
+        // moved the tag, it is removed if no container uses it (else it
+        // would pile up as a `<none>` image with every pod edit).
+        let before = guarded("the runtime's image_id", self.runtime.image_id(&image));
+        let janitor = self.runtime.clone();
         let events = match guard("the runtime's build", move || runtime.build(spec)) {
             Ok(s) => guarded_stream("the runtime's build stream", s, |e| {
                 BuildEvent::Finished(Err(e))
@@ -543,6 +548,33 @@ impl DispatcherActor {
                 futures_util::stream::once(async move { BuildEvent::Finished(Err(e)) }).boxed()
             }
         };
+        let mut events = Some(events);
+        let events = futures_util::stream::once(before)
+            .flat_map(move |before| {
+                let events = events.take().expect("one item: one build stream");
+                let old = before.ok().and_then(|r| r.ok()).flatten();
+                let janitor = janitor.clone();
+                events.inspect(move |ev| {
+                    let BuildEvent::Finished(Ok(built)) = ev else {
+                        return;
+                    };
+                    let Some(old) = old.clone().filter(|o| built.id.as_ref() != Some(o)) else {
+                        return;
+                    };
+                    let remove = guarded("the runtime's remove_unused_image", janitor.remove_unused_image(&old));
+                    actix::spawn(async move {
+                        match remove.await {
+                            Ok(Ok(removed)) => {
+                                tracing::debug!(image = %old, removed, "the image a rebuild replaced")
+                            }
+                            Ok(Err(e)) | Err(e) => {
+                                tracing::debug!(image = %old, error = %e, "could not remove the image a rebuild replaced")
+                            }
+                        }
+                    });
+                })
+            })
+            .boxed();
         let key = image.clone();
         let done_key = image.clone();
         let handle = ctx.spawn(

@@ -415,6 +415,51 @@ impl Runtime for DockerCli {
         .boxed()
     }
 
+    fn image_id(&self, image: &str) -> BoxFuture<'static, Result<Option<String>, Error>> {
+        let fut = self.admin(
+            &["image", "inspect", "--format", "{{.Id}}", image],
+            ADMIN_TIMEOUT,
+        );
+        async move {
+            let out = fut
+                .await
+                .map_err(|e| e.into_error("image inspect", runtime_failed))?;
+            if out.success {
+                let id = out.stdout.trim();
+                Ok((!id.is_empty()).then(|| id.to_string()))
+            } else if out.daemon_down() {
+                Err(unavailable(out.message("image inspect")))
+            } else if out.stderr.to_ascii_lowercase().contains("no such image") {
+                Ok(None)
+            } else {
+                Err(runtime_failed(out.message("image inspect")))
+            }
+        }
+        .boxed()
+    }
+
+    fn remove_unused_image(&self, id: &str) -> BoxFuture<'static, Result<bool, Error>> {
+        // `docker rmi` without -f: an image a container uses stays.
+        let fut = self.admin(&["rmi", id], ADMIN_TIMEOUT);
+        async move {
+            let out = fut.await.map_err(|e| e.into_error("rmi", runtime_failed))?;
+            let stderr = out.stderr.to_ascii_lowercase();
+            if out.success {
+                Ok(true)
+            } else if out.daemon_down() {
+                Err(unavailable(out.message("rmi")))
+            } else if stderr.contains("conflict")
+                || stderr.contains("being used")
+                || stderr.contains("no such image")
+            {
+                Ok(false)
+            } else {
+                Err(runtime_failed(out.message("rmi")))
+            }
+        }
+        .boxed()
+    }
+
     fn run(&self, spec: RunSpec) -> BoxStream<'static, ProcessEvent> {
         let mut cmd = self.command(&args::run_args(&spec), &spec.env);
         // Killing the client would not stop the container; stopping goes

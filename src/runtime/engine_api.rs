@@ -300,6 +300,40 @@ impl Runtime for EngineApi {
         })
     }
 
+    fn image_id(&self, image: &str) -> BoxFuture<'static, Result<Option<String>, Error>> {
+        let image = image.to_string();
+        self.call(move |docker| async move {
+            match tokio::time::timeout(ADMIN_TIMEOUT, docker.inspect_image(&image)).await {
+                Err(_) => Err(admin_timeout("image inspect")),
+                Ok(Ok(info)) => Ok(info.id),
+                Ok(Err(e)) => match failure(&e) {
+                    Failure::Status(404, _) => Ok(None),
+                    _ => Err(errors::runtime("image inspect", &e)),
+                },
+            }
+        })
+    }
+
+    fn remove_unused_image(&self, id: &str) -> BoxFuture<'static, Result<bool, Error>> {
+        let id = id.to_string();
+        self.call(move |docker| async move {
+            // Never forced: an image a container uses (409) stays.
+            let options = bollard::query_parameters::RemoveImageOptions {
+                force: false,
+                ..Default::default()
+            };
+            let fut = docker.remove_image(&id, Some(options), None);
+            match tokio::time::timeout(ADMIN_TIMEOUT, fut).await {
+                Err(_) => Err(admin_timeout("image remove")),
+                Ok(Ok(_)) => Ok(true),
+                Ok(Err(e)) => match failure(&e) {
+                    Failure::Status(404 | 409, _) => Ok(false),
+                    _ => Err(errors::runtime("image remove", &e)),
+                },
+            }
+        })
+    }
+
     fn run(&self, spec: RunSpec) -> BoxStream<'static, ProcessEvent> {
         // Tracked from now on, so that a signal sent before the run's task
         // got going waits for the container.

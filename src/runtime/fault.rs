@@ -225,6 +225,8 @@ struct Registry {
     record_specs: bool,
     builds: HashMap<String, Arc<BuildScript>>,
     images: HashSet<String>,
+    /// Tag → id of the image it names (made by builds).
+    tags: HashMap<String, String>,
     pods: HashMap<String, Arc<RunScript>>,
     next_runs: HashMap<String, VecDeque<RunScript>>,
     exec_scripts: HashMap<String, Arc<RunScript>>,
@@ -250,6 +252,7 @@ impl Default for Registry {
             record_specs: true,
             builds: HashMap::new(),
             images: HashSet::new(),
+            tags: HashMap::new(),
             pods: HashMap::new(),
             next_runs: HashMap::new(),
             exec_scripts: HashMap::new(),

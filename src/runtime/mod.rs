@@ -463,6 +463,23 @@ pub trait Runtime: Send + Sync + 'static {
     /// True when an image with this tag exists locally.
     fn image_exists(&self, image: &str) -> BoxFuture<'static, Result<bool, Error>>;
 
+    /// The id of the image the tag `image` names now; `None` when it names
+    /// none. A backend that cannot tell answers `None` (the default), and
+    /// rebuilt images then stay behind untagged.
+    fn image_id(&self, image: &str) -> BoxFuture<'static, Result<Option<String>, Error>> {
+        let _ = image;
+        Box::pin(futures_util::future::ready(Ok(None)))
+    }
+
+    /// Remove the image `id` unless a container (running or not) uses it:
+    /// `Ok(true)` when removed, `Ok(false)` when in use or already gone —
+    /// never forced. After a rebuild moved a pod's tag, the image it
+    /// replaced would otherwise pile up as `<none>`. Default: `Ok(false)`.
+    fn remove_unused_image(&self, id: &str) -> BoxFuture<'static, Result<bool, Error>> {
+        let _ = id;
+        Box::pin(futures_util::future::ready(Ok(false)))
+    }
+
     /// Start a container and stream what it does. Dropping the stream does
     /// not stop the container: use [`Runtime::signal`] / [`Runtime::remove`].
     ///

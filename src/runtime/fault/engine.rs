@@ -64,8 +64,9 @@ impl Runtime for FaultRuntime {
                 BuildOutcome::Succeed => {
                     let id = format!("sha256:fault-{image}-{n}");
                     let mut reg = inner.lock();
-                    reg.images.insert(image);
+                    reg.images.insert(image.clone());
                     reg.images.insert(id.clone());
+                    reg.tags.insert(image, id.clone());
                     BuildEvent::Finished(Ok(BuiltImage { id: Some(id) }))
                 }
                 BuildOutcome::Fail(code) => {
@@ -105,6 +106,35 @@ impl Runtime for FaultRuntime {
             }
         }
         .boxed()
+    }
+
+    fn image_id(&self, image: &str) -> BoxFuture<'static, Result<Option<String>, Error>> {
+        let reg = self.inner.lock();
+        let result = if reg.unavailable {
+            Err(unavailable())
+        } else if reg.images.contains(image) {
+            Ok(Some(
+                reg.tags
+                    .get(image)
+                    .cloned()
+                    .unwrap_or_else(|| image.to_string()),
+            ))
+        } else {
+            Ok(None)
+        };
+        futures_util::future::ready(result).boxed()
+    }
+
+    fn remove_unused_image(&self, id: &str) -> BoxFuture<'static, Result<bool, Error>> {
+        let mut reg = self.inner.lock();
+        let result = if reg.unavailable {
+            Err(unavailable())
+        } else if reg.live.values().any(|l| &*l.image == id) {
+            Ok(false)
+        } else {
+            Ok(reg.images.remove(id))
+        };
+        futures_util::future::ready(result).boxed()
     }
 
     fn run(&self, spec: RunSpec) -> BoxStream<'static, ProcessEvent> {
