@@ -105,10 +105,22 @@ pub struct Start(pub StartRequest);
 #[rtype(result = "Result<(), Error>")]
 pub struct Validate(pub StartRequest);
 
-/// Send a follow-up prompt to a running agent: `claude -p --resume <uuid>
-/// <prompt>` via `docker exec` in the run's container. `target` is a
-/// session id, or a pod name when exactly one run of it is live. Works for
-/// runs started by other processes (found by their Docker labels).
+/// Send a follow-up prompt to an agent. `target` is a session id, or a pod
+/// name when exactly one run of it is live. Works for runs started by other
+/// processes (found by their Docker labels). The answer is a new session
+/// whose events are the follow-up's:
+///
+/// - a live long-lived agent (`agentInput: "stream-json"`): the prompt is
+///   written to its stdin (no second agent process; from another process
+///   through `docker attach`, on the Engine API backend) and the new
+///   session replays that prompt's turn from the run's log, ending with
+///   exit 0 (or the turn's error) once it is answered;
+/// - a long-lived agent's session whose container has ended (its storage
+///   remains, see [`crate::workspace::storage`]): a new run of the same pod
+///   on the same workspace and agent state, with `claude --resume
+///   <conversation>` and the prompt (no template);
+/// - any other live run: `claude -p --resume <conversation>` with the
+///   prompt on stdin, by `docker exec` in the run's container.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<SessionInfo, Error>")]
 pub struct Resume {
