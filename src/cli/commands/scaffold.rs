@@ -58,6 +58,7 @@ const CLAUDE_POD_JSON: &str = r#"{
   "env": { "DISABLE_AUTOUPDATER": "1" },
   "workdir": "/workspace",
   "agentCommand": ["claude", "--dangerously-skip-permissions"],
+  "agentInput": "stream-json",
   "stopGraceSecs": 30,
   "timeoutSecs": 3600,
   "idleTimeoutSecs": 900
@@ -91,9 +92,17 @@ Every field is optional; an unknown or misspelled field is refused.
   the image to update Claude Code.
 - `workdir`: where the agent starts, inside the container.
 - `agentCommand`: the agent and its leading arguments; cldpd appends
-  `-p --session-id <uuid> <prompt>`. `--dangerously-skip-permissions` lets
-  the agent act without asking (nobody is there to answer) -- inside the
-  container only; add `mounts` with care.
+  `-p --session-id <uuid>` and its own output options, and gives the
+  prompt on stdin. `--dangerously-skip-permissions` lets the agent act
+  without asking (nobody is there to answer) -- inside the container only;
+  add `mounts` with care.
+- `agentInput: \"stream-json\"`: one long-lived Claude Code per run. Follow-ups
+  (`cldpd resume <id> --prompt ...`, `cldpd start -i`) reach the same
+  agent; the session's workspace and conversation stay after the
+  container ends, so `cldpd resume` continues it later (`cldpd rm` removes
+  it). Add `keepAliveSecs` to keep the run waiting for follow-ups, and
+  `repo: {\"path\": \"~/src/app\", \"ref\": \"main\"}` to work on a clone of a local
+  repository whose result comes back as branch `cldpd/<session>`.
 - `stopGraceSecs`: seconds between SIGTERM and SIGKILL on `cldpd stop`.
 - `timeoutSecs`, `idleTimeoutSecs`: stop a run after this long, or after
   this long without output.
