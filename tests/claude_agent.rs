@@ -15,6 +15,7 @@ use cldpd::{Dispatcher, Error, Event, EventKind, Settings, StartRequest};
 use futures_util::StreamExt;
 use support::claude::ClaudePod;
 use support::docker::require_docker;
+use support::git::git;
 
 fn dispatcher(pod: &ClaudePod, state: &tempfile::TempDir) -> Dispatcher {
     Dispatcher::docker(Settings::new(pod.pods_dir(), state.path()).workers(2))
@@ -860,28 +861,6 @@ async fn resume_after_exit_continues_the_conversation_on_the_same_files() {
     );
     assert_eq!(last.conversation, reqs[0].conversation);
     assert!(pod.containers().is_empty());
-}
-
-/// `git` with a fixed identity and no user or system configuration.
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[actix::test]

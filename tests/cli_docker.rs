@@ -1443,21 +1443,7 @@ fn source_repo() -> tempfile::TempDir {
         .prefix("cldpd-cli-repo-")
         .tempdir()
         .unwrap();
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(repo.path())
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .output()
-            .expect("run git");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let git = |args: &[&str]| support::git::git(repo.path(), args);
     git(&["init", "-q", "-b", "main"]);
     std::fs::write(repo.path().join("README"), "hello\n").unwrap();
     git(&["add", "README"]);

@@ -12,6 +12,7 @@ use std::time::Duration;
 use cldpd::runtime::{FaultRuntime, RunScript, StopSignal};
 use cldpd::{Dispatcher, Error, EventKind, SessionState, StartRequest};
 use support::fault::*;
+use support::git::git;
 
 const LIVE: &str = r#"{"agentInput": "stream-json", "keepAliveSecs": 60, "stopGraceSecs": 5}"#;
 
@@ -388,27 +389,6 @@ async fn ending_the_conversation_waits_for_the_turn_and_reports_its_result() {
     let seen = collect(&s).await;
     assert_eq!(results(&seen).len(), 1);
     assert!(rt.running().is_empty());
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The commit count of the next `branch` event.

@@ -394,25 +394,9 @@ impl Runtime for DockerCli {
     }
 
     fn image_exists(&self, image: &str) -> BoxFuture<'static, Result<bool, Error>> {
-        let fut = self.admin(
-            &["image", "inspect", "--format", "{{.Id}}", image],
-            ADMIN_TIMEOUT,
-        );
-        async move {
-            let out = fut
-                .await
-                .map_err(|e| e.into_error("image inspect", runtime_failed))?;
-            if out.success {
-                Ok(true)
-            } else if out.daemon_down() {
-                Err(unavailable(out.message("image inspect")))
-            } else if out.stderr.to_ascii_lowercase().contains("no such image") {
-                Ok(false)
-            } else {
-                Err(runtime_failed(out.message("image inspect")))
-            }
-        }
-        .boxed()
+        self.image_id(image)
+            .map(|id| id.map(|id| id.is_some()))
+            .boxed()
     }
 
     fn image_id(&self, image: &str) -> BoxFuture<'static, Result<Option<String>, Error>> {

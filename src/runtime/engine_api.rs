@@ -76,7 +76,7 @@ use bollard::query_parameters::{
     KillContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::BoxStream;
 
 use self::errors::{failure, stop_result, Failure};
@@ -287,17 +287,9 @@ impl Runtime for EngineApi {
     }
 
     fn image_exists(&self, image: &str) -> BoxFuture<'static, Result<bool, Error>> {
-        let image = image.to_string();
-        self.call(move |docker| async move {
-            match tokio::time::timeout(ADMIN_TIMEOUT, docker.inspect_image(&image)).await {
-                Err(_) => Err(admin_timeout("image inspect")),
-                Ok(Ok(_)) => Ok(true),
-                Ok(Err(e)) => match failure(&e) {
-                    Failure::Status(404, _) => Ok(false),
-                    _ => Err(errors::runtime("image inspect", &e)),
-                },
-            }
-        })
+        self.image_id(image)
+            .map(|id| id.map(|id| id.is_some()))
+            .boxed()
     }
 
     fn image_id(&self, image: &str) -> BoxFuture<'static, Result<Option<String>, Error>> {

@@ -28,6 +28,7 @@ mod backend;
 mod docker_cli;
 mod engine_api;
 mod fault;
+mod input;
 mod lines;
 mod pull_failure;
 

@@ -6,3 +6,4 @@ pub mod claude;
 pub mod docker;
 pub mod engine;
 pub mod fault;
+pub mod git;

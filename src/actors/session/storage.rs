@@ -40,11 +40,15 @@ pub(super) fn persist(spec: &mut RunSpec, p: &Persistent) {
     spec.labels.insert(labels::STORAGE.into(), p.key.clone());
 }
 
-/// Commit what is left, fetch the branch back, record the end.
-fn save(p: &Persistent, outcome: String) -> Result<Option<Branch>, crate::Error> {
-    let work = p.storage.work();
+/// Commit what is left, fetch the branch back (none without a `repo`),
+/// and record the branch plus `end` in `session.json`.
+fn bring_back(
+    p: &Persistent,
+    end: impl FnOnce(&mut workspace::StoredSession),
+) -> Result<Option<Branch>, crate::Error> {
     let branch = match &p.repo {
         Some(repo) => {
+            let work = p.storage.work();
             workspace::commit_pending(&work, &p.key, p.issue.as_deref())?;
             Some(workspace::fetch_back(
                 &work,
@@ -56,26 +60,12 @@ fn save(p: &Persistent, outcome: String) -> Result<Option<Branch>, crate::Error>
         None => None,
     };
     p.storage.update(|m| {
-        m.ended = Some(storage::now());
-        m.outcome = Some(outcome);
         if branch.is_some() {
             m.branch = branch.clone();
         }
+        end(m);
     })?;
     Ok(branch)
-}
-
-/// Commit what is there and fetch the branch back (a checkpoint).
-fn checkpoint(p: &Persistent) -> Result<Option<Branch>, crate::Error> {
-    let Some(repo) = &p.repo else {
-        return Ok(None);
-    };
-    let work = p.storage.work();
-    workspace::commit_pending(&work, &p.key, p.issue.as_deref())?;
-    let branch = workspace::fetch_back(&work, &repo.source, &p.key, &repo.base)?;
-    let b = branch.clone();
-    p.storage.update(|m| m.branch = Some(b))?;
-    Ok(Some(branch))
 }
 
 impl SessionActor {
@@ -93,7 +83,7 @@ impl SessionActor {
             return;
         };
         let id = self.id.clone();
-        let saved = tokio::task::spawn_blocking(move || checkpoint(&p));
+        let saved = tokio::task::spawn_blocking(move || bring_back(&p, |_| {}));
         ctx.spawn(actix::fut::wrap_future(saved).map(
             move |saved, act: &mut Self, ctx| match saved {
                 Ok(Ok(Some(b))) if !act.finished && !act.harvested => {
@@ -138,7 +128,12 @@ impl SessionActor {
         };
         let (ending, cleanup) = (ending.clone(), cleanup.clone());
         let id = self.id.clone();
-        let saved = tokio::task::spawn_blocking(move || save(&p, outcome));
+        let saved = tokio::task::spawn_blocking(move || {
+            bring_back(&p, |m| {
+                m.ended = Some(storage::now());
+                m.outcome = Some(outcome);
+            })
+        });
         ctx.spawn(actix::fut::wrap_future(saved).map(move |saved, act: &mut Self, ctx| {
             match saved {
                 Ok(Ok(Some(b))) if !act.finished => act.emit(EventKind::Branch {

@@ -663,22 +663,7 @@ async fn write_stdin(
     bytes: crate::runtime::Stdin,
     more: Option<tokio::sync::mpsc::UnboundedReceiver<crate::runtime::Stdin>>,
 ) {
-    use tokio::io::AsyncWriteExt;
-    if let Err(e) = pipe.write_all(bytes.bytes()).await {
-        tracing::debug!(error = %e, len = bytes.len(), "stdin not fully read by the process");
-        return;
-    }
-    if let Some(mut more) = more {
-        let _ = pipe.flush().await;
-        while let Some(bytes) = more.recv().await {
-            if let Err(e) = pipe.write_all(bytes.bytes()).await {
-                tracing::debug!(error = %e, len = bytes.len(), "input not read by the process");
-                return;
-            }
-            let _ = pipe.flush().await;
-        }
-    }
-    let _ = pipe.shutdown().await;
+    crate::runtime::input::feed(&mut pipe, &bytes, more).await;
 }
 
 /// The terminal event of an `outcome` (looking up an exec's image for

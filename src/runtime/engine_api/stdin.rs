@@ -34,27 +34,7 @@ pub(crate) type More = tokio::sync::mpsc::UnboundedReceiver<Stdin>;
 /// API's driver). The handle lets the run abort a write its process will
 /// never read once the process has exited.
 pub(crate) fn feed(mut input: Input, bytes: Stdin, more: Option<More>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(e) = input.write_all(bytes.bytes()).await {
-            // The process exited (or closed its stdin) before reading it
-            // all: not an error (see `Stdin`). Only the length is traced.
-            tracing::debug!(error = %e, len = bytes.len(), "stdin not fully read by the process");
-            return;
-        }
-        if let Some(mut more) = more {
-            let _ = input.flush().await;
-            while let Some(bytes) = more.recv().await {
-                if let Err(e) = input.write_all(bytes.bytes()).await {
-                    tracing::debug!(error = %e, len = bytes.len(), "input not read by the process");
-                    return;
-                }
-                let _ = input.flush().await;
-            }
-        }
-        if let Err(e) = input.shutdown().await {
-            tracing::debug!(error = %e, "closing stdin failed");
-        }
-    })
+    tokio::spawn(async move { crate::runtime::input::feed(&mut input, &bytes, more).await })
 }
 
 /// Write `bytes` to the stdin of `container`, a run of another process
