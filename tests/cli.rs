@@ -1183,6 +1183,131 @@ fn completion_offers_pod_names_and_session_ids_dynamically() {
     );
 }
 
+/// Issue 10, item 14, for zsh: the script runs in a real zsh with the
+/// completion system's builtins (`compadd`, `compdef`) stood in by
+/// functions that print what they were given, so what `_cldpd_dynamic`
+/// offers, and when it hands over to clap's `_cldpd`, is seen exactly.
+/// `.ci/run` installs zsh; without it the test fails under `CI=true`.
+#[test]
+fn zsh_completion_offers_pod_names_and_session_ids_dynamically() {
+    if Command::new("zsh").arg("--version").output().is_err() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(
+            !ci,
+            "CI=true and zsh is not installed (.ci/run installs it)"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED zsh_completion_offers_pod_names_and_session_ids_dynamically: zsh is not installed; with CI=true this fails"
+        );
+        return;
+    }
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    pod(pods.path(), "web", None);
+    pod(pods.path(), "api", None);
+    stored_session(state.path(), "web-0a1b2c3d", None);
+    let mut cmd = cldpd(pods.path(), state.path());
+    cmd.args(["completions", "zsh"]);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    assert!(out.stdout.starts_with("#compdef cldpd"), "{}", out.stdout);
+    let script = state.path().join("_cldpd");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_cldpd")).parent().unwrap();
+    // Sourced, the script registers the dynamic wrapper; then `words` and
+    // `CURRENT` are set as the completion system would.
+    let complete = |words: &str, current: usize| {
+        let out = Command::new("zsh")
+            .arg("-f")
+            .arg("-c")
+            .arg(format!(
+                r#"compdef() {{ print -r -- "COMPDEF:$*" }}
+compadd() {{ [[ $1 == -a ]] && print -rl -- "${{(@P)2}}" }}
+source {}
+_cldpd() {{ print -r -- "CLAP" }}
+words=({words}); CURRENT={current}
+_cldpd_dynamic"#,
+                script.display()
+            ))
+            .env(
+                "PATH",
+                format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("CLDPD_STATE_DIR", state.path())
+            .env_remove("CLDPD_PODS_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    let dir = pods.path().display();
+    // `words` and `CURRENT` count from 1, the command name included.
+    // Registered once, for the wrapper.
+    let only_registration = complete("cldpd ''", 2);
+    assert!(
+        only_registration.contains(&"COMPDEF:_cldpd_dynamic cldpd".to_string()),
+        "{only_registration:?}"
+    );
+    let offered = |words: &str, current: usize| -> Vec<String> {
+        complete(words, current)
+            .into_iter()
+            .filter(|l| !l.starts_with("COMPDEF:"))
+            .collect()
+    };
+    // Pod names after start (compadd filters them by the typed prefix).
+    assert_eq!(
+        offered(&format!("cldpd --pods-dir {dir} start w"), 5),
+        ["api", "web"]
+    );
+    // Pods and live sessions after logs, stop and resume.
+    for sub in ["logs", "stop", "resume"] {
+        let targets = offered(&format!("cldpd --pods-dir {dir} {sub} ''"), 5);
+        assert!(
+            targets.contains(&"api".to_string()) && targets.contains(&"web".to_string()),
+            "{sub}: {targets:?}"
+        );
+        for t in targets.iter().filter(|t| *t != "api" && *t != "web") {
+            let (_, hex) = t.rsplit_once('-').unwrap_or_else(|| panic!("{t}"));
+            assert!(
+                hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{sub}: {t}"
+            );
+        }
+    }
+    // Stored sessions after rm and diff, from the line's --state-dir.
+    let other_state = tempfile::tempdir().unwrap();
+    let line = |sub: &str| format!("cldpd --state-dir {} {sub} ''", state.path().display());
+    assert_eq!(offered(&line("rm"), 5), ["web-0a1b2c3d"]);
+    assert_eq!(offered(&line("diff"), 5), ["web-0a1b2c3d"]);
+    assert!(offered(
+        &format!("cldpd --state-dir {} rm ''", other_state.path().display()),
+        5
+    )
+    .is_empty());
+    // Flags, the values of options and other commands go to clap.
+    assert_eq!(
+        offered(&format!("cldpd --pods-dir {dir} start web --pr"), 6),
+        ["CLAP"]
+    );
+    assert_eq!(
+        offered(&format!("cldpd --pods-dir {dir} start web --issue ''"), 7),
+        ["CLAP"]
+    );
+    assert_eq!(offered("cldpd ps ''", 3), ["CLAP"]);
+}
+
 /// A pod whose agent is long-lived (`agentInput: "stream-json"`).
 const LIVE_POD: &str = r#"{"agentInput": "stream-json"}"#;
 

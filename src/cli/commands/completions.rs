@@ -1,7 +1,7 @@
 //! `cldpd completions <shell>`: a completion script on stdout.
 //!
-//! Commands and flags come from clap. For bash and fish the script also
-//! completes what only cldpd knows, by asking it at completion time
+//! Commands and flags come from clap. For bash, zsh and fish the script
+//! also completes what only cldpd knows, by asking it at completion time
 //! (`cldpd __complete pods|targets|sessions`): pod names after `start`; pod
 //! names and live session ids after `stop`, `logs` and `resume`; stored
 //! session ids (those `ps -a` lists as resumable, and live ones) after `rm`
@@ -30,15 +30,30 @@ pub struct CompletionsArgs {
 pub fn run(args: CompletionsArgs) -> Result<i32, CliError> {
     use std::io::Write;
     let mut cmd = Cli::command();
-    let mut out = std::io::stdout().lock();
-    clap_complete::generate(args.shell, &mut cmd, "cldpd", &mut out);
-    let dynamic = match args.shell {
-        Shell::Bash => BASH_DYNAMIC,
-        Shell::Fish => FISH_DYNAMIC,
-        _ => "",
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "cldpd", &mut script);
+    let script = String::from_utf8_lossy(&script);
+    let script = match args.shell {
+        Shell::Bash => format!("{script}{BASH_DYNAMIC}"),
+        Shell::Fish => format!("{script}{FISH_DYNAMIC}"),
+        Shell::Zsh => zsh_dynamic(&script),
+        _ => script.into_owned(),
     };
-    let _ = out.write_all(dynamic.as_bytes());
+    let _ = std::io::stdout().lock().write_all(script.as_bytes());
     Ok(0)
+}
+
+/// clap's zsh script ends by calling `_cldpd` (when autoloaded from
+/// `fpath`) or registering it with `compdef` (when sourced). Both must go
+/// through `_cldpd_dynamic` instead, which answers the positional targets
+/// from cldpd and hands everything else to clap's `_cldpd`. When clap's
+/// ending is not found (a changed generator), the dynamic part is appended
+/// and registered, so the script still works.
+fn zsh_dynamic(clap: &str) -> String {
+    let ending = clap
+        .rfind("if [ \"$funcstack[1]\" = \"_cldpd\" ]; then")
+        .unwrap_or(clap.len());
+    format!("{}{ZSH_DYNAMIC}\n{ZSH_DISPATCH}", &clap[..ending])
 }
 
 /// Arguments of the hidden `cldpd __complete`.
@@ -114,6 +129,53 @@ if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERS
     complete -F _cldpd_dynamic -o nosort -o bashdefault -o default cldpd
 else
     complete -F _cldpd_dynamic -o bashdefault -o default cldpd
+fi
+"#;
+
+/// Zsh: the same logic as bash's over `$words` / `$CURRENT` (1-based),
+/// candidates given to `compadd`, which filters them by the typed prefix.
+const ZSH_DYNAMIC: &str = r#"
+# Pod names and live session ids, from cldpd itself (dynamic).
+_cldpd_dynamic() {
+    local sub="" kind="" i w
+    local cur=${words[CURRENT]} prev=${words[CURRENT-1]}
+    local -a dir candidates
+    for ((i = 2; i < CURRENT; i++)); do
+        w=${words[i]}
+        if [[ ( $w == --pods-dir || $w == --state-dir ) ]] && (( i + 1 < CURRENT )); then
+            dir+=("$w" "${words[i+1]}")
+        elif [[ -z $sub && $w != -* && ${words[i-1]} != --pods-dir && ${words[i-1]} != --state-dir ]]; then
+            sub=$w
+        fi
+    done
+    case $sub in
+        start) kind=pods ;;
+        stop|logs|resume) kind=targets ;;
+        rm|diff) kind=sessions ;;
+    esac
+    if [[ -n $kind && $cur != -* ]]; then
+        case $prev in
+            --issue|--prompt|--prompt-file|--grace|--pods-dir|--state-dir|-n|--tail|--keep-alive|--older-than) ;;
+            *)
+                candidates=("${(@f)$(cldpd "${dir[@]}" __complete $kind 2>/dev/null)}")
+                candidates=(${candidates:#})
+                compadd -a candidates
+                return
+                ;;
+        esac
+    fi
+    _cldpd "$@"
+}
+"#;
+
+/// Zsh: where clap's script would call or register `_cldpd`.
+const ZSH_DISPATCH: &str = r#"if [ "$funcstack[1]" = "_cldpd" ]; then
+    # Autoloaded from fpath as _cldpd: from now on complete through the
+    # dynamic wrapper, then answer this first completion.
+    compdef _cldpd_dynamic cldpd
+    _cldpd_dynamic "$@"
+else
+    compdef _cldpd_dynamic cldpd
 fi
 "#;
 
