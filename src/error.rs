@@ -471,6 +471,22 @@ pub enum Error {
     },
 }
 
+/// What to do when the engine cannot be reached: for a `tcp://` engine
+/// (`DOCKER_HOST`), the TLS settings are the usual cause; otherwise the
+/// daemon is not running.
+fn docker_unavailable_hint(docker_host: Option<&str>) -> String {
+    match docker_host {
+        Some(host) if host.starts_with("tcp://") || host.starts_with("http://") => format!(
+            "check that an engine listens at {host} and that cldpd reaches it as it is set up: an engine started with --tlsverify needs DOCKER_TLS_VERIFY=1 and its ca.pem with your cert.pem and key.pem in DOCKER_CERT_PATH (default ~/.docker); one without TLS needs DOCKER_TLS_VERIFY unset; `docker info` with the same variables tells"
+        ),
+        Some(host) if host.starts_with("ssh://") => format!(
+            "check that `ssh {}` logs in without a prompt and that `docker info` works there; `docker info` with the same DOCKER_HOST tells",
+            host.trim_start_matches("ssh://")
+        ),
+        _ => "start the Docker daemon and check `docker info` and DOCKER_HOST (or use a docker-compatible binary: CLDPD_RUNTIME=cli CLDPD_DOCKER=<binary>)".to_string(),
+    }
+}
+
 fn repo_hint(path: &std::path::Path, problem: &RepoProblem) -> String {
     match problem {
         RepoProblem::Missing => {
@@ -619,9 +635,9 @@ impl Error {
                 "pass the issue's URL, e.g. https://github.com/owner/repo/issues/42".to_string()
             }
             Error::EmptyPrompt => "give a non-empty prompt".to_string(),
-            Error::DockerUnavailable { .. } => {
-                "start the Docker daemon and check `docker info` and DOCKER_HOST (or use a docker-compatible binary: CLDPD_RUNTIME=cli CLDPD_DOCKER=<binary>)".to_string()
-            }
+            Error::DockerUnavailable { .. } => docker_unavailable_hint(
+                std::env::var("DOCKER_HOST").ok().as_deref(),
+            ),
             Error::BuildFailed { tail, .. } => match crate::runtime::pull_failure(tail) {
                 Some(f) => f.hint(),
                 None => "fix the pod's Dockerfile; the build output above says where it failed".to_string(),
@@ -685,6 +701,22 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_unavailable_hints_fit_the_kind_of_docker_host() {
+        for host in [None, Some(""), Some("unix:///var/run/docker.sock")] {
+            assert!(docker_unavailable_hint(host).starts_with("start the Docker daemon"));
+        }
+        let tcp = docker_unavailable_hint(Some("tcp://10.0.0.2:2376"));
+        assert!(
+            tcp.contains("at tcp://10.0.0.2:2376")
+                && tcp.contains("DOCKER_TLS_VERIFY=1")
+                && tcp.contains("DOCKER_CERT_PATH"),
+            "{tcp}"
+        );
+        let ssh = docker_unavailable_hint(Some("ssh://me@build-host"));
+        assert!(ssh.contains("`ssh me@build-host`"), "{ssh}");
+    }
 
     #[test]
     fn build_failed_shows_the_tail() {

@@ -3,12 +3,14 @@
 //! network namespace of its own), with the default backend and with
 //! `CLDPD_RUNTIME=cli`:
 //!
-//! - build, run, list and stop happen on that engine and nowhere else;
+//! - build, run, list and stop happen on that engine and nowhere else,
+//!   over its unix socket and over TCP with TLS (`DOCKER_TLS_VERIFY`,
+//!   `DOCKER_CERT_PATH`; cldpd then runs in the engine's namespace);
 //! - killing the engine (SIGKILL) mid-run ends the run with a clear error
 //!   within a bounded time, nothing hangs, and once the engine is back
 //!   `ps -a` shows the lost run and `stop --orphans` leaves nothing behind.
 //!
-//! Needs root, `ip`, `nsenter` and `dockerd` besides a reachable Docker
+//! Needs root, `ip`, `nsenter`, `dockerd` and `openssl` besides a reachable Docker
 //! (the machine's engine is checked to be untouched). Without them these
 //! tests are skipped, except under `CI=true`, where they fail.
 
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use cli_support::{cldpd, run, Live, LIMIT};
 use support::docker::{docker, require_docker, unique_name, BUSYBOX};
-use support::engine::{require_private_engine, PrivateEngine};
+use support::engine::{require_private_engine, PrivateEngine, TLS_HOST};
 
 /// The backends to prove: the default one, and the CLI backend by name.
 const BACKENDS: &[Option<&str>] = &[None, Some("cli")];
@@ -99,6 +101,60 @@ fn main_engine_untouched(pod_name: &str) {
     );
 }
 
+/// One run of `name` on `engine` through the commands `c` makes: it
+/// starts, prints, is listed by `ps` and present on the private engine only,
+/// and `stop` ends it with 143, leaving no container.
+fn start_list_stop(
+    engine: &PrivateEngine,
+    backend: Option<&str>,
+    name: &str,
+    c: &dyn Fn() -> Command,
+) {
+    let mut start = c();
+    start.args(["start", name, "--prompt", "hello"]);
+    let live = Live::spawn(start);
+    let id = live.session_id(STARTUP);
+    live.wait_stdout("ready\n", STARTUP);
+
+    // Listed by cldpd, present on the private engine, not on the
+    // machine's.
+    let mut ps = c();
+    ps.arg("ps");
+    let listed = run(ps, LIMIT);
+    listed.expect_code(0);
+    assert!(
+        listed.stdout.contains(&id),
+        "{backend:?}: {}",
+        listed.stdout
+    );
+    assert_eq!(
+        engine
+            .containers_with_label(&format!("cldpd.session={id}"))
+            .len(),
+        1,
+        "{backend:?}: the run's container on the private engine"
+    );
+    let out = engine.docker(["image", "inspect", &format!("cldpd-{name}")]);
+    assert!(
+        out.status.success(),
+        "{backend:?}: image on the private engine"
+    );
+    main_engine_untouched(name);
+
+    let mut stop = c();
+    stop.args(["stop", &id]);
+    run(stop, LIMIT).expect_code(0);
+    let out = live.finish(LIMIT);
+    out.expect_code(143);
+    assert_eq!(
+        engine.containers_with_label(&format!("cldpd.pod={name}")),
+        Vec::<String>::new(),
+        "{backend:?}: containers left on the private engine"
+    );
+    main_engine_untouched(name);
+    let _ = engine.docker(["rmi", "-f", &format!("cldpd-{name}")]);
+}
+
 #[test]
 fn a_private_engine_reached_through_docker_host_builds_runs_lists_and_stops() {
     if !require_docker() || !require_private_engine() {
@@ -110,50 +166,80 @@ fn a_private_engine_reached_through_docker_host_builds_runs_lists_and_stops() {
         let pods = pod(&name);
         let state = tempfile::tempdir().unwrap();
         let c = || cmd(pods.path(), state.path(), &engine, backend);
+        start_list_stop(&engine, backend, &name, &c);
+    }
+}
 
-        let mut start = c();
-        start.args(["start", &name, "--prompt", "hello"]);
-        let live = Live::spawn(start);
-        let id = live.session_id(STARTUP);
-        live.wait_stdout("ready\n", STARTUP);
+/// The hint of a refused `tcp://` client points at the TLS settings.
+fn tls_hint(backend: Option<&str>, stderr: &str) {
+    assert!(
+        stderr.contains("hint: check that an engine listens at tcp://127.0.0.1:2376")
+            && stderr.contains("DOCKER_TLS_VERIFY=1")
+            && stderr.contains("DOCKER_CERT_PATH"),
+        "{backend:?}: the hint names the TLS settings:\n{stderr}"
+    );
+}
 
-        // Listed by cldpd, present on the private engine, not on the
-        // machine's.
-        let mut ps = c();
+/// Issue 12: `DOCKER_HOST=tcp://…` with TLS (`DOCKER_TLS_VERIFY=1`,
+/// `DOCKER_CERT_PATH`), as the docker CLI reaches a remote engine. The
+/// private engine listens on TCP with `--tlsverify` inside its namespace,
+/// and cldpd runs there (`nsenter --net`), with either backend. A client
+/// without certificates, or without TLS, is refused with an error that
+/// says so, and nothing runs.
+#[test]
+fn a_private_engine_over_tcp_with_tls_builds_runs_lists_and_stops() {
+    if !require_docker() || !require_private_engine() {
+        return;
+    }
+    let engine = PrivateEngine::start_tls();
+    let no_certs = tempfile::tempdir().unwrap();
+    for backend in BACKENDS.iter().copied() {
+        let name = name_for(backend);
+        let pods = pod(&name);
+        let state = tempfile::tempdir().unwrap();
+        let over_tls = |certs: &std::path::Path| {
+            let mut c = cmd(pods.path(), state.path(), &engine, backend);
+            c.env("DOCKER_HOST", TLS_HOST)
+                .env("DOCKER_TLS_VERIFY", "1")
+                .env("DOCKER_CERT_PATH", certs);
+            engine.in_netns(&c)
+        };
+        let c = || over_tls(&engine.client_certs());
+        start_list_stop(&engine, backend, &name, &c);
+
+        // Without the client's certificates: refused, and the error names
+        // what is missing or what failed.
+        let mut ps = over_tls(no_certs.path());
         ps.arg("ps");
-        let listed = run(ps, LIMIT);
-        listed.expect_code(0);
+        let out = run(ps, LIMIT);
+        assert_ne!(out.code, Some(0), "{backend:?}: {}", out.stdout);
         assert!(
-            listed.stdout.contains(&id),
-            "{backend:?}: {}",
-            listed.stdout
+            out.stderr
+                .contains(&no_certs.path().join("ca.pem").display().to_string()),
+            "{backend:?}: the error names the missing file:\n{}",
+            out.stderr
         );
-        assert_eq!(
-            engine
-                .containers_with_label(&format!("cldpd.session={id}"))
-                .len(),
-            1,
-            "{backend:?}: the run's container on the private engine"
-        );
-        let out = engine.docker(["image", "inspect", &format!("cldpd-{name}")]);
-        assert!(
-            out.status.success(),
-            "{backend:?}: image on the private engine"
-        );
-        main_engine_untouched(&name);
+        tls_hint(backend, &out.stderr);
+        // Plain HTTP to the TLS port: refused too, not taken for an engine.
+        let mut plain = cmd(pods.path(), state.path(), &engine, backend);
+        plain
+            .env("DOCKER_HOST", TLS_HOST)
+            .env_remove("DOCKER_TLS_VERIFY");
+        plain.args(["start", &name, "--prompt", "hello"]);
+        let out = run(engine.in_netns(&plain), LIMIT);
 
-        let mut stop = c();
-        stop.args(["stop", &id]);
-        run(stop, LIMIT).expect_code(0);
-        let out = live.finish(LIMIT);
-        out.expect_code(143);
+        assert_ne!(out.code, Some(0), "{backend:?}: {}", out.stdout);
+        tls_hint(backend, &out.stderr);
+        assert!(
+            !out.stderr.contains("fix the pod's Dockerfile"),
+            "{backend:?}: not the pod's fault:\n{}",
+            out.stderr
+        );
         assert_eq!(
             engine.containers_with_label(&format!("cldpd.pod={name}")),
             Vec::<String>::new(),
-            "{backend:?}: containers left on the private engine"
+            "{backend:?}: a refused client started nothing"
         );
-        main_engine_untouched(&name);
-        let _ = engine.docker(["rmi", "-f", &format!("cldpd-{name}")]);
     }
 }
 

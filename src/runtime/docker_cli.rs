@@ -1058,7 +1058,7 @@ mod tests {
         let events: Vec<_> = down.build(build.clone()).collect().await;
         match events.last().unwrap() {
             BuildEvent::Finished(Err(Error::DockerUnavailable { message })) => {
-                assert!(message.contains("went away during the build"), "{message}")
+                assert!(message.contains("broke during the build"), "{message}")
             }
             other => panic!("{other:?}"),
         }

@@ -30,7 +30,7 @@ fn missing_requirement() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("starting a private dockerd needs root".into());
     }
-    for tool in ["ip", "nsenter", "dockerd"] {
+    for tool in ["ip", "nsenter", "dockerd", "openssl"] {
         let found = std::env::var_os("PATH")
             .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
             .unwrap_or(false);
@@ -82,6 +82,22 @@ impl PrivateEngine {
     /// [`PrivateEngine::start`] with extra daemon flags (for example
     /// `--live-restore`: containers outlive a crash of the daemon).
     pub fn start_with(flags: &[&str]) -> PrivateEngine {
+        Self::start_inner(flags, false)
+    }
+
+    /// [`PrivateEngine::start`], also listening on [`TLS_HOST`] inside its
+    /// namespace, with TLS that verifies clients (`--tlsverify`, as the
+    /// docker documentation sets a remote engine up): a CA, a server
+    /// certificate for 127.0.0.1 and a client certificate, made with
+    /// `openssl` for this engine only. A command run in the namespace
+    /// ([`PrivateEngine::in_netns`]) reaches it with `DOCKER_HOST` =
+    /// [`TLS_HOST`], `DOCKER_TLS_VERIFY=1` and `DOCKER_CERT_PATH` =
+    /// [`PrivateEngine::client_certs`].
+    pub fn start_tls() -> PrivateEngine {
+        Self::start_inner(&[], true)
+    }
+
+    fn start_inner(flags: &[&str], tls: bool) -> PrivateEngine {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let netns = format!(
             "cldpd-t{}-{}",
@@ -95,6 +111,23 @@ impl PrivateEngine {
             .tempdir_in("/tmp")
             .expect("temp dir");
         std::fs::write(dir.path().join("daemon.json"), "{}").unwrap();
+        let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        if tls {
+            let certs = dir.path().join("tls");
+            make_certificates(&certs);
+            let path = |name: &str| certs.join(name).display().to_string();
+            flags.extend([
+                "--host".to_string(),
+                TLS_HOST.to_string(),
+                "--tlsverify".to_string(),
+                "--tlscacert".to_string(),
+                path("ca.pem"),
+                "--tlscert".to_string(),
+                path("server-cert.pem"),
+                "--tlskey".to_string(),
+                path("server-key.pem"),
+            ]);
+        }
         let status = Command::new("ip")
             .args(["netns", "add", &netns])
             .status()
@@ -103,7 +136,7 @@ impl PrivateEngine {
         let mut engine = PrivateEngine {
             dir,
             netns,
-            flags: flags.iter().map(|f| f.to_string()).collect(),
+            flags,
             daemon: None,
         };
         let status = Command::new("ip")
@@ -122,6 +155,34 @@ impl PrivateEngine {
     /// `unix://…/docker.sock`, for `DOCKER_HOST`.
     pub fn host(&self) -> String {
         format!("unix://{}", self.path("docker.sock").display())
+    }
+
+    /// `DOCKER_CERT_PATH` for a client of [`PrivateEngine::start_tls`]'s
+    /// engine: `ca.pem`, `cert.pem`, `key.pem`, as the docker CLI wants.
+    pub fn client_certs(&self) -> PathBuf {
+        self.path("tls/client")
+    }
+
+    /// `cmd` run inside this engine's network namespace (`nsenter --net`),
+    /// with the same arguments, environment, directory and stdio set-up
+    /// (stdin is closed, as `cldpd()` does).
+    pub fn in_netns(&self, cmd: &Command) -> Command {
+        let mut wrapped = Command::new("nsenter");
+        wrapped
+            .arg(format!("--net=/var/run/netns/{}", self.netns))
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .stdin(Stdio::null());
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(v) => wrapped.env(key, v),
+                None => wrapped.env_remove(key),
+            };
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
+        wrapped
     }
 
     /// The cgroup parent of this engine's containers.
@@ -286,6 +347,100 @@ impl PrivateEngine {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Where [`PrivateEngine::start_tls`]'s engine listens, inside its
+/// namespace (its loopback is its own: the port cannot clash).
+pub const TLS_HOST: &str = "tcp://127.0.0.1:2376";
+
+/// A CA, a server certificate (127.0.0.1, localhost) and key, and a client
+/// certificate and key in `dir/client` under the names the docker CLI and
+/// cldpd look for. P-256 keys: quick to make.
+fn make_certificates(dir: &Path) {
+    let client = dir.join("client");
+    std::fs::create_dir_all(&client).unwrap();
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: Vec<Vec<&str>> = vec![
+        [
+            &["req", "-x509"][..],
+            &key,
+            &["-days", "2", "-subj", "/CN=cldpd-test-ca"],
+        ]
+        .concat()
+        .into_iter()
+        .chain(["-keyout", "ca-key.pem", "-out", "ca.pem"])
+        .collect(),
+        [&["req"][..], &key, &["-subj", "/CN=127.0.0.1"]]
+            .concat()
+            .into_iter()
+            .chain(["-keyout", "server-key.pem", "-out", "server.csr"])
+            .collect(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server-cert.pem",
+        ],
+        [&["req"][..], &key, &["-subj", "/CN=cldpd-test-client"]]
+            .concat()
+            .into_iter()
+            .chain(["-keyout", "client/key.pem", "-out", "client.csr"])
+            .collect(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+            "-out",
+            "client/cert.pem",
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(&args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::copy(dir.join("ca.pem"), client.join("ca.pem")).unwrap();
 }
 
 /// True while `pid` exists and is not a zombie.

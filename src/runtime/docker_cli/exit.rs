@@ -30,6 +30,11 @@ const TAIL_LINE_MAX: usize = 2000;
 pub(crate) fn daemon_down(text: &str) -> bool {
     text.contains("Cannot connect to the Docker daemon")
         || text.contains("Is the docker daemon running")
+        // The client could not set up its connection (for example
+        // DOCKER_TLS_VERIFY with certificates missing from DOCKER_CERT_PATH).
+        || text.contains("unable to resolve docker endpoint")
+        // Plain HTTP sent to an engine's TLS port (DOCKER_TLS_VERIFY unset).
+        || text.contains("Client sent an HTTP request to an HTTPS server")
 }
 
 /// True when docker's output says its connection to the daemon broke in
@@ -41,7 +46,10 @@ pub(crate) fn daemon_down(text: &str) -> bool {
 ///   waiting for container: unexpected EOF"`;
 /// - `docker build`, mid-step (exit 1): a last line `unexpected EOF`;
 /// - a request the daemon dropped: `error during connect: Post "…": EOF`;
-/// - over TCP: `… connection reset by peer`.
+/// - over TCP: `… connection reset by peer`;
+/// - `docker build` whose upload of the context was cut (the engine
+///   answered and closed, e.g. plain HTTP sent to a TLS port): `Can't add
+///   file … to tar: io: read/write on closed pipe`.
 ///
 /// A bare `unexpected EOF` line may also be a build step's own output, so
 /// callers confirm with the daemon before calling it lost.
@@ -49,6 +57,7 @@ pub(crate) fn connection_lost(text: &str) -> bool {
     text.contains("error waiting for container")
         || text.contains("error during connect")
         || text.contains("connection reset by peer")
+        || text.contains("read/write on closed pipe")
         || text.lines().any(|l| {
             let l = l.trim();
             l == "unexpected EOF" || l == "EOF" || l.ends_with(": EOF")
@@ -311,6 +320,9 @@ mod tests {
         assert!(!connection_lost(
             "sh: syntax error: unexpected EOF while looking for `\"'"
         ));
+        assert!(connection_lost(
+            "time=\"2026-12-01T05:21:06Z\" level=error msg=\"Can't add file /p/busybox to tar: io: read/write on closed pipe\""
+        ));
         assert!(!connection_lost("invalid mount config for type \"bind\""));
         // Info-level logrus lines are not errors.
         assert!(!looks_like_docker_error(
@@ -395,6 +407,7 @@ mod tests {
             "Error response from daemon: Invalid signal: BOGUS"
         ));
         assert!(daemon_down("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"));
+        assert!(daemon_down("Failed to initialize: unable to resolve docker endpoint: open /c/ca.pem: no such file or directory"));
         assert!(looks_like_docker_error(
             "Error response from daemon: No such container: x"
         ));

@@ -910,20 +910,29 @@ async fn daemon_gone_during_build(binary: &std::path::Path, tail: &[String]) -> 
     if !down.is_empty() {
         return Some(exit::docker_message(&down));
     }
-    let last = tail.iter().rev().find(|l| !l.trim().is_empty())?;
-    if !exit::connection_lost(last) {
-        return None;
-    }
+    // The broken connection is among the last lines (docker may add a
+    // line or two about closing its side after it).
+    let last = tail
+        .iter()
+        .rev()
+        .filter(|l| !l.trim().is_empty())
+        .take(3)
+        .find(|l| exit::connection_lost(l))?;
     let args = ["info", "--format", "{{.ServerVersion}}"].map(Into::into);
     let cmd = DockerCli::with_binary(binary).admin_command(&args);
-    let answers = matches!(
-        super::admin::run_admin(cmd, binary, Duration::from_secs(15)).await,
-        Ok(out) if out.success
-    );
-    (!answers).then(|| {
-        format!(
-            "the Docker daemon went away during the build ({}); it does not answer now",
-            exit::docker_message(std::slice::from_ref(last))
-        )
-    })
+    // `docker info` exits 0 with an empty version when the server part
+    // failed (seen: plain HTTP to an engine's TLS port), so the version
+    // must be there.
+    let why = match super::admin::run_admin(cmd, binary, Duration::from_secs(15)).await {
+        Ok(out) if out.success && !out.stdout.trim().is_empty() => return None,
+        Ok(out) => match out.stderr.lines().map(str::trim).find(|l| !l.is_empty()) {
+            Some(line) => format!(": {line}"),
+            None => String::new(),
+        },
+        Err(_) => String::new(),
+    };
+    Some(format!(
+        "the connection to the Docker daemon broke during the build ({}); it does not answer now{why}",
+        exit::docker_message(std::slice::from_ref(last))
+    ))
 }
