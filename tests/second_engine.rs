@@ -4,13 +4,15 @@
 //! `CLDPD_RUNTIME=cli`:
 //!
 //! - build, run, list and stop happen on that engine and nowhere else,
-//!   over its unix socket and over TCP with TLS (`DOCKER_TLS_VERIFY`,
-//!   `DOCKER_CERT_PATH`; cldpd then runs in the engine's namespace);
+//!   over its unix socket, over TCP with TLS (`DOCKER_TLS_VERIFY`,
+//!   `DOCKER_CERT_PATH`) and over ssh (`ssh://root@127.0.0.1`, an sshd of
+//!   the test's own); cldpd runs in the engine's namespace for the last two;
 //! - killing the engine (SIGKILL) mid-run ends the run with a clear error
 //!   within a bounded time, nothing hangs, and once the engine is back
 //!   `ps -a` shows the lost run and `stop --orphans` leaves nothing behind.
 //!
-//! Needs root, `ip`, `nsenter`, `dockerd` and `openssl` besides a reachable Docker
+//! Needs root, `ip`, `nsenter`, `dockerd`, `openssl` and (for ssh)
+//! `openssh-server` besides a reachable Docker
 //! (the machine's engine is checked to be untouched). Without them these
 //! tests are skipped, except under `CI=true`, where they fail.
 
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use cli_support::{cldpd, run, Live, LIMIT};
 use support::docker::{docker, require_docker, unique_name, BUSYBOX};
-use support::engine::{require_private_engine, PrivateEngine, TLS_HOST};
+use support::engine::{require_private_engine, require_sshd, PrivateEngine, TLS_HOST};
 
 /// The backends to prove: the default one, and the CLI backend by name.
 const BACKENDS: &[Option<&str>] = &[None, Some("cli")];
@@ -241,6 +243,52 @@ fn a_private_engine_over_tcp_with_tls_builds_runs_lists_and_stops() {
             "{backend:?}: a refused client started nothing"
         );
     }
+}
+
+/// Issue 12: `DOCKER_HOST=ssh://…`, as the docker CLI reaches a remote
+/// engine: an sshd in the private engine's namespace whose sessions talk
+/// to that engine (`docker system dial-stdio` on the far side), the test's
+/// own key and known-hosts file; cldpd runs in the namespace with either
+/// backend. A login the far side refuses is a clear error with a hint
+/// about ssh, and starts nothing.
+#[test]
+fn a_private_engine_over_ssh_builds_runs_lists_and_stops() {
+    if !require_docker() || !require_private_engine() || !require_sshd() {
+        return;
+    }
+    let engine = PrivateEngine::start();
+    let gate = engine.start_sshd();
+    for backend in BACKENDS.iter().copied() {
+        let name = name_for(backend);
+        let pods = pod(&name);
+        let state = tempfile::tempdir().unwrap();
+        let over_ssh = |host: &str| {
+            let mut c = cmd(pods.path(), state.path(), &engine, backend);
+            c.env("DOCKER_HOST", host)
+                .env("PATH", gate.path())
+                .env("XDG_STATE_HOME", gate.state_home());
+            engine.in_netns(&c)
+        };
+        let c = || over_ssh("ssh://root@127.0.0.1");
+        start_list_stop(&engine, backend, &name, &c);
+
+        let mut refused = over_ssh("ssh://nobody@127.0.0.1");
+        refused.args(["start", &name, "--prompt", "hello"]);
+        let out = run(refused, LIMIT);
+        assert_ne!(out.code, Some(0), "{backend:?}: {}", out.stdout);
+        assert!(
+            out.stderr
+                .contains("hint: check that `ssh nobody@127.0.0.1` logs in"),
+            "{backend:?}: the hint is about ssh:\n{}",
+            out.stderr
+        );
+        assert_eq!(
+            engine.containers_with_label(&format!("cldpd.pod={name}")),
+            Vec::<String>::new(),
+            "{backend:?}: a refused client started nothing"
+        );
+    }
+    drop(gate);
 }
 
 #[test]

@@ -349,6 +349,199 @@ impl PrivateEngine {
     }
 }
 
+/// The sshd binary [`PrivateEngine::start_sshd`] runs (Debian's
+/// `openssh-server`; `.ci/run` installs it).
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+/// True when an `ssh://` engine can be set up here ([`SSHD`] and `ssh`,
+/// `ssh-keygen` on PATH). Otherwise panics under `CI=true`, or prints
+/// `SKIPPED …` and returns false.
+pub fn require_sshd() -> bool {
+    let on_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+            .unwrap_or(false)
+    };
+    let missing = if !Path::new(SSHD).is_file() {
+        Some(format!(
+            "{SSHD} is missing (apt-get install openssh-server)"
+        ))
+    } else {
+        ["ssh", "ssh-keygen"]
+            .into_iter()
+            .find(|t| !on_path(t))
+            .map(|t| format!("`{t}` is not on PATH"))
+    };
+    let Some(reason) = missing else {
+        return true;
+    };
+    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+        panic!("CI=true and an ssh:// engine cannot be set up: {reason}");
+    }
+    use std::io::Write;
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("an ssh test")
+        .to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {name}: {reason}; with CI=true this fails"
+    );
+    false
+}
+
+/// An `sshd` in a [`PrivateEngine`]'s namespace on 127.0.0.1:22 whose
+/// sessions talk to that engine (`SetEnv DOCKER_HOST=unix://…`), so that
+/// `DOCKER_HOST=ssh://root@127.0.0.1`, from a command run in the
+/// namespace, reaches the engine as a remote docker host is reached: the
+/// client runs `ssh … docker system dial-stdio`. The client's `ssh` is a
+/// wrapper first on PATH ([`SshGate::path`]) that adds `-F` with this
+/// gate's key and known-hosts file: nothing of the user's `~/.ssh` is read
+/// or written. Dropping it stops the sshd.
+pub struct SshGate {
+    dir: PathBuf,
+    daemon: Child,
+}
+
+impl SshGate {
+    /// `PATH` for a client: the wrapper's directory, then the inherited one.
+    pub fn path(&self) -> String {
+        format!(
+            "{}:{}",
+            self.dir.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    /// A state directory for the client's ssh multiplexing sockets
+    /// (`XDG_STATE_HOME`: bollard's ssh client puts them there).
+    pub fn state_home(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+}
+
+impl Drop for SshGate {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        // Multiplexing masters the clients left behind.
+        for (pid, _) in processes_under(&self.dir) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+impl PrivateEngine {
+    /// Start an [`SshGate`] to this engine; waits until it accepts a login.
+    pub fn start_sshd(&self) -> SshGate {
+        let dir = self.path("ssh");
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        // sshd's privilege separation directory (the package makes it at
+        // boot; without an init system it may be missing).
+        let _ = std::fs::create_dir_all("/run/sshd");
+        for key in ["host_key", "client_key"] {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "cldpd-test", "-f"])
+                .arg(dir.join(key))
+                .stdin(Stdio::null())
+                .output()
+                .expect("run ssh-keygen");
+            assert!(
+                out.status.success(),
+                "ssh-keygen failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let public = |key: &str| {
+            std::fs::read_to_string(dir.join(format!("{key}.pub")))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        std::fs::write(
+            dir.join("authorized_keys"),
+            format!("{}\n", public("client_key")),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("known_hosts"),
+            format!("127.0.0.1 {}\n", public("host_key")),
+        )
+        .unwrap();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "Port 22\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+                 StrictModes no\nAllowUsers root\nSetEnv DOCKER_HOST={}\n",
+                self.host()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("ssh_config"),
+            format!(
+                "Host 127.0.0.1\n  User root\n  IdentityFile {d}/client_key\n  IdentitiesOnly yes\n\
+                 \x20 UserKnownHostsFile {d}/known_hosts\n  GlobalKnownHostsFile /dev/null\n\
+                 \x20 StrictHostKeyChecking yes\n  BatchMode yes\n"
+            ),
+        )
+        .unwrap();
+        let wrapper = dir.join("bin/ssh");
+        std::fs::write(
+            &wrapper,
+            format!("#!/bin/sh\nexec /usr/bin/ssh -F {d}/ssh_config \"$@\"\n"),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+        let daemon = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.netns))
+            .args([SSHD, "-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start sshd under nsenter");
+        let mut gate = SshGate { dir, daemon };
+        let deadline = Instant::now() + READY;
+        loop {
+            let mut probe = Command::new("ssh");
+            probe.env("PATH", gate.path()).args([
+                "127.0.0.1",
+                "docker",
+                "version",
+                "--format",
+                "{{.Server.Version}}",
+            ]);
+            let out = self.in_netns(&probe).output().expect("run ssh");
+            if out.status.success() && !out.stdout.is_empty() {
+                return gate;
+            }
+            if let Some(status) = gate.daemon.try_wait().unwrap() {
+                panic!(
+                    "sshd exited ({status}):\n{}",
+                    std::fs::read_to_string(gate.dir.join("sshd.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no login through the private sshd within {READY:?}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(gate.dir.join("sshd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// Where [`PrivateEngine::start_tls`]'s engine listens, inside its
 /// namespace (its loopback is its own: the port cannot clash).
 pub const TLS_HOST: &str = "tcp://127.0.0.1:2376";
