@@ -39,6 +39,11 @@ const WAITER: &str = "#!/bin/sh\necho ready\nwhile :; do sleep 0.2; done\n";
 /// network (the private engine has no bridge, and a sandboxed run is what
 /// a restarted engine restores most simply).
 fn pod(name: &str) -> tempfile::TempDir {
+    pod_with(name, WAITER)
+}
+
+/// [`pod`] whose agent is `stub`.
+fn pod_with(name: &str, stub: &str) -> tempfile::TempDir {
     let pods = tempfile::Builder::new()
         .prefix("cldpd-eng-pods-")
         .tempdir()
@@ -46,7 +51,7 @@ fn pod(name: &str) -> tempfile::TempDir {
     let dir = pods.path().join(name);
     std::fs::create_dir(&dir).unwrap();
     std::fs::copy(BUSYBOX, dir.join("busybox")).expect("copy busybox");
-    std::fs::write(dir.join("claude"), WAITER).unwrap();
+    std::fs::write(dir.join("claude"), stub).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(
@@ -289,6 +294,55 @@ fn a_private_engine_over_ssh_builds_runs_lists_and_stops() {
         );
     }
     drop(gate);
+}
+
+/// Prints `line 1` … `line 200`, one every 50 ms, then exits 7.
+const COUNTER: &str =
+    "#!/bin/sh\nseq 1 200 | while read n; do echo \"line $n\"; sleep 0.05; done\nexit 7\n";
+
+/// The contract of `Runtime::run`: losing the connection to the engine is
+/// not the container's exit. The engine is killed mid-run and started
+/// again with `--live-restore` (its containers run on): the run goes on
+/// from the container's log, every line arrives exactly once and in order,
+/// and the run ends with the container's own code. Engine API backend:
+/// the CLI backend's `docker run` client ends with its broken connection
+/// (its recovery from a killed client is `docker_supervision`'s test).
+#[test]
+fn an_engine_restarted_mid_run_loses_no_line_and_the_run_ends_with_its_own_code() {
+    if !require_docker() || !require_private_engine() {
+        return;
+    }
+    let mut engine = PrivateEngine::start_with(&["--live-restore"]);
+    let name = name_for(None);
+    let pods = pod_with(&name, COUNTER);
+    let state = tempfile::tempdir().unwrap();
+    let mut start = cmd(pods.path(), state.path(), &engine, None);
+    start.args(["start", &name, "--prompt", "count"]);
+    let live = Live::spawn(start);
+    live.session_id(STARTUP);
+    live.wait_stdout("line 10\n", STARTUP);
+    engine.restart();
+    let out = live.finish(Duration::from_secs(60));
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let expected: Vec<String> = (1..=200).map(|n| format!("line {n}")).collect();
+    assert_eq!(
+        lines, expected,
+        "every line once, in order; stderr:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.code,
+        Some(7),
+        "the container's own code:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        engine.containers_with_label(&format!("cldpd.pod={name}")),
+        Vec::<String>::new(),
+        "the ended run's container is removed"
+    );
+    main_engine_untouched(&name);
+    let _ = engine.docker(["rmi", "-f", &format!("cldpd-{name}")]);
 }
 
 #[test]

@@ -133,7 +133,10 @@ pub(crate) async fn exec(
         // Nobody reads: the process goes on; its end is the stream's end.
         End::Dropped => while frames.next().await.is_some() {},
         End::Broken(e) => {
-            tracing::warn!(container = %spec.container, error = %e, "exec connection broken")
+            // An exec's output cannot be read again: what it holds of an
+            // unfinished line goes out as it is.
+            tracing::warn!(container = %spec.container, error = %e, "exec connection broken");
+            pump.flush(&tx).await;
         }
     }
     drop(feeding);

@@ -2,6 +2,13 @@
 //! demultiplexed by bollard into stdout/stderr chunks, reassembled into
 //! lines with [`LineDecoder`] and sent as `Output` batches (one batch per
 //! burst of frames that are ready together, not one per line).
+//!
+//! When an attach connection breaks, the run reads the container's log
+//! from its start instead ([`Pump::rewind`]): the pump counts the bytes of
+//! each pipe it has taken, skips them in the new reading and goes on with
+//! the line it was in the middle of, so that nothing is lost or repeated
+//! (as far as the log holds the same bytes: the `json-file` driver stores
+//! invalid UTF-8 lossily).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -37,6 +44,10 @@ pub(crate) enum End {
 pub(crate) struct Pump {
     out: LineDecoder,
     err: LineDecoder,
+    /// Bytes of stdout and stderr taken into the decoders so far.
+    taken: [u64; 2],
+    /// Where the current reading is in each pipe (0 after a rewind).
+    at: [u64; 2],
     /// Last lines of both pipes (for 126/127 messages).
     pub(crate) tail: VecDeque<String>,
 }
@@ -46,21 +57,43 @@ impl Pump {
         Pump {
             out: LineDecoder::new(OutputStream::Stdout, line_cap),
             err: LineDecoder::new(OutputStream::Stderr, line_cap),
+            taken: [0; 2],
+            at: [0; 2],
             tail: VecDeque::with_capacity(TAIL),
         }
     }
 
-    fn push(&mut self, frame: LogOutput, lines: &mut Vec<OutputLine>) {
-        match frame {
-            LogOutput::StdErr { message } => self.err.push(&message, lines),
-            LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                self.out.push(&message, lines)
-            }
-            LogOutput::StdIn { .. } => {}
-        }
+    /// The next reading starts at the beginning of the output again (the
+    /// container's log): what was taken already is skipped.
+    pub(crate) fn rewind(&mut self) {
+        self.at = [0; 2];
     }
 
-    /// Read `frames` to their end, sending batches to `tx`.
+    fn push(&mut self, frame: LogOutput, lines: &mut Vec<OutputLine>) {
+        let (pipe, message) = match frame {
+            LogOutput::StdErr { message } => (1, message),
+            LogOutput::StdOut { message } | LogOutput::Console { message } => (0, message),
+            LogOutput::StdIn { .. } => return,
+        };
+        let start = self.at[pipe];
+        self.at[pipe] += message.len() as u64;
+        if self.at[pipe] <= self.taken[pipe] {
+            return; // all of it taken before the rewind
+        }
+        // Part of it may have been taken before the rewind.
+        let skip = self.taken[pipe].saturating_sub(start) as usize;
+        self.taken[pipe] = self.at[pipe];
+        let decoder = if pipe == 0 {
+            &mut self.out
+        } else {
+            &mut self.err
+        };
+        decoder.push(&message[skip..], lines);
+    }
+
+    /// Read `frames` to their end, sending batches to `tx`. A line left
+    /// unfinished by a broken connection stays in the decoder (the next
+    /// reading may finish it); call [`Pump::flush`] when there is none.
     pub(crate) async fn run(&mut self, frames: &mut Frames, tx: &Sender<ProcessEvent>) -> End {
         loop {
             let mut lines = Vec::new();
@@ -87,7 +120,7 @@ impl Pump {
                     end
                 }
             };
-            if end.is_some() {
+            if matches!(end, Some(End::Closed)) {
                 self.out.finish(&mut lines);
                 self.err.finish(&mut lines);
             }
@@ -100,6 +133,17 @@ impl Pump {
             if let Some(end) = end {
                 return end;
             }
+        }
+    }
+
+    /// Send what the decoders still hold (an unfinished last line).
+    pub(crate) async fn flush(&mut self, tx: &Sender<ProcessEvent>) {
+        let mut lines = Vec::new();
+        self.out.finish(&mut lines);
+        self.err.finish(&mut lines);
+        if !lines.is_empty() {
+            self.keep_tail(&lines);
+            let _ = tx.send(ProcessEvent::Output(lines)).await;
         }
     }
 

@@ -11,16 +11,21 @@
 //! not an exit: the run then waits for the container's real exit, and
 //! fails with [`Error::DockerLost`] when the engine stays unreachable for
 //! `LOST_ENGINE` or the container was removed before its code was read —
-//! never with a made-up code. The output written while the connection was
-//! broken is not fetched again (the CLI backend's `docker logs` recovery
-//! has no counterpart here yet).
+//! never with a made-up code. The output goes on from the container's log
+//! (`GET /containers/{id}/logs?follow=1`, once the engine answers again):
+//! what was delivered before the break is skipped byte for byte, so no
+//! line is lost or repeated where the log driver keeps the bytes
+//! (`json-file`, the default, stores invalid UTF-8 lossily); with a log
+//! driver that cannot be read, or a container removed meanwhile, the
+//! output after the break is missing and a warning says so.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, RemoveContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, LogsOptions, RemoveContainerOptions,
+    WaitContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -74,15 +79,44 @@ pub(crate) async fn run(
     let feeding = Feeding::start(input, spec.stdin.clone(), more);
     let mut frames = frames;
     let mut pump = Pump::new(spec.line_cap);
-    match pump.run(&mut frames, &tx).await {
-        End::Closed => {}
-        End::Dropped => {
-            // Nobody reads; the container goes on (see `Runtime::run`):
-            // drain the stream so that it can, then clean up at its exit.
-            while frames.next().await.is_some() {}
-        }
-        End::Broken(e) => {
-            tracing::warn!(container = %spec.container, error = %e, "attach connection broken; waiting for the container's exit");
+    loop {
+        let end = match pump.run(&mut frames, &tx).await {
+            // A killed engine closes the attach stream cleanly, as an exit
+            // does: only the container's state tells them apart.
+            End::Closed
+                if !waiting.is_finished() && still_running(&docker, &spec.container).await =>
+            {
+                End::Broken(bollard::errors::Error::IOError {
+                    err: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the attach stream ended while the container runs",
+                    ),
+                })
+            }
+            end => end,
+        };
+        match end {
+            End::Closed => break,
+            End::Dropped => {
+                // Nobody reads; the container goes on (see `Runtime::run`):
+                // drain the stream so that it can, then clean up at its exit.
+                while frames.next().await.is_some() {}
+                break;
+            }
+            End::Broken(e) => {
+                tracing::warn!(container = %spec.container, error = %e, "attach connection broken; going on from the container's log");
+                let deadline = tokio::time::Instant::now() + LOST_ENGINE;
+                match log_frames(&docker, &spec.container, deadline).await {
+                    Some(log) => {
+                        frames = log;
+                        pump.rewind();
+                    }
+                    None => {
+                        pump.flush(&tx).await;
+                        break;
+                    }
+                }
+            }
         }
     }
     drop(feeding);
@@ -232,6 +266,56 @@ fn create_body(spec: &RunSpec, secrets: &mut Placeholders) -> ContainerCreateBod
         stdin_once: once,
         host_config: Some(host_config),
         ..Default::default()
+    }
+}
+
+/// True when the container runs, or when the engine cannot say (it went
+/// away: the container may run on, with `--live-restore`).
+async fn still_running(docker: &Docker, container: &str) -> bool {
+    match tokio::time::timeout(CALL_TIMEOUT, docker.inspect_container(container, None)).await {
+        Err(_) => true,
+        Ok(Ok(c)) => c.state.and_then(|s| s.running).unwrap_or(false),
+        Ok(Err(e)) => matches!(failure(&e), Failure::Unreachable(_)),
+    }
+}
+
+/// The container's output from the start of its log, following it, once
+/// the engine answers (retried until `deadline` while it is unreachable).
+/// `None` when the log cannot be read: the engine stayed away, the
+/// container is gone, or its log driver cannot be read back.
+async fn log_frames(
+    docker: &Docker,
+    container: &str,
+    deadline: tokio::time::Instant,
+) -> Option<Frames> {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let options = LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let mut log = docker.logs(container, Some(options)).boxed();
+        let err = match log.next().await {
+            // An empty log of a container that ended: nothing more to read.
+            None => return Some(futures_util::stream::empty().boxed()),
+            Some(Ok(first)) => {
+                let first = futures_util::stream::once(async move { Ok(first) });
+                return Some(first.chain(log).boxed());
+            }
+            Some(Err(e)) => e,
+        };
+        match failure(&err) {
+            Failure::Unreachable(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            _ => {
+                tracing::warn!(container, error = %err, "the container's log cannot be read: its output after the broken connection is missing");
+                return None;
+            }
+        }
     }
 }
 
