@@ -175,3 +175,92 @@ fn clip(line: &str) -> String {
     }
     line[..cut].to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn out(s: &str) -> Result<LogOutput, bollard::errors::Error> {
+        Ok(LogOutput::StdOut {
+            message: Bytes::copy_from_slice(s.as_bytes()),
+        })
+    }
+
+    fn err(s: &str) -> Result<LogOutput, bollard::errors::Error> {
+        Ok(LogOutput::StdErr {
+            message: Bytes::copy_from_slice(s.as_bytes()),
+        })
+    }
+
+    fn broken() -> Result<LogOutput, bollard::errors::Error> {
+        Err(bollard::errors::Error::IOError {
+            err: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "cut"),
+        })
+    }
+
+    fn texts(events: Vec<ProcessEvent>) -> Vec<(OutputStream, String)> {
+        events
+            .into_iter()
+            .flat_map(|e| match e {
+                ProcessEvent::Output(lines) => lines,
+                _ => Vec::new(),
+            })
+            .map(|l| (l.stream, l.text))
+            .collect()
+    }
+
+    /// A reading cut in the middle of a line, then the log read from its
+    /// start in frames split elsewhere: every line once, the cut one whole.
+    #[tokio::test]
+    async fn a_rewound_reading_skips_what_was_taken_and_finishes_the_cut_line() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let mut pump = Pump::new(1024);
+        let mut first: Frames = Box::pin(futures_util::stream::iter(vec![
+            out("one\ntw"),
+            err("e1\n"),
+            broken(),
+        ]));
+        assert!(matches!(pump.run(&mut first, &tx).await, End::Broken(_)));
+        pump.rewind();
+        let mut log: Frames = Box::pin(futures_util::stream::iter(vec![
+            out("on"),
+            err("e1\ne2"),
+            out("e\ntwo\nthree\n"),
+            err("\n"),
+        ]));
+        assert!(matches!(pump.run(&mut log, &tx).await, End::Closed));
+        drop(tx);
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        let got = texts(events);
+        let of = |s: OutputStream| -> Vec<&str> {
+            got.iter()
+                .filter(|(st, _)| *st == s)
+                .map(|(_, t)| t.as_str())
+                .collect()
+        };
+        assert_eq!(of(OutputStream::Stdout), ["one", "two", "three"]);
+        assert_eq!(of(OutputStream::Stderr), ["e1", "e2"]);
+    }
+
+    /// With no second reading, the unfinished line goes out as it is.
+    #[tokio::test]
+    async fn flush_sends_the_unfinished_line() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let mut pump = Pump::new(1024);
+        let mut first: Frames =
+            Box::pin(futures_util::stream::iter(vec![out("a\nhalf"), broken()]));
+        assert!(matches!(pump.run(&mut first, &tx).await, End::Broken(_)));
+        pump.flush(&tx).await;
+        drop(tx);
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        let got: Vec<String> = texts(events).into_iter().map(|(_, t)| t).collect();
+        assert_eq!(got, ["a", "half"]);
+    }
+}
