@@ -47,6 +47,7 @@ async fn one_run(
     workers: usize,
     sub_threads: &[Arbiter],
     base: Option<&std::path::Path>,
+    lag_budget: Option<usize>,
 ) -> Run {
     let dirs = FaultDirs::new("bench", base);
     let rt = FaultRuntime::new();
@@ -58,7 +59,10 @@ async fn one_run(
             .exit(0),
     );
     FaultDirs::settle().await;
-    let settings = Settings::new(dirs.pods(), dirs.state()).workers(workers);
+    let mut settings = Settings::new(dirs.pods(), dirs.state()).workers(workers);
+    if let Some(bytes) = lag_budget {
+        settings = settings.lag_budget(bytes);
+    }
     let d = Dispatcher::new(settings, rt);
     // The subscribers, spread over their threads.
     let mut subs = Vec::with_capacity(sessions);
@@ -135,6 +139,9 @@ fn main() {
     let sub_threads: usize = args.get("sub-threads", 1);
     let base: String = args.get("dir", String::new());
     let base = (!base.is_empty()).then(|| std::path::PathBuf::from(&base));
+    // `--lag-budget-mib N`: Settings::lag_budget (default: the library's).
+    let lag_mib: usize = args.get("lag-budget-mib", 0);
+    let lag_budget = (lag_mib > 0).then_some(lag_mib * 1024 * 1024);
     let total = (sessions * lines) as f64;
 
     if is_child() {
@@ -147,6 +154,7 @@ fn main() {
                 workers,
                 &arbiters,
                 base.as_deref(),
+                lag_budget,
             )
             .await;
             for a in arbiters {
