@@ -29,9 +29,26 @@ pub(crate) fn failure(e: &BollardError) -> Failure {
         BollardError::SocketNotFoundError(_)
         | BollardError::HyperLegacyError { .. }
         | BollardError::IOError { .. }
-        | BollardError::HyperResponseError { .. } => Failure::Unreachable(e.to_string()),
+        | BollardError::HyperResponseError { .. } => Failure::Unreachable(with_causes(e)),
         _ => Failure::Other(e.to_string()),
     }
+}
+
+/// `e` and the causes under it (`client error (Connect): Connection
+/// refused (os error 111)`): hyper's own text alone ("Error in the hyper
+/// legacy client: client error (Connect)") does not say what failed.
+fn with_causes(e: &BollardError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The usual mapping: unreachable is [`Error::DockerUnavailable`],
@@ -112,6 +129,16 @@ mod tests {
             stop_result(Err(BollardError::SocketNotFoundError("/x".into())), "c"),
             Err(Error::DockerUnavailable { .. })
         ));
+    }
+
+    #[test]
+    fn an_unreachable_engine_is_described_down_to_its_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = BollardError::IOError { err: io };
+        match failure(&e) {
+            Failure::Unreachable(m) => assert!(m.contains("Connection refused"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
