@@ -15,7 +15,7 @@ mod support;
 
 use std::time::Duration;
 
-use cli_support::{cldpd, run, Finished, Live, LIMIT};
+use cli_support::{cldpd, run, Finished, Live, LIMIT, STREAM_JSON_AGENT};
 use support::docker::{docker, require_docker, TestPod};
 
 const ISSUE: &str = "https://github.com/cldpd/demo/issues/1";
@@ -1293,27 +1293,6 @@ fn a_base_image_that_cannot_be_pulled_is_named_and_doctor_warns_of_it() {
     );
     no_containers_left(&pod);
 }
-
-/// A long-lived agent as Claude Code is one with `--input-format
-/// stream-json` (see `src/runtime/fault/converse.rs`): for each user
-/// message on its stdin, one turn — `command_lifecycle` started with the
-/// message's `uuid`, the message replayed, an `assistant` text `answer <n>:
-/// <prompt>`, a `result`, `command_lifecycle` completed; it ends at the end
-/// of its input. `NOTE` (empty here) runs after each turn, with `$text`.
-const STREAM_JSON_AGENT: &str = r#"#!/bin/sh
-n=0
-while IFS= read -r line; do
-  n=$((n + 1))
-  uuid=$(printf '%s\n' "$line" | sed -n 's/.*"uuid":"\([^"]*\)".*/\1/p')
-  text=$(printf '%s\n' "$line" | sed -n 's/.*"content":"\([^"]*\)".*/\1/p')
-  echo "{\"type\":\"command_lifecycle\",\"command_uuid\":\"$uuid\",\"state\":\"started\"}"
-  echo "{\"type\":\"user\",\"message\":{\"role\":\"user\",\"content\":\"$text\"},\"isReplay\":true,\"uuid\":\"$uuid\"}"
-  echo "{\"type\":\"assistant\",\"message\":{\"id\":\"msg_$n\",\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"answer $n: $text\"}]}}"
-  echo "{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"num_turns\":1,\"total_cost_usd\":0.001,\"duration_ms\":1,\"result\":\"answer $n: $text\"}"
-  NOTE
-  echo "{\"type\":\"command_lifecycle\",\"command_uuid\":\"$uuid\",\"state\":\"completed\"}"
-done
-"#;
 
 /// A pod whose agent is [`STREAM_JSON_AGENT`], long-lived; `note` runs
 /// after each turn, `extra` is more of its pod.json.

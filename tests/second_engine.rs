@@ -22,7 +22,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use cli_support::{cldpd, run, Live, LIMIT};
+use cli_support::{cldpd, run, Live, LIMIT, STREAM_JSON_AGENT};
 use support::docker::{docker, require_docker, unique_name, BUSYBOX};
 use support::engine::{require_private_engine, require_sshd, PrivateEngine, TLS_HOST};
 
@@ -39,11 +39,14 @@ const WAITER: &str = "#!/bin/sh\necho ready\nwhile :; do sleep 0.2; done\n";
 /// network (the private engine has no bridge, and a sandboxed run is what
 /// a restarted engine restores most simply).
 fn pod(name: &str) -> tempfile::TempDir {
-    pod_with(name, WAITER)
+    pod_with(name, WAITER, TEXT_AGENT)
 }
 
-/// [`pod`] whose agent is `stub`.
-fn pod_with(name: &str, stub: &str) -> tempfile::TempDir {
+/// The pod.json of [`pod`]: a plain-text agent, no network.
+const TEXT_AGENT: &str = r#"{"agentOutput": "text", "network": "none"}"#;
+
+/// [`pod`] whose agent is `stub` and whose pod.json is `pod_json`.
+fn pod_with(name: &str, stub: &str, pod_json: &str) -> tempfile::TempDir {
     let pods = tempfile::Builder::new()
         .prefix("cldpd-eng-pods-")
         .tempdir()
@@ -59,11 +62,7 @@ fn pod_with(name: &str, stub: &str) -> tempfile::TempDir {
         "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCOPY claude /bin/claude\n",
     )
     .unwrap();
-    std::fs::write(
-        dir.join("pod.json"),
-        r#"{"agentOutput": "text", "network": "none"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("pod.json"), pod_json).unwrap();
     pods
 }
 
@@ -314,7 +313,7 @@ fn an_engine_restarted_mid_run_loses_no_line_and_the_run_ends_with_its_own_code(
     }
     let mut engine = PrivateEngine::start_with(&["--live-restore"]);
     let name = name_for(None);
-    let pods = pod_with(&name, COUNTER);
+    let pods = pod_with(&name, COUNTER, TEXT_AGENT);
     let state = tempfile::tempdir().unwrap();
     let mut start = cmd(pods.path(), state.path(), &engine, None);
     start.args(["start", &name, "--prompt", "count"]);
@@ -342,6 +341,52 @@ fn an_engine_restarted_mid_run_loses_no_line_and_the_run_ends_with_its_own_code(
         "the ended run's container is removed"
     );
     main_engine_untouched(&name);
+    let _ = engine.docker(["rmi", "-f", &format!("cldpd-{name}")]);
+}
+
+/// The same for a live conversation (`start -i`, a long-lived stream-json
+/// agent): after the engine restarts, the owner's next follow-up reaches
+/// the agent (its own attach broke, so it attaches anew) and the answer
+/// comes back through the log.
+#[test]
+fn an_engine_restarted_between_two_turns_keeps_the_conversation_going() {
+    use std::io::Write;
+    if !require_docker() || !require_private_engine() {
+        return;
+    }
+    let mut engine = PrivateEngine::start_with(&["--live-restore"]);
+    let name = name_for(None);
+    let pods = pod_with(
+        &name,
+        &STREAM_JSON_AGENT.replace("NOTE", ""),
+        r#"{"agentInput": "stream-json", "network": "none", "stopGraceSecs": 5}"#,
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut start = cmd(pods.path(), state.path(), &engine, None);
+    start
+        .args(["start", &name, "-i", "--prompt", "first prompt"])
+        .stdin(std::process::Stdio::piped());
+    let mut live = Live::spawn(start);
+    let mut stdin = live.take_stdin();
+    live.session_id(STARTUP);
+    live.wait_stderr("cldpd: idle after 1 turn;", STARTUP);
+    engine.restart();
+    stdin.write_all(b"second prompt\n").unwrap();
+    stdin.flush().unwrap();
+    live.wait_stderr("cldpd: idle after 2 turns;", LIMIT);
+    drop(stdin);
+    let out = live.finish(LIMIT);
+    out.expect_code(0);
+    assert_eq!(
+        out.stdout, "answer 1: first prompt\nanswer 2: second prompt\n",
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        engine.containers_with_label(&format!("cldpd.pod={name}")),
+        Vec::<String>::new(),
+        "the ended run's container is removed"
+    );
     let _ = engine.docker(["rmi", "-f", &format!("cldpd-{name}")]);
 }
 

@@ -481,12 +481,14 @@ impl Runtime for EngineApi {
             .unwrap_or_else(PoisonError::into_inner)
             .get(container)
             .and_then(|w| w.upgrade());
-        if let Some(writer) = own {
-            let result = writer.send(bytes).map_err(|_| Error::SessionNotFound {
-                target: container.to_string(),
-            });
-            return Box::pin(futures_util::future::ready(result));
-        }
+        let bytes = match own {
+            Some(writer) => match writer.send(bytes) {
+                Ok(()) => return Box::pin(futures_util::future::ready(Ok(()))),
+                // The run's own attach broke (see `run::run`): attach anew.
+                Err(tokio::sync::mpsc::error::SendError(bytes)) => bytes,
+            },
+            None => bytes,
+        };
         let container = container.to_string();
         self.call(
             move |docker| async move { stdin::write_attached(&docker, &container, bytes).await },

@@ -210,3 +210,24 @@ impl Drop for Live {
 pub fn run(cmd: Command, limit: Duration) -> Finished {
     Live::spawn(cmd).finish(limit)
 }
+
+/// A long-lived agent as Claude Code is one with `--input-format
+/// stream-json` (see `src/runtime/fault/converse.rs`): for each user
+/// message on its stdin, one turn — `command_lifecycle` started with the
+/// message's `uuid`, the message replayed, an `assistant` text `answer <n>:
+/// <prompt>`, a `result`, `command_lifecycle` completed; it ends at the end
+/// of its input. `NOTE` (empty here) runs after each turn, with `$text`.
+pub const STREAM_JSON_AGENT: &str = r#"#!/bin/sh
+n=0
+while IFS= read -r line; do
+  n=$((n + 1))
+  uuid=$(printf '%s\n' "$line" | sed -n 's/.*"uuid":"\([^"]*\)".*/\1/p')
+  text=$(printf '%s\n' "$line" | sed -n 's/.*"content":"\([^"]*\)".*/\1/p')
+  echo "{\"type\":\"command_lifecycle\",\"command_uuid\":\"$uuid\",\"state\":\"started\"}"
+  echo "{\"type\":\"user\",\"message\":{\"role\":\"user\",\"content\":\"$text\"},\"isReplay\":true,\"uuid\":\"$uuid\"}"
+  echo "{\"type\":\"assistant\",\"message\":{\"id\":\"msg_$n\",\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"answer $n: $text\"}]}}"
+  echo "{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"num_turns\":1,\"total_cost_usd\":0.001,\"duration_ms\":1,\"result\":\"answer $n: $text\"}"
+  NOTE
+  echo "{\"type\":\"command_lifecycle\",\"command_uuid\":\"$uuid\",\"state\":\"completed\"}"
+done
+"#;

@@ -76,7 +76,7 @@ pub(crate) async fn run(
         .await;
     // The prompt, written once the process runs, beside the reading of
     // its output; aborted (whatever is unread dropped) once the run ends.
-    let feeding = Feeding::start(input, spec.stdin.clone(), more);
+    let mut feeding = Some(Feeding::start(input, spec.stdin.clone(), more));
     let mut frames = frames;
     let mut pump = Pump::new(spec.line_cap);
     loop {
@@ -105,6 +105,9 @@ pub(crate) async fn run(
             }
             End::Broken(e) => {
                 tracing::warn!(container = %spec.container, error = %e, "attach connection broken; going on from the container's log");
+                // Its input half is broken too: later `write_input`s of
+                // this process then attach anew (as another process's do).
+                feeding = None;
                 let deadline = tokio::time::Instant::now() + LOST_ENGINE;
                 match log_frames(&docker, &spec.container, deadline).await {
                     Some(log) => {
