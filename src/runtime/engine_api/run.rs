@@ -17,7 +17,10 @@
 //! line is lost or repeated where the log driver keeps the bytes
 //! (`json-file`, the default, stores invalid UTF-8 lossily); with a log
 //! driver that cannot be read, or a container removed meanwhile, the
-//! output after the break is missing and a warning says so.
+//! output after the break is missing and a warning says so. The input
+//! half of the broken attach is dropped with it: this process's later
+//! `write_input`s attach anew (bytes written into the connection as it
+//! broke are lost, as they would be for any client).
 
 use std::collections::HashMap;
 use std::time::Duration;
