@@ -41,7 +41,8 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// A whole script. See the [module docs](self) for the format.
+/// A whole script: what the server answers, turn by turn ([`Script::from_json`]
+/// reads it; the fields of [`Turn`] are the format).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Script {

@@ -19,7 +19,7 @@
 //!
 //! A pod directory may be a symbolic link, as long as it resolves to a
 //! directory *inside* the pods directory; one that leads outside is refused
-//! with [`Error::InvalidPodName`] (the name would otherwise smuggle an
+//! with [`Error::InvalidPodName`](crate::Error::InvalidPodName) (the name would otherwise smuggle an
 //! arbitrary build context past the name check).
 //!
 //! # When things are checked

@@ -96,7 +96,8 @@ const FIRST_RETRY: Duration = Duration::from_millis(10);
 const MAX_RETRY: Duration = Duration::from_millis(200);
 
 /// The Docker Engine API backend: a [`Runtime`] that talks to the engine
-/// over its HTTP API (bollard). See the [module docs](self).
+/// over its HTTP API (bollard). See the module docs of `runtime::engine_api`
+/// (in the source).
 ///
 /// Cheap to clone; clones (and every `EngineApi` of the same host in the
 /// process) share one connection pool.

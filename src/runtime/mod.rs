@@ -61,7 +61,7 @@ pub mod labels {
     /// Working directory of the agent inside the container, for resume.
     pub const WORKDIR: &str = "cldpd.workdir";
     /// How the agent takes prompts: `stream-json` (a long-lived agent whose
-    /// open stdin takes follow-ups, see [`Runtime::write_input`]) or
+    /// open stdin takes follow-ups, see [`Runtime::write_input`](super::Runtime::write_input)) or
     /// absent (text: one prompt, then end of input).
     pub const AGENT_INPUT: &str = "cldpd.agent.input";
     /// The session whose storage (workspace, agent state) the run uses:

@@ -2,7 +2,7 @@
 //! directory (`~/.cldpd`: `sessions/*.ndjson`, `images/*.json` and
 //! `*.lock`, `owners/*.json`, `key`) happens here, off the actor threads.
 //!
-//! - **Session logs** go through one dedicated thread per [`StateStore`]
+//! - **Session logs** go through one dedicated thread per `StateStore`
 //!   (`cldpd-state`). A session encodes its events into its own buffer (the
 //!   hand-written encoder of [`crate::event`], on the session's thread) and
 //!   at the end of each batch *hands the bytes over* ([`crate::log`]): a
@@ -19,15 +19,15 @@
 //!   sessions start at once, and touched there by the heartbeat.
 //! - **Other state I/O** (build records, the build lock, the state key,
 //!   adoption records, `/proc` reads, retention) runs as blocking tasks
-//!   ([`blocking`]): each is a one-off whose caller awaits its answer, and
+//!   (`blocking`): each is a one-off whose caller awaits its answer, and
 //!   some wait long (a build lock is held for a whole build), so they must
 //!   not queue behind (or in front of) the log writes.
 //!
 //! Nothing here blocks an actor thread: a session that produces output
 //! faster than the disk takes it is slowed by back-pressure on its runner
-//! (see [`crate::log::LogWriter::backlog`]), never by a write. The bytes
-//! waiting for the thread are bounded per log ([`crate::log::MAX_BACKLOG`])
-//! and over all the logs of a store ([`crate::log::MAX_TOTAL_BACKLOG`]),
+//! (see `LogWriter::backlog` in `crate::log`), never by a write. The bytes
+//! waiting for the thread are bounded per log (`MAX_BACKLOG`, 8 MiB)
+//! and over all the logs of a store (`MAX_TOTAL_BACKLOG`, 64 MiB),
 //! whether the disk is slow or failing (a failed write is settled as a gap
 //! at once: it frees its bytes like a written one).
 
