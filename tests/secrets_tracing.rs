@@ -138,6 +138,18 @@ async fn secrets_are_in_no_argv_and_no_trace_output() {
     .unwrap();
     assert_eq!(host_argv_holding(&env_secret), Vec::<String>::new());
     assert_eq!(host_argv_holding(&prompt_secret), Vec::<String>::new());
+    // Another process's write to this run's stdin looks the container up
+    // (the Engine API backend once did it with an inspect, whose answer,
+    // which bollard logs, holds the environment): refused, as this run's
+    // stdin is not kept open, and nothing of the env is traced.
+    let other = support::docker::runtime();
+    let refused = other
+        .write_input(&container, Stdin::new("more\n".to_string()))
+        .await;
+    assert!(
+        matches!(refused, Err(cldpd::Error::InputUnavailable { .. })),
+        "{refused:?}"
+    );
     rt.remove(&container).await.unwrap();
     while stream.next().await.is_some() {}
 

@@ -66,6 +66,7 @@ mod output;
 mod run;
 mod secrets;
 mod stdin;
+mod summary;
 mod tracker;
 
 use std::collections::HashMap;

@@ -145,11 +145,11 @@ pub(crate) async fn exec(
     let event = match code {
         Ok(code @ (126 | 127)) => {
             let message = pump.message();
-            let image = docker
-                .inspect_container(&spec.container, None)
+            // From the list, not an inspect (see `super::summary`).
+            let image = super::summary::summary(&docker, &spec.container)
                 .await
                 .ok()
-                .and_then(|c| c.config)
+                .flatten()
                 .and_then(|c| {
                     let tag = c
                         .labels

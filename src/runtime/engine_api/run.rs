@@ -45,6 +45,10 @@ use crate::runtime::{labels, ProcessEvent, RunSpec};
 /// How long the engine may take to answer the calls around a run.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a run whose output ended waits for the wait's answer before
+/// it asks whether the container still runs.
+const EXIT_SETTLE: Duration = Duration::from_secs(2);
+
 /// How long a run waits for a lost engine to come back before it fails.
 const LOST_ENGINE: Duration = Duration::from_secs(20);
 
@@ -68,10 +72,12 @@ pub(crate) async fn run(
     drop(guard);
     // Asked for now, so that it is registered before the container can
     // end (and be removed by someone else): the exit code is not lost.
-    let waiting = {
+    let mut waiting = {
         let (docker, container) = (docker.clone(), spec.container.clone());
         tokio::spawn(async move { wait_exit(&docker, &container).await })
     };
+    // The wait's answer, once it came while the output was being read.
+    let mut exit = None;
     let _ = tx
         .send(ProcessEvent::Started {
             container: spec.container.clone(),
@@ -83,18 +89,35 @@ pub(crate) async fn run(
     let mut frames = frames;
     let mut pump = Pump::new(spec.line_cap);
     loop {
-        let end = match pump.run(&mut frames, &tx).await {
+        let end = pump.run(&mut frames, &tx).await;
+        if !matches!(end, End::Dropped) {
+            // The attach is over, its input half with it: this process's
+            // later `write_input`s attach anew (as another process's do).
+            feeding = None;
+        }
+        let end = match end {
             // A killed engine closes the attach stream cleanly, as an exit
-            // does: only the container's state tells them apart.
-            End::Closed
-                if !waiting.is_finished() && still_running(&docker, &spec.container).await =>
-            {
-                End::Broken(bollard::errors::Error::IOError {
-                    err: std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the attach stream ended while the container runs",
-                    ),
-                })
+            // does. An exit's wait answers at once; only when it does not
+            // is the container's state asked (a state read right at the
+            // exit may still say "running", and a needless re-reading of
+            // the log would shift a line whose invalid UTF-8 the log
+            // stored lossily).
+            End::Closed if exit.is_none() => {
+                match tokio::time::timeout(EXIT_SETTLE, &mut waiting).await {
+                    Ok(answer) => {
+                        exit = Some(answer);
+                        End::Closed
+                    }
+                    Err(_) if still_running(&docker, &spec.container).await => {
+                        End::Broken(bollard::errors::Error::IOError {
+                            err: std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "the attach stream ended while the container runs",
+                            ),
+                        })
+                    }
+                    Err(_) => End::Closed,
+                }
             }
             end => end,
         };
@@ -108,9 +131,6 @@ pub(crate) async fn run(
             }
             End::Broken(e) => {
                 tracing::warn!(container = %spec.container, error = %e, "attach connection broken; going on from the container's log");
-                // Its input half is broken too: later `write_input`s of
-                // this process then attach anew (as another process's do).
-                feeding = None;
                 let deadline = tokio::time::Instant::now() + LOST_ENGINE;
                 match log_frames(&docker, &spec.container, deadline).await {
                     Some(log) => {
@@ -126,7 +146,11 @@ pub(crate) async fn run(
         }
     }
     drop(feeding);
-    let outcome = match waiting.await {
+    let answer = match exit {
+        Some(answer) => answer,
+        None => waiting.await,
+    };
+    let outcome = match answer {
         Ok(outcome) => outcome,
         Err(e) => Err(Error::internal(format!("waiting for the exit failed: {e}"))),
     };
@@ -276,11 +300,12 @@ fn create_body(spec: &RunSpec, secrets: &mut Placeholders) -> ContainerCreateBod
 }
 
 /// True when the container runs, or when the engine cannot say (it went
-/// away: the container may run on, with `--live-restore`).
+/// away: the container may run on, with `--live-restore`). From the list,
+/// never an inspect (see `super::summary`).
 async fn still_running(docker: &Docker, container: &str) -> bool {
-    match tokio::time::timeout(CALL_TIMEOUT, docker.inspect_container(container, None)).await {
+    match tokio::time::timeout(CALL_TIMEOUT, super::summary::summary(docker, container)).await {
         Err(_) => true,
-        Ok(Ok(c)) => c.state.and_then(|s| s.running).unwrap_or(false),
+        Ok(Ok(c)) => c.as_ref().is_some_and(super::summary::running),
         Ok(Err(e)) => matches!(failure(&e), Failure::Unreachable(_)),
     }
 }

@@ -54,22 +54,24 @@ pub(crate) async fn write_attached(
     let not_found = || Error::SessionNotFound {
         target: container.to_string(),
     };
-    let inspected = tokio::time::timeout(CALL, docker.inspect_container(container, None))
+    // From the list, not an inspect (see `super::summary`).
+    let found = tokio::time::timeout(CALL, super::summary::summary(docker, container))
         .await
         .map_err(|_| Error::RuntimeFailed {
-            message: format!("the engine did not answer the inspect of {container}"),
-        })?;
-    let info = match inspected {
-        Ok(info) => info,
-        Err(e) if super::errors::gone(&e) => return Err(not_found()),
-        Err(e) => return Err(super::errors::runtime("inspect", &e)),
-    };
-    let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
-    if !running {
+            message: format!("the engine did not answer the list for {container}"),
+        })?
+        .map_err(|e| super::errors::runtime("list", &e))?;
+    let Some(info) = found.filter(super::summary::running) else {
         return Err(not_found());
-    }
-    let config = info.config.unwrap_or_default();
-    if config.open_stdin != Some(true) || config.stdin_once == Some(true) {
+    };
+    // cldpd gives a long-lived agent's container an open stdin that one
+    // client's end does not close (`OpenStdin`, not `StdinOnce`), and says
+    // so in this label.
+    let label = info
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::runtime::labels::AGENT_INPUT));
+    if label.map(String::as_str) != Some("stream-json") {
         return Err(Error::InputUnavailable {
             target: container.to_string(),
             message: "its agent does not take follow-ups on an open stdin (agentInput is not stream-json)".into(),
