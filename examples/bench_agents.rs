@@ -48,8 +48,6 @@ const PROMPT: &str = "Write hi into out.txt, then say Done.";
 const API_KEY: &str = "sk-bench-not-a-real-key";
 /// The image's writable home (the agent runs as `agent`, not root).
 const WORKDIR: &str = "/home/agent";
-/// Label on the pod's image layer, so that cleanup finds it.
-const POD_IMAGE_LABEL: &str = "cldpd.test.pod";
 
 /// The fixture image, built from `.ci/claude-fixture.sh` under a tag of
 /// this process; removed (with the pod's image) on drop.
@@ -117,32 +115,9 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let mut ids = Vec::new();
-        for filter in [
-            format!("label=cldpd.pod={}", self.pod),
-            format!("ancestor={}", self.tag),
-        ] {
-            let out = docker(&["ps", "-aq", "--filter", &filter]);
-            ids.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .map(str::to_string),
-            );
-        }
-        ids.sort();
-        ids.dedup();
-        if !ids.is_empty() {
-            let mut argv = vec!["rm", "-f"];
-            argv.extend(ids.iter().map(String::as_str));
-            docker(&argv);
-        }
-        let image = format!("cldpd-{}", self.pod);
-        docker(&["rmi", "-f", "--no-prune", &image]);
-        let filter = format!("label={POD_IMAGE_LABEL}={}", self.pod);
-        let out = docker(&["images", "-aq", "--filter", &filter]);
-        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            docker(&["rmi", "-f", "--no-prune", id]);
-        }
+        // Its pod's containers and image, and any `docker run` container
+        // of the fixture's tag; then the tag.
+        remove_pod_leftovers(&self.pod, &[&format!("cldpd-{}", self.pod), &self.tag]);
         docker(&["rmi", "--no-prune", &self.tag]);
     }
 }

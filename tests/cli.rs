@@ -1109,6 +1109,36 @@ fn usage_lines_do_not_show_options_given_by_the_environment() {
     assert!(out.stdout.contains("\"ok\""), "{}", out.stdout);
 }
 
+/// The non-empty lines, sorted, that `shell` (its argv up to the script)
+/// prints running `script`, with the cldpd binary on PATH and `state` as
+/// the state directory (a completion script asks cldpd at completion time).
+fn shell_lines(shell: &[&str], script: &str, state: &Path) -> Vec<String> {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_cldpd")).parent().unwrap();
+    let out = Command::new(shell[0])
+        .args(&shell[1..])
+        .arg(script)
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("CLDPD_STATE_DIR", state)
+        .env_remove("CLDPD_PODS_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    v.sort();
+    v
+}
+
 #[test]
 fn completion_offers_pod_names_and_session_ids_dynamically() {
     let pods = tempfile::tempdir().unwrap();
@@ -1131,31 +1161,15 @@ fn completion_offers_pod_names_and_session_ids_dynamically() {
     out.expect_code(0);
     let script = state.path().join("cldpd.bash");
     std::fs::write(&script, &out.stdout).unwrap();
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_cldpd")).parent().unwrap();
     let complete = |words: &str, cword: usize| {
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
+        shell_lines(
+            &["bash", "-c"],
+            &format!(
                 "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; COMP_LINE='x'; COMP_POINT=1; _cldpd_dynamic cldpd; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
                 script.display()
-            ))
-            .env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()))
-            .env("CLDPD_STATE_DIR", state.path())
-            .env_remove("CLDPD_PODS_DIR")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect();
-        v.sort();
-        v
+            ),
+            state.path(),
+        )
     };
     let dir = pods.path().display();
     assert_eq!(
@@ -1190,17 +1204,9 @@ fn completion_offers_pod_names_and_session_ids_dynamically() {
 /// `.ci/run` installs zsh; without it the test fails under `CI=true`.
 #[test]
 fn zsh_completion_offers_pod_names_and_session_ids_dynamically() {
-    if Command::new("zsh").arg("--version").output().is_err() {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-        assert!(
-            !ci,
-            "CI=true and zsh is not installed (.ci/run installs it)"
-        );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED zsh_completion_offers_pod_names_and_session_ids_dynamically: zsh is not installed; with CI=true this fails"
-        );
+    if Command::new("zsh").arg("--version").output().is_err()
+        && !support::skip_unless_ci("zsh is not installed (.ci/run installs it)")
+    {
         return;
     }
     let pods = tempfile::tempdir().unwrap();
@@ -1215,14 +1221,12 @@ fn zsh_completion_offers_pod_names_and_session_ids_dynamically() {
     assert!(out.stdout.starts_with("#compdef cldpd"), "{}", out.stdout);
     let script = state.path().join("_cldpd");
     std::fs::write(&script, &out.stdout).unwrap();
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_cldpd")).parent().unwrap();
     // Sourced, the script registers the dynamic wrapper; then `words` and
     // `CURRENT` are set as the completion system would.
     let complete = |words: &str, current: usize| {
-        let out = Command::new("zsh")
-            .arg("-f")
-            .arg("-c")
-            .arg(format!(
+        shell_lines(
+            &["zsh", "-f", "-c"],
+            &format!(
                 r#"compdef() {{ print -r -- "COMPDEF:$*" }}
 compadd() {{ [[ $1 == -a ]] && print -rl -- "${{(@P)2}}" }}
 source {}
@@ -1230,27 +1234,9 @@ _cldpd() {{ print -r -- "CLAP" }}
 words=({words}); CURRENT={current}
 _cldpd_dynamic"#,
                 script.display()
-            ))
-            .env(
-                "PATH",
-                format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
-            )
-            .env("CLDPD_STATE_DIR", state.path())
-            .env_remove("CLDPD_PODS_DIR")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect();
-        v.sort();
-        v
+            ),
+            state.path(),
+        )
     };
     let dir = pods.path().display();
     // `words` and `CURRENT` count from 1, the command name included.

@@ -448,7 +448,7 @@ pub const BUSYBOX: &str = "/bin/busybox";
 const BASE_DOCKERFILE: &str =
     "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
 /// Label on every layer that belongs to one bench pod (as the tests do).
-const POD_IMAGE_LABEL: &str = "cldpd.test.pod";
+pub const POD_IMAGE_LABEL: &str = "cldpd.test.pod";
 
 pub fn docker(args: &[&str]) -> std::process::Output {
     std::process::Command::new("docker")
@@ -529,36 +529,46 @@ impl DockerPod {
 
 impl Drop for DockerPod {
     fn drop(&mut self) {
-        let mut ids = lines_of(docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=cldpd.pod={}", self.name),
-        ]));
+        remove_pod_leftovers(&self.name, &[&self.image()]);
+    }
+}
+
+/// Remove what a bench pod `pod` left behind: its containers (by the
+/// `cldpd.pod` label, and any container of the images `ancestors`), its
+/// image `cldpd-<pod>` (`rmi --no-prune`, as the tests do) and the layers
+/// labelled as its own.
+pub fn remove_pod_leftovers(pod: &str, ancestors: &[&str]) {
+    let mut ids = lines_of(docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=cldpd.pod={pod}"),
+    ]));
+    for image in ancestors {
         ids.extend(lines_of(docker(&[
             "ps",
             "-aq",
             "--filter",
-            &format!("ancestor={}", self.image()),
+            &format!("ancestor={image}"),
         ])));
-        ids.sort();
-        ids.dedup();
-        if !ids.is_empty() {
-            let mut argv = vec!["rm", "-f"];
-            argv.extend(ids.iter().map(String::as_str));
-            docker(&argv);
+    }
+    ids.sort();
+    ids.dedup();
+    if !ids.is_empty() {
+        let mut argv = vec!["rm", "-f"];
+        argv.extend(ids.iter().map(String::as_str));
+        docker(&argv);
+    }
+    docker(&["rmi", "-f", "--no-prune", &format!("cldpd-{pod}")]);
+    let filter = format!("label={POD_IMAGE_LABEL}={pod}");
+    for _ in 0..5 {
+        let ids = lines_of(docker(&["images", "-aq", "--filter", &filter]));
+        if ids.is_empty() {
+            break;
         }
-        docker(&["rmi", "-f", "--no-prune", &self.image()]);
-        let filter = format!("label={POD_IMAGE_LABEL}={}", self.name);
-        for _ in 0..5 {
-            let ids = lines_of(docker(&["images", "-aq", "--filter", &filter]));
-            if ids.is_empty() {
-                break;
-            }
-            let mut argv = vec!["rmi", "-f", "--no-prune"];
-            argv.extend(ids.iter().map(String::as_str));
-            docker(&argv);
-        }
+        let mut argv = vec!["rmi", "-f", "--no-prune"];
+        argv.extend(ids.iter().map(String::as_str));
+        docker(&argv);
     }
 }
 

@@ -1237,6 +1237,18 @@ mod tests {
         repo
     }
 
+    /// What most tests start from: a fresh directory (kept alive by the
+    /// returned `TempDir`), a [`source_repo`] in it on `main`, and a
+    /// workspace `ws` beside it prepared from it for [`SESSION`].
+    fn prepared_workspace() -> (TempDir, PathBuf, Source, PathBuf, Prepared) {
+        let root = tmp();
+        let repo = source_repo(root.path());
+        let source = check_source(&RepoSpec::new(&repo, "main")).unwrap();
+        let ws = root.path().join("ws");
+        let prepared = prepare_workspace(&source, SESSION, &ws).unwrap();
+        (root, repo, source, ws, prepared)
+    }
+
     fn failed_with(result: Result<impl std::fmt::Debug>) -> (String, String) {
         let err = result.expect_err("an error");
         (err.code().to_string(), err.to_string())
@@ -1632,11 +1644,7 @@ mod tests {
 
     #[test]
     fn diff_applies_to_a_fresh_checkout_of_the_base() {
-        let root = tmp();
-        let repo = source_repo(root.path());
-        let source = check_source(&RepoSpec::new(&repo, "main")).unwrap();
-        let ws = root.path().join("ws");
-        let prepared = prepare_workspace(&source, SESSION, &ws).unwrap();
+        let (root, repo, source, ws, prepared) = prepared_workspace();
         // Nothing fetched back yet: no branch to diff.
         assert_eq!(
             code_of(diff(&repo, SESSION, &prepared.base)),
@@ -1696,11 +1704,7 @@ mod tests {
             eprintln!("skipped: changing a workspace's owner needs root");
             return;
         }
-        let root = tmp();
-        let repo = source_repo(root.path());
-        let source = check_source(&RepoSpec::new(&repo, "main")).unwrap();
-        let ws = root.path().join("ws");
-        let prepared = prepare_workspace(&source, SESSION, &ws).unwrap();
+        let (_root, repo, _source, ws, prepared) = prepared_workspace();
         write(&ws.join("by-container.txt"), "x\n");
         let chown = Command::new("chown")
             .args(["-R", &format!("{OTHER_UID}:{OTHER_UID}")])
@@ -1728,11 +1732,7 @@ mod tests {
             eprintln!("skipped: running git as another uid needs root");
             return;
         }
-        let root = tmp();
-        let repo = source_repo(root.path());
-        let source = check_source(&RepoSpec::new(&repo, "main")).unwrap();
-        let ws = root.path().join("ws");
-        prepare_workspace(&source, SESSION, &ws).unwrap();
+        let (_root, _repo, _source, ws, _) = prepared_workspace();
         let out = Command::new("git")
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
@@ -1753,11 +1753,7 @@ mod tests {
 
     #[test]
     fn fetch_back_refuses_a_checked_out_session_branch() {
-        let root = tmp();
-        let repo = source_repo(root.path());
-        let source = check_source(&RepoSpec::new(&repo, "main")).unwrap();
-        let ws = root.path().join("ws");
-        let prepared = prepare_workspace(&source, SESSION, &ws).unwrap();
+        let (_root, repo, _source, ws, prepared) = prepared_workspace();
         fetch_back(&ws, &repo, SESSION, &prepared.base).unwrap();
         sh(&repo, &["checkout", "-q", "cldpd/web-1a2b3c4d"]);
         write(&ws.join("x.txt"), "x\n");
@@ -1778,11 +1774,7 @@ mod tests {
 
     #[test]
     fn commit_pending_refuses_a_workspace_on_another_branch() {
-        let root = tmp();
-        let repo = source_repo(root.path());
-        let source = check_source(&RepoSpec::new(&repo, "main")).unwrap();
-        let ws = root.path().join("ws");
-        prepare_workspace(&source, SESSION, &ws).unwrap();
+        let (_root, _repo, _source, ws, _) = prepared_workspace();
         agent_git(&ws, &["checkout", "-q", "-b", "elsewhere"]);
         write(&ws.join("x.txt"), "x\n");
         let (code, message) = failed_with(commit_pending(&ws, SESSION, None));
@@ -1795,11 +1787,7 @@ mod tests {
 
     #[test]
     fn nothing_the_workspace_configures_runs_on_the_host() {
-        let root = tmp();
-        let repo = source_repo(root.path());
-        let source = check_source(&RepoSpec::new(&repo, "main")).unwrap();
-        let ws = root.path().join("ws");
-        let prepared = prepare_workspace(&source, SESSION, &ws).unwrap();
+        let (root, repo, _source, ws, prepared) = prepared_workspace();
         let marker = root.path().join("pwned");
         let touch = format!("touch {}", marker.display());
         let mut config = fs::read_to_string(ws.join(".git/config")).unwrap();

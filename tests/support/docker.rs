@@ -109,25 +109,7 @@ pub fn docker_available() -> bool {
 pub fn require_docker() -> bool {
     match unreachable_reason() {
         None => true,
-        Some(reason) => {
-            if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-                panic!("CI=true and Docker is unreachable: {reason}");
-            }
-            // Straight to the process's stderr, not through eprintln!: the
-            // test harness swallows what a passing test prints that way, and
-            // a skipped test passes. One line per skipped test, in the
-            // middle of `cargo test`'s own output.
-            use std::io::Write;
-            let name = std::thread::current()
-                .name()
-                .unwrap_or("a real-Docker test")
-                .to_string();
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {name}: Docker is unreachable ({reason}); with CI=true this fails"
-            );
-            false
-        }
+        Some(reason) => super::skip_unless_ci(&format!("Docker is unreachable ({reason})")),
     }
 }
 

@@ -47,21 +47,9 @@ fn missing_requirement() -> Option<String> {
 pub fn require_private_engine() -> bool {
     match missing_requirement() {
         None => true,
-        Some(reason) => {
-            if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-                panic!("CI=true and a private Docker engine cannot be started: {reason}");
-            }
-            use std::io::Write;
-            let name = std::thread::current()
-                .name()
-                .unwrap_or("a private-engine test")
-                .to_string();
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {name}: {reason}; with CI=true this fails"
-            );
-            false
-        }
+        Some(reason) => super::skip_unless_ci(&format!(
+            "a private Docker engine cannot be started: {reason}"
+        )),
     }
 }
 
@@ -372,22 +360,12 @@ pub fn require_sshd() -> bool {
             .find(|t| !on_path(t))
             .map(|t| format!("`{t}` is not on PATH"))
     };
-    let Some(reason) = missing else {
-        return true;
-    };
-    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-        panic!("CI=true and an ssh:// engine cannot be set up: {reason}");
+    match missing {
+        None => true,
+        Some(reason) => {
+            super::skip_unless_ci(&format!("an ssh:// engine cannot be set up: {reason}"))
+        }
     }
-    use std::io::Write;
-    let name = std::thread::current()
-        .name()
-        .unwrap_or("an ssh test")
-        .to_string();
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {name}: {reason}; with CI=true this fails"
-    );
-    false
 }
 
 /// An `sshd` in a [`PrivateEngine`]'s namespace on 127.0.0.1:22 whose
@@ -558,67 +536,62 @@ fn make_certificates(dir: &Path) {
     )
     .unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    let key = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let steps: Vec<Vec<&str>> = vec![
+    // A key and a certificate request (or, with `-x509`, a self-signed
+    // certificate) for `subject`; a request signed by the CA with `ext`.
+    let request = |first: &[&str], subject: &str, key: &str, out: &str| -> Vec<String> {
+        let mut args: Vec<String> = first.iter().map(|a| a.to_string()).collect();
+        args.extend(
+            [
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ]
+            .map(String::from),
+        );
+        args.extend(
+            ["-days", "2", "-subj", subject, "-keyout", key, "-out", out].map(String::from),
+        );
+        args
+    };
+    let sign = |csr: &str, ext: &str, out: &str| -> Vec<String> {
         [
-            &["req", "-x509"][..],
-            &key,
-            &["-days", "2", "-subj", "/CN=cldpd-test-ca"],
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+            "-out",
+            out,
         ]
-        .concat()
-        .into_iter()
-        .chain(["-keyout", "ca-key.pem", "-out", "ca.pem"])
-        .collect(),
-        [&["req"][..], &key, &["-subj", "/CN=127.0.0.1"]]
-            .concat()
-            .into_iter()
-            .chain(["-keyout", "server-key.pem", "-out", "server.csr"])
-            .collect(),
-        vec![
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
+        .map(String::from)
+        .to_vec()
+    };
+    let steps = [
+        request(
+            &["req", "-x509"],
+            "/CN=cldpd-test-ca",
             "ca-key.pem",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server-cert.pem",
-        ],
-        [&["req"][..], &key, &["-subj", "/CN=cldpd-test-client"]]
-            .concat()
-            .into_iter()
-            .chain(["-keyout", "client/key.pem", "-out", "client.csr"])
-            .collect(),
-        vec![
-            "x509",
-            "-req",
-            "-in",
+            "ca.pem",
+        ),
+        request(&["req"], "/CN=127.0.0.1", "server-key.pem", "server.csr"),
+        sign("server.csr", "server.ext", "server-cert.pem"),
+        request(
+            &["req"],
+            "/CN=cldpd-test-client",
+            "client/key.pem",
             "client.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-            "-out",
-            "client/cert.pem",
-        ],
+        ),
+        sign("client.csr", "client.ext", "client/cert.pem"),
     ];
     for args in steps {
         let out = Command::new("openssl")
