@@ -764,9 +764,11 @@ async fn stop_escalates_to_kill_after_the_grace_period() {
             .await
             .unwrap();
         let took = t.elapsed();
+        // The grace is cldpd's own, to the millisecond (Docker's own stop
+        // counted whole seconds): never a SIGKILL before it is over.
         assert!(
-            took >= Duration::from_millis(900),
-            "grace rounds up to 1 s, took {took:?}"
+            took >= Duration::from_millis(800),
+            "killed before the grace was over: {took:?}"
         );
         read_to_end(&mut stream, &mut seen).await;
         assert!(

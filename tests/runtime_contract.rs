@@ -435,6 +435,30 @@ async fn stop_escalates_to_kill_after_the_grace(fx: &dyn Fixture) {
         .unwrap();
 }
 
+/// A stop resolves when the container ends, not when the grace does: a
+/// process that ends on its SIGTERM is stopped by it (143, no SIGKILL)
+/// while the grace (an hour, beyond the test's bound) is still running.
+async fn stop_ends_when_the_container_does(fx: &dyn Fixture) {
+    let rt = fx.runtime();
+    let spec = fx.run_spec(Behaviour::Wait);
+    let container = spec.container.clone();
+    let mut stream = rt.run(spec);
+    let mut seen = Seen::default();
+    read_until_line(&mut stream, &mut seen, "ready").await;
+    let reader = tokio::spawn(async move {
+        read_to_end(&mut stream, &mut seen).await;
+        seen
+    });
+    rt.stop(&container, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let seen = reader.await.unwrap();
+    assert!(
+        matches!(seen.terminal(), ProcessEvent::Exited { code: 143 }),
+        "{seen:?}"
+    );
+}
+
 async fn already_gone_is_not_an_error(fx: &dyn Fixture) {
     let rt = fx.runtime();
     let spec = fx.run_spec(Behaviour::Print);
@@ -629,6 +653,7 @@ macro_rules! contract {
             case!(term_ends_a_run_with_143);
             case!(a_signal_sent_right_after_run_reaches_the_process);
             case!(stop_escalates_to_kill_after_the_grace);
+            case!(stop_ends_when_the_container_does);
             case!(already_gone_is_not_an_error);
             case!(list_shows_a_live_run_with_its_labels);
             case!(exec_streams_and_reports_its_exit);

@@ -139,38 +139,26 @@ impl Actor for RunnerActor {
 }
 
 impl Handler<Signal> for RunnerActor {
-    type Result = ();
+    type Result = ResponseFuture<Result<(), Error>>;
 
-    fn handle(&mut self, Signal(sig): Signal, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, Signal(sig): Signal, _ctx: &mut Context<Self>) -> Self::Result {
         if let Some(cancel) = &self.cancel {
             // A follow-up: stopping it ends the wait for its answer; the
             // run's agent goes on (it belongs to the run).
             cancel.notify_one();
-            return;
+            return Box::pin(async { Ok(()) });
         }
-        let runtime = self.runtime.clone();
-        let container = self.container.clone();
-        let exec = self.exec.clone();
-        let session = self.session.clone();
-        let generation = self.generation;
-        // Detached: a signal in flight is never cancelled by the runner
-        // stopping (its container may outlive it).
-        actix::spawn(async move {
-            let send = || match &exec {
-                Some(spec) => runtime.signal_exec(spec, sig),
-                None => runtime.signal(&container, sig),
-            };
-            let result = match guard("the runtime's signal", send) {
-                Ok(fut) => guarded("the runtime's signal", fut).await.and_then(|r| r),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                session.do_send(RunnerReport {
-                    generation,
-                    event: RunnerEvent::SignalFailed(sig, e),
-                });
-            }
-        });
+        let send = || match &self.exec {
+            Some(spec) => self.runtime.signal_exec(spec, sig),
+            None => self.runtime.signal(&self.container, sig),
+        };
+        // A `ResponseFuture` runs apart from the actor: a signal in flight
+        // is never cancelled by the runner stopping (its container may
+        // outlive it).
+        match guard("the runtime's signal", send) {
+            Ok(fut) => Box::pin(async move { guarded("the runtime's signal", fut).await? }),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
     }
 }
 

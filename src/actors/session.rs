@@ -10,8 +10,11 @@
 //! its log and fans them out ([`fanout`]); applies the
 //! restart policy and timeouts ([`supervisor`](super::supervisor)); and runs
 //! the stop escalation: SIGTERM, the grace period, SIGKILL, then
-//! `kill_timeout` before giving up with [`Error::StopFailed`]. The actor
-//! stops only after its terminal event, so an escalation always completes.
+//! `kill_timeout` before giving up with [`Error::StopFailed`] — the crate's
+//! one escalation (`runtime::escalation`, which every backend's
+//! `Runtime::stop` runs too), its signals sent through the runner and
+//! cancelled by the container's end. The actor stops only after its
+//! terminal event, so an escalation always completes.
 //!
 //! A resume session skips admission and build: it execs into the container
 //! of the run it resumes.
@@ -33,8 +36,9 @@ use crate::event::{Event, EventData, EventKind, OutputStream};
 use crate::messages::dispatcher::{ForgetImage, ImageFound, RequestBuild, SessionEnded};
 use crate::messages::runner::{Abandon, Release, Signal};
 use crate::messages::session::*;
+use crate::runtime::escalation;
 use crate::runtime::{
-    labels, BindMount, BuildSpec, ProcessEvent, RunSpec, Runtime, SecretValue, Stdin, StopSignal,
+    labels, BindMount, BuildSpec, ProcessEvent, RunSpec, Runtime, SecretValue, Stdin,
 };
 
 mod conversation;
@@ -135,9 +139,11 @@ enum StopReason {
 
 struct Stopping {
     reason: StopReason,
-    kill_sent: bool,
-    kill_at: Instant,
-    timer: Option<SpawnHandle>,
+    /// Brings the escalation's SIGKILL forward (a later, shorter stop);
+    /// `None` when no container runs.
+    hurry: Option<escalation::Hurry>,
+    /// The escalation, cancelled when the container ends.
+    escalation: Option<SpawnHandle>,
 }
 
 /// One run. See the [module docs](self).
@@ -485,7 +491,7 @@ impl SessionActor {
             return self.finish(ending, None, ctx);
         }
         if let Some(stopping) = self.stopping.take() {
-            if let Some(t) = stopping.timer {
+            if let Some(t) = stopping.escalation {
                 ctx.cancel_future(t);
             }
             let outcome = match stopping.reason {
@@ -541,9 +547,8 @@ impl SessionActor {
                 if self.stopping.is_none() {
                     self.stopping = Some(Box::new(Stopping {
                         reason,
-                        kill_sent: true,
-                        kill_at: Instant::now(),
-                        timer: None,
+                        hurry: None,
+                        escalation: None,
                     }));
                 }
             }
@@ -569,75 +574,60 @@ impl SessionActor {
                 self.finish(ending, None, ctx);
             }
             Phase::Running => {
-                let kill_at = Instant::now() + grace;
-                if let Some(stopping) = &mut self.stopping {
+                if let Some(stopping) = &self.stopping {
                     // Already stopping: only ever hurry it up.
-                    if stopping.kill_sent || kill_at >= stopping.kill_at {
-                        return;
+                    if let Some(hurry) = &stopping.hurry {
+                        hurry.hurry(grace);
                     }
-                    if let Some(t) = stopping.timer.take() {
-                        ctx.cancel_future(t);
-                    }
-                    stopping.kill_at = kill_at;
-                } else {
-                    tracing::debug!(session = %self.id, ?grace, "stopping: SIGTERM");
-                    self.stopping = Some(Box::new(Stopping {
-                        reason,
-                        kill_sent: false,
-                        kill_at,
-                        timer: None,
-                    }));
-                    self.set_state(SessionState::Stopping);
-                    if !grace.is_zero() {
-                        self.signal(StopSignal::Term);
-                    }
+                    return;
                 }
-                if grace.is_zero() {
-                    self.send_kill(ctx);
-                } else {
-                    let timer = ctx.run_later(grace, |act, ctx| act.send_kill(ctx));
-                    if let Some(s) = &mut self.stopping {
-                        s.timer = Some(timer);
+                tracing::debug!(session = %self.id, ?grace, "stopping: SIGTERM");
+                self.set_state(SessionState::Stopping);
+                let (hurry, deadline) = escalation::Hurry::new(grace);
+                let container = self.container.clone().unwrap_or_default();
+                let runner = self.runner.clone();
+                let signal = move |sig| {
+                    let sent = runner.as_ref().map(|r| r.send(Signal(sig)));
+                    async move {
+                        match sent {
+                            Some(sent) => sent.await.unwrap_or(Ok(())),
+                            // Gone with its runner: the end is on its way.
+                            None => Ok(()),
+                        }
                     }
-                }
+                };
+                let kill_timeout = self.policy.kill_timeout;
+                let escalation = async move {
+                    let gave_up =
+                        escalation::escalate(&container, deadline, kill_timeout, signal).await;
+                    (gave_up, container)
+                };
+                let handle = ctx.spawn(actix::fut::wrap_future(escalation).map(
+                    |(gave_up, container), act: &mut Self, ctx| {
+                        if let Some(s) = &mut act.stopping {
+                            s.escalation = None; // this one, done
+                        }
+                        act.finish(Ending::Failed(gave_up), Some(container), ctx);
+                        act.flush(ctx);
+                    },
+                ));
+                self.stopping = Some(Box::new(Stopping {
+                    reason,
+                    hurry: Some(hurry),
+                    escalation: Some(handle),
+                }));
             }
         }
-    }
-
-    fn signal(&self, sig: StopSignal) {
-        if let Some(runner) = &self.runner {
-            runner.do_send(Signal(sig));
-        }
-    }
-
-    fn send_kill(&mut self, ctx: &mut Context<Self>) {
-        let Some(stopping) = &mut self.stopping else {
-            return;
-        };
-        if stopping.kill_sent {
-            return;
-        }
-        stopping.kill_sent = true;
-        tracing::debug!(session = %self.id, "grace over: SIGKILL");
-        let limit = self.policy.kill_timeout;
-        stopping.timer = Some(ctx.run_later(limit, move |act, ctx| {
-            let container = act.container.clone().unwrap_or_default();
-            let err = Error::StopFailed {
-                container: container.clone(),
-                message: format!(
-                    "still running {} after SIGKILL",
-                    humantime::format_duration(limit)
-                ),
-            };
-            act.finish(Ending::Failed(err), Some(container), ctx);
-        }));
-        self.signal(StopSignal::Kill);
     }
 
     /// End the run: terminal event, final state, release everything.
     fn finish(&mut self, ending: Ending, cleanup: Option<String>, ctx: &mut Context<Self>) {
         if self.finished {
             return;
+        }
+        if let Some(t) = self.stopping.as_mut().and_then(|s| s.escalation.take()) {
+            // Ended otherwise (a lost runner, a timeout): no more signals.
+            ctx.cancel_future(t);
         }
         if self.harvest(&ending, &cleanup, ctx) {
             return; // finishes once the work is saved
@@ -1055,16 +1045,6 @@ impl SessionActor {
                 }
                 self.container_ended(Ending::Failed(e), ctx);
             }
-            RunnerEvent::SignalFailed(sig, e) => {
-                tracing::warn!(session = %self.id, signal = sig.name(), error = %e, "signal failed");
-                match sig {
-                    StopSignal::Term => self.send_kill(ctx),
-                    StopSignal::Kill => {
-                        let container = self.container.clone();
-                        self.finish(Ending::Failed(e), container, ctx);
-                    }
-                }
-            }
             RunnerEvent::Lost => {
                 let container = self.container.clone();
                 let err = Error::internal(format!(
@@ -1108,7 +1088,7 @@ impl SessionActor {
         self.run_image = None;
         if let Some(stopping) = self.stopping.take() {
             // Stopped while checking: no container ran.
-            if let Some(t) = stopping.timer {
+            if let Some(t) = stopping.escalation {
                 ctx.cancel_future(t);
             }
             if let Some(runner) = runner {

@@ -61,7 +61,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             stop_grace: DEFAULT_STOP_GRACE,
-            kill_timeout: Duration::from_secs(10),
+            kill_timeout: crate::runtime::escalation::KILL_TIMEOUT,
             restart: RestartPolicy::Never,
             max_restarts: 3,
             within: Duration::from_secs(60),

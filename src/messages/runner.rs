@@ -5,10 +5,11 @@ use actix::Message;
 
 use crate::runtime::StopSignal;
 
-/// Deliver a signal to the runner's container. Failures come back to the
-/// session as a `RunnerEvent::SignalFailed` report.
+/// Deliver a signal to the runner's container (or exec process); answers
+/// whether it was delivered (a process already gone counts as delivered).
+/// Sent by the session's stop escalation (`runtime::escalation`).
 #[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), crate::error::Error>")]
 pub(crate) struct Signal(pub(crate) StopSignal);
 
 /// Stop the runner actor without touching its container (the session has

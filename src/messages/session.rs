@@ -12,7 +12,7 @@ use actix::Message;
 
 use crate::actors::fanout::{Subscriber, SubscriptionId};
 use crate::error::Error;
-use crate::runtime::{ProcessEvent, StopSignal};
+use crate::runtime::ProcessEvent;
 
 /// Add a subscriber to a live session. It receives every event with
 /// `seq >= from_seq`, in order, then nothing after the terminal event.
@@ -237,8 +237,6 @@ pub(crate) struct RunnerReport {
 pub(crate) enum RunnerEvent {
     /// A process event, in stream order.
     Process(ProcessEvent),
-    /// A signal could not be delivered.
-    SignalFailed(StopSignal, Error),
     /// The runner actor died without reporting an end (panic).
     Lost,
 }

@@ -16,7 +16,7 @@
 //! docker inspect --type container --format {{.State.Running}} <container>
 //! docker exec [-w <dir>] <container> <command>...                      exec
 //! docker kill --signal TERM|KILL <container>                           signal
-//! docker stop -t <secs> <container>                                    stop
+//! docker kill --signal TERM|KILL <container> ; docker wait <container>  stop
 //! docker rm -f <container>                                             remove
 //! docker ps -aq --filter label=cldpd.session ; docker inspect <ids>... list
 //! docker wait <container> ; docker logs --follow <container>
@@ -60,8 +60,9 @@
 //!
 //! **Stopping.** Killing a docker client does not stop its container, so
 //! the `run`/`exec` clients are not killed when their stream is dropped;
-//! stopping always goes through `docker kill` / `docker stop` /
-//! `docker rm -f` by container name. Short admin commands run under a
+//! stopping always goes through `docker kill` / `docker rm -f` by container
+//! name (a stop is the crate's one escalation, `runtime::escalation`, with
+//! `docker wait` to learn its end). Short admin commands run under a
 //! timeout and are killed when it fires. A run counts as started when its
 //! client is spawned, before the daemon has created the container: a
 //! signal that finds no container while that client still runs is asked
@@ -102,6 +103,7 @@ use self::clients::Clients;
 use self::exit::Kind;
 use self::stream::{BuildStream, ProcessContext, ProcessStream};
 use crate::error::Error;
+use crate::runtime::escalation;
 use crate::runtime::{
     labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, ProcessEvent, RunSpec, Runtime,
     SecretValue, Stdin, StopSignal,
@@ -115,7 +117,7 @@ const DOCKER_ENV: &str = DockerCli::BINARY_ENV;
 const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long short admin commands (`kill`, `rm`, `inspect`, `ps`) may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Added to the grace period for the outer timeout of `docker stop`.
+/// Added to the longest stop for the limit of its `docker wait`.
 const STOP_SLACK: Duration = Duration::from_secs(30);
 
 /// The Docker CLI backend: a [`Runtime`] that drives the `docker` binary.
@@ -551,15 +553,20 @@ impl Runtime for DockerCli {
     }
 
     fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), Error>> {
-        // Whole seconds, rounded up. `-t` is understood by every client
-        // (`--time` is deprecated since client 28, `--timeout` is new).
-        let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
-        let fut = self.admin(
-            &["stop", "-t", &secs.to_string(), container],
-            grace + STOP_SLACK,
+        // The crate's one escalation (not `docker stop`, whose grace is in
+        // whole seconds); `docker wait` says when the container no longer
+        // runs, and "No such container" that `--rm` has removed it.
+        let wait = self.admin(
+            &["wait", container],
+            grace + escalation::KILL_TIMEOUT + STOP_SLACK,
         );
-        let container = container.to_string();
-        async move { stop_result(fut.await, "stop", &container) }.boxed()
+        let (this, container) = (self.clone(), container.to_string());
+        async move {
+            let stopped = async { stop_result(wait.await, "wait", &container) };
+            let signal = |sig| this.signal(&container, sig);
+            escalation::stop(&container, grace, signal, stopped).await
+        }
+        .boxed()
     }
 
     fn remove(&self, container: &str) -> BoxFuture<'static, Result<(), Error>> {

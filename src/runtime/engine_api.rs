@@ -10,7 +10,7 @@
 //! | exec | `POST /containers/{id}/exec` (`AttachStdin` with a stdin) → `POST /exec/{id}/start` → stdin written then half-closed, beside the output → `GET /exec/{id}/json` (exit code) |
 //! | signal | `POST /containers/{id}/kill?signal=` |
 //! | signal_exec | a second exec that signals the processes carrying the exec's unique marker ([`exec`](self::exec)) |
-//! | stop | `POST /containers/{id}/stop?t=` |
+//! | stop | `POST /containers/{id}/kill?signal=` (TERM, then KILL after the grace: `runtime::escalation`) and `POST /containers/{id}/wait?condition=not-running` |
 //! | remove | `DELETE /containers/{id}?force=true` |
 //! | list | `GET /containers/json?all=true&filters={"label":["cldpd.session"]}` |
 //!
@@ -73,16 +73,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{
-    KillContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
+    KillContainerOptions, ListContainersOptions, RemoveContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures_util::future::{BoxFuture, FutureExt};
-use futures_util::stream::BoxStream;
+use futures_util::stream::{BoxStream, StreamExt};
 
 use self::errors::{failure, stop_result, Failure};
 use self::tracker::Tracker;
 use crate::error::Error;
+use crate::runtime::escalation;
 use crate::runtime::{
     labels, BuildEvent, BuildSpec, ContainerInfo, ExecSpec, ProcessEvent, RunSpec, Runtime, Stdin,
     StopSignal,
@@ -90,8 +92,6 @@ use crate::runtime::{
 
 /// How long short calls (kill, remove, list, inspect) may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Added to the grace period for the limit of a stop.
-const STOP_SLACK: Duration = Duration::from_secs(30);
 /// First delay before a signal that found no container yet is asked again.
 const FIRST_RETRY: Duration = Duration::from_millis(10);
 const MAX_RETRY: Duration = Duration::from_millis(200);
@@ -407,23 +407,27 @@ impl Runtime for EngineApi {
     }
 
     fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), Error>> {
-        let container = container.to_string();
-        self.call(move |docker| async move {
-            let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
-            let options = StopContainerOptions {
-                t: Some(i32::try_from(secs).unwrap_or(i32::MAX)),
-                signal: None,
+        // The crate's one escalation (not the engine's own stop, whose
+        // grace is in whole seconds); the wait for "not-running" says when
+        // the container no longer runs.
+        let name = container.to_string();
+        let stopped = self.call(move |docker| async move {
+            let options = WaitContainerOptions {
+                condition: "not-running".into(),
             };
-            let stop = docker.stop_container(&container, Some(options));
-            match tokio::time::timeout(grace + STOP_SLACK, stop).await {
-                Err(_) => Err(Error::StopFailed {
-                    container: container.clone(),
-                    message: "the engine did not stop it in time".into(),
-                }),
-                // 304: already stopped.
-                Ok(r) => stop_result(r, &container),
+            match docker.wait_container(&name, Some(options)).next().await {
+                // An exit code other than 0 is an error value in bollard.
+                None | Some(Ok(_)) => Ok(()),
+                Some(Err(BollardError::DockerContainerWaitError { .. })) => Ok(()),
+                Some(Err(e)) => stop_result(Err(e), &name),
             }
-        })
+        });
+        let (this, container) = (self.clone(), container.to_string());
+        async move {
+            let signal = |sig| this.signal(&container, sig);
+            escalation::stop(&container, grace, signal, stopped).await
+        }
+        .boxed()
     }
 
     fn remove(&self, container: &str) -> BoxFuture<'static, Result<(), Error>> {

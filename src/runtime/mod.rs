@@ -27,6 +27,7 @@ use crate::event::OutputStream;
 mod backend;
 mod docker_cli;
 mod engine_api;
+pub(crate) mod escalation;
 mod fault;
 mod input;
 mod lines;
@@ -512,7 +513,11 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<(), Error>>;
 
     /// Stop a container this process does not drive (found by label):
-    /// SIGTERM, wait `grace`, SIGKILL; resolves once it has stopped.
+    /// SIGTERM, wait `grace`, SIGKILL; resolves once it has stopped. Every
+    /// backend does it with the one escalation of the crate (the session's
+    /// own stops too): [`signal`](Self::signal) for the signals, the grace
+    /// to the millisecond, [`Error::StopFailed`] when the container is
+    /// still running 10 s after its SIGKILL.
     fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), Error>>;
 
     /// Force-remove a container (cleanup). Already gone is not an error.

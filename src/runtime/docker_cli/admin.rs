@@ -116,7 +116,7 @@ pub(crate) fn runtime_failed(message: String) -> Error {
     Error::RuntimeFailed { message }
 }
 
-/// `docker kill` / `docker stop` / `docker rm -f`: gone is fine, daemon
+/// `docker kill` / `docker wait` / `docker rm -f`: gone is fine, daemon
 /// down is `DockerUnavailable`, anything else `StopFailed`.
 pub(crate) fn stop_result(
     result: Result<AdminOutput, AdminError>,

@@ -13,6 +13,7 @@ use super::process::{Kind, Process, Shared, BATCH_LINES};
 use super::script::{BuildOutcome, OnStart};
 use super::{failed, unavailable, ExecProcess, FaultRuntime, Live, PackedLabels, BUILD_TAIL};
 use crate::error::Error;
+use crate::runtime::escalation;
 use crate::runtime::{
     labels, BuildEvent, BuildSpec, BuiltImage, ContainerInfo, ExecSpec, ProcessEvent, RunSpec,
     Runtime, Stdin, StopSignal,
@@ -301,21 +302,34 @@ impl Runtime for FaultRuntime {
     }
 
     fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), Error>> {
+        // The instance running now: the signals go to it, not to a
+        // successor of the same name, and its end ends the stop.
+        let shared = {
+            let reg = self.inner.lock();
+            if reg.unavailable {
+                return async { Err(unavailable()) }.boxed();
+            }
+            match reg.live.get(container) {
+                Some(live) => live.shared.clone(),
+                None => return async { Ok(()) }.boxed(),
+            }
+        };
         let inner = self.inner.clone();
         let name = container.to_owned();
         async move {
-            let Some(shared) = inner.deliver(&name, StopSignal::Term, None)? else {
-                return Ok(());
+            let signal = |sig| {
+                let result = inner.deliver(&name, sig, Some(&shared)).map(drop);
+                async move { result }
             };
-            let mut ended = pin!(shared.ended.notified());
-            ended.as_mut().enable();
-            if shared.code().is_none() {
-                let _ = tokio::time::timeout(grace, ended).await;
-            }
-            if shared.code().is_none() {
-                inner.deliver(&name, StopSignal::Kill, Some(&shared))?;
-            }
-            Ok(())
+            let stopped = async {
+                let mut ended = pin!(shared.ended.notified());
+                ended.as_mut().enable();
+                if shared.code().is_none() {
+                    ended.await;
+                }
+                Ok(())
+            };
+            escalation::stop(&name, grace, signal, stopped).await
         }
         .boxed()
     }
