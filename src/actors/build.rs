@@ -46,6 +46,8 @@ use crate::state::key::Fingerprint;
 use crate::state::lock::BuildLock;
 use crate::state::StateStore;
 
+mod shared_walk;
+
 /// Lines of an in-flight build kept for runs that join it late.
 pub const REPLAY_LINES: usize = 500;
 
@@ -355,10 +357,21 @@ impl Builds {
 /// [`crate::state::key`]), `None` when the directory cannot be read or is
 /// too large (then the image is always built). Blocking: walks the pod
 /// directory.
+#[cfg(test)]
 pub(crate) fn fingerprint(spec: &BuildSpec, key: &[u8; 32]) -> Option<String> {
+    let inputs = read_inputs(&spec.context, &spec.dockerfile)?;
+    Some(fingerprint_of(spec, key, &inputs))
+}
+
+/// The files of a build context that count, as `(path, length, mtime)`,
+/// sorted; `None` when the directory cannot be read or is too large.
+/// Blocking: walks the directory.
+pub(crate) type Inputs = Vec<(String, u64, u128)>;
+
+fn read_inputs(context: &Path, dockerfile: &Path) -> Option<Inputs> {
     let mut entries = Vec::new();
-    walk(&spec.context, &spec.context, &mut entries).ok()?;
-    let dockerfile = std::fs::read_to_string(&spec.dockerfile).unwrap_or_default();
+    walk(context, context, &mut entries).ok()?;
+    let dockerfile = std::fs::read_to_string(dockerfile).unwrap_or_default();
     if !may_copy_cldpd_files(&dockerfile) {
         entries.retain(|(path, _, _)| !CLDPD_FILES.contains(&path.as_str()));
     }
@@ -366,6 +379,11 @@ pub(crate) fn fingerprint(spec: &BuildSpec, key: &[u8; 32]) -> Option<String> {
         return None;
     }
     entries.sort();
+    Some(entries)
+}
+
+/// The fingerprint of inputs already read.
+fn fingerprint_of(spec: &BuildSpec, key: &[u8; 32], entries: &Inputs) -> String {
     let mut h = Fingerprint::new(key);
     h.field(b"cldpd build inputs v1")
         .field(spec.image.as_bytes())
@@ -375,12 +393,12 @@ pub(crate) fn fingerprint(spec: &BuildSpec, key: &[u8; 32]) -> Option<String> {
         h.field(k.as_bytes()).field(v.expose().as_bytes());
     }
     h.field(&(entries.len() as u64).to_le_bytes());
-    for (path, len, mtime) in &entries {
+    for (path, len, mtime) in entries {
         h.field(path.as_bytes())
             .field(&len.to_le_bytes())
             .field(&mtime.to_le_bytes());
     }
-    Some(h.hex())
+    h.hex()
 }
 
 /// The files of a pod directory that are cldpd's, not the image's.
@@ -434,17 +452,28 @@ fn may_copy_cldpd_files(dockerfile: &str) -> bool {
     false
 }
 
-/// [`fingerprint`] in a blocking task, with the state directory's key.
+/// The fingerprint of the build inputs, off the actor threads, with the state directory's key:
+/// the walk is shared by every session of the process that asks for the
+/// same context at once ([`shared_walk`]), and the key is read once.
 pub(crate) async fn fingerprint_async(store: StateStore, spec: BuildSpec) -> Option<String> {
-    let fp = crate::state::blocking(move || match store.key_blocking() {
-        Ok(key) => fingerprint(&spec, &key),
+    let key = match store.key_if_read() {
+        Some(key) => Ok(key),
+        None => {
+            let store = store.clone();
+            crate::state::blocking(move || store.key_blocking())
+                .await
+                .and_then(|k| k)
+        }
+    };
+    let key = match key {
+        Ok(key) => key,
         Err(e) => {
             tracing::warn!(error = %e, "no state key: the image is built every time");
-            None
+            return None;
         }
-    })
-    .await;
-    fp.ok().flatten()
+    };
+    let inputs = shared_walk::inputs(&spec.context, &spec.dockerfile).await?;
+    Some(fingerprint_of(&spec, &key, &inputs))
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, u64, u128)>) -> std::io::Result<()> {

@@ -639,10 +639,7 @@ impl SessionActor {
                 // Killed by a signal: perhaps by a stop from another
                 // process whose marker no restart decision read (a policy
                 // that would not restart). Don't leave it behind.
-                let marker = marker.to_path_buf();
-                tokio::task::spawn_blocking(move || {
-                    let _ = std::fs::remove_file(marker);
-                });
+                self.hub.borrow().store().remove_file(marker.to_path_buf());
             }
         }
         let (kind, state) = match ending {

@@ -456,6 +456,9 @@ pub(super) fn run(rx: mpsc::Receiver<Cmd>) {
                     let _ = reply.send(create(&dir, &pod));
                 }
                 Cmd::Touch(paths) => touch(&paths),
+                Cmd::Remove(path) => {
+                    let _ = std::fs::remove_file(path);
+                }
             }
         }
     }
