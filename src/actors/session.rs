@@ -494,6 +494,11 @@ impl SessionActor {
             if let Some(t) = stopping.escalation {
                 ctx.cancel_future(t);
             }
+            // Our own stop ended it: its signal exit needs no look for
+            // another process's marker (one written meanwhile is never read
+            // and is swept with the stale ones): stopping 10,000 runs made
+            // 10,000 unlinks of files that were not there.
+            self.stop_marker = None;
             let outcome = match stopping.reason {
                 StopReason::Requested => ending,
                 StopReason::Timeout(kind, after) => Ending::Failed(Error::Timeout { kind, after }),
