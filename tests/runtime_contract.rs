@@ -410,9 +410,15 @@ async fn a_signal_sent_right_after_run_reaches_the_process(fx: &dyn Fixture) {
     );
 }
 
-async fn stop_escalates_to_kill_after_the_grace(fx: &dyn Fixture) {
-    let rt = fx.runtime();
-    let spec = fx.run_spec(Behaviour::IgnoreTerm);
+/// Run `b` until its `ready` line, stop it from outside with `grace`
+/// (reading its stream meanwhile), and return what was seen and its name.
+async fn stopped_after_ready(
+    rt: &Arc<dyn Runtime>,
+    fx: &dyn Fixture,
+    b: Behaviour,
+    grace: Duration,
+) -> (Seen, String) {
+    let spec = fx.run_spec(b);
     let container = spec.container.clone();
     let mut stream = rt.run(spec);
     let mut seen = Seen::default();
@@ -421,18 +427,20 @@ async fn stop_escalates_to_kill_after_the_grace(fx: &dyn Fixture) {
         read_to_end(&mut stream, &mut seen).await;
         seen
     });
-    rt.stop(&container, Duration::from_millis(500))
-        .await
-        .unwrap();
-    let seen = reader.await.unwrap();
+    rt.stop(&container, grace).await.unwrap();
+    (reader.await.unwrap(), container)
+}
+
+async fn stop_escalates_to_kill_after_the_grace(fx: &dyn Fixture) {
+    let rt = fx.runtime();
+    let grace = Duration::from_millis(500);
+    let (seen, container) = stopped_after_ready(&rt, fx, Behaviour::IgnoreTerm, grace).await;
     assert!(
         matches!(seen.terminal(), ProcessEvent::Exited { code: 137 }),
         "{seen:?}"
     );
     // Idempotent: stopping it again is fine.
-    rt.stop(&container, Duration::from_millis(500))
-        .await
-        .unwrap();
+    rt.stop(&container, grace).await.unwrap();
 }
 
 /// A stop resolves when the container ends, not when the grace does: a
@@ -440,19 +448,8 @@ async fn stop_escalates_to_kill_after_the_grace(fx: &dyn Fixture) {
 /// while the grace (an hour, beyond the test's bound) is still running.
 async fn stop_ends_when_the_container_does(fx: &dyn Fixture) {
     let rt = fx.runtime();
-    let spec = fx.run_spec(Behaviour::Wait);
-    let container = spec.container.clone();
-    let mut stream = rt.run(spec);
-    let mut seen = Seen::default();
-    read_until_line(&mut stream, &mut seen, "ready").await;
-    let reader = tokio::spawn(async move {
-        read_to_end(&mut stream, &mut seen).await;
-        seen
-    });
-    rt.stop(&container, Duration::from_secs(3600))
-        .await
-        .unwrap();
-    let seen = reader.await.unwrap();
+    let grace = Duration::from_secs(3600);
+    let (seen, _) = stopped_after_ready(&rt, fx, Behaviour::Wait, grace).await;
     assert!(
         matches!(seen.terminal(), ProcessEvent::Exited { code: 143 }),
         "{seen:?}"
