@@ -12,7 +12,9 @@
 //! Options: `--mailbox N` (subscriber mailbox capacity, default 4096),
 //! `--workers N` (session threads, default: cores), `--sub-threads N`
 //! (subscriber threads, default 1), `--dir D` (where the temporary pods and
-//! state directories go; default the system temp dir).
+//! state directories go; default the system temp dir), `--deliver
+//! events|batches` (the subscriber takes one `Event` message per event,
+//! the default, or `EventBatch` messages: `Subscriber::Batches`).
 
 #[path = "bench/common.rs"]
 mod common;
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use cldpd::runtime::{FaultRuntime, RunScript};
-use cldpd::{Dispatcher, EventKind, OutputStream, Settings, StartRequest};
+use cldpd::{Dispatcher, EventKind, OutputStream, Settings, StartRequest, Subscriber};
 use common::*;
 use futures_util::future::join_all;
 use tokio::sync::oneshot;
@@ -40,15 +42,31 @@ struct Run {
     base_kib: u64,
 }
 
+/// How a run delivers: the options besides its size.
+struct Delivery {
+    /// Subscriber mailbox capacity.
+    mailbox: usize,
+    /// Session threads.
+    workers: usize,
+    /// `Settings::lag_budget`, or the library's default.
+    lag_budget: Option<usize>,
+    /// `Subscriber::Batches` instead of `Subscriber::Actor`.
+    batches: bool,
+}
+
 async fn one_run(
     sessions: usize,
     lines: usize,
-    mailbox: usize,
-    workers: usize,
+    how: &Delivery,
     sub_threads: &[Arbiter],
     base: Option<&std::path::Path>,
-    lag_budget: Option<usize>,
 ) -> Run {
+    let Delivery {
+        mailbox,
+        workers,
+        lag_budget,
+        batches,
+    } = *how;
     let dirs = FaultDirs::new("bench", base);
     let rt = FaultRuntime::new();
     rt.record_specs(false);
@@ -81,9 +99,14 @@ async fn one_run(
     reset_peak();
     let cpu0 = cpu_secs();
     let t0 = Instant::now();
-    let starts = subs
-        .iter()
-        .map(|s| d.start(StartRequest::prompt("bench", "go").subscribe(s.clone().recipient())));
+    let starts = subs.iter().map(|s| {
+        let subscriber = if batches {
+            Subscriber::Batches(s.clone().recipient())
+        } else {
+            Subscriber::Actor(s.clone().recipient())
+        };
+        d.start(StartRequest::prompt("bench", "go").subscribe(subscriber))
+    });
     let started = join_all(starts).await;
     let start_calls = t0.elapsed();
     for s in &started {
@@ -143,20 +166,26 @@ fn main() {
     let lag_mib: usize = args.get("lag-budget-mib", 0);
     let lag_budget = (lag_mib > 0).then_some(lag_mib * 1024 * 1024);
     let total = (sessions * lines) as f64;
+    let deliver: String = args.get("deliver", "events".to_string());
+    let batches = match deliver.as_str() {
+        "events" => false,
+        "batches" => true,
+        other => {
+            eprintln!("--deliver: `events` or `batches`, not {other:?}");
+            std::process::exit(2);
+        }
+    };
 
     if is_child() {
         let r = actix::System::new().block_on(async move {
             let arbiters: Vec<Arbiter> = (0..sub_threads).map(|_| Arbiter::new()).collect();
-            let r = one_run(
-                sessions,
-                lines,
+            let how = Delivery {
                 mailbox,
                 workers,
-                &arbiters,
-                base.as_deref(),
                 lag_budget,
-            )
-            .await;
+                batches,
+            };
+            let r = one_run(sessions, lines, &how, &arbiters, base.as_deref()).await;
             for a in arbiters {
                 a.stop();
             }
@@ -190,7 +219,7 @@ fn main() {
         return;
     }
 
-    println!("bench_fanout: {sessions} sessions x {lines} lines of 80 B, one counting subscriber each (mailbox {mailbox}), {workers} session threads, {sub_threads} subscriber thread(s), one process per run");
+    println!("bench_fanout: {sessions} sessions x {lines} lines of 80 B, one counting subscriber each (mailbox {mailbox}, one message per {}), {workers} session threads, {sub_threads} subscriber thread(s), one process per run", if batches { "batch" } else { "event" });
     print_fault_header(
         "bench_fanout",
         base.as_deref(),
@@ -199,6 +228,7 @@ fn main() {
             ("lines", lines.to_string()),
             ("runs", runs.to_string()),
             ("mailbox", mailbox.to_string()),
+            ("deliver", deliver.clone()),
         ],
     );
     let data = run_children(runs);

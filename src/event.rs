@@ -570,6 +570,45 @@ impl actix::Message for Event {
     type Result = ();
 }
 
+/// Consecutive events of one session, in `seq` order, delivered as one
+/// actix message: what a subscriber registered as
+/// [`Subscriber::Batches`](crate::Subscriber::Batches) (or its weak and
+/// channel forms) receives instead of one [`Event`] message each.
+///
+/// The events and their order are exactly those an [`Event`] subscriber
+/// gets (every event, `seq` without gaps, the terminal one last); only the
+/// packaging differs. A fast run hands an actor a few hundred events per
+/// message, which saves the message envelope, the mailbox slot and the
+/// wake-up of each (see BENCHMARKS.md, "Batched delivery"). A batch is
+/// never empty.
+///
+/// ```
+/// use actix::prelude::*;
+/// use cldpd::{EventBatch, EventKind};
+///
+/// struct Lines(u64);
+/// impl Actor for Lines {
+///     type Context = Context<Self>;
+/// }
+/// impl Handler<EventBatch> for Lines {
+///     type Result = ();
+///     fn handle(&mut self, batch: EventBatch, _: &mut Context<Self>) {
+///         for ev in &batch.0 {
+///             if let EventKind::Output { .. } = &ev.kind {
+///                 self.0 += 1;
+///             }
+///         }
+///     }
+/// }
+/// // Subscribe with `Subscriber::Batches(addr.recipient())`.
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventBatch(pub Vec<Event>);
+
+impl actix::Message for EventBatch {
+    type Result = ();
+}
+
 /// The current time truncated to whole microseconds, the precision events
 /// are serialised with, so that an event read back from a log equals the
 /// event that was written.

@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use crate::actors::fanout::Subscriber;
 use crate::actors::DispatcherActor;
 use crate::error::{Error, Result};
-use crate::event::Event;
+use crate::event::{Event, EventBatch};
 use crate::log::LogReader;
 use crate::messages::dispatcher::*;
 use crate::messages::session::{
@@ -47,9 +47,13 @@ use crate::messages::session::{
 use crate::runtime::{Backend, Runtime};
 use crate::settings::Settings;
 
-/// Capacity of the channel behind an [`EventStream`]; a reader slower than
-/// the run is fed from the session log (nothing is lost).
-pub const EVENT_STREAM_CAPACITY: usize = 1024;
+/// Capacity of the channel behind an [`EventStream`], in batches of
+/// events (a batch is what the session published at once: one event when
+/// output trickles, up to a read of the container's output when it
+/// pours); a reader slower than the run is fed from the session log
+/// (nothing is lost). The stream takes batches
+/// ([`Subscriber::BatchChannel`]) and yields their events one by one.
+pub const EVENT_STREAM_CAPACITY: usize = 128;
 
 fn gone(_: MailboxError) -> Error {
     Error::internal("the dispatcher is not running (its actix system stopped?)")
@@ -266,11 +270,11 @@ impl Session {
     pub fn events(&self) -> EventStream {
         let (tx, rx) = mpsc::channel(EVENT_STREAM_CAPACITY);
         self.info.addr.do_send(Subscribe {
-            subscriber: Subscriber::Channel(tx),
+            subscriber: Subscriber::BatchChannel(tx),
             from_seq: 1,
         });
         EventStream {
-            source: Source::Live(rx),
+            source: Source::Live(rx, Vec::new().into_iter()),
             last_seq: 0,
             log_path: self.info.log_path.clone(),
             catch_up_until: None,
@@ -343,7 +347,8 @@ impl Session {
 }
 
 enum Source {
-    Live(mpsc::Receiver<Event>),
+    /// The channel, and the rest of the batch last taken from it.
+    Live(mpsc::Receiver<EventBatch>, std::vec::IntoIter<Event>),
     Log(Option<LogReader>),
     Done,
 }
@@ -389,23 +394,26 @@ impl Stream for EventStream {
         let this = &mut *self;
         loop {
             match &mut this.source {
-                Source::Live(rx) => match rx.poll_recv(cx) {
-                    Poll::Ready(Some(ev)) => {
+                Source::Live(rx, pending) => {
+                    if let Some(ev) = pending.next() {
                         this.last_seq = ev.seq;
                         if ev.is_terminal() {
                             this.source = Source::Done;
                         }
                         return Poll::Ready(Some(ev));
                     }
-                    // Closed before the terminal event (the session had
-                    // already ended): the rest is in the log, or about to
-                    // be.
-                    Poll::Ready(None) => {
-                        this.source = Source::Log(None);
-                        this.catch_up_until = Some(tokio::time::Instant::now() + LOG_CATCH_UP);
+                    match rx.poll_recv(cx) {
+                        Poll::Ready(Some(batch)) => *pending = batch.0.into_iter(),
+                        // Closed before the terminal event (the session had
+                        // already ended): the rest is in the log, or about to
+                        // be.
+                        Poll::Ready(None) => {
+                            this.source = Source::Log(None);
+                            this.catch_up_until = Some(tokio::time::Instant::now() + LOG_CATCH_UP);
+                        }
+                        Poll::Pending => return Poll::Pending,
                     }
-                    Poll::Pending => return Poll::Pending,
-                },
+                }
                 Source::Log(reader) => {
                     if reader.is_none() {
                         match LogReader::open(&this.log_path) {
@@ -499,7 +507,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(1);
         drop(tx); // the session is gone: nobody will send anything live
         let stream = EventStream {
-            source: Source::Live(rx),
+            source: Source::Live(rx, Vec::new().into_iter()),
             last_seq: 0,
             log_path: path.clone(),
             catch_up_until: None,

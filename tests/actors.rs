@@ -10,7 +10,9 @@ use actix::prelude::*;
 use cldpd::messages::dispatcher::Start;
 use cldpd::messages::session::Subscribe;
 use cldpd::runtime::{BuildScript, FaultRuntime, RunScript, Runtime, StopSignal};
-use cldpd::{Dispatcher, Error, Event, EventKind, OutputStream, StartRequest, Subscriber};
+use cldpd::{
+    Dispatcher, Error, Event, EventBatch, EventKind, OutputStream, StartRequest, Subscriber,
+};
 use futures_util::StreamExt;
 use support::fault::*;
 
@@ -408,6 +410,78 @@ async fn a_dead_subscriber_is_dropped_and_the_others_get_everything() {
     assert!(seen.problems.is_empty(), "{:?}", seen.problems);
     assert_eq!(seen.stdout, 20_000);
     assert_eq!(s.wait().await.unwrap(), 0);
+}
+
+/// Batch subscribers (`Subscriber::Batches`, `WeakBatches`,
+/// `BatchChannel`) get exactly what an event subscriber gets (every
+/// event, in order, one terminal event), whether they keep up, lag
+/// behind a one-message mailbox and are fed from the window and the log,
+/// or are not read at all until the run has ended; and they get it in
+/// batches, far fewer messages than events.
+#[actix::test]
+async fn batch_subscribers_get_every_event_in_order_in_fewer_messages() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(100_000).exit(0));
+    let (roomy, roomy_done) = Checker::start(false, 1024);
+    let (tight, tight_done) = Checker::start(false, 1);
+    let (weak, weak_done) = Checker::start(false, 16);
+    let (each, each_done) = Checker::start(false, 16);
+    let (tx, mut unread) = tokio::sync::mpsc::channel::<EventBatch>(2);
+    let req = StartRequest::prompt("web", "go")
+        .subscribe(Subscriber::Batches(roomy.clone().recipient()))
+        .subscribe(Subscriber::Batches(tight.clone().recipient()))
+        .subscribe(Subscriber::WeakBatches(weak.downgrade().recipient()))
+        .subscribe(each.clone().recipient::<Event>())
+        .subscribe(Subscriber::BatchChannel(tx));
+    let s = d.start(req).await.unwrap();
+    assert_eq!(within(60, "the run", s.wait()).await.unwrap(), 0);
+    let mut seens = Vec::new();
+    for (name, done) in [
+        ("roomy", roomy_done),
+        ("tight", tight_done),
+        ("weak", weak_done),
+        ("each", each_done),
+    ] {
+        seens.push((name, within(60, name, done).await.unwrap()));
+    }
+    let mut channel = Seen::default();
+    let mut next = 1;
+    while let Some(batch) = within(60, "the unread channel", unread.recv()).await {
+        assert!(!batch.0.is_empty(), "an empty batch");
+        channel.batches += 1;
+        for ev in &batch.0 {
+            record(&mut channel, &mut next, ev);
+        }
+    }
+    seens.push(("channel", channel));
+    for (name, seen) in &seens {
+        assert!(
+            seen.problems.is_empty(),
+            "{name}: {:?}",
+            &seen.problems[..seen.problems.len().min(5)]
+        );
+        assert_eq!(seen.stdout, 100_000, "{name}");
+        assert_flow(&seen.flow, START);
+        assert!(
+            matches!(
+                seen.terminal.as_ref().map(|t| &t.kind),
+                Some(EventKind::ContainerExited { code: 0 })
+            ),
+            "{name}: {:?}",
+            seen.terminal
+        );
+        if *name == "each" {
+            assert_eq!(seen.batches, 0);
+        } else {
+            assert!(
+                seen.batches * 4 < seen.events,
+                "{name}: {} messages for {} events",
+                seen.batches,
+                seen.events
+            );
+        }
+    }
+    drop((roomy, tight, weak, each));
 }
 
 /// Panics on its first output event.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use cldpd::{Event, EventKind};
+use cldpd::{Event, EventBatch, EventKind};
 use tokio::sync::oneshot;
 
 /// The benchmarks run on the allocator of the `cldpd` binary: glibc's
@@ -361,6 +361,17 @@ impl Actor for Counter {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.mailbox);
+    }
+}
+
+/// The same count, one batch message at a time (`Subscriber::Batches`).
+impl Handler<EventBatch> for Counter {
+    type Result = ();
+
+    fn handle(&mut self, batch: EventBatch, ctx: &mut Context<Self>) {
+        for ev in batch.0 {
+            <Self as Handler<Event>>::handle(self, ev, ctx);
+        }
     }
 }
 

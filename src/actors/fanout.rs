@@ -30,7 +30,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventBatch, EventKind};
 use crate::log::{LogReader, LogWriter};
 use crate::state::SharedLog;
 
@@ -56,6 +56,12 @@ use crate::state::SharedLog;
 ///   [`EventStream`](crate::EventStream)), and dropping the receiver ends
 ///   the subscription. The facade needs nothing more.
 ///
+/// The `Batches` forms take the same events, in the same order, packed
+/// as [`EventBatch`] messages (one per burst of output instead of one per
+/// event): the cheaper choice for a subscriber of fast runs. Build them
+/// from the variant, which fixes the message type:
+/// `Subscriber::Batches(addr.recipient())`.
+///
 /// Tip: give a subscriber actor a larger mailbox
 /// (`ctx.set_mailbox_capacity(1024)` in `started`); with actix's default of
 /// 16 a fast run makes it lag (lossless, but through the disk).
@@ -67,6 +73,15 @@ pub enum Subscriber {
     Weak(WeakRecipient<Event>),
     /// A bounded channel.
     Channel(mpsc::Sender<Event>),
+    /// An actor that takes [`EventBatch`]es, kept alive like
+    /// [`Subscriber::Actor`].
+    Batches(Recipient<EventBatch>),
+    /// An actor that takes [`EventBatch`]es, not kept alive (like
+    /// [`Subscriber::Weak`]).
+    WeakBatches(WeakRecipient<EventBatch>),
+    /// A bounded channel of [`EventBatch`]es (its capacity counts
+    /// batches).
+    BatchChannel(mpsc::Sender<EventBatch>),
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -75,6 +90,9 @@ impl std::fmt::Debug for Subscriber {
             Subscriber::Actor(_) => "Subscriber::Actor",
             Subscriber::Weak(_) => "Subscriber::Weak",
             Subscriber::Channel(_) => "Subscriber::Channel",
+            Subscriber::Batches(_) => "Subscriber::Batches",
+            Subscriber::WeakBatches(_) => "Subscriber::WeakBatches",
+            Subscriber::BatchChannel(_) => "Subscriber::BatchChannel",
         })
     }
 }
@@ -117,49 +135,129 @@ impl From<mpsc::Sender<Event>> for Subscriber {
     }
 }
 
-enum TrySend {
-    Sent,
-    Full(Event),
+/// What became of events offered to a subscriber without waiting.
+enum Offered {
+    /// All accepted.
+    All,
+    /// Its mailbox or channel is full: these (the first one refused and
+    /// all after it) were not accepted.
+    Full(Vec<Event>),
+    /// It is gone.
     Closed,
 }
 
+/// Why one `try_send` did not take its message.
+enum Refused<M> {
+    Full(M),
+    Closed,
+}
+
+fn from_actix<M>(e: SendError<M>) -> Refused<M> {
+    match e {
+        SendError::Full(m) => Refused::Full(m),
+        SendError::Closed(_) => Refused::Closed,
+    }
+}
+
+fn from_channel<M>(e: mpsc::error::TrySendError<M>) -> Refused<M> {
+    match e {
+        mpsc::error::TrySendError::Full(m) => Refused::Full(m),
+        mpsc::error::TrySendError::Closed(_) => Refused::Closed,
+    }
+}
+
+/// Offer `events` one message each, in order, until one is refused.
+fn one_by_one(
+    events: Vec<Event>,
+    mut try_send: impl FnMut(Event) -> Result<(), Refused<Event>>,
+) -> Offered {
+    let mut it = events.into_iter();
+    while let Some(ev) = it.next() {
+        match try_send(ev) {
+            Ok(()) => {}
+            Err(Refused::Full(ev)) => {
+                let mut rest = Vec::with_capacity(it.len() + 1);
+                rest.push(ev);
+                rest.extend(it);
+                return Offered::Full(rest);
+            }
+            Err(Refused::Closed) => return Offered::Closed,
+        }
+    }
+    Offered::All
+}
+
+/// Offer `events` as one batch.
+fn as_batch(
+    events: Vec<Event>,
+    try_send: impl FnOnce(EventBatch) -> Result<(), Refused<EventBatch>>,
+) -> Offered {
+    match try_send(EventBatch(events)) {
+        Ok(()) => Offered::All,
+        Err(Refused::Full(batch)) => Offered::Full(batch.0),
+        Err(Refused::Closed) => Offered::Closed,
+    }
+}
+
 impl Subscriber {
-    fn try_send(&self, ev: Event) -> TrySend {
+    /// Offer `events` (not empty, in seq order) without waiting.
+    fn try_deliver(&self, events: Vec<Event>) -> Offered {
         match self {
-            Subscriber::Actor(r) => match r.try_send(ev) {
-                Ok(()) => TrySend::Sent,
-                Err(SendError::Full(ev)) => TrySend::Full(ev),
-                Err(SendError::Closed(_)) => TrySend::Closed,
+            Subscriber::Actor(r) => one_by_one(events, |ev| r.try_send(ev).map_err(from_actix)),
+            Subscriber::Weak(w) => match w.upgrade() {
+                Some(r) => one_by_one(events, |ev| r.try_send(ev).map_err(from_actix)),
+                None => Offered::Closed,
             },
-            Subscriber::Weak(w) => match w.upgrade().map(|r| r.try_send(ev)) {
-                Some(Ok(())) => TrySend::Sent,
-                Some(Err(SendError::Full(ev))) => TrySend::Full(ev),
-                Some(Err(SendError::Closed(_))) | None => TrySend::Closed,
+            Subscriber::Channel(tx) => {
+                one_by_one(events, |ev| tx.try_send(ev).map_err(from_channel))
+            }
+            Subscriber::Batches(r) => as_batch(events, |b| r.try_send(b).map_err(from_actix)),
+            Subscriber::WeakBatches(w) => match w.upgrade() {
+                Some(r) => as_batch(events, |b| r.try_send(b).map_err(from_actix)),
+                None => Offered::Closed,
             },
-            Subscriber::Channel(tx) => match tx.try_send(ev) {
-                Ok(()) => TrySend::Sent,
-                Err(mpsc::error::TrySendError::Full(ev)) => TrySend::Full(ev),
-                Err(mpsc::error::TrySendError::Closed(_)) => TrySend::Closed,
-            },
+            Subscriber::BatchChannel(tx) => {
+                as_batch(events, |b| tx.try_send(b).map_err(from_channel))
+            }
         }
     }
 
-    /// Deliver, waiting for room. `Err` when the subscriber is gone.
-    async fn send(&self, ev: Event) -> Result<(), ()> {
-        match self.try_send(ev) {
-            TrySend::Sent => Ok(()),
-            TrySend::Closed => Err(()),
-            TrySend::Full(ev) => match self {
-                // Resolves once the actor has handled it: its mailbox has
-                // drained to here.
-                Subscriber::Actor(r) => r.send(ev).await.map_err(|_| ()),
-                // Strong only while this one event waits for room.
-                Subscriber::Weak(w) => match w.upgrade() {
-                    Some(r) => r.send(ev).await.map_err(|_| ()),
-                    None => Err(()),
-                },
-                Subscriber::Channel(tx) => tx.send(ev).await.map_err(|_| ()),
-            },
+    /// Deliver `events` (not empty, in seq order), waiting for room.
+    /// `Err` when the subscriber is gone.
+    async fn deliver(&self, mut events: Vec<Event>) -> Result<(), ()> {
+        loop {
+            let mut rest = match self.try_deliver(events) {
+                Offered::All => return Ok(()),
+                Offered::Closed => return Err(()),
+                Offered::Full(rest) => rest,
+            };
+            // Wait for room: a batch subscriber's for the whole rest, an
+            // event subscriber's for the first event refused (the others
+            // are offered again without waiting). An actor's `send`
+            // resolves once it has handled the message: its mailbox has
+            // drained to here.
+            let first = match self {
+                Subscriber::Batches(r) => return r.send(EventBatch(rest)).await.map_err(|_| ()),
+                Subscriber::WeakBatches(w) => {
+                    // Strong only while the batch waits for room.
+                    let r = w.upgrade().ok_or(())?;
+                    return r.send(EventBatch(rest)).await.map_err(|_| ());
+                }
+                Subscriber::BatchChannel(tx) => {
+                    return tx.send(EventBatch(rest)).await.map_err(|_| ())
+                }
+                _ => rest.remove(0),
+            };
+            match self {
+                Subscriber::Actor(r) => r.send(first).await.map_err(|_| ())?,
+                Subscriber::Weak(w) => w.upgrade().ok_or(())?.send(first).await.map_err(|_| ())?,
+                Subscriber::Channel(tx) => tx.send(first).await.map_err(|_| ())?,
+                _ => unreachable!("batch subscribers returned above"),
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+            events = rest;
         }
     }
 }
@@ -416,6 +514,8 @@ pub(crate) fn publish(hub: &SharedHub, ev: Event) {
 /// and was the largest single cost of a fast run).
 pub(crate) fn publish_all(hub: &SharedHub, events: Vec<Event>) {
     let Some(last) = events.last() else { return };
+    let last_seq = last.seq;
+    let terminal = last.is_terminal();
     let mut spawn: Vec<(u64, Subscriber, u64)> = Vec::new();
     {
         let mut h = hub.borrow_mut();
@@ -425,32 +525,49 @@ pub(crate) fn publish_all(hub: &SharedHub, events: Vec<Event>) {
         for ev in &events {
             h.log.append(ev);
         }
-        h.head = last.seq;
-        let terminal = last.is_terminal();
+        h.head = last_seq;
+        // The batch, for the subscribers still to be served and the lag
+        // window. The last live subscriber takes it (no copy of the
+        // vector) when no lagging one needs it afterwards; if that one
+        // then lags, it hands back what it refused, which is all the
+        // window needs.
+        let mut kept = Some(events);
+        let mut live_left = h.slots.iter().filter(|s| s.sink.is_some()).count();
         let mut i = 0;
-        'slots: while i < h.slots.len() {
-            let slot = &mut h.slots[i];
-            if let Some(sink) = &slot.sink {
-                for ev in &events {
-                    match sink.try_send(ev.clone()) {
-                        TrySend::Sent => {}
-                        TrySend::Full(_) => {
-                            slot.cursor = ev.seq;
-                            let sink = slot.sink.take().expect("live slot");
-                            spawn.push((slot.id, sink, ev.seq));
-                            h.stats.lagging += 1;
-                            h.stats.lag_episodes += 1;
-                            break;
-                        }
-                        TrySend::Closed => {
-                            h.slots.swap_remove(i);
-                            continue 'slots;
-                        }
+        while i < h.slots.len() {
+            let Some(sink) = &h.slots[i].sink else {
+                i += 1;
+                continue;
+            };
+            live_left -= 1;
+            let take = live_left == 0 && h.stats.lagging == 0;
+            let batch = if take {
+                kept.take().expect("kept until taken")
+            } else {
+                kept.clone().expect("kept until taken")
+            };
+            match sink.try_deliver(batch) {
+                Offered::All => {
+                    if terminal {
+                        // Everything delivered, nothing follows: release
+                        // the sink now.
+                        h.slots.swap_remove(i);
+                        continue;
                     }
                 }
-                if terminal && h.slots[i].sink.is_some() {
-                    // Everything delivered, nothing follows: release the
-                    // sink now.
+                Offered::Full(rest) => {
+                    let slot = &mut h.slots[i];
+                    let cursor = rest[0].seq;
+                    slot.cursor = cursor;
+                    let sink = slot.sink.take().expect("live slot");
+                    spawn.push((slot.id, sink, cursor));
+                    h.stats.lagging += 1;
+                    h.stats.lag_episodes += 1;
+                    if take {
+                        kept = Some(rest);
+                    }
+                }
+                Offered::Closed => {
                     h.slots.swap_remove(i);
                     continue;
                 }
@@ -469,7 +586,7 @@ pub(crate) fn publish_all(hub: &SharedHub, events: Vec<Event>) {
                 .map(|s| s.cursor)
                 .min()
                 .unwrap_or(u64::MAX);
-            for ev in events {
+            for ev in kept.expect("kept while a subscriber lags") {
                 if h.window.is_empty() {
                     if ev.seq < needed {
                         continue;
@@ -530,8 +647,11 @@ impl Hub {
     }
 }
 
+/// Most events a feeder takes from the window or the log at a time.
+const FEED_CHUNK: usize = 256;
+
 enum Next {
-    Deliver(Event),
+    Deliver(Vec<Event>),
     FromLog,
     Caught,
     Done,
@@ -555,8 +675,12 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
                 } else {
                     Next::Caught
                 }
-            } else if cursor >= h.window_base && !h.window.is_empty() {
-                Next::Deliver(h.window[(cursor - h.window_base) as usize].clone())
+            } else if cursor >= h.window_base
+                && ((cursor - h.window_base) as usize) < h.window.len()
+            {
+                let from = (cursor - h.window_base) as usize;
+                let to = h.window.len().min(from + FEED_CHUNK);
+                Next::Deliver(h.window.range(from..to).cloned().collect())
             } else {
                 // Behind the window: from the log, once the state thread
                 // has settled it.
@@ -567,11 +691,12 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
             }
         };
         match next {
-            Next::Deliver(ev) => {
-                if sink.send(ev).await.is_err() {
+            Next::Deliver(events) => {
+                let n = events.len() as u64;
+                if sink.deliver(events).await.is_err() {
                     return remove(&hub, id);
                 }
-                cursor += 1;
+                cursor += n;
             }
             Next::FromLog => {
                 let (shared, store) = {
@@ -594,9 +719,9 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
                 }
                 let (r, next_seq) = reader.as_mut().expect("reader opened");
                 // Read a bounded batch, then re-check the window.
-                let mut batch = Vec::with_capacity(256);
+                let mut batch = Vec::with_capacity(FEED_CHUNK);
                 let mut jumped = false;
-                while batch.len() < 256 {
+                while batch.len() < FEED_CHUNK {
                     match r.next_event() {
                         Ok(Some(ev)) => {
                             *next_seq = ev.seq + 1;
@@ -618,11 +743,12 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
                 }
                 let missed = jumped || batch.is_empty();
                 hub.borrow_mut().stats.replayed_from_log += batch.len() as u64;
-                for ev in batch {
-                    if sink.send(ev).await.is_err() {
+                let n = batch.len() as u64;
+                if n > 0 {
+                    if sink.deliver(batch).await.is_err() {
                         return remove(&hub, id);
                     }
-                    cursor += 1;
+                    cursor += n;
                 }
                 if missed {
                     // Settled, yet not in the file: lost.
@@ -670,7 +796,7 @@ async fn missing(
     tracing::error!(log = %path.display(), seq, "subscriber dropped: {message}");
     let err = Error::Log { path, message };
     let _ = sink
-        .send(Event::new(session, seq, EventKind::error(&err)))
+        .deliver(vec![Event::new(session, seq, EventKind::error(&err))])
         .await;
     remove(hub, id);
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use actix::prelude::*;
-use cldpd::{Event, EventKind, Settings};
+use cldpd::{Event, EventBatch, EventKind, Settings};
 use tokio::sync::oneshot;
 
 /// A temporary pods directory and state directory.
@@ -71,6 +71,10 @@ pub struct Seen {
     pub terminal: Option<Event>,
     /// All events, when kept.
     pub all: Vec<Event>,
+    /// `EventBatch` messages received (a batch subscriber), and the most
+    /// events one of them held.
+    pub batches: u64,
+    pub largest_batch: usize,
 }
 
 /// A subscriber actor that checks seq continuity and the numbering of
@@ -104,6 +108,22 @@ impl Actor for Checker {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.capacity);
+    }
+}
+
+/// The same checks, one batch message at a time (registered as
+/// `Subscriber::Batches`).
+impl Handler<EventBatch> for Checker {
+    type Result = ();
+    fn handle(&mut self, batch: EventBatch, ctx: &mut Context<Self>) {
+        if batch.0.is_empty() {
+            self.seen.problems.push("an empty batch".into());
+        }
+        self.seen.batches += 1;
+        self.seen.largest_batch = self.seen.largest_batch.max(batch.0.len());
+        for ev in batch.0 {
+            <Self as Handler<Event>>::handle(self, ev, ctx);
+        }
     }
 }
 
