@@ -14,10 +14,21 @@
 //! (subscriber threads, default 1), `--dir D` (where the temporary pods and
 //! state directories go; default the system temp dir), `--deliver
 //! events|batches` (the subscriber takes one `Event` message per event,
-//! the default, or `EventBatch` messages: `Subscriber::Batches`).
+//! the default, or `EventBatch` messages: `Subscriber::Batches`),
+//! `--output plain|agent` (plain: the 80-byte lines above; agent: each
+//! session prints a Claude Code stream-json transcript of L lines of
+//! realistic size, see `bench/transcript.rs`, which the session parses
+//! into one agent event per line; the run then also counts the agent
+//! events and reports MB/s).
+//!
+//! ```text
+//! cargo run --release --example bench_fanout -- --sessions 1000 --lines 200 --output agent --deliver batches
+//! ```
 
 #[path = "bench/common.rs"]
 mod common;
+#[path = "bench/transcript.rs"]
+mod transcript;
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +44,8 @@ struct Run {
     cpu: f64,
     start_calls: Duration,
     lines: u64,
+    line_bytes: u64,
+    agent_events: u64,
     lost: i64,
     terminals: u64,
     exited_0: u64,
@@ -52,6 +65,8 @@ struct Delivery {
     lag_budget: Option<usize>,
     /// `Subscriber::Batches` instead of `Subscriber::Actor`.
     batches: bool,
+    /// A stream-json transcript instead of plain lines.
+    agent: bool,
 }
 
 async fn one_run(
@@ -66,16 +81,17 @@ async fn one_run(
         workers,
         lag_budget,
         batches,
+        agent,
     } = *how;
     let dirs = FaultDirs::new("bench", base);
     let rt = FaultRuntime::new();
     rt.record_specs(false);
-    rt.script_pod(
-        "bench",
-        RunScript::new()
-            .lines(OutputStream::Stdout, lines, 80, None)
-            .exit(0),
-    );
+    let script = if agent {
+        RunScript::new().bytes(OutputStream::Stdout, transcript::transcript(lines))
+    } else {
+        RunScript::new().lines(OutputStream::Stdout, lines, 80, None)
+    };
+    rt.script_pod("bench", script.exit(0));
     FaultDirs::settle().await;
     let mut settings = Settings::new(dirs.pods(), dirs.state()).workers(workers);
     if let Some(bytes) = lag_budget {
@@ -89,7 +105,14 @@ async fn one_run(
         let (tx, rx) = oneshot::channel();
         let arb = &sub_threads[i % sub_threads.len()];
         subs.push(Counter::start_in_arbiter(&arb.handle(), move |_| {
-            Counter::new(mailbox, tx)
+            let counter = Counter::new(mailbox, tx);
+            // Transcript lines are not numbered `out <n>`; their order is
+            // checked through the agent events that follow each line.
+            if agent {
+                counter.unchecked()
+            } else {
+                counter
+            }
         }));
         dones.push(rx);
     }
@@ -123,6 +146,8 @@ async fn one_run(
         cpu,
         start_calls,
         lines: 0,
+        line_bytes: 0,
+        agent_events: 0,
         lost: 0,
         terminals: 0,
         exited_0: 0,
@@ -134,6 +159,8 @@ async fn one_run(
     for t in tallies {
         let t = t.expect("subscriber reported");
         run.lines += t.lines;
+        run.line_bytes += t.line_bytes;
+        run.agent_events += t.agent_events;
         run.seq_errors += t.seq_errors;
         run.order_errors += t.order_errors;
         if let Some(ev) = &t.terminal {
@@ -144,6 +171,10 @@ async fn one_run(
         }
     }
     run.lost = (sessions * lines) as i64 - run.lines as i64;
+    if agent {
+        // One agent event per transcript line.
+        run.lost += (sessions * lines) as i64 - run.agent_events as i64;
+    }
     for s in started.into_iter().flatten() {
         s.wait().await.unwrap();
     }
@@ -176,6 +207,16 @@ fn main() {
         }
     };
 
+    let output: String = args.get("output", "plain".to_string());
+    let agent = match output.as_str() {
+        "plain" => false,
+        "agent" => true,
+        other => {
+            eprintln!("--output: `plain` or `agent`, not {other:?}");
+            std::process::exit(2);
+        }
+    };
+
     if is_child() {
         let r = actix::System::new().block_on(async move {
             let arbiters: Vec<Arbiter> = (0..sub_threads).map(|_| Arbiter::new()).collect();
@@ -184,6 +225,7 @@ fn main() {
                 workers,
                 lag_budget,
                 batches,
+                agent,
             };
             let r = one_run(sessions, lines, &how, &arbiters, base.as_deref()).await;
             for a in arbiters {
@@ -207,7 +249,18 @@ fn main() {
             mib(r.base_kib),
             mib(r.peak_kib),
         );
+        if agent {
+            println!(
+                "run 1 agent: {} agent events ({:.0}/s), output lines {:.1} MB/s ({:.0} B per line on average)",
+                r.agent_events,
+                r.agent_events as f64 / secs(r.wall),
+                r.line_bytes as f64 / 1e6 / secs(r.wall),
+                r.line_bytes as f64 / r.lines.max(1) as f64,
+            );
+        }
         emit_data(&[
+            ("agent_rate", r.agent_events as f64 / secs(r.wall)),
+            ("mb_per_s", r.line_bytes as f64 / 1e6 / secs(r.wall)),
             ("wall", secs(r.wall)),
             ("rate", total / secs(r.wall)),
             ("cpu_us_per_line", r.cpu * 1e6 / total),
@@ -219,7 +272,12 @@ fn main() {
         return;
     }
 
-    println!("bench_fanout: {sessions} sessions x {lines} lines of 80 B, one counting subscriber each (mailbox {mailbox}, one message per {}), {workers} session threads, {sub_threads} subscriber thread(s), one process per run", if batches { "batch" } else { "event" });
+    let shape = if agent {
+        "lines of a stream-json transcript (parsed into agent events)"
+    } else {
+        "lines of 80 B"
+    };
+    println!("bench_fanout: {sessions} sessions x {lines} {shape}, one counting subscriber each (mailbox {mailbox}, one message per {}), {workers} session threads, {sub_threads} subscriber thread(s), one process per run", if batches { "batch" } else { "event" });
     print_fault_header(
         "bench_fanout",
         base.as_deref(),
@@ -229,6 +287,7 @@ fn main() {
             ("runs", runs.to_string()),
             ("mailbox", mailbox.to_string()),
             ("deliver", deliver.clone()),
+            ("output", output.clone()),
         ],
     );
     let data = run_children(runs);
@@ -250,4 +309,8 @@ fn main() {
         sessions * runs
     );
     print_result("peak RSS", &data, "peak_mib", "MiB", 1);
+    if agent {
+        print_result("agent events", &data, "agent_rate", "events/s", 0);
+        print_result("output delivered", &data, "mb_per_s", "MB/s", 1);
+    }
 }

@@ -674,33 +674,57 @@ pub(crate) mod fast_json {
         out.push(b'}');
     }
 
-    /// A JSON string, escaped as serde_json escapes it.
+    /// A JSON string, escaped exactly as serde_json escapes it: runs of
+    /// bytes that need no escape are found eight at a time and copied
+    /// whole (agent output is JSON itself, full of quotes, and escaping it
+    /// byte by byte through serde_json was the largest single cost of a
+    /// fan-out of stream-json lines; BENCHMARKS.md, "Batched delivery").
     fn string(out: &mut Vec<u8>, s: &str) {
-        if needs_escape(s.as_bytes()) {
-            let _ = serde_json::to_writer(out, s);
-        } else {
-            out.reserve(s.len() + 2);
-            out.push(b'"');
-            out.extend_from_slice(s.as_bytes());
-            out.push(b'"');
+        let b = s.as_bytes();
+        out.reserve(b.len() + 2);
+        out.push(b'"');
+        let mut copied = 0;
+        let mut i = 0;
+        while i < b.len() {
+            if i + 8 <= b.len() {
+                let x = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+                if special_in(x) == 0 {
+                    i += 8;
+                    continue;
+                }
+            }
+            let c = b[i];
+            if c < 0x20 || c == b'"' || c == b'\\' {
+                out.extend_from_slice(&b[copied..i]);
+                escape(out, c);
+                copied = i + 1;
+            }
+            i += 1;
         }
+        out.extend_from_slice(&b[copied..]);
+        out.push(b'"');
+    }
+
+    /// Non-zero when the eight bytes of `x` hold one that JSON escapes: a
+    /// control character (< 0x20), `"` or `\`. Exact per word: "some byte
+    /// is below n" for n <= 128 is (x - n*ONES) & !x & HIGH != 0.
+    #[inline]
+    fn special_in(x: u64) -> u64 {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        #[inline]
+        fn below(x: u64, n: u64) -> u64 {
+            x.wrapping_sub(n * ONES) & !x & HIGH
+        }
+        below(x, 0x20) | below(x ^ (0x22 * ONES), 1) | below(x ^ (0x5c * ONES), 1)
     }
 
     /// True when `b` holds a byte serde_json escapes: a control character
     /// (< 0x20), `"` or `\`.
     fn needs_escape(b: &[u8]) -> bool {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        // Exact per-word tests (no false positives as a whole): "some byte
-        // is below n" for n <= 128 is (x - n*ONES) & !x & HIGH != 0.
-        #[inline]
-        fn below(x: u64, n: u64) -> u64 {
-            x.wrapping_sub(n * ONES) & !x & HIGH
-        }
         let mut chunks = b.chunks_exact(8);
         for c in &mut chunks {
-            let x = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            if below(x, 0x20) | below(x ^ (0x22 * ONES), 1) | below(x ^ (0x5c * ONES), 1) != 0 {
+            if special_in(u64::from_le_bytes(c.try_into().expect("8 bytes"))) != 0 {
                 return true;
             }
         }
@@ -708,6 +732,28 @@ pub(crate) mod fast_json {
             .remainder()
             .iter()
             .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
+    }
+
+    /// serde_json's escape of one byte that needs it.
+    fn escape(out: &mut Vec<u8>, c: u8) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x09 => out.extend_from_slice(b"\\t"),
+            0x0a => out.extend_from_slice(b"\\n"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0x0d => out.extend_from_slice(b"\\r"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(c >> 4)],
+                HEX[usize::from(c & 0xf)],
+            ]),
+        }
     }
 
     fn uint(out: &mut Vec<u8>, mut n: u64) {
@@ -1067,6 +1113,38 @@ pub(crate) mod fast_json {
                 if c != b'"' && c != b'\\' {
                     assert!(!needs_escape(&[c; 17]), "{c:#x}");
                 }
+            }
+        }
+
+        /// The log encoder's strings are byte for byte serde_json's: every
+        /// byte that needs an escape, alone and among others at every
+        /// offset of a word, beside multi-byte characters.
+        #[test]
+        fn strings_are_escaped_exactly_as_serde_json_does() {
+            let mut cases: Vec<String> = vec![
+                String::new(),
+                "plain text of some length, no escapes at all".into(),
+                r#"{"type":"assistant","message":{"content":[{"text":"a \"quoted\" word"}]}}"#
+                    .into(),
+                "tab\tnew\nline\r\u{8}\u{c}\u{1}\u{1f}\u{7f} é 日本 🦀 \\ end".into(),
+            ];
+            for c in (0u8..0x20).chain([b'"', b'\\', 0x7f]) {
+                for len in 1..20 {
+                    for at in 0..len {
+                        let mut b = vec![b'a'; len];
+                        b[at] = c;
+                        cases.push(String::from_utf8(b).unwrap());
+                    }
+                }
+            }
+            for case in &cases {
+                let mut out = Vec::new();
+                string(&mut out, case);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    serde_json::to_string(case).unwrap(),
+                    "{case:?}"
+                );
             }
         }
     }

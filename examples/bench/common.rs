@@ -295,9 +295,14 @@ pub fn secs(d: Duration) -> f64 {
 pub struct Tally {
     pub events: u64,
     pub lines: u64,
+    /// Bytes of the output lines.
+    pub line_bytes: u64,
+    /// Typed agent events (parsed from stream-json output).
+    pub agent_events: u64,
     /// Events whose seq was not the expected one.
     pub seq_errors: u64,
-    /// Output lines out of order (`out <n>` numbering).
+    /// Output lines out of order (`out <n>` numbering), and agent events
+    /// that do not follow an output line.
     pub order_errors: u64,
     pub terminal: Option<Event>,
     pub first_line_at: Option<Instant>,
@@ -312,6 +317,8 @@ pub struct Counter {
     next_seq: u64,
     next_line: u64,
     check_numbers: bool,
+    /// Whether the last event was an `output` line.
+    after_output: bool,
     mailbox: usize,
     slow: Option<(u64, Duration)>,
     done: Option<oneshot::Sender<Tally>>,
@@ -324,6 +331,7 @@ impl Counter {
             next_seq: 1,
             next_line: 1,
             check_numbers: true,
+            after_output: false,
             mailbox,
             slow: None,
             done: Some(done),
@@ -385,8 +393,25 @@ impl Handler<Event> for Counter {
             t.seq_errors += 1;
         }
         self.next_seq = ev.seq + 1;
+        let agent_event = matches!(
+            ev.kind,
+            EventKind::AgentInit { .. }
+                | EventKind::AgentText { .. }
+                | EventKind::ToolUse { .. }
+                | EventKind::ToolResult { .. }
+                | EventKind::AgentResult { .. }
+        );
+        if agent_event {
+            t.agent_events += 1;
+            // The parser's events follow the line that completed them.
+            if !self.after_output {
+                t.order_errors += 1;
+            }
+        }
+        self.after_output = matches!(ev.kind, EventKind::Output { .. });
         if let EventKind::Output { line, .. } = &ev.kind {
             t.lines += 1;
+            t.line_bytes += line.len() as u64;
             if t.first_line_at.is_none() {
                 t.first_line_at = Some(Instant::now());
             }
