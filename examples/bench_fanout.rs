@@ -19,7 +19,8 @@
 //! session prints a Claude Code stream-json transcript of L lines of
 //! realistic size, see `bench/transcript.rs`, which the session parses
 //! into one agent event per line; the run then also counts the agent
-//! events and reports MB/s).
+//! events and reports MB/s), `--heap-peak 1` (also sample the heap in use
+//! every 5 ms and report its peak beside the peak RSS).
 //!
 //! ```text
 //! cargo run --release --example bench_fanout -- --sessions 1000 --lines 200 --output agent --deliver batches
@@ -52,6 +53,9 @@ struct Run {
     seq_errors: u64,
     order_errors: u64,
     peak_kib: u64,
+    /// Most bytes glibc's allocator had handed out at one sample
+    /// (`--heap-peak 1`), or 0.
+    peak_heap: u64,
     base_kib: u64,
 }
 
@@ -67,6 +71,9 @@ struct Delivery {
     batches: bool,
     /// A stream-json transcript instead of plain lines.
     agent: bool,
+    /// Sample the heap in use every 5 ms (mallinfo2 takes the allocator's
+    /// locks, so off for the A/B figures).
+    heap_peak: bool,
 }
 
 async fn one_run(
@@ -82,6 +89,7 @@ async fn one_run(
         lag_budget,
         batches,
         agent,
+        heap_peak,
     } = *how;
     let dirs = FaultDirs::new("bench", base);
     let rt = FaultRuntime::new();
@@ -120,6 +128,18 @@ async fn one_run(
     d.build_count().await.unwrap();
     let base_kib = rss_kib();
     reset_peak();
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(heap_peak));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(heap_in_use().0);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        })
+    };
     let cpu0 = cpu_secs();
     let t0 = Instant::now();
     let starts = subs.iter().map(|s| {
@@ -141,6 +161,8 @@ async fn one_run(
     let wall = t0.elapsed();
     let cpu = cpu_secs() - cpu0;
     let peak_kib = peak_kib();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak_heap = sampler.join().expect("heap sampler");
     let mut run = Run {
         wall,
         cpu,
@@ -154,6 +176,7 @@ async fn one_run(
         seq_errors: 0,
         order_errors: 0,
         peak_kib,
+        peak_heap,
         base_kib,
     };
     for t in tallies {
@@ -217,6 +240,8 @@ fn main() {
         }
     };
 
+    let heap_peak = args.get("heap-peak", 0u32) == 1;
+
     if is_child() {
         let r = actix::System::new().block_on(async move {
             let arbiters: Vec<Arbiter> = (0..sub_threads).map(|_| Arbiter::new()).collect();
@@ -226,6 +251,7 @@ fn main() {
                 lag_budget,
                 batches,
                 agent,
+                heap_peak,
             };
             let r = one_run(sessions, lines, &how, &arbiters, base.as_deref()).await;
             for a in arbiters {
@@ -249,6 +275,13 @@ fn main() {
             mib(r.base_kib),
             mib(r.peak_kib),
         );
+        if heap_peak {
+            println!(
+                "run 1 heap: at most {:.1} MiB in use (sampled every 5 ms) against a peak RSS of {:.1} MiB",
+                r.peak_heap as f64 / 1048576.0,
+                mib(r.peak_kib),
+            );
+        }
         if agent {
             println!(
                 "run 1 agent: {} agent events ({:.0}/s), output lines {:.1} MB/s ({:.0} B per line on average)",
@@ -288,6 +321,7 @@ fn main() {
             ("mailbox", mailbox.to_string()),
             ("deliver", deliver.clone()),
             ("output", output.clone()),
+            ("heap-peak", u32::from(heap_peak).to_string()),
         ],
     );
     let data = run_children(runs);

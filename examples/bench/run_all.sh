@@ -13,6 +13,8 @@ dir=${CARGO_TARGET_DIR:-target}/release/examples
   for d in /dev/shm /tmp; do
     "$dir/bench_fanout" --sessions 1000 --lines 1000 --runs 5 --dir "$d"
     "$dir/bench_fanout" --sessions 1 --lines 1000000 --runs 5 --dir "$d"
+    "$dir/bench_fanout" --sessions 1 --lines 1000000 --runs 5 --dir "$d" --deliver batches
+    "$dir/bench_fanout" --sessions 1000 --lines 200 --runs 5 --dir "$d" --output agent --deliver batches
     "$dir/bench_slow_subscriber" --runs 3 --dir "$d"
     "$dir/bench_hold" --sessions 10000 --runs 3 --dir "$d"
     "$dir/bench_hold" --sessions 10000 --runs 3 --subscriber 0 --dir "$d"
