@@ -128,8 +128,8 @@ async fn one_run(
     d.build_count().await.unwrap();
     let base_kib = rss_kib();
     reset_peak();
-    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(heap_peak));
-    let sampler = {
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = heap_peak.then(|| {
         let sampling = sampling.clone();
         std::thread::spawn(move || {
             let mut most = 0;
@@ -139,7 +139,7 @@ async fn one_run(
             }
             most
         })
-    };
+    });
     let cpu0 = cpu_secs();
     let t0 = Instant::now();
     let starts = subs.iter().map(|s| {
@@ -162,7 +162,7 @@ async fn one_run(
     let cpu = cpu_secs() - cpu0;
     let peak_kib = peak_kib();
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
-    let peak_heap = sampler.join().expect("heap sampler");
+    let peak_heap = sampler.map_or(0, |t| t.join().expect("heap sampler"));
     let mut run = Run {
         wall,
         cpu,
@@ -220,25 +220,8 @@ fn main() {
     let lag_mib: usize = args.get("lag-budget-mib", 0);
     let lag_budget = (lag_mib > 0).then_some(lag_mib * 1024 * 1024);
     let total = (sessions * lines) as f64;
-    let deliver: String = args.get("deliver", "events".to_string());
-    let batches = match deliver.as_str() {
-        "events" => false,
-        "batches" => true,
-        other => {
-            eprintln!("--deliver: `events` or `batches`, not {other:?}");
-            std::process::exit(2);
-        }
-    };
-
-    let output: String = args.get("output", "plain".to_string());
-    let agent = match output.as_str() {
-        "plain" => false,
-        "agent" => true,
-        other => {
-            eprintln!("--output: `plain` or `agent`, not {other:?}");
-            std::process::exit(2);
-        }
-    };
+    let batches = args.either("deliver", "events", "batches");
+    let agent = args.either("output", "plain", "agent");
 
     let heap_peak = args.get("heap-peak", 0u32) == 1;
 
@@ -319,8 +302,8 @@ fn main() {
             ("lines", lines.to_string()),
             ("runs", runs.to_string()),
             ("mailbox", mailbox.to_string()),
-            ("deliver", deliver.clone()),
-            ("output", output.clone()),
+            ("deliver", if batches { "batches" } else { "events" }.into()),
+            ("output", if agent { "agent" } else { "plain" }.into()),
             ("heap-peak", u32::from(heap_peak).to_string()),
         ],
     );

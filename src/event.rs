@@ -310,6 +310,23 @@ impl EventKind {
         )
     }
 
+    /// True for the kinds parsed from an agent's stream-json output (they
+    /// follow the `output` line that completed them).
+    pub fn is_agent(&self) -> bool {
+        matches!(
+            self,
+            EventKind::AgentInit { .. }
+                | EventKind::AgentText { .. }
+                | EventKind::ToolUse { .. }
+                | EventKind::ToolResult { .. }
+                | EventKind::AgentResult { .. }
+                | EventKind::AgentApiError { .. }
+                | EventKind::AgentUnknown { .. }
+                | EventKind::AgentPrompt { .. }
+                | EventKind::AgentTurn { .. }
+        )
+    }
+
     /// The error event for `err`.
     pub fn error(err: &crate::Error) -> Self {
         EventKind::Error {

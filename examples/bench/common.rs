@@ -41,6 +41,19 @@ impl Args {
         Args(map)
     }
 
+    /// A two-way option `--key off|on` (default `off`): whether it is
+    /// `on`. Anything else ends the benchmark with exit code 2.
+    pub fn either(&self, key: &str, off: &str, on: &str) -> bool {
+        match self.0.get(key).map_or(off, String::as_str) {
+            v if v == off => false,
+            v if v == on => true,
+            other => {
+                eprintln!("--{key}: `{off}` or `{on}`, not {other:?}");
+                std::process::exit(2);
+            }
+        }
+    }
+
     pub fn get<T: std::str::FromStr>(&self, key: &str, default: T) -> T {
         match self.0.get(key) {
             None => default,
@@ -393,15 +406,7 @@ impl Handler<Event> for Counter {
             t.seq_errors += 1;
         }
         self.next_seq = ev.seq + 1;
-        let agent_event = matches!(
-            ev.kind,
-            EventKind::AgentInit { .. }
-                | EventKind::AgentText { .. }
-                | EventKind::ToolUse { .. }
-                | EventKind::ToolResult { .. }
-                | EventKind::AgentResult { .. }
-        );
-        if agent_event {
+        if ev.kind.is_agent() {
             t.agent_events += 1;
             // The parser's events follow the line that completed them.
             if !self.after_output {

@@ -100,7 +100,7 @@ impl Renderer {
             return;
         }
         if let Some(held) = self.held.take() {
-            if !is_agent_event(&ev.kind) {
+            if !ev.kind.is_agent() {
                 ui.stdout_line(&held, true);
             }
         }
@@ -253,22 +253,6 @@ impl Renderer {
             other => ui.status(format_args!("{}", other.name())),
         }
     }
-}
-
-/// The kinds a stream-json line yields.
-fn is_agent_event(kind: &EventKind) -> bool {
-    matches!(
-        kind,
-        EventKind::AgentInit { .. }
-            | EventKind::AgentText { .. }
-            | EventKind::ToolUse { .. }
-            | EventKind::ToolResult { .. }
-            | EventKind::AgentResult { .. }
-            | EventKind::AgentApiError { .. }
-            | EventKind::AgentUnknown { .. }
-            | EventKind::AgentPrompt { .. }
-            | EventKind::AgentTurn { .. }
-    )
 }
 
 /// Characters of a prompt shown in its `prompt:` line.

@@ -71,10 +71,8 @@ pub struct Seen {
     pub terminal: Option<Event>,
     /// All events, when kept.
     pub all: Vec<Event>,
-    /// `EventBatch` messages received (a batch subscriber), and the most
-    /// events one of them held.
+    /// `EventBatch` messages received (a batch subscriber).
     pub batches: u64,
-    pub largest_batch: usize,
 }
 
 /// A subscriber actor that checks seq continuity and the numbering of
@@ -120,7 +118,6 @@ impl Handler<EventBatch> for Checker {
             self.seen.problems.push("an empty batch".into());
         }
         self.seen.batches += 1;
-        self.seen.largest_batch = self.seen.largest_batch.max(batch.0.len());
         for ev in batch.0 {
             <Self as Handler<Event>>::handle(self, ev, ctx);
         }
