@@ -104,3 +104,75 @@ async fn a_weak_subscriber_is_not_kept_alive_and_a_strong_one_is() {
     .await;
     assert!(rt.running().is_empty());
 }
+
+/// Busy in a future of its own (its thread blocked) while a run ends,
+/// then counts what reaches it: the moment at which actix stops an actor
+/// whose last address went away without handling what was queued.
+struct Busy {
+    entered: Option<oneshot::Sender<()>>,
+    release: Option<std::sync::mpsc::Receiver<()>>,
+    events: u64,
+    /// `Ok((events, terminal seq))` at the terminal event, `Err(events)`
+    /// when stopped without it.
+    done: Option<oneshot::Sender<Result<(u64, u64), u64>>>,
+}
+
+impl Actor for Busy {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.spawn(actix::fut::ready(()).map(|(), act: &mut Self, _| {
+            let _ = act.entered.take().expect("once").send(());
+            let _ = act.release.take().expect("once").recv();
+        }));
+    }
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(Err(self.events));
+        }
+    }
+}
+
+impl Handler<Event> for Busy {
+    type Result = ();
+    fn handle(&mut self, ev: Event, _: &mut Context<Self>) {
+        self.events += 1;
+        if ev.is_terminal() {
+            if let Some(tx) = self.done.take() {
+                let _ = tx.send(Ok((self.events, ev.seq)));
+            }
+        }
+    }
+}
+
+#[actix::test]
+async fn an_actor_whose_only_address_is_the_subscription_handles_the_whole_run() {
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", RunScript::new().stdout_lines(3).exit(0));
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let (entered_tx, entered) = oneshot::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let (done_tx, done) = oneshot::channel();
+    let arbiter = Arbiter::new();
+    let busy = Busy::start_in_arbiter(&arbiter.handle(), move |_| Busy {
+        entered: Some(entered_tx),
+        release: Some(release_rx),
+        events: 0,
+        done: Some(done_tx),
+    });
+    within(20, "the subscriber busy", entered).await.unwrap();
+    // The subscription holds the only address of the actor.
+    let req = StartRequest::prompt("web", "go").subscribe(busy.recipient::<Event>());
+    let s = d.start(req).await.unwrap();
+    // Every event is queued in its mailbox (and, before the fix, the last
+    // address of it dropped) while the actor is still busy.
+    assert!(matches!(within(20, "the run", s.wait()).await, Ok(0)));
+    release.send(()).unwrap();
+    let got = within(20, "the subscriber's report", done).await.unwrap();
+    match got {
+        Ok((events, seq)) => assert_eq!(events, seq, "events were lost"),
+        Err(n) => panic!("the subscriber was stopped after {n} events, without the terminal one"),
+    }
+    arbiter.stop();
+    d.shutdown(Some(Duration::ZERO)).await.unwrap();
+}

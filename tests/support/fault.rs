@@ -107,6 +107,19 @@ impl Actor for Checker {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.capacity);
     }
+
+    /// Every sender is gone and no terminal event came: say so (with what
+    /// was seen) rather than leave the waiter with a bare `RecvError`.
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(tx) = self.done.take() {
+            let mut seen = std::mem::take(&mut self.seen);
+            seen.problems.push(format!(
+                "the subscriber was dropped without a terminal event, after {} events (next seq due {})",
+                seen.events, self.next_seq
+            ));
+            let _ = tx.send(seen);
+        }
+    }
 }
 
 /// The same checks, one batch message at a time (registered as
