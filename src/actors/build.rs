@@ -455,7 +455,10 @@ fn may_copy_cldpd_files(dockerfile: &str) -> bool {
 /// The fingerprint of the build inputs, off the actor threads, with the state directory's key:
 /// the walk is shared by every session of the process that asks for the
 /// same context at once ([`shared_walk`]), and the key is read once.
-pub(crate) async fn fingerprint_async(store: StateStore, spec: BuildSpec) -> Option<String> {
+pub(crate) async fn fingerprint_async(
+    store: StateStore,
+    spec: std::sync::Arc<BuildSpec>,
+) -> Option<String> {
     let key = match store.key_if_read() {
         Some(key) => Ok(key),
         None => {

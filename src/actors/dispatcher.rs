@@ -354,7 +354,7 @@ impl DispatcherActor {
             network: pod.config.network.clone(),
         };
         Ok(RunTemplate {
-            build,
+            build: Arc::new(build),
             run,
             agent: pod.agent_command(),
             agent_output: pod.config.agent_output(),
@@ -494,7 +494,7 @@ impl DispatcherActor {
     /// cross-process build lock and read its record (in a blocking task;
     /// another process may be building it right now), then build unless
     /// that record matches the inputs.
-    fn start_build(&mut self, spec: BuildSpec, ctx: &mut Context<Self>) {
+    fn start_build(&mut self, spec: Arc<BuildSpec>, ctx: &mut Context<Self>) {
         let image = spec.image.clone();
         let Some(images_dir) = self.builds.images_dir().map(Path::to_path_buf) else {
             return self.run_build(spec, ctx);
@@ -531,7 +531,7 @@ impl DispatcherActor {
     }
 
     /// Run the build of `spec.image` (its lock, if any, is held).
-    fn run_build(&mut self, spec: BuildSpec, ctx: &mut Context<Self>) {
+    fn run_build(&mut self, spec: Arc<BuildSpec>, ctx: &mut Context<Self>) {
         let image = spec.image.clone();
         let runtime = self.runtime.clone();
         // The image the tag names before the build: once the build has
@@ -539,7 +539,9 @@ impl DispatcherActor {
         // would pile up as a `<none>` image with every pod edit).
         let before = guarded("the runtime's image_id", self.runtime.image_id(&image));
         let janitor = self.runtime.clone();
-        let events = match guard("the runtime's build", move || runtime.build(spec)) {
+        let events = match guard("the runtime's build", move || {
+            runtime.build(Arc::unwrap_or_clone(spec))
+        }) {
             Ok(s) => guarded_stream("the runtime's build stream", s, |e| {
                 BuildEvent::Finished(Err(e))
             })

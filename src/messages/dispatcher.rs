@@ -374,7 +374,7 @@ pub(crate) struct SessionEnded {
 #[rtype(result = "()")]
 pub(crate) struct RequestBuild {
     pub(crate) session: String,
-    pub(crate) spec: BuildSpec,
+    pub(crate) spec: std::sync::Arc<BuildSpec>,
     /// Identity of the build inputs (keyed hash, hex); `None` = always
     /// build.
     pub(crate) fingerprint: Option<String>,

@@ -153,7 +153,7 @@ async fn fingerprints_are_keyed_per_state_directory_and_the_record_hides_secrets
     let fp = |store: StateStore, secret: &'static str| {
         let spec = spec(pod.path(), secret);
         async move {
-            crate::actors::build::fingerprint_async(store, spec)
+            crate::actors::build::fingerprint_async(store, std::sync::Arc::new(spec))
                 .await
                 .unwrap()
         }
