@@ -43,8 +43,10 @@ use crate::state::SharedLog;
 ///
 /// - [`Subscriber::Actor`] holds a strong `Recipient`: the session keeps
 ///   the actor alive until the run's terminal event has been *handled*
-///   (not merely queued: see [`Subscriber::deliver`]), like any holder of
-///   its address. That is what `StartRequest::subscribe`
+///   (not merely queued: actix may stop an actor whose last address goes
+///   away without handling what was queued, so the terminal event goes
+///   with a `send` that waits for the handler), like any holder of its
+///   address. That is what `StartRequest::subscribe`
 ///   callers rely on when they drop their own `Addr` after the start (the
 ///   README's `Printer` does): the actor lives to see the end of the run.
 /// - [`Subscriber::Weak`] holds a `WeakRecipient`: the session never keeps
