@@ -244,6 +244,8 @@ impl PodConfig {
                         name: name.clone(),
                         origin: name_origin.clone(),
                     });
+                } else if let Some(message) = docker_client_variable(name) {
+                    problems.push(field_error(field, message));
                 }
                 if value.contains('\0') {
                     problems.push(nul_value(config_path, field, name));
@@ -267,6 +269,8 @@ impl PodConfig {
                     name: name.clone(),
                     origin: inherit_origin.clone(),
                 });
+            } else if let Some(message) = docker_client_variable(name) {
+                problems.push(field_error("inheritEnv", message));
             }
         }
         for (i, mount) in self.mounts.iter().enumerate() {
@@ -331,6 +335,11 @@ impl PodConfig {
         ] {
             if let Some(message) = value.and_then(seconds_problem) {
                 problems.push(field_error(field, message));
+            } else if value == Some(0.0) && matches!(field, "timeoutSecs" | "idleTimeoutSecs") {
+                problems.push(field_error(
+                    field,
+                    "0 would mean no limit at all; leave the field out for no limit, or give the seconds (above 0)".into(),
+                ));
             }
         }
         if let Some(cpus) = self.cpus {
@@ -338,6 +347,11 @@ impl PodConfig {
                 problems.push(field_error(
                     "cpus",
                     format!("`{cpus}` must be a number above 0, e.g. 1.5"),
+                ));
+            } else if !(MIN_CPUS..=MAX_CPUS).contains(&cpus) {
+                problems.push(field_error(
+                    "cpus",
+                    format!("`{cpus}` is outside what Docker takes ({MIN_CPUS} to the engine's CPU count); e.g. 1.5"),
                 ));
             }
         }
@@ -377,6 +391,10 @@ impl PodConfig {
                     format!("`{memory}` is not a memory size; write a number with an optional unit b, k, m or g, e.g. \"512m\" or \"2g\""),
                 )),
                 Some(0) => problems.push(field_error("memory", "it must be above 0".into())),
+                Some(bytes) if bytes < MIN_MEMORY => problems.push(field_error(
+                    "memory",
+                    format!("`{memory}` is below Docker's minimum of \"6m\" (the run would fail to start); give at least \"6m\", e.g. \"512m\""),
+                )),
                 Some(_) => {}
             }
         }
@@ -523,6 +541,25 @@ impl PodConfig {
 /// What is wrong with a number of seconds, if anything: it must be finite,
 /// not negative, and fit in a [`Duration`] (a larger value would panic
 /// where it is converted).
+/// Docker's smallest `--memory` (6 MiB): below it `docker run` fails.
+const MIN_MEMORY: u64 = 6 << 20;
+
+/// Docker's smallest `--cpus`, and a bound above any engine's CPU count
+/// (a larger value than the engine has still fails when the run starts,
+/// with Docker's own message naming the range).
+const MIN_CPUS: f64 = 0.01;
+const MAX_CPUS: f64 = 4096.0;
+
+/// Why `name` may not be set for a run: a `DOCKER_*` variable steers the
+/// docker client that starts the run (it gets the run's variables in its
+/// environment), so `DOCKER_HOST` would send the run, with the API keys
+/// it inherits, to another daemon.
+fn docker_client_variable(name: &str) -> Option<String> {
+    name.starts_with("DOCKER_").then(|| {
+        format!("`{name}`: DOCKER_* variables steer the docker client that starts the run (DOCKER_HOST would send the run and its keys to another daemon), so a pod may not set them; set them for cldpd itself, or use another name")
+    })
+}
+
 pub(super) fn seconds_problem(secs: f64) -> Option<String> {
     if !secs.is_finite() {
         Some(format!("`{secs}` must be a finite number of seconds"))
@@ -1021,6 +1058,59 @@ mod tests {
     }
 
     #[test]
+    fn docker_client_variables_are_refused_in_env_build_args_and_inherit_env() {
+        for (text, field) in [
+            (r#"{"env": {"DOCKER_HOST": "tcp://evil:2375"}}"#, "env"),
+            (r#"{"env": {"DOCKER_CONFIG": "/tmp"}}"#, "env"),
+            (
+                r#"{"buildArgs": {"DOCKER_HOST": "tcp://evil:2375"}}"#,
+                "buildArgs",
+            ),
+            (r#"{"inheritEnv": ["PATH", "DOCKER_HOST"]}"#, "inheritEnv"),
+        ] {
+            let (got, message) = config_error(discover_with(text));
+            assert_eq!(got.as_deref(), Some(field), "{text}");
+            assert!(message.contains("DOCKER_"), "{message}");
+            assert!(!message.contains("evil"), "never echo a value: {message}");
+        }
+        // A per-run or per-job override is checked the same way.
+        let over = PodConfig {
+            env: BTreeMap::from([("DOCKER_HOST".to_string(), "tcp://evil:2375".to_string())]),
+            ..PodConfig::default()
+        };
+        let merged = PodConfig::default().merged(&over);
+        assert!(merged.validate("web", Path::new("/p/pod.json")).is_err());
+        // Names that merely contain DOCKER are fine.
+        assert!(discover_with(r#"{"env": {"MY_DOCKER_HOST": "x", "DOCKERFILE": "y"}}"#).is_ok());
+    }
+
+    #[test]
+    fn values_docker_would_refuse_and_zero_timeouts_are_refused() {
+        for (text, field) in [
+            (r#"{"memory": "1k"}"#, "memory"),
+            (r#"{"memory": "5m"}"#, "memory"),
+            (r#"{"cpus": 1e9}"#, "cpus"),
+            (r#"{"cpus": 0.001}"#, "cpus"),
+            (r#"{"timeoutSecs": 0}"#, "timeoutSecs"),
+            (r#"{"idleTimeoutSecs": 0}"#, "idleTimeoutSecs"),
+        ] {
+            assert_eq!(
+                config_field(discover_with(text)).as_deref(),
+                Some(field),
+                "{text}"
+            );
+        }
+        for text in [
+            r#"{"memory": "6m"}"#,
+            r#"{"cpus": 0.01}"#,
+            r#"{"cpus": 64}"#,
+            r#"{"timeoutSecs": 0.5}"#,
+        ] {
+            assert!(discover_with(text).is_ok(), "{text}");
+        }
+    }
+
+    #[test]
     fn nul_in_env_value_is_refused_without_echoing_it() {
         let (field, message) = config_error(discover_with(r#"{"env": {"TOKEN": "ab\u0000cd"}}"#));
         assert_eq!(field.as_deref(), Some("env.TOKEN"));
@@ -1104,12 +1194,7 @@ mod tests {
             let got = config_field(discover_with(&format!("{{\"{field}\": -1}}")));
             assert_eq!(got.as_deref(), Some(field));
         }
-        for field in [
-            "stopGraceSecs",
-            "withinSecs",
-            "timeoutSecs",
-            "idleTimeoutSecs",
-        ] {
+        for field in ["stopGraceSecs", "withinSecs"] {
             assert!(
                 discover_with(&format!("{{\"{field}\": 0}}")).is_ok(),
                 "{field}"
