@@ -213,12 +213,14 @@ impl PodConfig {
     ///
     /// `pod` names the pod (for mount errors) and `config_path` the file (or
     /// other source) the values came from. Checks: env, `inheritEnv` and
-    /// `buildArgs` names ([`Error::InvalidEnvName`]); `image` is a Docker
-    /// reference usable as a build tag; `workdir` is absolute; mount
-    /// targets are absolute ([`Error::MountTargetRelative`]) and sources are
-    /// not empty or `~user`; `agentCommand` is not empty; the durations are
-    /// finite, not negative and not absurdly large; `cpus` is above 0;
-    /// `memory` parses ([`parse_memory`]) and is above 0. Mount sources are
+    /// `buildArgs` names ([`Error::InvalidEnvName`]), none of them a
+    /// `DOCKER_*` name (those steer the docker client that starts the run);
+    /// `image` is a Docker reference usable as a build tag; `workdir` is
+    /// absolute; mount targets are absolute ([`Error::MountTargetRelative`])
+    /// and sources are not empty or `~user`; `agentCommand` is not empty;
+    /// the durations are finite, not negative and not absurdly large, and
+    /// the two timeouts not 0; `cpus` is from 0.01 to 4096; `memory` parses
+    /// ([`parse_memory`]) and is at least Docker's 6 MiB. Mount sources are
     /// not looked up (see [`Pod::resolve_mounts`]).
     pub fn problems(&self, pod: &str, config_path: &Path) -> Vec<Error> {
         let mut problems = Vec::new();
@@ -538,16 +540,14 @@ impl PodConfig {
     }
 }
 
-/// What is wrong with a number of seconds, if anything: it must be finite,
-/// not negative, and fit in a [`Duration`] (a larger value would panic
-/// where it is converted).
 /// Docker's smallest `--memory` (6 MiB): below it `docker run` fails.
 const MIN_MEMORY: u64 = 6 << 20;
 
-/// Docker's smallest `--cpus`, and a bound above any engine's CPU count
-/// (a larger value than the engine has still fails when the run starts,
-/// with Docker's own message naming the range).
+/// Docker's smallest `--cpus`.
 const MIN_CPUS: f64 = 0.01;
+/// A bound above any engine's CPU count (a value above the engine's own
+/// count still fails when the run starts, with Docker's message naming
+/// the range).
 const MAX_CPUS: f64 = 4096.0;
 
 /// Why `name` may not be set for a run: a `DOCKER_*` variable steers the
@@ -560,6 +560,9 @@ fn docker_client_variable(name: &str) -> Option<String> {
     })
 }
 
+/// What is wrong with a number of seconds, if anything: it must be finite,
+/// not negative, and fit in a [`Duration`] (a larger value would panic
+/// where it is converted).
 pub(super) fn seconds_problem(secs: f64) -> Option<String> {
     if !secs.is_finite() {
         Some(format!("`{secs}` must be a finite number of seconds"))
