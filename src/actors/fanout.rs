@@ -253,24 +253,14 @@ impl Subscriber {
     /// [`deliver`](Self::deliver) for a batch that ends with the terminal
     /// event, to an actor.
     async fn deliver_final(&self, mut events: Vec<Event>) -> Result<(), ()> {
-        match self {
-            Subscriber::Batches(r) => r.send(EventBatch(events)).await.map_err(|_| ()),
-            Subscriber::WeakBatches(w) => {
-                let r = w.upgrade().ok_or(())?;
-                r.send(EventBatch(events)).await.map_err(|_| ())
-            }
-            _ => {
-                let last = events.pop().expect("ends with the terminal event");
-                if !events.is_empty() {
-                    self.deliver_all(events).await?;
-                }
-                match self {
-                    Subscriber::Actor(r) => r.send(last).await.map_err(|_| ()),
-                    Subscriber::Weak(w) => w.upgrade().ok_or(())?.send(last).await.map_err(|_| ()),
-                    _ => unreachable!("channels and batches are handled above"),
-                }
-            }
+        if self.takes_batches() {
+            return self.send_batch(events).await;
         }
+        let last = events.pop().expect("ends with the terminal event");
+        if !events.is_empty() {
+            self.deliver_all(events).await?;
+        }
+        self.send_event(last).await
     }
 
     /// [`deliver`](Self::deliver) without the care for the terminal event.
@@ -283,31 +273,48 @@ impl Subscriber {
             };
             // Wait for room: a batch subscriber's for the whole rest, an
             // event subscriber's for the first event refused (the others
-            // are offered again without waiting). An actor's `send`
-            // resolves once it has handled the message: its mailbox has
-            // drained to here.
-            let first = match self {
-                Subscriber::Batches(r) => return r.send(EventBatch(rest)).await.map_err(|_| ()),
-                Subscriber::WeakBatches(w) => {
-                    // Strong only while the batch waits for room.
-                    let r = w.upgrade().ok_or(())?;
-                    return r.send(EventBatch(rest)).await.map_err(|_| ());
-                }
-                Subscriber::BatchChannel(tx) => {
-                    return tx.send(EventBatch(rest)).await.map_err(|_| ())
-                }
-                _ => rest.remove(0),
-            };
-            match self {
-                Subscriber::Actor(r) => r.send(first).await.map_err(|_| ())?,
-                Subscriber::Weak(w) => w.upgrade().ok_or(())?.send(first).await.map_err(|_| ())?,
-                Subscriber::Channel(tx) => tx.send(first).await.map_err(|_| ())?,
-                _ => unreachable!("batch subscribers returned above"),
+            // are offered again without waiting).
+            if self.takes_batches() {
+                return self.send_batch(rest).await;
             }
+            self.send_event(rest.remove(0)).await?;
             if rest.is_empty() {
                 return Ok(());
             }
             events = rest;
+        }
+    }
+
+    /// Whether this subscriber takes [`EventBatch`] messages.
+    fn takes_batches(&self) -> bool {
+        matches!(
+            self,
+            Subscriber::Batches(_) | Subscriber::WeakBatches(_) | Subscriber::BatchChannel(_)
+        )
+    }
+
+    /// Send `events` as one batch, waiting for room (and, for an actor,
+    /// until it has handled them: its mailbox has drained to here).
+    async fn send_batch(&self, events: Vec<Event>) -> Result<(), ()> {
+        let batch = EventBatch(events);
+        match self {
+            Subscriber::Batches(r) => r.send(batch).await.map_err(|_| ()),
+            // Strong only while the batch waits.
+            Subscriber::WeakBatches(w) => w.upgrade().ok_or(())?.send(batch).await.map_err(|_| ()),
+            Subscriber::BatchChannel(tx) => tx.send(batch).await.map_err(|_| ()),
+            _ => unreachable!("an event subscriber takes no batches"),
+        }
+    }
+
+    /// Send one event, waiting for room (and, for an actor, until it has
+    /// handled it).
+    async fn send_event(&self, ev: Event) -> Result<(), ()> {
+        match self {
+            Subscriber::Actor(r) => r.send(ev).await.map_err(|_| ()),
+            // Strong only while the event waits.
+            Subscriber::Weak(w) => w.upgrade().ok_or(())?.send(ev).await.map_err(|_| ()),
+            Subscriber::Channel(tx) => tx.send(ev).await.map_err(|_| ()),
+            _ => unreachable!("a batch subscriber takes no single events"),
         }
     }
 }
