@@ -16,7 +16,7 @@ for line in text.splitlines():
     if not line.startswith("run 1:") or cur is None:
         continue
     w, b = cur
-    if w in ("fanout", "single"):
+    if w in ("fanout", "single", "lagging"):
         m = re.search(r"([\d.]+) lines/s, CPU [\d.]+ s \(([\d.]+) µs/line\), lost (-?\d+), terminal events (\d+)/(\d+).*seq errors (\d+), order errors (\d+).*peak RSS ([\d.]+) MiB", line)
         rate, cpu, lost, term, total, seqe, orde, peak = m.groups()
         d = data[w][b]

@@ -695,6 +695,15 @@ pub(crate) fn publish_all(hub: &SharedHub, events: Vec<Event>) {
 }
 
 impl Hub {
+    /// How many events a feeder takes at a time now.
+    fn feed_chunk(&self) -> usize {
+        if self.budget.spent() {
+            FEED_CHUNK_SPENT
+        } else {
+            FEED_CHUNK
+        }
+    }
+
     /// Drop window events no lagging subscriber needs, and events beyond
     /// the limits (those are read back from the log); only events already
     /// on disk leave memory.
@@ -737,6 +746,17 @@ impl Hub {
 /// Most events a feeder takes from the window or the log at a time.
 const FEED_CHUNK: usize = 256;
 
+/// The same while the dispatcher's lag budget is spent: what a feeder
+/// holds while it waits for room is outside the budget, and a thousand
+/// feeders hold a thousand chunks.
+const FEED_CHUNK_SPENT: usize = 16;
+
+/// A feeder's read buffer for the session log: a chunk of 256 output
+/// events is about 38 KB of log, and a thousand lagging subscribers have
+/// a thousand readers open (at 64 KiB each, they held 62 MB at the peak
+/// of a 1000 × 1000 fan-out whose subscribers lagged, heaptrack).
+const FEED_READ_BUFFER: usize = 8 * 1024;
+
 enum Next {
     Deliver(Vec<Event>),
     FromLog,
@@ -766,7 +786,7 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
                 && ((cursor - h.window_base) as usize) < h.window.len()
             {
                 let from = (cursor - h.window_base) as usize;
-                let to = h.window.len().min(from + FEED_CHUNK);
+                let to = h.window.len().min(from + h.feed_chunk());
                 Next::Deliver(h.window.range(from..to).cloned().collect())
             } else {
                 // Behind the window: from the log, once the state thread
@@ -786,9 +806,13 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
                 cursor += n;
             }
             Next::FromLog => {
-                let (shared, store) = {
+                let (shared, store, chunk) = {
                     let h = hub.borrow();
-                    (h.log.shared().clone(), h.log.store().clone())
+                    (
+                        h.log.shared().clone(),
+                        h.log.store().clone(),
+                        h.feed_chunk(),
+                    )
                 };
                 crate::log::settled(&store, &shared, cursor).await;
                 if let Some((from, to)) = shared.gap_at(cursor) {
@@ -796,7 +820,7 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
                 }
                 if reader.as_ref().is_none_or(|(_, next)| *next != cursor) {
                     let (offset, first) = shared.locate(cursor);
-                    match LogReader::open_at(shared.path(), offset) {
+                    match LogReader::open_buffered(shared.path(), offset, FEED_READ_BUFFER) {
                         Ok(r) => reader = Some((r, first)),
                         Err(e) => {
                             tracing::error!(error = %e, "cannot replay the session log");
@@ -806,9 +830,9 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
                 }
                 let (r, next_seq) = reader.as_mut().expect("reader opened");
                 // Read a bounded batch, then re-check the window.
-                let mut batch = Vec::with_capacity(FEED_CHUNK);
+                let mut batch = Vec::with_capacity(chunk);
                 let mut jumped = false;
-                while batch.len() < FEED_CHUNK {
+                while batch.len() < chunk {
                     match r.next_event() {
                         Ok(Some(ev)) => {
                             *next_seq = ev.seq + 1;
