@@ -340,9 +340,7 @@ impl LogReader {
     }
 
     /// [`open_at`](Self::open_at) with a read buffer of `capacity` bytes
-    /// (a feeder's is small: a thousand lagging subscribers have a
-    /// thousand readers open; at 64 KiB each they held 62 MB at the peak
-    /// of a 1000 × 1000 fan-out, heaptrack).
+    /// (feeders use a small one: see `FEED_READ_BUFFER` in the fan-out).
     pub(crate) fn open_buffered(path: &Path, offset: u64, capacity: usize) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::Log {
             path: path.to_path_buf(),
