@@ -176,3 +176,35 @@ async fn an_actor_whose_only_address_is_the_subscription_handles_the_whole_run()
     arbiter.stop();
     d.shutdown(Some(Duration::ZERO)).await.unwrap();
 }
+
+/// A weak subscription whose actor the application keeps alive gets the
+/// whole run, the terminal event last, and does not keep the actor alive
+/// afterwards (the session's hold on it ends with the terminal event).
+#[actix::test]
+async fn a_weak_subscriber_kept_alive_by_the_application_gets_the_end_of_the_run() {
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", RunScript::new().stdout_lines(3).exit(0));
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let (weak, weak_stopped, weak_end) = probe();
+    let req = StartRequest::prompt("web", "go").subscribe(Subscriber::from(weak.downgrade()));
+    let s = d.start(req).await.unwrap();
+    assert!(matches!(within(20, "the run", s.wait()).await, Ok(0)));
+    let end = within(10, "the weak subscriber's last event", weak_end)
+        .await
+        .expect("the weak subscriber got the terminal event");
+    assert!(end.is_terminal());
+    assert!(!weak_stopped.load(Ordering::SeqCst));
+    drop(weak);
+    within(
+        10,
+        "the weak subscriber to stop once the application lets go",
+        async {
+            while !weak_stopped.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        },
+    )
+    .await;
+    d.shutdown(Some(Duration::ZERO)).await.unwrap();
+}
