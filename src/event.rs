@@ -122,18 +122,7 @@ pub enum EventKind {
         reason: String,
     },
     /// The agent started (stream-json `system`/`init`).
-    AgentInit {
-        /// The conversation id (`claude --session-id`/`--resume`).
-        conversation: String,
-        /// The model it talks to.
-        model: String,
-        /// The tools it may use.
-        tools: Vec<String>,
-        /// Claude Code's version.
-        version: String,
-        /// Its permission mode (`bypassPermissions`, `default`, …).
-        permission_mode: String,
-    },
+    AgentInit(Box<AgentInit>),
     /// Text the agent wrote (an assistant `text` block; cut at
     /// [`crate::agent::MAX_TEXT`] bytes).
     AgentText {
@@ -141,14 +130,7 @@ pub enum EventKind {
         text: String,
     },
     /// The agent calls a tool.
-    ToolUse {
-        /// The call's id (matches its `ToolResult`).
-        id: String,
-        /// The tool (`Bash`, `Write`, `Edit`, …).
-        tool: String,
-        /// Its input (long strings cut).
-        input: serde_json::Value,
-    },
+    ToolUse(Box<ToolUse>),
     /// What a tool call returned, summarised (never its whole content).
     ToolResult {
         /// The call's id.
@@ -161,53 +143,14 @@ pub enum EventKind {
         first_line: String,
     },
     /// The agent's final result (stream-json `result`).
-    AgentResult {
-        /// `success`, `error_max_turns`, `error_during_execution`,
-        /// `error_max_budget_usd`, …
-        subtype: String,
-        /// True when the run failed (also possible under `success`).
-        is_error: bool,
-        /// Turns taken.
-        turns: u32,
-        /// What it cost, in US dollars.
-        cost_usd: Usd,
-        /// Wall time the agent reports.
-        duration_ms: u64,
-        /// Token counts.
-        usage: AgentUsage,
-        /// The result text (cut), when there is one.
-        #[serde(default)]
-        result: Option<String>,
-        /// Why it stopped (`completed`, `max_turns`, …), when given.
-        #[serde(default)]
-        terminal_reason: Option<String>,
-        /// HTTP status of the API error that ended it, when one did.
-        #[serde(default)]
-        api_error_status: Option<u16>,
-    },
+    AgentResult(Box<AgentResult>),
     /// The agent hit an API error or a rate limit (stream-json
     /// `system`/`api_retry`, an assistant message with an `error`, a
     /// `rate_limit_event` whose status is `rejected`). Not terminal: Claude
     /// Code retries on its own (`retry_in_ms`), and the run's end is decided
     /// by its `AgentResult`. A batch slows its admissions while these say
     /// `rate_limited` or the API is overloaded (529).
-    AgentApiError {
-        /// `rate_limited` (HTTP 429 or a rejected rate limit) or
-        /// `api_error` (any other status, e.g. 529 overloaded) — the codes
-        /// of [`crate::Error::AgentFailed`].
-        code: String,
-        /// HTTP status, when known.
-        #[serde(default)]
-        status: Option<u16>,
-        /// What the agent said (`rate_limit`, `API Error: …`, …).
-        message: String,
-        /// When the agent retries by itself: in how long.
-        #[serde(default)]
-        retry_in_ms: Option<u64>,
-        /// When the agent retries by itself: which attempt that is.
-        #[serde(default)]
-        attempt: Option<u32>,
-    },
+    AgentApiError(Box<AgentApiError>),
     /// A stream-json message of a type cldpd does not interpret
     /// (`system/compact_boundary`, an allowed `rate_limit_event`, …); its raw line is
     /// the `output` event before it.
@@ -266,6 +209,79 @@ pub enum EventKind {
     },
 }
 
+/// What an [`EventKind::AgentInit`] says: the agent started (stream-json `system`/`init`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInit {
+    /// The conversation id (`claude --session-id`/`--resume`).
+    pub conversation: String,
+    /// The model it talks to.
+    pub model: String,
+    /// The tools it may use.
+    pub tools: Vec<String>,
+    /// Claude Code's version.
+    pub version: String,
+    /// Its permission mode (`bypassPermissions`, `default`, …).
+    pub permission_mode: String,
+}
+
+/// What an [`EventKind::ToolUse`] says: the agent calls a tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolUse {
+    /// The call's id (matches its `ToolResult`).
+    pub id: String,
+    /// The tool (`Bash`, `Write`, `Edit`, …).
+    pub tool: String,
+    /// Its input (long strings cut).
+    pub input: serde_json::Value,
+}
+
+/// What an [`EventKind::AgentResult`] says: the agent's final result (stream-json `result`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentResult {
+    /// `success`, `error_max_turns`, `error_during_execution`,
+    /// `error_max_budget_usd`, …
+    pub subtype: String,
+    /// True when the run failed (also possible under `success`).
+    pub is_error: bool,
+    /// Turns taken.
+    pub turns: u32,
+    /// What it cost, in US dollars.
+    pub cost_usd: Usd,
+    /// Wall time the agent reports.
+    pub duration_ms: u64,
+    /// Token counts.
+    pub usage: AgentUsage,
+    /// The result text (cut), when there is one.
+    #[serde(default)]
+    pub result: Option<String>,
+    /// Why it stopped (`completed`, `max_turns`, …), when given.
+    #[serde(default)]
+    pub terminal_reason: Option<String>,
+    /// HTTP status of the API error that ended it, when one did.
+    #[serde(default)]
+    pub api_error_status: Option<u16>,
+}
+
+/// What an [`EventKind::AgentApiError`] says: an API error or a rate limit the agent hit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentApiError {
+    /// `rate_limited` (HTTP 429 or a rejected rate limit) or
+    /// `api_error` (any other status, e.g. 529 overloaded) — the codes
+    /// of [`crate::Error::AgentFailed`].
+    pub code: String,
+    /// HTTP status, when known.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// What the agent said (`rate_limit`, `API Error: …`, …).
+    pub message: String,
+    /// When the agent retries by itself: in how long.
+    #[serde(default)]
+    pub retry_in_ms: Option<u64>,
+    /// When the agent retries by itself: which attempt that is.
+    #[serde(default)]
+    pub attempt: Option<u32>,
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -315,12 +331,12 @@ impl EventKind {
     pub fn is_agent(&self) -> bool {
         matches!(
             self,
-            EventKind::AgentInit { .. }
+            EventKind::AgentInit(_)
                 | EventKind::AgentText { .. }
-                | EventKind::ToolUse { .. }
+                | EventKind::ToolUse(_)
                 | EventKind::ToolResult { .. }
-                | EventKind::AgentResult { .. }
-                | EventKind::AgentApiError { .. }
+                | EventKind::AgentResult(_)
+                | EventKind::AgentApiError(_)
                 | EventKind::AgentUnknown { .. }
                 | EventKind::AgentPrompt { .. }
                 | EventKind::AgentTurn { .. }
@@ -345,12 +361,12 @@ impl EventKind {
             EventKind::ContainerStarted { .. } => "container_started",
             EventKind::Output { .. } => "output",
             EventKind::Restarting { .. } => "restarting",
-            EventKind::AgentInit { .. } => "agent_init",
+            EventKind::AgentInit(_) => "agent_init",
             EventKind::AgentText { .. } => "agent_text",
-            EventKind::ToolUse { .. } => "tool_use",
+            EventKind::ToolUse(_) => "tool_use",
             EventKind::ToolResult { .. } => "tool_result",
-            EventKind::AgentResult { .. } => "agent_result",
-            EventKind::AgentApiError { .. } => "agent_api_error",
+            EventKind::AgentResult(_) => "agent_result",
+            EventKind::AgentApiError(_) => "agent_api_error",
             EventKind::AgentUnknown { .. } => "agent_unknown",
             EventKind::AgentPrompt { .. } => "agent_prompt",
             EventKind::AgentTurn { .. } => "agent_turn",
@@ -379,6 +395,16 @@ pub struct EventData {
     #[serde(flatten)]
     pub kind: EventKind,
 }
+
+// Every event is one `Arc<EventData>` allocation, allocated on the session's
+// thread and freed on whichever subscriber's thread drops the last clone. The
+// Arc block (two counters + this struct) must stay at or under 120 bytes: a
+// glibc chunk of at most 128 bytes is a fastbin chunk, freed from another
+// thread without taking the allocating arena's lock. At 176 bytes (agent
+// variants inline) that lock was the largest single cost of one busy session
+// (BENCHMARKS.md, "EventKind's agent variants boxed"). Rare, large variants
+// are boxed to keep it so.
+const _: () = assert!(2 * std::mem::size_of::<usize>() + std::mem::size_of::<EventData>() <= 120);
 
 impl Serialize for EventData {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -420,13 +446,14 @@ impl Serialize for EventData {
                 m.serialize_entry("delay_ms", delay_ms)?;
                 m.serialize_entry("reason", reason)?;
             }
-            EventKind::AgentInit {
-                conversation,
-                model,
-                tools,
-                version,
-                permission_mode,
-            } => {
+            EventKind::AgentInit(boxed) => {
+                let crate::event::AgentInit {
+                    conversation,
+                    model,
+                    tools,
+                    version,
+                    permission_mode,
+                } = &**boxed;
                 m.serialize_entry("conversation", conversation)?;
                 m.serialize_entry("model", model)?;
                 m.serialize_entry("tools", tools)?;
@@ -434,7 +461,8 @@ impl Serialize for EventData {
                 m.serialize_entry("permission_mode", permission_mode)?;
             }
             EventKind::AgentText { text } => m.serialize_entry("text", text)?,
-            EventKind::ToolUse { id, tool, input } => {
+            EventKind::ToolUse(boxed) => {
+                let crate::event::ToolUse { id, tool, input } = &**boxed;
                 m.serialize_entry("id", id)?;
                 m.serialize_entry("tool", tool)?;
                 m.serialize_entry("input", input)?;
@@ -450,17 +478,18 @@ impl Serialize for EventData {
                 m.serialize_entry("size", size)?;
                 m.serialize_entry("first_line", first_line)?;
             }
-            EventKind::AgentResult {
-                subtype,
-                is_error,
-                turns,
-                cost_usd,
-                duration_ms,
-                usage,
-                result,
-                terminal_reason,
-                api_error_status,
-            } => {
+            EventKind::AgentResult(boxed) => {
+                let crate::event::AgentResult {
+                    subtype,
+                    is_error,
+                    turns,
+                    cost_usd,
+                    duration_ms,
+                    usage,
+                    result,
+                    terminal_reason,
+                    api_error_status,
+                } = &**boxed;
                 m.serialize_entry("subtype", subtype)?;
                 m.serialize_entry("is_error", is_error)?;
                 m.serialize_entry("turns", turns)?;
@@ -471,13 +500,14 @@ impl Serialize for EventData {
                 m.serialize_entry("terminal_reason", terminal_reason)?;
                 m.serialize_entry("api_error_status", api_error_status)?;
             }
-            EventKind::AgentApiError {
-                code,
-                status,
-                message,
-                retry_in_ms,
-                attempt,
-            } => {
+            EventKind::AgentApiError(boxed) => {
+                let crate::event::AgentApiError {
+                    code,
+                    status,
+                    message,
+                    retry_in_ms,
+                    attempt,
+                } = &**boxed;
                 m.serialize_entry("code", code)?;
                 m.serialize_entry("status", status)?;
                 m.serialize_entry("message", message)?;
@@ -1195,28 +1225,28 @@ mod tests {
     /// One event of each agent kind.
     fn agent_kinds() -> Vec<EventKind> {
         vec![
-            EventKind::AgentInit {
+            EventKind::AgentInit(Box::new(AgentInit {
                 conversation: "f6a692dc-741b-4ecf-a64c-843b2be980c7".into(),
                 model: "claude-opus-5-5".into(),
                 tools: vec!["Bash".into(), "Write".into()],
                 version: "2.1.332".into(),
                 permission_mode: "bypassPermissions".into(),
-            },
+            })),
             EventKind::AgentText {
                 text: "Done \"quoted\"\nnext".into(),
             },
-            EventKind::ToolUse {
+            EventKind::ToolUse(Box::new(ToolUse {
                 id: "toolu_1".into(),
                 tool: "Bash".into(),
                 input: serde_json::json!({"command": "echo hi > out.txt", "n": [1, 2.5, null]}),
-            },
+            })),
             EventKind::ToolResult {
                 id: "toolu_1".into(),
                 is_error: true,
                 size: 5 * 1024 * 1024,
                 first_line: "first".into(),
             },
-            EventKind::AgentResult {
+            EventKind::AgentResult(Box::new(AgentResult {
                 subtype: "success".into(),
                 is_error: false,
                 turns: 4,
@@ -1231,8 +1261,8 @@ mod tests {
                 result: Some("All done.".into()),
                 terminal_reason: Some("completed".into()),
                 api_error_status: Some(529),
-            },
-            EventKind::AgentResult {
+            })),
+            EventKind::AgentResult(Box::new(AgentResult {
                 subtype: "error_max_turns".into(),
                 is_error: true,
                 turns: 2,
@@ -1242,21 +1272,21 @@ mod tests {
                 result: None,
                 terminal_reason: None,
                 api_error_status: None,
-            },
-            EventKind::AgentApiError {
+            })),
+            EventKind::AgentApiError(Box::new(AgentApiError {
                 code: "rate_limited".into(),
                 status: Some(429),
                 message: "rate_limit".into(),
                 retry_in_ms: Some(1025),
                 attempt: Some(1),
-            },
-            EventKind::AgentApiError {
+            })),
+            EventKind::AgentApiError(Box::new(AgentApiError {
                 code: "api_error".into(),
                 status: None,
                 message: "API Error: \"x\"".into(),
                 retry_in_ms: None,
                 attempt: None,
-            },
+            })),
             EventKind::AgentUnknown {
                 message_type: "rate_limit_event".into(),
             },

@@ -21,7 +21,10 @@ pub use actors::fanout::{FanoutLimits, FanoutStats, Subscriber, SubscriptionId};
 pub use actors::supervisor::Policy;
 pub use actors::{DispatcherActor, RunnerActor, SessionActor};
 pub use error::{Error, RepoProblem, Result, TimeoutKind};
-pub use event::{Event, EventBatch, EventData, EventKind, OutputStream};
+pub use event::{
+    AgentApiError, AgentInit, AgentResult, Event, EventBatch, EventData, EventKind, OutputStream,
+    ToolUse,
+};
 pub use facade::{Dispatcher, EventStream, Session, EVENT_STREAM_CAPACITY};
 /// `next()` and the other combinators of [`Session::events`] and
 /// [`batch::Batch::events`], so that a caller needs no `futures-util` of

@@ -51,7 +51,7 @@ fn agent_result(events: &[Event]) -> &EventKind {
     events
         .iter()
         .map(|e| &e.kind)
-        .find(|k| matches!(k, EventKind::AgentResult { .. }))
+        .find(|k| matches!(k, EventKind::AgentResult(_)))
         .unwrap_or_else(|| panic!("no agent_result in {events:#?}"))
 }
 
@@ -61,12 +61,9 @@ fn api_errors(events: &[Event]) -> Vec<(String, Option<u16>, bool)> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::AgentApiError {
-                code,
-                status,
-                retry_in_ms,
-                ..
-            } => Some((code.clone(), *status, retry_in_ms.is_some())),
+            EventKind::AgentApiError(e) => {
+                Some((e.code.clone(), e.status, e.retry_in_ms.is_some()))
+            }
             _ => None,
         })
         .collect()
@@ -123,25 +120,25 @@ async fn bash_writes_a_file_in_the_workspace_and_the_events_say_so_in_order() {
     let kinds: Vec<&EventKind> = events.iter().map(|e| &e.kind).collect();
     let init = kinds
         .iter()
-        .find(|k| matches!(k, EventKind::AgentInit { .. }))
+        .find(|k| matches!(k, EventKind::AgentInit(_)))
         .unwrap();
-    let EventKind::AgentInit {
+    let EventKind::AgentInit(boxed) = init else {
+        unreachable!()
+    };
+    let cldpd::AgentInit {
         conversation,
         tools,
         version,
         permission_mode,
         ..
-    } = init
-    else {
-        unreachable!()
-    };
+    } = &**boxed;
     assert!(tools.iter().any(|t| t == "Bash"), "{tools:?}");
     assert_eq!(version, "2.1.332");
     assert_eq!(permission_mode, "bypassPermissions");
     let (tool_id, input) = kinds
         .iter()
         .find_map(|k| match k {
-            EventKind::ToolUse { id, tool, input } if tool == "Bash" => Some((id, input)),
+            EventKind::ToolUse(t) if t.tool == "Bash" => Some((&t.id, &t.input)),
             _ => None,
         })
         .unwrap();
@@ -153,15 +150,16 @@ async fn bash_writes_a_file_in_the_workspace_and_the_events_say_so_in_order() {
         .iter()
         .any(|k| matches!(k, EventKind::ToolResult { id, is_error: false, .. } if id == tool_id)));
     match agent_result(&events) {
-        EventKind::AgentResult {
-            subtype,
-            is_error,
-            turns,
-            cost_usd,
-            usage,
-            result,
-            ..
-        } => {
+        EventKind::AgentResult(boxed) => {
+            let cldpd::AgentResult {
+                subtype,
+                is_error,
+                turns,
+                cost_usd,
+                usage,
+                result,
+                ..
+            } = &**boxed;
             assert_eq!(subtype, "success");
             assert!(!is_error);
             assert_eq!(*turns, 2);
@@ -326,11 +324,7 @@ async fn an_overloaded_api_is_a_typed_error_and_a_retry_policy_recovers() {
     let first_result = events
         .iter()
         .find_map(|e| match &e.kind {
-            EventKind::AgentResult {
-                is_error,
-                api_error_status,
-                ..
-            } => Some((*is_error, *api_error_status)),
+            EventKind::AgentResult(r) => Some((r.is_error, r.api_error_status)),
             _ => None,
         })
         .unwrap();
@@ -369,9 +363,10 @@ async fn exceeding_max_turns_ends_as_a_failure() {
         .unwrap();
     let events: Vec<Event> = within(180, "the agent run", s.events().collect()).await;
     match agent_result(&events) {
-        EventKind::AgentResult {
-            subtype, is_error, ..
-        } => {
+        EventKind::AgentResult(boxed) => {
+            let cldpd::AgentResult {
+                subtype, is_error, ..
+            } = &**boxed;
             assert_eq!(subtype, "error_max_turns");
             assert!(is_error);
         }
@@ -414,7 +409,7 @@ async fn resume_of_a_running_session_reaches_the_same_conversation() {
         let ev = within(120, "the tool call", events.next())
             .await
             .expect("the run ended before its tool call");
-        if matches!(ev.kind, EventKind::ToolUse { .. }) {
+        if matches!(ev.kind, EventKind::ToolUse(_)) {
             break;
         }
         assert!(Instant::now() < deadline);
@@ -500,11 +495,7 @@ async fn ten_concurrent_real_agents_complete() {
         assert_eq!(s.wait().await.unwrap(), 0, "{}", output_lines(&events));
         assert!(matches!(
             agent_result(&events),
-            EventKind::AgentResult {
-                is_error: false,
-                turns: 2,
-                ..
-            }
+            EventKind::AgentResult(r) if !r.is_error && r.turns == 2
         ));
     }
     eprintln!(
@@ -631,7 +622,7 @@ fn results_in(events: &[Event]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::AgentResult { result, .. } => Some(result.clone().unwrap_or_default()),
+            EventKind::AgentResult(r) => Some(r.result.clone().unwrap_or_default()),
             _ => None,
         })
         .collect()
@@ -797,7 +788,7 @@ fn conversation_of(events: &[Event]) -> String {
     events
         .iter()
         .find_map(|e| match &e.kind {
-            EventKind::AgentInit { conversation, .. } => Some(conversation.clone()),
+            EventKind::AgentInit(i) => Some(i.conversation.clone()),
             _ => None,
         })
         .unwrap_or_else(|| panic!("no agent_init in {events:#?}"))

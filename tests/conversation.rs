@@ -25,7 +25,7 @@ fn results(seen: &Seen) -> Vec<String> {
     seen.all
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::AgentResult { result, .. } => result.clone(),
+            EventKind::AgentResult(r) => r.result.clone(),
             _ => None,
         })
         .collect()

@@ -23,7 +23,7 @@
 
 use serde_json::Value;
 
-use crate::event::{AgentUsage, EventKind, Usd};
+use crate::event::{AgentApiError, AgentInit, AgentResult, AgentUsage, EventKind, ToolUse, Usd};
 
 /// The text blocks of a content array, joined.
 fn blocks_text(content: &Value) -> String {
@@ -126,7 +126,7 @@ impl StreamJsonParser {
             return Vec::new();
         };
         match kind {
-            "system" if v["subtype"] == "init" => vec![EventKind::AgentInit {
+            "system" if v["subtype"] == "init" => vec![EventKind::AgentInit(Box::new(AgentInit {
                 conversation: str_of(&v["session_id"]),
                 model: str_of(&v["model"]),
                 tools: v["tools"]
@@ -139,7 +139,7 @@ impl StreamJsonParser {
                     .unwrap_or_default(),
                 version: str_of(&v["claude_code_version"]),
                 permission_mode: str_of(&v["permissionMode"]),
-            }],
+            }))],
             "assistant" => {
                 let mut out = Vec::new();
                 for block in blocks(&v) {
@@ -147,11 +147,11 @@ impl StreamJsonParser {
                         Some("text") => out.push(EventKind::AgentText {
                             text: cut(block["text"].as_str().unwrap_or_default()),
                         }),
-                        Some("tool_use") => out.push(EventKind::ToolUse {
+                        Some("tool_use") => out.push(EventKind::ToolUse(Box::new(ToolUse {
                             id: str_of(&block["id"]),
                             tool: str_of(&block["name"]),
                             input: shorten(&block["input"]),
-                        }),
+                        }))),
                         _ => {}
                     }
                 }
@@ -165,7 +165,7 @@ impl StreamJsonParser {
                         .find_map(|b| b["text"].as_str())
                         .unwrap_or_default();
                     let status = status_in(text);
-                    out.push(EventKind::AgentApiError {
+                    out.push(EventKind::AgentApiError(Box::new(AgentApiError {
                         code: api_error_code(Some(&error), status).into(),
                         status,
                         message: cut_to(
@@ -174,7 +174,7 @@ impl StreamJsonParser {
                         ),
                         retry_in_ms: None,
                         attempt: None,
-                    });
+                    })));
                 }
                 out
             }
@@ -183,13 +183,13 @@ impl StreamJsonParser {
                     .as_u64()
                     .and_then(|s| u16::try_from(s).ok());
                 let error = v["error"].as_str();
-                vec![EventKind::AgentApiError {
+                vec![EventKind::AgentApiError(Box::new(AgentApiError {
                     code: api_error_code(error, status).into(),
                     status,
                     message: cut_to(error.unwrap_or("API error"), MAX_FIRST_LINE),
                     retry_in_ms: v["retry_delay_ms"].as_u64(),
                     attempt: v["attempt"].as_u64().map(|n| n as u32),
-                }]
+                }))]
             }
             "rate_limit_event" if v["rate_limit_info"]["status"] == "rejected" => {
                 let info = &v["rate_limit_info"];
@@ -198,7 +198,7 @@ impl StreamJsonParser {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                vec![EventKind::AgentApiError {
+                vec![EventKind::AgentApiError(Box::new(AgentApiError {
                     code: "rate_limited".into(),
                     status: None,
                     message: match resets_at {
@@ -210,7 +210,7 @@ impl StreamJsonParser {
                     },
                     retry_in_ms: resets_at.map(|at| at.saturating_sub(now) * 1000),
                     attempt: None,
-                }]
+                }))]
             }
             "command_lifecycle" => vec![EventKind::AgentTurn {
                 command: str_of(&v["command_uuid"]),
@@ -249,7 +249,7 @@ impl StreamJsonParser {
                         .and_then(|s| u16::try_from(s).ok()),
                     result: v["result"].as_str().map(cut),
                 };
-                let ev = EventKind::AgentResult {
+                let ev = EventKind::AgentResult(Box::new(AgentResult {
                     subtype: outcome.subtype.clone(),
                     is_error: outcome.is_error,
                     turns: outcome.turns,
@@ -268,7 +268,7 @@ impl StreamJsonParser {
                     result: outcome.result.clone(),
                     terminal_reason: v["terminal_reason"].as_str().map(String::from),
                     api_error_status: outcome.api_error_status,
-                };
+                }));
                 self.outcome = Some(outcome);
                 vec![ev]
             }
@@ -395,13 +395,14 @@ mod tests {
             ]
         );
         match &events[0] {
-            EventKind::AgentInit {
-                conversation,
-                model,
-                tools,
-                version,
-                permission_mode,
-            } => {
+            EventKind::AgentInit(boxed) => {
+                let crate::event::AgentInit {
+                    conversation,
+                    model,
+                    tools,
+                    version,
+                    permission_mode,
+                } = &**boxed;
                 assert_eq!(conversation, "f6a692dc-741b-4ecf-a64c-843b2be980c7");
                 assert_eq!(model, "claude-opus-5-5");
                 assert_eq!(tools, &["Task", "Bash", "Edit", "Write"]);
@@ -412,11 +413,11 @@ mod tests {
         }
         assert_eq!(
             events[1],
-            EventKind::ToolUse {
+            EventKind::ToolUse(Box::new(ToolUse {
                 id: "toolu_1".into(),
                 tool: "Bash".into(),
                 input: serde_json::json!({"command": "echo hi > /tmp/x && cat /tmp/x", "description": "write"}),
-            }
+            }))
         );
         assert_eq!(
             events[2],
@@ -434,17 +435,18 @@ mod tests {
             }
         );
         match &events[4] {
-            EventKind::AgentResult {
-                subtype,
-                is_error,
-                turns,
-                cost_usd,
-                duration_ms,
-                usage,
-                result,
-                terminal_reason,
-                api_error_status,
-            } => {
+            EventKind::AgentResult(boxed) => {
+                let crate::event::AgentResult {
+                    subtype,
+                    is_error,
+                    turns,
+                    cost_usd,
+                    duration_ms,
+                    usage,
+                    result,
+                    terminal_reason,
+                    api_error_status,
+                } = &**boxed;
                 assert_eq!(subtype, "success");
                 assert!(!is_error);
                 assert_eq!(*turns, 2);
@@ -562,9 +564,10 @@ mod tests {
             panic!()
         };
         assert!(text.len() <= MAX_TEXT + 3 && text.ends_with('…'));
-        let EventKind::ToolUse { input, .. } = &events[1] else {
+        let EventKind::ToolUse(tool) = &events[1] else {
             panic!()
         };
+        let input = &tool.input;
         assert_eq!(input["file_path"], "a");
         assert!(input["content"].as_str().unwrap().len() <= MAX_TEXT + 3);
     }
@@ -579,27 +582,27 @@ mod tests {
         let mut p = StreamJsonParser::new();
         assert_eq!(
             p.feed(API_RETRY, false),
-            [EventKind::AgentApiError {
+            [EventKind::AgentApiError(Box::new(AgentApiError {
                 code: "rate_limited".into(),
                 status: Some(429),
                 message: "rate_limit".into(),
                 retry_in_ms: Some(1025),
                 attempt: Some(1),
-            }]
+            }))]
         );
         let evs = p.feed(ASSISTANT_ERROR, false);
         assert_eq!(evs.len(), 2, "{evs:?}");
         assert!(matches!(&evs[0], EventKind::AgentText { text } if text.contains("(429)")));
         assert_eq!(
             evs[1],
-            EventKind::AgentApiError {
+            EventKind::AgentApiError(Box::new(AgentApiError {
                 code: "rate_limited".into(),
                 status: Some(429),
                 message: "API Error: Request rejected (429) · scripted 429 (rate_limit_error)"
                     .into(),
                 retry_in_ms: None,
                 attempt: None,
-            }
+            }))
         );
         // 529 overloaded, retried by the agent: an api_error.
         let overloaded = API_RETRY
@@ -607,14 +610,14 @@ mod tests {
             .replace("\"rate_limit\"", "\"overloaded\"");
         assert!(matches!(
             &p.feed(&overloaded, false)[..],
-            [EventKind::AgentApiError { code, status: Some(529), .. }] if code == "api_error"
+            [EventKind::AgentApiError(e)] if e.code == "api_error" && e.status == Some(529)
         ));
         // A subscription's rate limit: rejected is an error, allowed is not.
         let rejected = r#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1,"rateLimitType":"five_hour"},"session_id":"s"}"#;
         assert!(matches!(
             &p.feed(rejected, false)[..],
-            [EventKind::AgentApiError { code, message, retry_in_ms: Some(0), .. }]
-                if code == "rate_limited" && message.starts_with("five_hour limit reached")
+            [EventKind::AgentApiError(e)]
+                if e.code == "rate_limited" && e.retry_in_ms == Some(0) && e.message.starts_with("five_hour limit reached")
         ));
         let allowed = rejected.replace("rejected", "allowed");
         assert_eq!(

@@ -74,13 +74,14 @@ impl AgentTally {
                     self.current.insert(id);
                 }
             }
-            EventKind::AgentResult {
-                subtype,
-                is_error,
-                turns,
-                cost_usd,
-                ..
-            } => {
+            EventKind::AgentResult(boxed) => {
+                let crate::event::AgentResult {
+                    subtype,
+                    is_error,
+                    turns,
+                    cost_usd,
+                    ..
+                } = &**boxed;
                 self.done_turns += turns;
                 self.attempt_cost = cost_usd.0;
                 self.results += 1;
@@ -141,7 +142,7 @@ fn assistant_message_id(line: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{AgentUsage, Usd};
+    use crate::event::{AgentResult, AgentUsage, Usd};
 
     fn out(line: &str) -> EventKind {
         EventKind::Output {
@@ -152,7 +153,7 @@ mod tests {
     }
 
     fn result(turns: u32, cost: f64, subtype: &str, is_error: bool) -> EventKind {
-        EventKind::AgentResult {
+        EventKind::AgentResult(Box::new(AgentResult {
             subtype: subtype.into(),
             is_error,
             turns,
@@ -162,7 +163,7 @@ mod tests {
             result: None,
             terminal_reason: None,
             api_error_status: None,
-        }
+        }))
     }
 
     #[test]

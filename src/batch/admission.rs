@@ -126,9 +126,10 @@ impl Governor {
         let mut held = false;
         while let Some(ev) = events.next().await {
             match &ev.kind {
-                EventKind::AgentResult {
-                    cost_usd, is_error, ..
-                } => {
+                EventKind::AgentResult(boxed) => {
+                    let crate::event::AgentResult {
+                        cost_usd, is_error, ..
+                    } = &**boxed;
                     if !is_error {
                         current = Duration::ZERO;
                     }
@@ -160,9 +161,10 @@ impl Governor {
                 EventKind::Queued { .. } if self.state.borrow().budget_reached => {
                     self.close(&dispatcher, &sessions).await;
                 }
-                EventKind::AgentApiError { code, status, .. }
-                    if code == "rate_limited" || *status == Some(529) =>
+                EventKind::AgentApiError(e)
+                    if e.code == "rate_limited" || e.status == Some(529) =>
                 {
+                    let (code, status) = (&e.code, e.status);
                     if self.state.borrow().budget_reached {
                         continue;
                     }

@@ -125,7 +125,8 @@ impl Renderer {
                 line,
                 partial,
             } => ui.stderr_line(line, !partial),
-            EventKind::AgentInit { model, version, .. } => {
+            EventKind::AgentInit(boxed) => {
+                let cldpd::AgentInit { model, version, .. } = &**boxed;
                 self.agent = true;
                 ui.status(format_args!("agent: Claude Code {version}, model {model}"));
             }
@@ -134,7 +135,8 @@ impl Renderer {
                     ui.stdout_line(line, true);
                 }
             }
-            EventKind::ToolUse { tool, input, .. } => {
+            EventKind::ToolUse(boxed) => {
+                let cldpd::ToolUse { tool, input, .. } = &**boxed;
                 ui.status(format_args!("▸ {tool}: {}", short_input(input)))
             }
             EventKind::ToolResult {
@@ -154,8 +156,8 @@ impl Renderer {
                     ui.status(format_args!("  ↳ {first_line}{more}"));
                 }
             }
-            EventKind::AgentResult { .. } => ui.status(result_line(&ev.kind)),
-            EventKind::AgentApiError { .. } => ui.status(api_error_line(&ev.kind)),
+            EventKind::AgentResult(_) => ui.status(result_line(&ev.kind)),
+            EventKind::AgentApiError(_) => ui.status(api_error_line(&ev.kind)),
             EventKind::AgentUnknown { .. } | EventKind::AgentTurn { .. } => {}
             EventKind::AgentPrompt { text, .. } => {
                 ui.status(format_args!("prompt: {}", prompt_line(text)))
@@ -312,16 +314,16 @@ pub fn branch_line(name: &str, commits: usize) -> String {
 /// `rate limited (HTTP 429): the agent retries in 1.0 s (attempt 1)` for
 /// an `agent_api_error`.
 pub fn api_error_line(kind: &EventKind) -> String {
-    let EventKind::AgentApiError {
+    let EventKind::AgentApiError(boxed) = kind else {
+        return String::new();
+    };
+    let cldpd::AgentApiError {
         code,
         status,
         message,
         retry_in_ms,
         attempt,
-    } = kind
-    else {
-        return String::new();
-    };
+    } = &**boxed;
     let what = match code.as_str() {
         "rate_limited" => "rate limited",
         _ => "API error",
@@ -366,7 +368,10 @@ pub fn short_input(input: &serde_json::Value) -> String {
 
 /// `success in 4 turns, $0.0123, 45 s` for an `agent_result`.
 pub fn result_line(kind: &EventKind) -> String {
-    let EventKind::AgentResult {
+    let EventKind::AgentResult(boxed) = kind else {
+        return String::new();
+    };
+    let cldpd::AgentResult {
         subtype,
         is_error,
         turns,
@@ -374,10 +379,7 @@ pub fn result_line(kind: &EventKind) -> String {
         duration_ms,
         api_error_status,
         ..
-    } = kind
-    else {
-        return String::new();
-    };
+    } = &**boxed;
     let what = match (is_error, subtype.as_str(), api_error_status) {
         (false, s, _) => s.to_string(),
         (true, "success", Some(status)) => format!("API error {status}"),
@@ -408,10 +410,11 @@ fn is_build_step(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cldpd::AgentResult;
 
     #[test]
     fn agent_results_and_inputs_read_in_one_line() {
-        let ok = EventKind::AgentResult {
+        let ok = EventKind::AgentResult(Box::new(AgentResult {
             subtype: "success".into(),
             is_error: false,
             turns: 4,
@@ -421,9 +424,9 @@ mod tests {
             result: None,
             terminal_reason: None,
             api_error_status: None,
-        };
+        }));
         assert_eq!(result_line(&ok), "success in 4 turns, $0.0123, 45.0s");
-        let failed = EventKind::AgentResult {
+        let failed = EventKind::AgentResult(Box::new(AgentResult {
             subtype: "success".into(),
             is_error: true,
             turns: 1,
@@ -433,7 +436,7 @@ mod tests {
             result: None,
             terminal_reason: None,
             api_error_status: Some(529),
-        };
+        }));
         assert!(result_line(&failed).starts_with("API error 529 in 1 turn, "));
         assert_eq!(
             short_input(&serde_json::json!({"command": "ls -la\nrm x", "description": "d"})),
