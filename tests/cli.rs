@@ -237,6 +237,69 @@ fn every_bad_start_input_exits_1_naming_the_problem_and_creates_nothing() {
     }
 }
 
+/// A pod whose Dockerfile cannot be looked at is not "no Dockerfile" (issue
+/// 9, item 17): a symlink loop, and a pod directory this user may not
+/// search (as root, the run drops to `nobody` with `setpriv`, or root would
+/// read it anyway) name the Dockerfile and the cause.
+#[test]
+fn a_pod_that_cannot_be_read_is_not_reported_as_having_no_dockerfile() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let (pods, state) = (root.path().join("pods"), root.path().join("state"));
+    for dir in [root.path(), pods.as_path(), state.as_path()] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let looped = pods.join("looped");
+    std::fs::create_dir_all(&looped).unwrap();
+    std::os::unix::fs::symlink("Dockerfile", looped.join("Dockerfile")).unwrap();
+    let out = run(
+        with_args(cldpd(&pods, &state), &["start", "looped", "--issue", ISSUE]),
+        LIMIT,
+    );
+    refused(
+        &out,
+        &["looped", "Dockerfile", "symbolic links", "readable"],
+    );
+    assert!(!out.stderr.contains("no Dockerfile"), "{}", out.stderr);
+
+    pod(&pods, "locked", None);
+    let locked = pods.join("locked");
+    let as_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let cmd = if as_root {
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_cldpd"))
+            .arg("--pods-dir")
+            .arg(&pods)
+            .env("CLDPD_STATE_DIR", &state)
+            .env("HOME", root.path())
+            .env_remove("CLDPD_PODS_DIR")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null());
+        cmd
+    } else {
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        cldpd(&pods, &state)
+    };
+    let out = run(
+        with_args(cmd, &["start", "locked", "--issue", ISSUE]),
+        LIMIT,
+    );
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    refused(
+        &out,
+        &["locked", "Dockerfile", "Permission denied", "readable"],
+    );
+    assert!(!out.stderr.contains("no Dockerfile"), "{}", out.stderr);
+}
+
+fn with_args(mut cmd: Command, args: &[&str]) -> Command {
+    cmd.args(args);
+    cmd
+}
+
 /// Run in a child test process with Docker unreachable: a real-Docker test
 /// skipped there says so in the harness's output (a passing test's
 /// `eprintln!` is swallowed).

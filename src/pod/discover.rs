@@ -75,11 +75,24 @@ impl Pod {
             });
         }
         let dockerfile = dir.join(DOCKERFILE);
-        if !dockerfile.is_file() {
-            return Err(Error::InvalidPod {
-                name: name.to_string(),
-                dir,
-            });
+        // Only a Dockerfile that is not there (or is not a file) is "no
+        // Dockerfile": one that cannot be looked at (a directory this user
+        // may not search, a symlink loop) says why, not "add a Dockerfile".
+        match fs::metadata(&dockerfile) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Err(Error::InvalidPod { name: name.to_string(), dir }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::InvalidPod { name: name.to_string(), dir })
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!(
+                        "reading pod {name}'s Dockerfile {} (make the pod directory and its files readable by this user)",
+                        dockerfile.display()
+                    ),
+                    e,
+                ))
+            }
         }
         let config_path = dir.join(POD_CONFIG_FILE);
         let config = if present(&config_path)? {
