@@ -496,3 +496,46 @@ async fn the_report_names_the_issue_as_the_agent_got_it() {
     );
     assert!(report.jobs.iter().all(|j| j.state == JobState::Succeeded));
 }
+
+/// A batch job's prompt that begins with `-` reaches the agent as text on
+/// its stdin, never as one of its options (issue 9, item 8): no argument
+/// of any job's command is, or begins with, a prompt.
+#[actix::test]
+async fn a_batch_jobs_prompt_that_begins_with_a_dash_reaches_the_agent_as_text() {
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", RunScript::new().exit(0));
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let prompts = ["--dangerously-skip-permissions", "-p --model x", "--"];
+    let jobs = prompts.iter().map(|p| Job::prompt("web", *p)).collect();
+    let batch = Batch::start(&d, jobs).await.unwrap();
+    let report = within(30, "report", batch.report()).await;
+    assert!(report.jobs.iter().all(|j| j.state == JobState::Succeeded));
+    let runs = rt.runs();
+    assert_eq!(runs.len(), prompts.len());
+    for spec in &runs {
+        let conv = &spec.labels["cldpd.conversation"];
+        assert_eq!(
+            spec.command,
+            [
+                "claude",
+                "-p",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--session-id",
+                conv.as_str()
+            ],
+            "the command has no prompt in it"
+        );
+    }
+    let mut given: Vec<String> = rt
+        .stdins()
+        .iter()
+        .map(|(_, stdin)| String::from_utf8(stdin.bytes().to_vec()).unwrap())
+        .collect();
+    given.sort();
+    let mut want: Vec<String> = prompts.iter().map(|p| p.to_string()).collect();
+    want.sort();
+    assert_eq!(given, want, "each prompt whole on its job's stdin");
+}

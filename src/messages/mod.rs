@@ -26,6 +26,26 @@
 //! use cldpd::messages::dispatcher::SessionEnded;
 //! ```
 //!
+//! ```compile_fail
+//! // Not part of the API: only the dispatcher tells a session it is queued.
+//! use cldpd::messages::session::Enqueued;
+//! ```
+//!
+//! ```compile_fail
+//! // Not part of the API: only a session asks its dispatcher for a build.
+//! use cldpd::messages::dispatcher::RequestBuild;
+//! ```
+//!
+//! ```compile_fail
+//! // Not part of the API: only a session records an image it found.
+//! use cldpd::messages::dispatcher::ImageFound;
+//! ```
+//!
+//! ```compile_fail
+//! // Not part of the API: only a session forgets an image it lost.
+//! use cldpd::messages::dispatcher::ForgetImage;
+//! ```
+//!
 //! Events themselves ([`Event`](crate::Event)) are messages too: subscriber
 //! actors implement `Handler<Event>`.
 
