@@ -539,3 +539,43 @@ async fn a_batch_jobs_prompt_that_begins_with_a_dash_reaches_the_agent_as_text()
     want.sort();
     assert_eq!(given, want, "each prompt whole on its job's stdin");
 }
+
+/// A `DOCKER_*` name in a job's or a run's overrides is refused before
+/// anything starts, naming it and never echoing its value (issue 9, item
+/// 13): a job cannot send its `docker run`, with the keys it inherits, to
+/// another daemon.
+#[actix::test]
+async fn a_docker_variable_in_a_jobs_or_a_runs_overrides_is_refused_before_anything_starts() {
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", RunScript::new().exit(0));
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+    let evil = || PodConfig {
+        env: [("DOCKER_HOST".to_string(), "tcp://evil:2375".to_string())].into(),
+        ..PodConfig::default()
+    };
+    let named_not_echoed = |e: &Error| {
+        let text = format!("{e} {}", e.hint().unwrap_or_default());
+        assert!(text.contains("DOCKER_HOST"), "{text}");
+        assert!(!text.contains("evil"), "never echo a value: {text}");
+    };
+    let jobs = vec![
+        Job::prompt("web", "a"),
+        Job::prompt("web", "b").overrides(evil()),
+    ];
+    match Batch::start(&d, jobs).await {
+        Err(Error::BatchJob {
+            index: 1, source, ..
+        }) => named_not_echoed(&source),
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("the batch started"),
+    }
+    let mut request = cldpd::StartRequest::prompt("web", "c");
+    request.overrides = evil();
+    match d.start(request).await {
+        Err(e) => named_not_echoed(&e),
+        Ok(_) => panic!("the run started"),
+    }
+    assert!(rt.runs().is_empty());
+    assert!(d.sessions().await.unwrap().is_empty());
+}

@@ -265,8 +265,7 @@ fn a_pod_that_cannot_be_read_is_not_reported_as_having_no_dockerfile() {
 
     pod(&pods, "locked", None);
     let locked = pods.join("locked");
-    let as_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-    let cmd = if as_root {
+    let cmd = if support::tmpfs::is_root() {
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
         let mut cmd = Command::new("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -1139,6 +1138,56 @@ fn doctor_checks_that_the_state_directory_is_writable() {
             "FAIL  state directory {} is not writable",
             blocked.display()
         )),
+        "{}",
+        out.stdout
+    );
+}
+
+/// A state directory with less than 64 MiB free is a warning, not a
+/// failure (issue 9, item 7): on a 1 MiB tmpfs, as root.
+#[test]
+fn doctor_warns_when_the_state_directory_is_short_of_space() {
+    if !support::tmpfs::is_root() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI runs as root: this test needs to mount a tmpfs"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let pods = tempfile::tempdir().unwrap();
+    let disk = support::tmpfs::Tmpfs::mount("1m");
+    let state = disk.path().join("state");
+    let mut doctor = cldpd(pods.path(), &state);
+    doctor
+        .env("CLDPD_DOCKER", "/nonexistent/docker")
+        .arg("doctor");
+    let out = run(doctor, LIMIT);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("state directory"))
+        .unwrap_or_else(|| panic!("no state directory line:\n{}", out.stdout));
+    assert!(
+        line.starts_with(&format!(
+            "warn  state directory {} is writable but has only ",
+            state.display()
+        )) && line.ends_with("KiB free: session logs may be incomplete"),
+        "{line}"
+    );
+    let kib: u64 = line
+        .split("only ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kib <= 1024, "{kib} KiB free on a 1 MiB disk");
+    assert!(
+        out.stdout
+            .contains("make it writable and free some space there"),
         "{}",
         out.stdout
     );

@@ -13,6 +13,7 @@ use cldpd::runtime::{BuildScript, FaultRuntime, RunScript};
 use cldpd::{Dispatcher, EventKind, StartRequest};
 use futures_util::StreamExt;
 use support::fault::*;
+use support::tmpfs::{is_root, Tmpfs};
 
 fn set_age(path: &Path, age: Duration) {
     std::fs::OpenOptions::new()
@@ -131,50 +132,6 @@ async fn dispatchers_sharing_a_state_directory_build_a_changed_pod_once() {
     }
     assert_eq!(rt.build_count("cldpd-web"), 1, "one docker build for all");
     assert_eq!(built, 1, "exactly one run reports the real build");
-}
-
-/// Is this process root (it may mount a tmpfs)?
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-/// A small tmpfs, unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount -t tmpfs failed");
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
 }
 
 /// Issue 9, item 7: on a 64 KiB tmpfs a 20,000-line run was stopped when

@@ -7,6 +7,7 @@ pub mod docker;
 pub mod engine;
 pub mod fault;
 pub mod git;
+pub mod tmpfs;
 
 /// What a test does when something it needs is missing here: under
 /// `CI=true` it fails (panics with `CI=true and <missing>`); otherwise it
