@@ -296,6 +296,68 @@ fn stop_orphans_reaps_the_runs_of_a_killed_cldpd_and_never_those_of_live_ones() 
     assert!(pod.containers().is_empty());
 }
 
+/// Issue 9, item 4, through the binary: the run of a cldpd killed with
+/// SIGKILL is adopted by the next batch on its state directory, which says
+/// so when it starts, counts it against --concurrency (the one job waits
+/// queued behind it), stops it on Ctrl-C with its own jobs, and lists it
+/// in the report.
+#[test]
+fn a_batch_names_the_run_it_adopted_holds_a_slot_for_it_and_stops_it_on_ctrl_c() {
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(FOREVER);
+    let state = state();
+    let mut start = cldpd(pod.pods_dir(), state.path());
+    start.args(["start", pod.name(), "--prompt", "orphan"]);
+    let dead = Live::spawn(start);
+    let orphan = dead.session_id(Duration::from_secs(60));
+    dead.wait_stdout("ready\n", Duration::from_secs(60));
+    dead.signal("KILL");
+    let _ = dead.finish(Duration::from_secs(20));
+    assert_eq!(running_containers(&pod), 1, "the orphan runs on");
+
+    let file = state.path().join("jobs.ndjson");
+    std::fs::write(
+        &file,
+        format!("{{\"pod\": \"{}\", \"prompt\": \"job\"}}\n", pod.name()),
+    )
+    .unwrap();
+    let report_path = state.path().join("report.json");
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["batch", "--concurrency", "1", "--grace", "5", "--report"])
+        .arg(&report_path)
+        .arg(&file);
+    let live = Live::spawn(cmd);
+    live.wait_stderr(
+        &format!("adopted 1 run of a dead cldpd with this state directory ({orphan})"),
+        Duration::from_secs(60),
+    );
+    // The job is queued behind the adopted run: still one container.
+    let queued = running_containers(&pod);
+    live.signal("INT");
+    let out = live.finish(Duration::from_secs(60));
+    out.expect_code(1);
+    assert_eq!(queued, 1, "the job waited for the adopted run's slot");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert_eq!(report["adopted"][0]["session"], orphan.as_str(), "{report}");
+    assert_eq!(report["adopted"][0]["state"], "stopped", "{report}");
+    assert_eq!(report["jobs"][0]["state"], "stopped", "{report}");
+    let left = pod.containers();
+    assert!(left.is_empty(), "nothing left: {left:?}");
+    // The adopted run's log ends like any other run's, saying why.
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", &orphan]);
+    let out = run(logs, LIMIT);
+    assert!(
+        out.stderr
+            .contains("stopped by the dispatcher that adopted it"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn ctrl_c_stops_every_job_and_still_writes_the_report() {
     if !require_docker() {

@@ -1451,6 +1451,35 @@ async fn until_started(runtime: &Arc<dyn Runtime>, container: &str) {
     tracing::warn!(%container, "still not started after {LIMIT:?}; stopping it anyway");
 }
 
+/// Stop and remove the container of a run whose cldpd process is gone (an
+/// orphan reaped by `stop --orphans`, or a run a batch adopted), then end
+/// its log with a `stopped` error saying `why`: its writer died, and `logs`
+/// of it must end like any other run's. Nothing of it is left in Docker
+/// once this resolves.
+async fn stop_foreign_run(
+    runtime: Arc<dyn Runtime>,
+    state_dir: std::path::PathBuf,
+    session: String,
+    container: String,
+    grace: Duration,
+    why: &'static str,
+) -> Result<()> {
+    guarded("the runtime's stop", runtime.stop(&container, grace)).await??;
+    guarded("the runtime's remove", runtime.remove(&container)).await??;
+    let log = crate::log::path_for(&state_dir.join("sessions"), &session);
+    let end = crate::event::EventKind::Error {
+        code: Error::Stopped.code().to_string(),
+        message: why.into(),
+    };
+    let appended = crate::state::blocking(move || crate::log::append_final(&log, end)).await;
+    if let Ok(Err(e)) = appended {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(%session, error = %e, "could not end the stopped run's log");
+        }
+    }
+    Ok(())
+}
+
 impl Handler<StopOrphans> for DispatcherActor {
     type Result = ResponseFuture<Result<Vec<StopReport>>>;
 
@@ -1466,34 +1495,19 @@ impl Handler<StopOrphans> for DispatcherActor {
                 .filter(|r| r.orphan)
                 .collect();
             let stops = orphans.iter().map(|r| {
-                let runtime = runtime.clone();
-                let name = r.container.clone();
-                async move {
-                    let stopped = guarded("the runtime's stop", runtime.stop(&name, grace)).await?;
-                    stopped?;
-                    guarded("the runtime's remove", runtime.remove(&name)).await?
-                }
+                stop_foreign_run(
+                    runtime.clone(),
+                    state_dir.clone(),
+                    r.session.clone(),
+                    r.container.clone(),
+                    grace,
+                    "stopped by `cldpd stop --orphans`: the cldpd process that ran it was gone",
+                )
             });
             let results = join_all(stops).await;
             let mut reports = Vec::new();
             for (r, res) in orphans.into_iter().zip(results) {
                 res?;
-                // Its log has no final event (its writer died): say how it
-                // ended, so that `logs` of it ends like any other run's.
-                let log = crate::log::path_for(&state_dir.join("sessions"), &r.session);
-                let end = crate::event::EventKind::Error {
-                    code: Error::Stopped.code().to_string(),
-                    message:
-                        "stopped by `cldpd stop --orphans`: the cldpd process that ran it was gone"
-                            .into(),
-                };
-                let appended =
-                    crate::state::blocking(move || crate::log::append_final(&log, end)).await;
-                if let Ok(Err(e)) = appended {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(session = %r.session, error = %e, "could not end the reaped run's log");
-                    }
-                }
                 reports.push(StopReport {
                     session: r.session,
                     container: r.container,
@@ -1631,13 +1645,21 @@ impl Handler<StopAdopted> for DispatcherActor {
         let mut runs: Vec<AdoptedRun> = self.adopted.values().cloned().collect();
         runs.sort_by(|a, b| a.session.cmp(&b.session));
         let runtime = self.runtime.clone();
+        let state_dir = self.settings.state_dir.clone();
         let stops = join_all(runs.iter().map(|r| {
-            let stop = guarded("the runtime's stop", runtime.stop(&r.container, grace));
+            let stop = stop_foreign_run(
+                runtime.clone(),
+                state_dir.clone(),
+                r.session.clone(),
+                r.container.clone(),
+                grace,
+                "stopped by the dispatcher that adopted it: the cldpd process that ran it was gone",
+            );
             let container = r.container.clone();
             async move {
                 match stop.await {
-                    Ok(Ok(())) => true,
-                    Ok(Err(e)) | Err(e) => {
+                    Ok(()) => true,
+                    Err(e) => {
                         tracing::error!(container, error = %e, "could not stop an adopted run");
                         false
                     }
