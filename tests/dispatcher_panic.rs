@@ -48,6 +48,50 @@ async fn a_panic_while_checking_a_start_refuses_that_start_only() {
     assert!(rt.running().is_empty(), "{:?}", rt.running());
 }
 
+/// A batch's pre-check (the dispatcher's `Validate`) goes through the same
+/// guard: a panic there refuses the batch, and the dispatcher's live run
+/// goes on.
+#[actix::test]
+async fn a_panic_while_checking_a_batch_refuses_the_batch_only() {
+    use cldpd::batch::{Batch, Job};
+    let dirs = Dirs::new(&[("web", None), ("bad", Some(r#"{"inheritEnv": ["BOOM"]}"#))]);
+    let rt = FaultRuntime::new();
+    rt.script_pod("web", RunScript::new().hang());
+    let settings = dirs.settings().env_lookup(|name| {
+        if name == "BOOM" {
+            panic!("env lookup exploded");
+        }
+        None
+    });
+    let d = Dispatcher::new(settings, rt.clone());
+    let live = d.start(StartRequest::prompt("web", "go")).await.unwrap();
+    wait_state(&live, 10, "running", |s| {
+        matches!(s, SessionState::Running { .. })
+    })
+    .await;
+    let jobs = vec![Job::prompt("web", "a"), Job::prompt("bad", "b")];
+    match Batch::start(&d, jobs).await {
+        Err(Error::BatchJob {
+            index: 1, source, ..
+        }) => match *source {
+            Error::Internal { ref message } => assert!(message.contains("panicked"), "{message}"),
+            ref e => panic!("{e:?}"),
+        },
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("the batch started"),
+    }
+    assert!(matches!(live.state(), SessionState::Running { .. }));
+    assert_eq!(
+        d.sessions().await.unwrap().len(),
+        1,
+        "nothing of the batch started"
+    );
+    within(20, "shutdown", d.shutdown(Some(Duration::ZERO)))
+        .await
+        .unwrap();
+    assert!(rt.running().is_empty(), "{:?}", rt.running());
+}
+
 #[actix::test]
 async fn a_dispatcher_dying_in_a_panic_stops_its_live_runs() {
     let dirs = Dirs::new(&[("web", Some(r#"{"stopGraceSecs": 0.2}"#))]);
