@@ -1105,6 +1105,68 @@ fn logs_of_an_incomplete_log_name_the_gap_and_exit_1() {
     }
 }
 
+/// Issue 9, item 6, for `logs` (the start path is in `cli_docker.rs`): a
+/// full stdout exits 1 saying so, a reader gone after one line exits 141
+/// at once (not after writing the whole log), and `--help` documents both.
+#[test]
+fn logs_to_a_failing_stdout_exits_1_or_141_as_the_help_says() {
+    let pods = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = "long-0a1b2c3d";
+    let mut text = String::new();
+    for seq in 1..=200_000u64 {
+        let kind = cldpd::EventKind::Output {
+            stream: cldpd::OutputStream::Stdout,
+            line: format!("line {seq}"),
+            partial: false,
+        };
+        text += &(serde_json::to_string(&cldpd::Event::new(id, seq, kind)).unwrap() + "\n");
+    }
+    let end = cldpd::Event::new(id, 200_001, cldpd::EventKind::ContainerExited { code: 0 });
+    text += &(serde_json::to_string(&end).unwrap() + "\n");
+    std::fs::write(dir.join(format!("{id}.ndjson")), text).unwrap();
+
+    // `cldpd logs ... > /dev/full` and `cldpd logs ... | head -1`: the
+    // exit status is cldpd's.
+    let shell = |script: &str| {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(script)
+            .arg(env!("CARGO_BIN_EXE_cldpd"))
+            .arg(pods.path())
+            .arg(id)
+            .env("CLDPD_STATE_DIR", state.path())
+            .env_remove("CLDPD_PODS_DIR");
+        run(cmd, LIMIT)
+    };
+    let out = shell("\"$0\" --pods-dir \"$1\" logs \"$2\" > /dev/full");
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains("cldpd: cannot write to stdout: No space left on device"),
+        "{}",
+        out.stderr
+    );
+
+    let out = shell("\"$0\" --pods-dir \"$1\" logs \"$2\" | head -1; exit \"${PIPESTATUS[0]}\"");
+    out.expect_code(141);
+    assert_eq!(out.stdout, "line 1\n");
+
+    let mut help = cldpd(pods.path(), state.path());
+    help.arg("--help");
+    let out = run(help, LIMIT);
+    out.expect_code(0);
+    let text = out.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        text.contains("141 stdout's reader went away (broken pipe")
+            && text.contains("any other stdout write error, e.g. a full disk: 1"),
+        "{}",
+        out.stdout
+    );
+}
+
 /// Issue 9, item 7: `cldpd doctor` checks that the state directory takes a
 /// write and has free space.
 #[test]
