@@ -354,12 +354,14 @@ fn a_prompt_from_stdin_reaches_the_agent() {
     no_containers_left(&pod);
 }
 
-/// Removes an image tag when dropped.
+/// Removes an image tag when dropped, and every image (intermediate layers
+/// too) labelled with it (see `support::docker::remove_images_labelled`).
 struct RemoveTag(String);
 
 impl Drop for RemoveTag {
     fn drop(&mut self) {
         let _ = docker(["rmi", "--no-prune", self.0.as_str()]);
+        support::docker::remove_images_labelled(&self.0);
     }
 }
 
@@ -379,12 +381,28 @@ fn the_library_examples_run_against_the_demo_pod() {
     let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pods/hello");
     let hello = pods.path().join("hello");
     std::fs::create_dir(&hello).unwrap();
-    for file in ["Dockerfile", "claude", "template.md"] {
+    for file in ["claude", "template.md"] {
         std::fs::copy(demo.join(file), hello.join(file)).unwrap();
     }
     std::fs::copy(support::docker::BUSYBOX, hello.join("busybox")).unwrap();
     let tag = format!("cldpd-{}", support::docker::unique_name());
     let _remove = RemoveTag(tag.clone());
+    // The demo's Dockerfile, its layers labelled so that the test removes
+    // them all.
+    let dockerfile = std::fs::read_to_string(demo.join("Dockerfile")).unwrap();
+    let labelled = dockerfile.replacen(
+        "FROM scratch\n",
+        &format!(
+            "FROM scratch\nLABEL {}={tag}\n",
+            support::docker::POD_IMAGE_LABEL
+        ),
+        1,
+    );
+    assert_ne!(
+        labelled, dockerfile,
+        "the demo Dockerfile starts FROM scratch"
+    );
+    std::fs::write(hello.join("Dockerfile"), labelled).unwrap();
     std::fs::write(
         hello.join("pod.json"),
         format!(r#"{{"image": "{tag}", "workdir": "/work", "stopGraceSecs": 3}}"#),

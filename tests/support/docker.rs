@@ -393,20 +393,8 @@ impl Drop for TestPod {
                 .chain(tags),
         );
         // Layers of failed builds and anything else built from this pod's
-        // Dockerfile (leaves first; a parent goes once its child is gone).
-        let filter = format!("label={POD_IMAGE_LABEL}={}", self.name);
-        for _ in 0..5 {
-            let ids = lines_of(docker_quiet(["images", "-aq", "--filter", &filter]));
-            if ids.is_empty() {
-                break;
-            }
-            docker_quiet(
-                ["rmi", "-f", "--no-prune"]
-                    .into_iter()
-                    .map(String::from)
-                    .chain(ids),
-            );
-        }
+        // Dockerfile.
+        remove_images_labelled(&self.name);
     }
 }
 
@@ -450,4 +438,26 @@ pub async fn until(
         }
     }
     panic!("the stream ended first: {seen:#?}");
+}
+
+/// Remove every image, intermediate layers included, labelled
+/// `POD_IMAGE_LABEL=<name>` (a Dockerfile with that `LABEL` right after its
+/// `FROM`): leaves first, a parent goes once its child is gone. (`rmi
+/// --no-prune` of a tag leaves a build's intermediate images behind; a
+/// pruning `rmi` could delete a layer another test's build is reusing from
+/// the cache.)
+pub fn remove_images_labelled(name: &str) {
+    let filter = format!("label={POD_IMAGE_LABEL}={name}");
+    for _ in 0..5 {
+        let ids = lines_of(docker_quiet(["images", "-aq", "--filter", &filter]));
+        if ids.is_empty() {
+            break;
+        }
+        docker_quiet(
+            ["rmi", "-f", "--no-prune"]
+                .into_iter()
+                .map(String::from)
+                .chain(ids),
+        );
+    }
 }
