@@ -446,26 +446,18 @@ impl Serialize for EventData {
                 m.serialize_entry("delay_ms", delay_ms)?;
                 m.serialize_entry("reason", reason)?;
             }
-            EventKind::AgentInit(boxed) => {
-                let crate::event::AgentInit {
-                    conversation,
-                    model,
-                    tools,
-                    version,
-                    permission_mode,
-                } = &**boxed;
-                m.serialize_entry("conversation", conversation)?;
-                m.serialize_entry("model", model)?;
-                m.serialize_entry("tools", tools)?;
-                m.serialize_entry("version", version)?;
-                m.serialize_entry("permission_mode", permission_mode)?;
+            EventKind::AgentInit(init) => {
+                m.serialize_entry("conversation", &init.conversation)?;
+                m.serialize_entry("model", &init.model)?;
+                m.serialize_entry("tools", &init.tools)?;
+                m.serialize_entry("version", &init.version)?;
+                m.serialize_entry("permission_mode", &init.permission_mode)?;
             }
             EventKind::AgentText { text } => m.serialize_entry("text", text)?,
-            EventKind::ToolUse(boxed) => {
-                let crate::event::ToolUse { id, tool, input } = &**boxed;
-                m.serialize_entry("id", id)?;
-                m.serialize_entry("tool", tool)?;
-                m.serialize_entry("input", input)?;
+            EventKind::ToolUse(call) => {
+                m.serialize_entry("id", &call.id)?;
+                m.serialize_entry("tool", &call.tool)?;
+                m.serialize_entry("input", &call.input)?;
             }
             EventKind::ToolResult {
                 id,
@@ -478,41 +470,23 @@ impl Serialize for EventData {
                 m.serialize_entry("size", size)?;
                 m.serialize_entry("first_line", first_line)?;
             }
-            EventKind::AgentResult(boxed) => {
-                let crate::event::AgentResult {
-                    subtype,
-                    is_error,
-                    turns,
-                    cost_usd,
-                    duration_ms,
-                    usage,
-                    result,
-                    terminal_reason,
-                    api_error_status,
-                } = &**boxed;
-                m.serialize_entry("subtype", subtype)?;
-                m.serialize_entry("is_error", is_error)?;
-                m.serialize_entry("turns", turns)?;
-                m.serialize_entry("cost_usd", cost_usd)?;
-                m.serialize_entry("duration_ms", duration_ms)?;
-                m.serialize_entry("usage", usage)?;
-                m.serialize_entry("result", result)?;
-                m.serialize_entry("terminal_reason", terminal_reason)?;
-                m.serialize_entry("api_error_status", api_error_status)?;
+            EventKind::AgentResult(result) => {
+                m.serialize_entry("subtype", &result.subtype)?;
+                m.serialize_entry("is_error", &result.is_error)?;
+                m.serialize_entry("turns", &result.turns)?;
+                m.serialize_entry("cost_usd", &result.cost_usd)?;
+                m.serialize_entry("duration_ms", &result.duration_ms)?;
+                m.serialize_entry("usage", &result.usage)?;
+                m.serialize_entry("result", &result.result)?;
+                m.serialize_entry("terminal_reason", &result.terminal_reason)?;
+                m.serialize_entry("api_error_status", &result.api_error_status)?;
             }
-            EventKind::AgentApiError(boxed) => {
-                let crate::event::AgentApiError {
-                    code,
-                    status,
-                    message,
-                    retry_in_ms,
-                    attempt,
-                } = &**boxed;
-                m.serialize_entry("code", code)?;
-                m.serialize_entry("status", status)?;
-                m.serialize_entry("message", message)?;
-                m.serialize_entry("retry_in_ms", retry_in_ms)?;
-                m.serialize_entry("attempt", attempt)?;
+            EventKind::AgentApiError(api) => {
+                m.serialize_entry("code", &api.code)?;
+                m.serialize_entry("status", &api.status)?;
+                m.serialize_entry("message", &api.message)?;
+                m.serialize_entry("retry_in_ms", &api.retry_in_ms)?;
+                m.serialize_entry("attempt", &api.attempt)?;
             }
             EventKind::AgentUnknown { message_type } => {
                 m.serialize_entry("message_type", message_type)?

@@ -11,8 +11,10 @@ use cldpd::runtime::{FaultRuntime, RunScript};
 use cldpd::{Dispatcher, Error, SessionState, StartRequest};
 use support::fault::*;
 
-#[actix::test]
-async fn a_panic_while_checking_a_start_refuses_that_start_only() {
+/// A dispatcher with pods `web` (its runs hang until stopped) and `bad`,
+/// whose check panics: `bad` inherits `BOOM`, and looking `BOOM` up
+/// panics.
+fn panicking_on_pod_bad() -> (Dirs, FaultRuntime, Dispatcher) {
     let dirs = Dirs::new(&[("web", None), ("bad", Some(r#"{"inheritEnv": ["BOOM"]}"#))]);
     let rt = FaultRuntime::new();
     rt.script_pod("web", RunScript::new().hang());
@@ -23,6 +25,12 @@ async fn a_panic_while_checking_a_start_refuses_that_start_only() {
         None
     });
     let d = Dispatcher::new(settings, rt.clone());
+    (dirs, rt, d)
+}
+
+#[actix::test]
+async fn a_panic_while_checking_a_start_refuses_that_start_only() {
+    let (_dirs, rt, d) = panicking_on_pod_bad();
     let first = d.start(StartRequest::prompt("web", "go")).await.unwrap();
     wait_state(&first, 10, "running", |s| {
         matches!(s, SessionState::Running { .. })
@@ -54,16 +62,7 @@ async fn a_panic_while_checking_a_start_refuses_that_start_only() {
 #[actix::test]
 async fn a_panic_while_checking_a_batch_refuses_the_batch_only() {
     use cldpd::batch::{Batch, Job};
-    let dirs = Dirs::new(&[("web", None), ("bad", Some(r#"{"inheritEnv": ["BOOM"]}"#))]);
-    let rt = FaultRuntime::new();
-    rt.script_pod("web", RunScript::new().hang());
-    let settings = dirs.settings().env_lookup(|name| {
-        if name == "BOOM" {
-            panic!("env lookup exploded");
-        }
-        None
-    });
-    let d = Dispatcher::new(settings, rt.clone());
+    let (_dirs, rt, d) = panicking_on_pod_bad();
     let live = d.start(StartRequest::prompt("web", "go")).await.unwrap();
     wait_state(&live, 10, "running", |s| {
         matches!(s, SessionState::Running { .. })

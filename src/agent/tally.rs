@@ -74,18 +74,11 @@ impl AgentTally {
                     self.current.insert(id);
                 }
             }
-            EventKind::AgentResult(boxed) => {
-                let crate::event::AgentResult {
-                    subtype,
-                    is_error,
-                    turns,
-                    cost_usd,
-                    ..
-                } = &**boxed;
-                self.done_turns += turns;
-                self.attempt_cost = cost_usd.0;
+            EventKind::AgentResult(r) => {
+                self.done_turns += r.turns;
+                self.attempt_cost = r.cost_usd.0;
                 self.results += 1;
-                self.last = Some((subtype.clone(), *is_error));
+                self.last = Some((r.subtype.clone(), r.is_error));
                 self.current.clear();
             }
             _ => {}
