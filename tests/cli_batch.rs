@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cli_support::{cldpd, run, Live, LIMIT};
+use cli_support::{cldpd, exit_within, read_stderr, run, Live, LIMIT};
 use support::docker::{docker, require_docker, TestPod};
 
 /// Succeeds, or exits 3 when its prompt says `fail`; takes a little while so
@@ -492,4 +492,122 @@ fn a_budget_stops_admissions_and_the_report_gives_turns_and_cost() {
     assert_eq!(last["cost_usd"], 0.6);
     assert_eq!(last["jobs"][0]["turns"], 3);
     assert!(pod.containers().is_empty());
+}
+
+/// Prints `ready`, then a line every 0.1 s until stopped; a prompt saying
+/// `quick` makes it exit 0 after a second instead.
+const TICKING: &str = "#!/bin/sh\np=$(cat)\ntrap 'exit 0' TERM\necho ready\ncase \"$p\" in *quick*) sleep 1; exit 0;; esac\nwhile :; do echo tick; sleep 0.1; done\n";
+
+/// Three jobs of `pod` in a job file: `prompts` in order.
+fn job_file(state: &tempfile::TempDir, pod: &TestPod, prompts: &[&str]) -> std::path::PathBuf {
+    let file = state.path().join("jobs.ndjson");
+    let jobs: String = prompts
+        .iter()
+        .map(|p| format!("{{\"pod\": \"{}\", \"prompt\": \"{p}\"}}\n", pod.name()))
+        .collect();
+    std::fs::write(&file, jobs).unwrap();
+    file
+}
+
+/// The `state` of each job in the report at `path`.
+fn report_states(path: &std::path::Path) -> Vec<String> {
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_batch_whose_stdout_is_full_stops_every_job_and_exits_1() {
+    // Issue 9, item 6, for `cldpd batch`: the first finished job's line
+    // cannot be written (`> /dev/full`); the batch says so, stops the jobs
+    // still running the normal way, writes the report and exits 1.
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(TICKING);
+    let state = state();
+    let file = job_file(&state, &pod, &["quick", "run 1", "run 2"]);
+    let report_path = state.path().join("report.json");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args(["batch", "--concurrency", "3", "--grace", "5", "--report"])
+        .arg(&report_path)
+        .arg(&file)
+        .stdout(full)
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let err = read_stderr(&mut child);
+    let (code, stderr) = exit_within(child, err, Duration::from_secs(120));
+    assert_eq!(code, Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("cldpd: cannot write to stdout: No space left on device"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cldpd: stopping every job"), "{stderr}");
+    assert_eq!(
+        report_states(&report_path),
+        ["succeeded", "stopped", "stopped"]
+    );
+    assert_eq!(pod.containers(), Vec::<String>::new());
+}
+
+#[test]
+fn a_batch_whose_stdout_reader_goes_away_stops_every_job_and_exits_141() {
+    // Issue 9, item 6, for `cldpd batch --json | head`: once the reader
+    // has seen both running agents and closes the pipe, the next event
+    // cannot be written; the batch stops every job (the queued one never
+    // starts) and exits 141.
+    if !require_docker() {
+        return;
+    }
+    let pod = TestPod::with_stub(TICKING);
+    let state = state();
+    let file = job_file(&state, &pod, &["run 0", "run 1", "run 2"]);
+    let report_path = state.path().join("report.json");
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.args([
+        "batch",
+        "--concurrency",
+        "2",
+        "--grace",
+        "5",
+        "--json",
+        "--report",
+    ])
+    .arg(&report_path)
+    .arg(&file)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let err = read_stderr(&mut child);
+    let out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut ready = 0;
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+            let Ok(line) = line else { break };
+            if line.contains("\"line\":\"ready\"") {
+                ready += 1;
+                if ready == 2 {
+                    break;
+                }
+            }
+        }
+        ready
+        // The pipe's read end is dropped here.
+    });
+    let (code, stderr) = exit_within(child, err, Duration::from_secs(120));
+    assert_eq!(reader.join().unwrap(), 2, "{stderr}");
+    assert_eq!(code, Some(141), "stderr:\n{stderr}");
+    assert!(stderr.contains("cldpd: stdout was closed"), "{stderr}");
+    assert!(stderr.contains("cldpd: stopping every job"), "{stderr}");
+    assert_eq!(report_states(&report_path), ["stopped", "stopped", "stopped"]);
+    assert_eq!(pod.containers(), Vec::<String>::new());
 }

@@ -15,7 +15,7 @@ mod support;
 
 use std::time::Duration;
 
-use cli_support::{cldpd, run, Finished, Live, LIMIT, STREAM_JSON_AGENT};
+use cli_support::{cldpd, exit_within, read_stderr, run, Finished, Live, LIMIT, STREAM_JSON_AGENT};
 use support::docker::{docker, require_docker, TestPod};
 
 const ISSUE: &str = "https://github.com/cldpd/demo/issues/1";
@@ -1101,40 +1101,6 @@ fn the_demo_pod_runs_resumes_and_stops_as_the_readme_says() {
 
 /// Prints a line every 0.2 s until it is stopped.
 const FOREVER_LINES: &str = "#!/bin/sh\nwhile :; do echo l; sleep 0.2; done\n";
-
-/// Wait for `child` within `limit` (killing it and panicking after);
-/// returns its exit code and stderr (read by `err`).
-fn exit_within(
-    mut child: std::process::Child,
-    err: std::thread::JoinHandle<String>,
-    limit: Duration,
-) -> (Option<i32>, String) {
-    let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "cldpd did not exit within {limit:?}; stderr:\n{}",
-                err.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status.code(), err.join().unwrap())
-}
-
-fn read_stderr(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
-    let mut pipe = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
-        s
-    })
-}
 
 #[test]
 fn a_full_stdout_stops_the_run_and_exits_1_with_a_message() {

@@ -231,3 +231,38 @@ while IFS= read -r line; do
   echo "{\"type\":\"command_lifecycle\",\"command_uuid\":\"$uuid\",\"state\":\"completed\"}"
 done
 "#;
+
+/// Wait for `child` within `limit` (killing it and panicking after);
+/// returns its exit code and stderr (read by `err`, see [`read_stderr`]).
+pub fn exit_within(
+    mut child: Child,
+    err: JoinHandle<String>,
+    limit: Duration,
+) -> (Option<i32>, String) {
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "cldpd did not exit within {limit:?}; stderr:\n{}",
+                err.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code(), err.join().unwrap())
+}
+
+/// Read `child`'s piped stderr to its end on a thread of its own.
+pub fn read_stderr(child: &mut Child) -> JoinHandle<String> {
+    let mut pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    })
+}
