@@ -511,8 +511,7 @@ fn job_file(state: &tempfile::TempDir, pod: &TestPod, prompts: &[&str]) -> std::
 
 /// The `state` of each job in the report at `path`.
 fn report_states(path: &std::path::Path) -> Vec<String> {
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     report["jobs"]
         .as_array()
         .unwrap()
@@ -608,6 +607,9 @@ fn a_batch_whose_stdout_reader_goes_away_stops_every_job_and_exits_141() {
     assert_eq!(code, Some(141), "stderr:\n{stderr}");
     assert!(stderr.contains("cldpd: stdout was closed"), "{stderr}");
     assert!(stderr.contains("cldpd: stopping every job"), "{stderr}");
-    assert_eq!(report_states(&report_path), ["stopped", "stopped", "stopped"]);
+    assert_eq!(
+        report_states(&report_path),
+        ["stopped", "stopped", "stopped"]
+    );
     assert_eq!(pod.containers(), Vec::<String>::new());
 }

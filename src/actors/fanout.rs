@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use crate::error::Error;
 use crate::event::{Event, EventBatch, EventKind};
 use crate::log::{LogReader, LogWriter};
-use crate::state::SharedLog;
+use crate::state::{DropOffThread, SharedLog};
 
 /// Who receives a session's events.
 ///
@@ -817,7 +817,8 @@ enum Next {
 /// Deliver to one lagging subscriber until it has caught up (it is then
 /// live again) or the stream is over.
 async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
-    let mut reader: Option<(LogReader, u64)> = None;
+    // The reader and the seq it is at (its file is closed off-thread).
+    let mut reader: Option<DropOffThread<(LogReader, u64)>> = None;
     loop {
         let next = {
             let mut h = hub.borrow_mut();
@@ -868,40 +869,29 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
                 if let Some((from, to)) = shared.gap_at(cursor) {
                     return missing(&hub, id, &sink, &shared, cursor, Some((from, to))).await;
                 }
-                if reader.as_ref().is_none_or(|(_, next)| *next != cursor) {
-                    let (offset, first) = shared.locate(cursor);
-                    match LogReader::open_buffered(shared.path(), offset, FEED_READ_BUFFER) {
-                        Ok(r) => reader = Some((r, first)),
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot replay the session log");
-                            return missing(&hub, id, &sink, &shared, cursor, None).await;
-                        }
+                // The file is opened and read on a blocking-pool thread,
+                // never on the session's (a slow disk must not stall the
+                // sessions sharing its thread); the reader comes back to be
+                // used for the next chunk.
+                let at = match &reader {
+                    Some(r) if r.get().1 == cursor => None,
+                    _ => Some(shared.locate(cursor)),
+                };
+                let held = reader.take().map(DropOffThread::into_inner);
+                let path = shared.path().to_path_buf();
+                let read =
+                    crate::state::blocking(move || read_chunk(held, at, &path, cursor, chunk))
+                        .await;
+                let (batch, jumped) = match read {
+                    Ok(Ok((r, batch, jumped))) => {
+                        reader = Some(DropOffThread::new(r));
+                        (batch, jumped)
                     }
-                }
-                let (r, next_seq) = reader.as_mut().expect("reader opened");
-                // Read a bounded batch, then re-check the window.
-                let mut batch = Vec::with_capacity(chunk);
-                let mut jumped = false;
-                while batch.len() < chunk {
-                    match r.next_event() {
-                        Ok(Some(ev)) => {
-                            *next_seq = ev.seq + 1;
-                            let expect = cursor + batch.len() as u64;
-                            if ev.seq == expect {
-                                batch.push(ev);
-                            } else if ev.seq > expect {
-                                jumped = true;
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot replay the session log");
-                            jumped = true;
-                            break;
-                        }
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::error!(error = %e, "cannot replay the session log");
+                        return missing(&hub, id, &sink, &shared, cursor, None).await;
                     }
-                }
+                };
                 let missed = jumped || batch.is_empty();
                 hub.borrow_mut().stats.replayed_from_log += batch.len() as u64;
                 let n = batch.len() as u64;
@@ -928,6 +918,56 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
             Next::Done => return remove(&hub, id),
         }
     }
+}
+
+/// One chunk of a feeder's replay, on a blocking-pool thread: up to
+/// `chunk` events from `cursor` on, read with `held` (positioned at
+/// `cursor`) or, when `at` (`(offset, seq there)`) is given, a reader
+/// opened there (`held` is then closed here). Returns the
+/// reader and the seq it is at, the events, and whether the log jumped
+/// past `cursor` or could not be parsed (an event is missing).
+#[allow(clippy::type_complexity)]
+fn read_chunk(
+    held: Option<(LogReader, u64)>,
+    at: Option<(u64, u64)>,
+    path: &std::path::Path,
+    cursor: u64,
+    chunk: usize,
+) -> Result<((LogReader, u64), Vec<Event>, bool), Error> {
+    let (mut r, mut next_seq) = match (held, at) {
+        (Some(held), None) => held,
+        (held, Some((offset, first))) => {
+            drop(held);
+            (
+                LogReader::open_buffered(path, offset, FEED_READ_BUFFER)?,
+                first,
+            )
+        }
+        (None, None) => unreachable!("a feeder reads with its reader or opens one"),
+    };
+    let mut batch = Vec::with_capacity(chunk);
+    let mut jumped = false;
+    while batch.len() < chunk {
+        match r.next_event() {
+            Ok(Some(ev)) => {
+                next_seq = ev.seq + 1;
+                let expect = cursor + batch.len() as u64;
+                if ev.seq == expect {
+                    batch.push(ev);
+                } else if ev.seq > expect {
+                    jumped = true;
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot replay the session log");
+                jumped = true;
+                break;
+            }
+        }
+    }
+    Ok(((r, next_seq), batch, jumped))
 }
 
 /// Event `seq` is needed and missing from the log: tell the subscriber with

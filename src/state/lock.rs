@@ -13,10 +13,11 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// A held build lock; dropping it releases it.
+/// A held build lock; dropping it releases it (closing the file on a
+/// blocking-pool thread: it is dropped on the dispatcher's).
 #[derive(Debug)]
 pub(crate) struct BuildLock {
-    _file: File,
+    _file: super::DropOffThread<File>,
 }
 
 /// The lock file of image `tag` under `images_dir`.
@@ -37,7 +38,9 @@ pub(crate) fn acquire(images_dir: &Path, tag: &str) -> io::Result<BuildLock> {
         // SAFETY: flock on a valid descriptor owned by `file`.
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
         if r == 0 {
-            return Ok(BuildLock { _file: file });
+            return Ok(BuildLock {
+                _file: super::DropOffThread::new(file),
+            });
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {

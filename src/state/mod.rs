@@ -213,6 +213,38 @@ impl StateStore {
     }
 }
 
+/// Holds a value whose drop makes a system call (an open file: `close`,
+/// and for a build lock the release of its `flock`), and drops it on a
+/// blocking-pool thread instead of the thread it is dropped on, when there
+/// is a runtime (else right there).
+#[derive(Debug)]
+pub(crate) struct DropOffThread<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> DropOffThread<T> {
+    pub(crate) fn new(value: T) -> Self {
+        DropOffThread(Some(value))
+    }
+
+    pub(crate) fn get(&self) -> &T {
+        self.0.as_ref().expect("present until dropped")
+    }
+
+    /// The value, to be moved to a blocking task.
+    pub(crate) fn into_inner(mut self) -> T {
+        self.0.take().expect("present until dropped")
+    }
+}
+
+impl<T: Send + 'static> Drop for DropOffThread<T> {
+    fn drop(&mut self) {
+        if let Some(value) = self.0.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                drop(runtime.spawn_blocking(move || drop(value)));
+            }
+        }
+    }
+}
+
 /// Run blocking file-system work off the actor threads and await it.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
 where
