@@ -298,7 +298,8 @@ fn stop_orphans_reaps_the_runs_of_a_killed_cldpd_and_never_those_of_live_ones() 
 
 /// Issue 9, item 4, through the binary: the run of a cldpd killed with
 /// SIGKILL is adopted by the next batch on its state directory, which says
-/// so when it starts, counts it against --concurrency (the one job waits
+/// so when it starts (on stderr, and with --json as its first line),
+/// counts it against --concurrency (the one job waits
 /// queued behind it), stops it on Ctrl-C with its own jobs, and lists it
 /// in the report.
 #[test]
@@ -325,13 +326,31 @@ fn a_batch_names_the_run_it_adopted_holds_a_slot_for_it_and_stops_it_on_ctrl_c()
     .unwrap();
     let report_path = state.path().join("report.json");
     let mut cmd = cldpd(pod.pods_dir(), state.path());
-    cmd.args(["batch", "--concurrency", "1", "--grace", "5", "--report"])
-        .arg(&report_path)
-        .arg(&file);
+    cmd.args([
+        "batch",
+        "--concurrency",
+        "1",
+        "--grace",
+        "5",
+        "--json",
+        "--report",
+    ])
+    .arg(&report_path)
+    .arg(&file);
     let live = Live::spawn(cmd);
     live.wait_stderr(
         &format!("adopted 1 run of a dead cldpd with this state directory ({orphan})"),
         Duration::from_secs(60),
+    );
+    // Machine readers see it too, before any event of the batch's jobs.
+    live.wait_stdout("\"batch_adopted\"", Duration::from_secs(10));
+    let first: serde_json::Value =
+        serde_json::from_str(live.stdout().lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "batch_adopted", "{first}");
+    assert_eq!(first["session"], orphan.as_str(), "{first}");
+    assert!(
+        first["container"].as_str().is_some_and(|c| !c.is_empty()),
+        "{first}"
     );
     // The job is queued behind the adopted run: still one container.
     let queued = running_containers(&pod);

@@ -28,9 +28,11 @@ Output: one line per finished job on stdout (on a terminal, a progress line
 with the counts on stderr); --json: every event of every job as NDJSON.
 Ctrl-C stops every job (SIGTERM, grace, SIGKILL) and still writes the report.
 Runs orphaned by a dead cldpd with the same state directory are adopted: they
-are listed when the batch starts, count against --concurrency (shown as
-\"adopted\" on the progress line), are stopped when the batch ends or is
-stopped, and are listed in the report under \"adopted\".
+are listed when the batch starts (with --json, first, one line each:
+{\"type\": \"batch_adopted\", \"session\": ..., \"container\": ...,
+\"previous_owner\": ...}), count against --concurrency (shown as \"adopted\"
+on the progress line), are stopped when the batch ends or is stopped, and
+are listed in the report under \"adopted\".
 
 Claude Code agents: each finished line and the report give the job's turns,
 cost and result subtype, and the batch's totals. --budget-usd X stops
@@ -150,6 +152,16 @@ async fn run_batch(
             if adopted == 1 { "s" } else { "" },
             if adopted == 1 { "is" } else { "are" },
         ));
+        if ui.json {
+            for run in batch.adopted() {
+                let mut line = serde_json::to_value(run).expect("an adopted run serialises");
+                if let Some(m) = line.as_object_mut() {
+                    m.insert("type".into(), "batch_adopted".into());
+                }
+                ui.json_line(&line);
+            }
+            ui.flush();
+        }
     }
 
     let started = Instant::now();
