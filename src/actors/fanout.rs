@@ -385,6 +385,11 @@ impl LagBudget {
     fn spent(&self) -> bool {
         self.0.used.load(std::sync::atomic::Ordering::Relaxed) > self.0.limit
     }
+
+    /// Less than an eighth of it is used.
+    fn mostly_free(&self) -> bool {
+        self.0.used.load(std::sync::atomic::Ordering::Relaxed) < self.0.limit / 8
+    }
 }
 
 /// What a hub holds, for tests and monitoring.
@@ -752,6 +757,17 @@ impl Hub {
         }
     }
 
+    /// The same for a chunk read from the log: each is a round trip to a
+    /// blocking-pool thread, so more events at a time while the budget is
+    /// mostly free (a few lagging subscribers), not when many lag.
+    fn log_chunk(&self) -> usize {
+        if self.budget.mostly_free() {
+            FEED_LOG_CHUNK
+        } else {
+            self.feed_chunk()
+        }
+    }
+
     /// Drop window events no lagging subscriber needs, and events beyond
     /// the limits (those are read back from the log); only events already
     /// on disk leave memory.
@@ -793,6 +809,10 @@ impl Hub {
 
 /// Most events a feeder takes from the window or the log at a time.
 const FEED_CHUNK: usize = 256;
+
+/// Most events a feeder reads from the log at a time (on a blocking-pool
+/// thread) while the lag budget is not spent.
+const FEED_LOG_CHUNK: usize = 1024;
 
 /// The same while the dispatcher's lag budget is spent: what a feeder
 /// holds while it waits for room is outside the budget, and a thousand
@@ -859,11 +879,7 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
             Next::FromLog => {
                 let (shared, store, chunk) = {
                     let h = hub.borrow();
-                    (
-                        h.log.shared().clone(),
-                        h.log.store().clone(),
-                        h.feed_chunk(),
-                    )
+                    (h.log.shared().clone(), h.log.store().clone(), h.log_chunk())
                 };
                 crate::log::settled(&store, &shared, cursor).await;
                 if let Some((from, to)) = shared.gap_at(cursor) {
