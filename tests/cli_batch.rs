@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cli_support::{cldpd, exit_within, read_stderr, run, Live, LIMIT};
+use cli_support::{cldpd, dev_full, exit_within, read_stderr, run, Live, LIMIT};
 use support::docker::{docker, require_docker, TestPod};
 
 /// Succeeds, or exits 3 when its prompt says `fail`; takes a little while so
@@ -24,6 +24,28 @@ fn state() -> tempfile::TempDir {
         .prefix("cldpd-cli-batch-")
         .tempdir()
         .unwrap()
+}
+
+/// A job file of `pod`'s jobs, one per prompt, in order.
+fn job_file(state: &tempfile::TempDir, pod: &TestPod, prompts: &[&str]) -> std::path::PathBuf {
+    let file = state.path().join("jobs.ndjson");
+    let jobs: String = prompts
+        .iter()
+        .map(|p| format!("{{\"pod\": \"{}\", \"prompt\": \"{p}\"}}\n", pod.name()))
+        .collect();
+    std::fs::write(&file, jobs).unwrap();
+    file
+}
+
+/// The `state` of each job in the report at `path`.
+fn report_states(path: &std::path::Path) -> Vec<String> {
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn container_names(pod: &TestPod) -> Vec<String> {
@@ -318,12 +340,7 @@ fn a_batch_names_the_run_it_adopted_holds_a_slot_for_it_and_stops_it_on_ctrl_c()
     let _ = dead.finish(Duration::from_secs(20));
     assert_eq!(running_containers(&pod), 1, "the orphan runs on");
 
-    let file = state.path().join("jobs.ndjson");
-    std::fs::write(
-        &file,
-        format!("{{\"pod\": \"{}\", \"prompt\": \"job\"}}\n", pod.name()),
-    )
-    .unwrap();
+    let file = job_file(&state, &pod, &["job"]);
     let report_path = state.path().join("report.json");
     let mut cmd = cldpd(pod.pods_dir(), state.path());
     cmd.args([
@@ -384,11 +401,7 @@ fn ctrl_c_stops_every_job_and_still_writes_the_report() {
     }
     let pod = TestPod::with_stub(FOREVER);
     let state = state();
-    let file = state.path().join("jobs.ndjson");
-    let jobs: String = (0..3)
-        .map(|i| format!("{{\"pod\": \"{}\", \"prompt\": \"run {i}\"}}\n", pod.name()))
-        .collect();
-    std::fs::write(&file, jobs).unwrap();
+    let file = job_file(&state, &pod, &["run 0", "run 1", "run 2"]);
     let report_path = state.path().join("report.json");
     let mut cmd = cldpd(pod.pods_dir(), state.path());
     cmd.args([
@@ -415,15 +428,12 @@ fn ctrl_c_stops_every_job_and_still_writes_the_report() {
         "{}",
         out.stderr
     );
+    assert_eq!(
+        report_states(&report_path),
+        ["stopped", "stopped", "stopped"]
+    );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
-    let states: Vec<&str> = report["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["stopped", "stopped", "stopped"]);
     assert_eq!(
         report["jobs"][2]["error"]["code"], "stopped",
         "the queued job never started"
@@ -517,28 +527,6 @@ fn a_budget_stops_admissions_and_the_report_gives_turns_and_cost() {
 /// `quick` makes it exit 0 after a second instead.
 const TICKING: &str = "#!/bin/sh\np=$(cat)\ntrap 'exit 0' TERM\necho ready\ncase \"$p\" in *quick*) sleep 1; exit 0;; esac\nwhile :; do echo tick; sleep 0.1; done\n";
 
-/// Three jobs of `pod` in a job file: `prompts` in order.
-fn job_file(state: &tempfile::TempDir, pod: &TestPod, prompts: &[&str]) -> std::path::PathBuf {
-    let file = state.path().join("jobs.ndjson");
-    let jobs: String = prompts
-        .iter()
-        .map(|p| format!("{{\"pod\": \"{}\", \"prompt\": \"{p}\"}}\n", pod.name()))
-        .collect();
-    std::fs::write(&file, jobs).unwrap();
-    file
-}
-
-/// The `state` of each job in the report at `path`.
-fn report_states(path: &std::path::Path) -> Vec<String> {
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    report["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["state"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn a_batch_whose_stdout_is_full_stops_every_job_and_exits_1() {
     // Issue 9, item 6, for `cldpd batch`: the first finished job's line
@@ -551,10 +539,7 @@ fn a_batch_whose_stdout_is_full_stops_every_job_and_exits_1() {
     let state = state();
     let file = job_file(&state, &pod, &["quick", "run 1", "run 2"]);
     let report_path = state.path().join("report.json");
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
+    let full = dev_full();
     let mut cmd = cldpd(pod.pods_dir(), state.path());
     cmd.args(["batch", "--concurrency", "3", "--grace", "5", "--report"])
         .arg(&report_path)

@@ -15,7 +15,9 @@ mod support;
 
 use std::time::Duration;
 
-use cli_support::{cldpd, exit_within, read_stderr, run, Finished, Live, LIMIT, STREAM_JSON_AGENT};
+use cli_support::{
+    cldpd, dev_full, exit_within, read_stderr, run, Finished, Live, LIMIT, STREAM_JSON_AGENT,
+};
 use support::docker::{docker, require_docker, TestPod};
 
 const ISSUE: &str = "https://github.com/cldpd/demo/issues/1";
@@ -1109,10 +1111,7 @@ fn a_full_stdout_stops_the_run_and_exits_1_with_a_message() {
     }
     let pod = TestPod::with_stub(FOREVER_LINES);
     let state = state();
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
+    let full = dev_full();
     let mut cmd = cldpd(pod.pods_dir(), state.path());
     cmd.args(["start", pod.name(), "--prompt", "go", "--grace", "2"])
         .stdout(full)

@@ -811,7 +811,7 @@ impl Hub {
 const FEED_CHUNK: usize = 256;
 
 /// Most events a feeder reads from the log at a time (on a blocking-pool
-/// thread) while the lag budget is not spent.
+/// thread) while less than an eighth of the lag budget is used.
 const FEED_LOG_CHUNK: usize = 1024;
 
 /// The same while the dispatcher's lag budget is spent: what a feeder
@@ -889,11 +889,8 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
                 // never on the session's (a slow disk must not stall the
                 // sessions sharing its thread); the reader comes back to be
                 // used for the next chunk.
-                let at = match &reader {
-                    Some(r) if r.get().1 == cursor => None,
-                    _ => Some(shared.locate(cursor)),
-                };
                 let held = reader.take().map(DropOffThread::into_inner);
+                let at = shared.locate(cursor);
                 let path = shared.path().to_path_buf();
                 let read =
                     crate::state::blocking(move || read_chunk(held, at, &path, cursor, chunk))
@@ -937,29 +934,28 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
 }
 
 /// One chunk of a feeder's replay, on a blocking-pool thread: up to
-/// `chunk` events from `cursor` on, read with `held` (positioned at
-/// `cursor`) or, when `at` (`(offset, seq there)`) is given, a reader
-/// opened there (`held` is then closed here). Returns the
-/// reader and the seq it is at, the events, and whether the log jumped
-/// past `cursor` or could not be parsed (an event is missing).
+/// `chunk` events from `cursor` on, read with `held` if it is at `cursor`,
+/// else (closing `held` here) with a reader opened at `at` (`(offset, seq
+/// there)`, from the log's index). Returns the reader and the seq it is
+/// at, the events, and whether the log jumped past `cursor` or could not
+/// be parsed (an event is missing).
 #[allow(clippy::type_complexity)]
 fn read_chunk(
     held: Option<(LogReader, u64)>,
-    at: Option<(u64, u64)>,
+    at: (u64, u64),
     path: &std::path::Path,
     cursor: u64,
     chunk: usize,
 ) -> Result<((LogReader, u64), Vec<Event>, bool), Error> {
-    let (mut r, mut next_seq) = match (held, at) {
-        (Some(held), None) => held,
-        (held, Some((offset, first))) => {
-            drop(held);
+    let (mut r, mut next_seq) = match held {
+        Some(held) if held.1 == cursor => held,
+        _ => {
+            let (offset, first) = at;
             (
                 LogReader::open_buffered(path, offset, FEED_READ_BUFFER)?,
                 first,
             )
         }
-        (None, None) => unreachable!("a feeder reads with its reader or opens one"),
     };
     let mut batch = Vec::with_capacity(chunk);
     let mut jumped = false;

@@ -225,10 +225,6 @@ impl<T: Send + 'static> DropOffThread<T> {
         DropOffThread(Some(value))
     }
 
-    pub(crate) fn get(&self) -> &T {
-        self.0.as_ref().expect("present until dropped")
-    }
-
     /// The value, to be moved to a blocking task.
     pub(crate) fn into_inner(mut self) -> T {
         self.0.take().expect("present until dropped")

@@ -266,3 +266,11 @@ pub fn read_stderr(child: &mut Child) -> JoinHandle<String> {
         s
     })
 }
+
+/// `/dev/full` opened for writing: every write fails with ENOSPC.
+pub fn dev_full() -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap()
+}

@@ -118,6 +118,15 @@ pub async fn run(args: BatchArgs, ctx: &Ctx) -> Result<i32, CliError> {
     result
 }
 
+/// `value` as one JSON line on stdout, with `"type": kind` added.
+fn typed_json_line(ui: &mut crate::cli::output::Ui, kind: &str, value: &impl serde::Serialize) {
+    let mut line = serde_json::to_value(value).expect("our own types serialise");
+    if let Some(m) = line.as_object_mut() {
+        m.insert("type".into(), kind.into());
+    }
+    ui.json_line(&line);
+}
+
 async fn run_batch(
     args: BatchArgs,
     ui: &mut crate::cli::output::Ui,
@@ -154,11 +163,7 @@ async fn run_batch(
         ));
         if ui.json {
             for run in batch.adopted() {
-                let mut line = serde_json::to_value(run).expect("an adopted run serialises");
-                if let Some(m) = line.as_object_mut() {
-                    m.insert("type".into(), "batch_adopted".into());
-                }
-                ui.json_line(&line);
+                typed_json_line(ui, "batch_adopted", run);
             }
             ui.flush();
         }
@@ -278,11 +283,7 @@ async fn run_batch(
     ui.spin_end();
     let report = report_done.expect("loop ends with the report");
     if ui.json {
-        let mut line = serde_json::to_value(&report).expect("report serialises");
-        if let Some(m) = line.as_object_mut() {
-            m.insert("type".into(), "batch_report".into());
-        }
-        ui.json_line(&line);
+        typed_json_line(ui, "batch_report", &report);
     }
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&report).expect("report serialises");
