@@ -366,7 +366,7 @@ const LOG_RETRY: Duration = Duration::from_millis(10);
 pub struct EventStream {
     source: Source,
     last_seq: u64,
-    log_path: PathBuf,
+    log_path: Arc<Path>,
     /// Set when the live channel closed before the terminal event: until
     /// then, the end of the log is the end of what is written so far, not
     /// the end of the stream.
@@ -380,7 +380,7 @@ impl EventStream {
         EventStream {
             source: Source::Log(None),
             last_seq: 0,
-            log_path: path.into(),
+            log_path: Arc::from(path.into()),
             catch_up_until: None,
             retry: None,
         }
@@ -509,7 +509,7 @@ mod tests {
         let stream = EventStream {
             source: Source::Live(rx, Vec::new().into_iter()),
             last_seq: 0,
-            log_path: path.clone(),
+            log_path: path.clone().into(),
             catch_up_until: None,
             retry: None,
         };

@@ -187,10 +187,6 @@ impl LogWriter {
         }
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        self.shared.path()
-    }
-
     /// What the state thread knows of this log.
     pub(crate) fn shared(&self) -> &Arc<SharedLog> {
         &self.shared

@@ -380,7 +380,7 @@ impl DispatcherActor {
         subscribers: Vec<fanout::Subscriber>,
         resume_of: Option<String>,
     ) -> SessionInfo {
-        let log_path = log.path().to_path_buf();
+        let log_path = log.shared().shared_path().clone();
         let (tx, rx) = watch::channel(SessionState::Created);
         let runtime = self.runtime.clone();
         let dispatcher = ctx.address();
@@ -397,8 +397,7 @@ impl DispatcherActor {
         };
         let worker = self.worker();
         // A run (not a resume) can be stopped by another process: see `stops`.
-        let stop_marker =
-            matches!(plan, Plan::Start(_)).then(|| stops::path(&self.settings.state_dir, &id));
+        let stop_marker = matches!(plan, Plan::Start(_));
         let addr = SessionActor::start_in_arbiter(&worker, move |_| {
             let hub = Hub::new(log, limits, budget);
             for s in subscribers {
@@ -414,9 +413,10 @@ impl DispatcherActor {
                 hub,
                 tx,
             );
-            match stop_marker {
-                Some(marker) => session.with_stop_marker(marker),
-                None => session,
+            if stop_marker {
+                session.with_stop_marker()
+            } else {
+                session
             }
         });
         let info = SessionInfo {
@@ -813,7 +813,7 @@ impl DispatcherActor {
     /// [`crate::log::HEARTBEAT`]) and retention never takes them for old,
     /// even when a run is quiet for hours.
     fn heartbeat(&self) {
-        let live: Vec<std::path::PathBuf> = self
+        let live: Vec<Arc<std::path::Path>> = self
             .sessions
             .values()
             .filter(|e| !e.info.state.borrow().is_terminal())

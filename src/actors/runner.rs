@@ -51,7 +51,7 @@ pub struct RunnerActor {
     /// Shared with the output pump (one sender, not two).
     session: Arc<Recipient<RunnerReport>>,
     generation: u32,
-    container: String,
+    container: Box<str>,
     /// For an exec job, its spec: signals go to that process, not to the
     /// container. Boxed, as is the job: the actor stays small.
     exec: Option<Box<ExecSpec>>,
@@ -77,7 +77,7 @@ impl RunnerActor {
             runtime,
             session: Arc::new(session),
             generation,
-            container: job.container().to_string(),
+            container: job.container().into(),
             exec: match &job {
                 Job::Exec(spec) => Some(Box::new(spec.clone())),
                 Job::Run(_) | Job::FollowUp(_) => None,

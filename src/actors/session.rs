@@ -170,7 +170,7 @@ pub struct SessionActor {
     /// starts, its reports wait here (boxed: rare).
     checking: Option<Box<Checking>>,
     runner: Option<Addr<RunnerActor>>,
-    container: Option<String>,
+    container: Option<Box<str>>,
     tracker: RestartTracker,
     stopping: Option<Box<Stopping>>,
     backoff_timer: Option<SpawnHandle>,
@@ -183,9 +183,10 @@ pub struct SessionActor {
     /// The final state and container to clean up, reported once the log
     /// is settled.
     ended: Option<Box<(SessionState, Option<String>)>>,
-    /// Where another process records a stop of this run (see
-    /// [`stops`]); consulted before any restart.
-    stop_marker: Option<Box<std::path::Path>>,
+    /// Whether another process can record a stop of this run (see
+    /// [`stops`]), to be consulted before any restart. The marker's path is
+    /// made when needed, not kept: 10,000 live runs kept 10,000 paths.
+    stop_marker: bool,
     /// A long-lived agent's conversation (boxed: only such runs have one).
     convo: Option<Box<Conversation>>,
     /// Set once the work of a persistent session was saved (or that began).
@@ -229,17 +230,23 @@ impl SessionActor {
             finished: false,
             parser: None,
             ended: None,
-            stop_marker: None,
+            stop_marker: false,
             convo: None,
             harvested: false,
         }
     }
 
-    /// Consult `marker` (see [`stops`]) before restarting: a stop recorded
-    /// there by another process ends the run instead.
-    pub(crate) fn with_stop_marker(mut self, marker: std::path::PathBuf) -> Self {
-        self.stop_marker = Some(marker.into_boxed_path());
+    /// Consult this run's stop marker (see [`stops`]) before restarting: a
+    /// stop recorded there by another process ends the run instead.
+    pub(crate) fn with_stop_marker(mut self) -> Self {
+        self.stop_marker = true;
         self
+    }
+
+    /// The path of this run's stop marker, when it has one.
+    fn stop_marker(&self) -> Option<std::path::PathBuf> {
+        self.stop_marker
+            .then(|| stops::path(self.hub.borrow().store().dir(), &self.id))
     }
 
     fn emit(&mut self, kind: EventKind) {
@@ -381,7 +388,7 @@ impl SessionActor {
         );
         self.runner = Some(runner.start());
         self.phase = Phase::Running;
-        self.container = Some(container.clone());
+        self.container = Some(container.as_str().into());
         // `running` once the runtime reports the container started: a
         // caller that sees `running` can rely on the container existing.
         self.set_state(SessionState::Starting {
@@ -447,7 +454,7 @@ impl SessionActor {
             ctx.cancel_future(timer);
         }
         let container = match (&ending, &self.plan) {
-            (Ending::Failed(_), Plan::Start(_)) => self.container.clone(),
+            (Ending::Failed(_), Plan::Start(_)) => self.container.as_deref().map(String::from),
             _ => None,
         };
         let Some(container) = container else {
@@ -467,12 +474,12 @@ impl SessionActor {
     fn after_container(&mut self, ending: Ending, ctx: &mut Context<Self>) {
         let restart =
             self.stopping.is_none() && RestartTracker::wants_restart(&self.policy, &ending);
-        if let (true, Some(marker)) = (restart, &self.stop_marker) {
+        if let (true, Some(marker)) = (restart, self.stop_marker()) {
             // Was the container stopped by another process? Ask before
             // restarting (see `stops`); no container runs meanwhile, so a
             // stop arriving now just ends the run (as in `Cleanup`).
             self.phase = Phase::Cleanup;
-            let taken = stops::take(marker.to_path_buf());
+            let taken = stops::take(marker);
             ctx.spawn(actix::fut::wrap_future(taken).map(
                 move |stopped_elsewhere, act: &mut Self, ctx| {
                     act.decide(ending, stopped_elsewhere, ctx);
@@ -500,7 +507,7 @@ impl SessionActor {
             // another process's marker (one written meanwhile is never read
             // and is swept with the stale ones): stopping 10,000 runs made
             // 10,000 unlinks of files that were not there.
-            self.stop_marker = None;
+            self.stop_marker = false;
             let outcome = match stopping.reason {
                 StopReason::Requested => ending,
                 StopReason::Timeout(kind, after) => Ending::Failed(Error::Timeout { kind, after }),
@@ -591,7 +598,7 @@ impl SessionActor {
                 tracing::debug!(session = %self.id, ?grace, "stopping: SIGTERM");
                 self.set_state(SessionState::Stopping);
                 let (hurry, deadline) = escalation::Hurry::new(grace);
-                let container = self.container.clone().unwrap_or_default();
+                let container = self.container.as_deref().unwrap_or_default().to_string();
                 let runner = self.runner.clone();
                 let signal = move |sig| {
                     let sent = runner.as_ref().map(|r| r.send(Signal(sig)));
@@ -641,12 +648,12 @@ impl SessionActor {
         }
         self.finished = true;
         self.phase = Phase::Ended;
-        if let (Some(marker), Ending::Exited(code)) = (&self.stop_marker, &ending) {
+        if let (Some(marker), Ending::Exited(code)) = (self.stop_marker(), &ending) {
             if *code > 128 {
                 // Killed by a signal: perhaps by a stop from another
                 // process whose marker no restart decision read (a policy
                 // that would not restart). Don't leave it behind.
-                self.hub.borrow().store().remove_file(marker.to_path_buf());
+                self.hub.borrow().store().remove_file(marker);
             }
         }
         let (kind, state) = match ending {
@@ -741,7 +748,7 @@ impl Drop for SessionActor {
             }
         }));
         let cleanup = (matches!(self.phase, Phase::Running) && matches!(self.plan, Plan::Start(_)))
-            .then(|| self.container.clone())
+            .then(|| self.container.as_deref().map(String::from))
             .flatten();
         self.dispatcher.do_send(SessionEnded {
             id: self.id.to_string(),
@@ -1050,7 +1057,7 @@ impl SessionActor {
                 self.container_ended(Ending::Failed(e), ctx);
             }
             RunnerEvent::Lost => {
-                let container = self.container.clone();
+                let container = self.container.as_deref().map(String::from);
                 let err = Error::internal(format!(
                     "the runner of container {} died unexpectedly; the container is removed",
                     container.as_deref().unwrap_or("?")

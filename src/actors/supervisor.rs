@@ -16,7 +16,6 @@
 //!   `catch_unwind`; a panic becomes an [`Error::Internal`] for that run only.
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -149,7 +148,7 @@ pub(crate) enum Decision {
 /// Applies a [`Policy`]'s restart rules across the containers of one run.
 #[derive(Debug, Default)]
 pub(crate) struct RestartTracker {
-    recent: VecDeque<Instant>,
+    recent: Vec<Instant>,
     restarts: u32,
 }
 
@@ -189,13 +188,8 @@ impl RestartTracker {
         if !Self::wants_restart(policy, ending) {
             return Decision::Finish;
         }
-        while let Some(&t) = self.recent.front() {
-            if now.duration_since(t) > policy.within {
-                self.recent.pop_front();
-            } else {
-                break;
-            }
-        }
+        self.recent
+            .retain(|&t| now.duration_since(t) <= policy.within);
         if self.recent.len() as u32 >= policy.max_restarts {
             return Decision::GiveUp(Error::RestartLimit {
                 restarts: policy.max_restarts,
@@ -207,7 +201,7 @@ impl RestartTracker {
                 },
             });
         }
-        self.recent.push_back(now);
+        self.recent.push(now);
         self.restarts += 1;
         let factor = 2u32.saturating_pow(self.restarts - 1);
         let delay = policy

@@ -14,7 +14,8 @@
 //! # Ok(()) }
 //! ```
 
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::{Addr, Message, Recipient};
@@ -258,8 +259,8 @@ pub struct SessionInfo {
     pub addr: Addr<SessionActor>,
     /// Its state, updated as it changes.
     pub state: watch::Receiver<SessionState>,
-    /// Its event log.
-    pub log_path: PathBuf,
+    /// Its event log (one allocation shared by every copy of the info).
+    pub log_path: Arc<Path>,
 }
 
 /// A cldpd container found through its Docker labels.

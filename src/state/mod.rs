@@ -64,7 +64,7 @@ pub(crate) enum Cmd {
     /// Create the log file of a new session.
     Create(Box<CreateLog>),
     /// Mark these logs as belonging to live runs (modification time now).
-    Touch(Box<[PathBuf]>),
+    Touch(Box<[Arc<Path>]>),
     /// Remove a file if it exists (a stop marker nobody read).
     Remove(Box<Path>),
 }
@@ -129,6 +129,11 @@ pub(crate) fn absolute_dir(dir: &Path) -> PathBuf {
 }
 
 impl StateStore {
+    /// The state directory (absolute, see [`absolute_dir`]).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
     /// The owner of `state_dir`'s I/O, with its thread started.
     pub(crate) fn open(state_dir: &Path) -> StateStore {
         let (tx, rx) = mpsc::channel();
@@ -184,7 +189,7 @@ impl StateStore {
     }
 
     /// Touch the logs of live runs (see [`crate::log::HEARTBEAT`]).
-    pub(crate) fn touch(&self, paths: Vec<PathBuf>) {
+    pub(crate) fn touch(&self, paths: Vec<Arc<Path>>) {
         if !paths.is_empty() {
             self.send(Cmd::Touch(paths.into_boxed_slice()));
         }

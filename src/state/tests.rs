@@ -64,10 +64,10 @@ async fn written_events_settle_and_read_back_from_any_indexed_position() {
     w.flush();
     assert_eq!(w.handed_seq(), 3000);
     log::settled(&store, w.shared(), 3000).await;
-    assert_eq!(log::read_all(w.path()).unwrap(), events);
+    assert_eq!(log::read_all(w.shared().path()).unwrap(), events);
     let (off, first) = w.shared().locate(2500);
     assert_eq!(first, 2049);
-    let mut r = LogReader::open_at(w.path(), off).unwrap();
+    let mut r = LogReader::open_at(w.shared().path(), off).unwrap();
     assert_eq!(r.next_event().unwrap().unwrap().seq, 2049);
     assert_eq!(w.backlog(), 0);
     // Ids are fresh: a second log of the pod gets another.
@@ -85,7 +85,7 @@ async fn a_log_deleted_under_a_live_run_is_created_again_and_says_what_it_lost()
     }
     w.flush();
     log::settled(&store, w.shared(), 10).await;
-    std::fs::remove_file(w.path()).unwrap();
+    std::fs::remove_file(w.shared().path()).unwrap();
     for seq in 11..=15 {
         w.append(&out(&id, seq, "after"));
     }
@@ -93,7 +93,7 @@ async fn a_log_deleted_under_a_live_run_is_created_again_and_says_what_it_lost()
     log::settled(&store, w.shared(), 15).await;
     let mut want = vec!["gap 1-10".to_string()];
     want.extend(seqs(11..=15));
-    assert_eq!(entries(w.path()), want);
+    assert_eq!(entries(w.shared().path()), want);
     assert_eq!(w.shared().gap_at(4), Some((1, 10)));
     assert_eq!(w.shared().gap_at(11), None);
 }
@@ -108,7 +108,7 @@ async fn a_full_disk_leaves_a_gap_that_is_marked_once_space_is_back() {
     }
     w.flush();
     log::settled(&store, w.shared(), 3).await;
-    let written = std::fs::metadata(w.path()).unwrap().len();
+    let written = std::fs::metadata(w.shared().path()).unwrap().len();
     writer::fault::set_full(dir.path(), true);
     for seq in 4..=8 {
         w.append(&out(&id, seq, "lost"));
@@ -116,7 +116,7 @@ async fn a_full_disk_leaves_a_gap_that_is_marked_once_space_is_back() {
     }
     log::settled(&store, w.shared(), 8).await;
     // The half-written batch was cut back: the file ends with a whole line.
-    assert_eq!(std::fs::metadata(w.path()).unwrap().len(), written);
+    assert_eq!(std::fs::metadata(w.shared().path()).unwrap().len(), written);
     assert_eq!(w.shared().gap_at(6), Some((4, 8)));
     assert_eq!(w.backlog(), 0);
     writer::fault::set_full(dir.path(), false);
@@ -128,7 +128,7 @@ async fn a_full_disk_leaves_a_gap_that_is_marked_once_space_is_back() {
     let mut want = seqs(1..=3);
     want.push("gap 4-8".into());
     want.extend(seqs(9..=10));
-    assert_eq!(entries(w.path()), want);
+    assert_eq!(entries(w.shared().path()), want);
     // The index still points at whole lines after the gap.
     assert_eq!(w.shared().gaps(), [(4, 8)]);
 }

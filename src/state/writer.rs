@@ -66,7 +66,8 @@ pub(crate) fn put_spare(mut buf: Vec<u8>) {
 /// lagging subscribers' feeders, and the state thread.
 #[derive(Debug)]
 pub(crate) struct SharedLog {
-    path: PathBuf,
+    /// Shared with the session's [`SessionInfo`](crate::SessionInfo)s.
+    path: Arc<Path>,
     state: Mutex<LogState>,
     /// Last seq written to the file or recorded as missing.
     settled: AtomicU64,
@@ -136,7 +137,7 @@ impl SharedLog {
     /// `total` is the store's sum of every log's backlog.
     pub(crate) fn new(path: PathBuf, total: Arc<TotalBacklog>) -> Arc<SharedLog> {
         Arc::new(SharedLog {
-            path,
+            path: path.into(),
             state: Mutex::new(LogState::default()),
             settled: AtomicU64::new(0),
             backlog: AtomicUsize::new(0),
@@ -152,6 +153,11 @@ impl SharedLog {
     }
 
     pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path, to keep (one allocation per session, however many keep it).
+    pub(crate) fn shared_path(&self) -> &Arc<Path> {
         &self.path
     }
 
@@ -617,7 +623,7 @@ fn create(dir: &Path, pod: &str) -> Result<String> {
     Err(Error::internal("could not find an unused session id"))
 }
 
-fn touch(paths: &[PathBuf]) {
+fn touch(paths: &[Arc<Path>]) {
     let now = SystemTime::now();
     for p in paths {
         if let Err(e) = OpenOptions::new()

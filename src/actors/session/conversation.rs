@@ -125,7 +125,7 @@ impl SessionActor {
         });
         if let Some(container) = &self.container {
             self.set_state(SessionState::Idle {
-                container: container.clone(),
+                container: container.to_string(),
                 turns,
             });
         }
@@ -150,7 +150,7 @@ impl SessionActor {
     fn back_to_work(&mut self) {
         if let Some(container) = &self.container {
             self.set_state(SessionState::Running {
-                container: container.clone(),
+                container: container.to_string(),
                 attempt: self.attempt,
             });
         }
