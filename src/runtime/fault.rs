@@ -110,8 +110,8 @@ const BUILD_TAIL: usize = 20;
 /// million lines a second in release builds.
 ///
 /// Observations cost more: [`record_specs`](Self::record_specs) (on by
-/// default) keeps a copy of every spec received, so switch it off in soak
-/// tests and benchmarks that hold thousands of runs.
+/// default) keeps a copy of every spec and stdin received, so switch it
+/// off in soak tests and benchmarks that hold thousands of runs.
 ///
 /// # Example
 ///
@@ -562,8 +562,9 @@ impl FaultRuntime {
     }
 
     /// Record every [`RunSpec`] and [`ExecSpec`] received, for
-    /// [`runs`](Self::runs) and [`execs`](Self::execs) (on by default).
-    /// Recording keeps a copy of each spec until
+    /// [`runs`](Self::runs) and [`execs`](Self::execs), and what each was
+    /// given on its stdin, for [`stdins`](Self::stdins) (on by default).
+    /// Recording keeps a copy of each spec and stdin until
     /// [`reset_observations`](Self::reset_observations); switch it off when
     /// holding thousands of runs.
     pub fn record_specs(&self, record: bool) -> &Self {
@@ -635,8 +636,9 @@ impl FaultRuntime {
 
     /// What the processes started so far were given on their stdin (see
     /// [`Stdin`]): `(container, bytes)` per run or exec that had one, in
-    /// order, whether or not specs are recorded. The fault runtime "writes"
-    /// the whole of it at start, as the real backends do.
+    /// order (when recording, see [`record_specs`](Self::record_specs)).
+    /// The fault runtime "writes" the whole of it at start, as the real
+    /// backends do.
     pub fn stdins(&self) -> Vec<(String, Stdin)> {
         self.inner.lock().stdins.clone()
     }

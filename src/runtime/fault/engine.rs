@@ -144,7 +144,7 @@ impl Runtime for FaultRuntime {
         if reg.record_specs {
             reg.runs.push(spec.clone());
         }
-        if let Some(stdin) = &spec.stdin {
+        if let (true, Some(stdin)) = (reg.record_specs, &spec.stdin) {
             reg.stdins.push((spec.container.clone(), stdin.clone()));
         }
         if reg.unavailable {
@@ -228,7 +228,7 @@ impl Runtime for FaultRuntime {
         if reg.record_specs {
             reg.execs.push(spec.clone());
         }
-        if let Some(stdin) = &spec.stdin {
+        if let (true, Some(stdin)) = (reg.record_specs, &spec.stdin) {
             reg.stdins.push((spec.container.clone(), stdin.clone()));
         }
         if reg.unavailable {
