@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cldpd::runtime::{
     labels, BuildEvent, BuildScript, BuildSpec, ExecSpec, FaultRuntime, OutputLine, ProcessEvent,
-    RunScript, RunSpec, Runtime, Step, StopSignal, DEFAULT_LINE_CAP,
+    RunScript, RunSpec, Runtime, Stdin, Step, StopSignal, DEFAULT_LINE_CAP,
 };
 use cldpd::{Error, OutputStream};
 use futures_util::stream::BoxStream;
@@ -975,6 +975,29 @@ async fn specs_are_recorded_unless_switched_off() {
     let _ = collect(rt.run(spec("web", "web-2"))).await;
     assert_eq!(rt.runs().len(), 1);
     assert_eq!(rt.run_count("web"), 2, "counts go on");
+}
+
+#[tokio::test]
+async fn stdins_are_recorded_with_the_specs_and_not_when_switched_off() {
+    let rt = FaultRuntime::new();
+    let with_stdin = |container: &str, prompt: &str| RunSpec {
+        stdin: Some(Stdin::new(prompt)),
+        ..spec("web", container)
+    };
+    let _ = collect(rt.run(with_stdin("web-1", "first"))).await;
+    let stdins = rt.stdins();
+    assert_eq!(stdins.len(), 1);
+    assert_eq!(
+        (stdins[0].0.as_str(), stdins[0].1.bytes()),
+        ("web-1", &b"first"[..])
+    );
+    // A soak test that switches recording off keeps nothing per run.
+    rt.record_specs(false);
+    let _ = collect(rt.run(with_stdin("web-2", "second"))).await;
+    assert_eq!(rt.stdins().len(), 1);
+    rt.record_specs(true);
+    let _ = collect(rt.run(with_stdin("web-3", "third"))).await;
+    assert_eq!(rt.stdins().len(), 2);
 }
 
 #[test]
