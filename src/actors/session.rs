@@ -186,7 +186,7 @@ pub struct SessionActor {
     /// Whether another process can record a stop of this run (see
     /// [`stops`]), to be consulted before any restart. The marker's path is
     /// made when needed, not kept: 10,000 live runs kept 10,000 paths.
-    stop_marker: bool,
+    stoppable_elsewhere: bool,
     /// A long-lived agent's conversation (boxed: only such runs have one).
     convo: Option<Box<Conversation>>,
     /// Set once the work of a persistent session was saved (or that began).
@@ -230,7 +230,7 @@ impl SessionActor {
             finished: false,
             parser: None,
             ended: None,
-            stop_marker: false,
+            stoppable_elsewhere: false,
             convo: None,
             harvested: false,
         }
@@ -239,13 +239,18 @@ impl SessionActor {
     /// Consult this run's stop marker (see [`stops`]) before restarting: a
     /// stop recorded there by another process ends the run instead.
     pub(crate) fn with_stop_marker(mut self) -> Self {
-        self.stop_marker = true;
+        self.stoppable_elsewhere = true;
         self
+    }
+
+    /// The current container's name, if one was started.
+    fn container_name(&self) -> Option<String> {
+        self.container.as_deref().map(String::from)
     }
 
     /// The path of this run's stop marker, when it has one.
     fn stop_marker(&self) -> Option<std::path::PathBuf> {
-        self.stop_marker
+        self.stoppable_elsewhere
             .then(|| stops::path(self.hub.borrow().store().dir(), &self.id))
     }
 
@@ -454,7 +459,7 @@ impl SessionActor {
             ctx.cancel_future(timer);
         }
         let container = match (&ending, &self.plan) {
-            (Ending::Failed(_), Plan::Start(_)) => self.container.as_deref().map(String::from),
+            (Ending::Failed(_), Plan::Start(_)) => self.container_name(),
             _ => None,
         };
         let Some(container) = container else {
@@ -507,7 +512,7 @@ impl SessionActor {
             // another process's marker (one written meanwhile is never read
             // and is swept with the stale ones): stopping 10,000 runs made
             // 10,000 unlinks of files that were not there.
-            self.stop_marker = false;
+            self.stoppable_elsewhere = false;
             let outcome = match stopping.reason {
                 StopReason::Requested => ending,
                 StopReason::Timeout(kind, after) => Ending::Failed(Error::Timeout { kind, after }),
@@ -598,7 +603,7 @@ impl SessionActor {
                 tracing::debug!(session = %self.id, ?grace, "stopping: SIGTERM");
                 self.set_state(SessionState::Stopping);
                 let (hurry, deadline) = escalation::Hurry::new(grace);
-                let container = self.container.as_deref().unwrap_or_default().to_string();
+                let container = self.container_name().unwrap_or_default();
                 let runner = self.runner.clone();
                 let signal = move |sig| {
                     let sent = runner.as_ref().map(|r| r.send(Signal(sig)));
@@ -748,7 +753,7 @@ impl Drop for SessionActor {
             }
         }));
         let cleanup = (matches!(self.phase, Phase::Running) && matches!(self.plan, Plan::Start(_)))
-            .then(|| self.container.as_deref().map(String::from))
+            .then(|| self.container_name())
             .flatten();
         self.dispatcher.do_send(SessionEnded {
             id: self.id.to_string(),
@@ -1057,7 +1062,7 @@ impl SessionActor {
                 self.container_ended(Ending::Failed(e), ctx);
             }
             RunnerEvent::Lost => {
-                let container = self.container.as_deref().map(String::from);
+                let container = self.container_name();
                 let err = Error::internal(format!(
                     "the runner of container {} died unexpectedly; the container is removed",
                     container.as_deref().unwrap_or("?")

@@ -191,7 +191,7 @@ impl Handler<FollowUp> for SessionActor {
             convo.held.push(bytes);
             return Box::pin(actix::fut::ready(Ok(command)));
         }
-        let container = self.container.clone().unwrap_or_default();
+        let container = self.container_name().unwrap_or_default();
         // Handed to the backend now (in call order); the future says
         // whether it could be written.
         let write = self.runtime.write_input(&container, bytes);
