@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cli_support::{cldpd, dev_full, exit_within, read_stderr, run, Live, LIMIT};
+use cli_support::{cldpd, exit_within, read_stderr, run, run_with_full_stdout, Live, LIMIT};
 use support::docker::{docker, require_docker, TestPod};
 
 /// Succeeds, or exits 3 when its prompt says `fail`; takes a little while so
@@ -37,10 +37,32 @@ fn job_file(state: &tempfile::TempDir, pod: &TestPod, prompts: &[&str]) -> std::
     file
 }
 
+/// `cldpd batch FLAGS --report <state>/report.json FILE`, and the
+/// report's path.
+fn batch(
+    pod: &TestPod,
+    state: &tempfile::TempDir,
+    flags: &[&str],
+    file: &std::path::Path,
+) -> (std::process::Command, std::path::PathBuf) {
+    let report = state.path().join("report.json");
+    let mut cmd = cldpd(pod.pods_dir(), state.path());
+    cmd.arg("batch")
+        .args(flags)
+        .arg("--report")
+        .arg(&report)
+        .arg(file);
+    (cmd, report)
+}
+
+/// The report written at `path`.
+fn read_report(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 /// The `state` of each job in the report at `path`.
 fn report_states(path: &std::path::Path) -> Vec<String> {
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    report["jobs"]
+    read_report(path)["jobs"]
         .as_array()
         .unwrap()
         .iter()
@@ -95,12 +117,7 @@ fn a_batch_of_twenty_at_concurrency_four_builds_once_and_never_runs_more_than_fo
         .collect();
     let file = state.path().join("jobs.ndjson");
     std::fs::write(&file, jobs).unwrap();
-    let report_path = state.path().join("report.json");
-
-    let mut cmd = cldpd(pod.pods_dir(), state.path());
-    cmd.args(["batch", "--concurrency", "4", "--json", "--report"])
-        .arg(&report_path)
-        .arg(&file);
+    let (cmd, report_path) = batch(&pod, &state, &["--concurrency", "4", "--json"], &file);
     let mut live = Live::spawn(cmd);
     // Sample the engine while the batch runs (a measurement, bounded by the
     // batch's end; nothing waits on it).
@@ -139,8 +156,7 @@ fn a_batch_of_twenty_at_concurrency_four_builds_once_and_never_runs_more_than_fo
         20
     );
 
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let report = read_report(&report_path);
     assert_eq!(report["total"], 20);
     assert_eq!(report["succeeded"], 16);
     assert_eq!(report["failed"], 4);
@@ -341,19 +357,12 @@ fn a_batch_names_the_run_it_adopted_holds_a_slot_for_it_and_stops_it_on_ctrl_c()
     assert_eq!(running_containers(&pod), 1, "the orphan runs on");
 
     let file = job_file(&state, &pod, &["job"]);
-    let report_path = state.path().join("report.json");
-    let mut cmd = cldpd(pod.pods_dir(), state.path());
-    cmd.args([
-        "batch",
-        "--concurrency",
-        "1",
-        "--grace",
-        "5",
-        "--json",
-        "--report",
-    ])
-    .arg(&report_path)
-    .arg(&file);
+    let (cmd, report_path) = batch(
+        &pod,
+        &state,
+        &["--concurrency", "1", "--grace", "5", "--json"],
+        &file,
+    );
     let live = Live::spawn(cmd);
     live.wait_stderr(
         &format!("adopted 1 run of a dead cldpd with this state directory ({orphan})"),
@@ -375,8 +384,7 @@ fn a_batch_names_the_run_it_adopted_holds_a_slot_for_it_and_stops_it_on_ctrl_c()
     let out = live.finish(Duration::from_secs(60));
     out.expect_code(1);
     assert_eq!(queued, 1, "the job waited for the adopted run's slot");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let report = read_report(&report_path);
     assert_eq!(report["adopted"][0]["session"], orphan.as_str(), "{report}");
     assert_eq!(report["adopted"][0]["state"], "stopped", "{report}");
     assert_eq!(report["jobs"][0]["state"], "stopped", "{report}");
@@ -402,19 +410,12 @@ fn ctrl_c_stops_every_job_and_still_writes_the_report() {
     let pod = TestPod::with_stub(FOREVER);
     let state = state();
     let file = job_file(&state, &pod, &["run 0", "run 1", "run 2"]);
-    let report_path = state.path().join("report.json");
-    let mut cmd = cldpd(pod.pods_dir(), state.path());
-    cmd.args([
-        "batch",
-        "--concurrency",
-        "2",
-        "--grace",
-        "5",
-        "--json",
-        "--report",
-    ])
-    .arg(&report_path)
-    .arg(&file);
+    let (cmd, report_path) = batch(
+        &pod,
+        &state,
+        &["--concurrency", "2", "--grace", "5", "--json"],
+        &file,
+    );
     let live = Live::spawn(cmd);
     // Two jobs run (the agents said so), the third waits in the queue.
     live.wait_for("two running agents", Duration::from_secs(120), |l| {
@@ -432,8 +433,7 @@ fn ctrl_c_stops_every_job_and_still_writes_the_report() {
         report_states(&report_path),
         ["stopped", "stopped", "stopped"]
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let report = read_report(&report_path);
     assert_eq!(
         report["jobs"][2]["error"]["code"], "stopped",
         "the queued job never started"
@@ -453,23 +453,13 @@ fn a_budget_stops_admissions_and_the_report_gives_turns_and_cost() {
     }
     let pod = TestPod::with_stub(PRICEY_AGENT);
     let state = state();
-    let file = state.path().join("jobs.ndjson");
-    let jobs: String = (0..3)
-        .map(|i| format!("{{\"pod\": \"{}\", \"prompt\": \"job {i}\"}}\n", pod.name()))
-        .collect();
-    std::fs::write(&file, jobs).unwrap();
-    let report = state.path().join("report.json");
-    let mut cmd = cldpd(pod.pods_dir(), state.path());
-    cmd.args([
-        "batch",
-        "--concurrency",
-        "1",
-        "--budget-usd",
-        "0.5",
-        "--report",
-    ])
-    .arg(&report)
-    .arg(&file);
+    let file = job_file(&state, &pod, &["job 0", "job 1", "job 2"]);
+    let (cmd, report) = batch(
+        &pod,
+        &state,
+        &["--concurrency", "1", "--budget-usd", "0.5"],
+        &file,
+    );
     let out = run(cmd, Duration::from_secs(180));
     out.expect_code(1);
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -496,7 +486,7 @@ fn a_budget_stops_admissions_and_the_report_gives_turns_and_cost() {
     ] {
         assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
     }
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let json = read_report(&report);
     assert_eq!(json["not_started"], 2);
     assert_eq!(json["cost_usd"], 0.6);
     assert_eq!(json["turns"], 3);
@@ -538,22 +528,8 @@ fn a_batch_whose_stdout_is_full_stops_every_job_and_exits_1() {
     let pod = TestPod::with_stub(TICKING);
     let state = state();
     let file = job_file(&state, &pod, &["quick", "run 1", "run 2"]);
-    let report_path = state.path().join("report.json");
-    let full = dev_full();
-    let mut cmd = cldpd(pod.pods_dir(), state.path());
-    cmd.args(["batch", "--concurrency", "3", "--grace", "5", "--report"])
-        .arg(&report_path)
-        .arg(&file)
-        .stdout(full)
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let err = read_stderr(&mut child);
-    let (code, stderr) = exit_within(child, err, Duration::from_secs(120));
-    assert_eq!(code, Some(1), "stderr:\n{stderr}");
-    assert!(
-        stderr.contains("cldpd: cannot write to stdout: No space left on device"),
-        "{stderr}"
-    );
+    let (cmd, report_path) = batch(&pod, &state, &["--concurrency", "3", "--grace", "5"], &file);
+    let stderr = run_with_full_stdout(cmd, Duration::from_secs(120));
     assert!(stderr.contains("cldpd: stopping every job"), "{stderr}");
     assert_eq!(
         report_states(&report_path),
@@ -574,21 +550,14 @@ fn a_batch_whose_stdout_reader_goes_away_stops_every_job_and_exits_141() {
     let pod = TestPod::with_stub(TICKING);
     let state = state();
     let file = job_file(&state, &pod, &["run 0", "run 1", "run 2"]);
-    let report_path = state.path().join("report.json");
-    let mut cmd = cldpd(pod.pods_dir(), state.path());
-    cmd.args([
-        "batch",
-        "--concurrency",
-        "2",
-        "--grace",
-        "5",
-        "--json",
-        "--report",
-    ])
-    .arg(&report_path)
-    .arg(&file)
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
+    let (mut cmd, report_path) = batch(
+        &pod,
+        &state,
+        &["--concurrency", "2", "--grace", "5", "--json"],
+        &file,
+    );
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let err = read_stderr(&mut child);
     let out = child.stdout.take().unwrap();

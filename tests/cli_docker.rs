@@ -16,7 +16,8 @@ mod support;
 use std::time::Duration;
 
 use cli_support::{
-    cldpd, dev_full, exit_within, read_stderr, run, Finished, Live, LIMIT, STREAM_JSON_AGENT,
+    cldpd, exit_within, read_stderr, run, run_with_full_stdout, Finished, Live, LIMIT,
+    STREAM_JSON_AGENT,
 };
 use support::docker::{docker, require_docker, TestPod};
 
@@ -1111,19 +1112,9 @@ fn a_full_stdout_stops_the_run_and_exits_1_with_a_message() {
     }
     let pod = TestPod::with_stub(FOREVER_LINES);
     let state = state();
-    let full = dev_full();
     let mut cmd = cldpd(pod.pods_dir(), state.path());
-    cmd.args(["start", pod.name(), "--prompt", "go", "--grace", "2"])
-        .stdout(full)
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let err = read_stderr(&mut child);
-    let (code, stderr) = exit_within(child, err, STARTUP + Duration::from_secs(30));
-    assert_eq!(code, Some(1), "stderr:\n{stderr}");
-    assert!(
-        stderr.contains("cldpd: cannot write to stdout: No space left on device"),
-        "{stderr}"
-    );
+    cmd.args(["start", pod.name(), "--prompt", "go", "--grace", "2"]);
+    let stderr = run_with_full_stdout(cmd, STARTUP + Duration::from_secs(30));
     assert!(stderr.contains("cldpd: stopping "), "{stderr}");
     no_containers_left(&pod);
 }

@@ -891,7 +891,7 @@ async fn feed(hub: SharedHub, id: u64, sink: Subscriber, mut cursor: u64) {
                 // used for the next chunk.
                 let held = reader.take().map(DropOffThread::into_inner);
                 let at = shared.locate(cursor);
-                let path = shared.path().to_path_buf();
+                let path = shared.shared_path().clone();
                 let read =
                     crate::state::blocking(move || read_chunk(held, at, &path, cursor, chunk))
                         .await;

@@ -267,8 +267,24 @@ pub fn read_stderr(child: &mut Child) -> JoinHandle<String> {
     })
 }
 
+/// Run `cmd` with its stdout on `/dev/full` (every write fails with
+/// ENOSPC), waiting at most `limit`: asserts that cldpd exits 1 and says
+/// why, and returns its stderr for the rest of the test's checks.
+pub fn run_with_full_stdout(mut cmd: Command, limit: Duration) -> String {
+    cmd.stdout(dev_full()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let err = read_stderr(&mut child);
+    let (code, stderr) = exit_within(child, err, limit);
+    assert_eq!(code, Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("cldpd: cannot write to stdout: No space left on device"),
+        "{stderr}"
+    );
+    stderr
+}
+
 /// `/dev/full` opened for writing: every write fails with ENOSPC.
-pub fn dev_full() -> std::fs::File {
+fn dev_full() -> std::fs::File {
     std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
