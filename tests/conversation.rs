@@ -171,6 +171,71 @@ async fn an_error_result_fails_the_run_when_it_ends() {
     }
 }
 
+/// The session keeps its stream-json parser only while it holds something
+/// (a split line, the result): what it holds must outlive the batches of
+/// output in between.
+#[actix::test]
+async fn a_result_split_over_batches_or_followed_by_more_output_still_counts() {
+    let dirs = Dirs::new(&[("split", None), ("failing", None)]);
+    let rt = FaultRuntime::new();
+    // A result line of 2.5 MiB: the fault engine hands output over in
+    // batches of at most 256 KiB, and the line arrives as partial pieces
+    // (cut at the 1 MiB line cap) in different batches.
+    let long = "x".repeat(5 * 512 * 1024);
+    let split = format!(
+        r#"{{"type":"result","subtype":"success","is_error":false,"num_turns":3,"result":"{long}"}}"#
+    );
+    rt.script_pod(
+        "split",
+        RunScript::new()
+            .bytes(cldpd::OutputStream::Stdout, "not json\n")
+            .bytes(cldpd::OutputStream::Stdout, format!("{split}\n"))
+            .exit(0),
+    );
+    // An error result, then 1 MiB of plain output (several batches) and a
+    // clean exit: the result still fails the run.
+    let failing = r#"{"type":"result","subtype":"success","is_error":true,"num_turns":1,"api_error_status":529,"result":"API Error: 529 overloaded"}"#;
+    rt.script_pod(
+        "failing",
+        RunScript::new()
+            .bytes(cldpd::OutputStream::Stdout, format!("{failing}\n"))
+            .lines(cldpd::OutputStream::Stdout, 8192, 128, None)
+            .exit(0),
+    );
+    let d = Dispatcher::new(dirs.settings(), rt.clone());
+
+    let s = d.start(StartRequest::prompt("split", "go")).await.unwrap();
+    let seen = within(20, "split run", collect(&s)).await;
+    let typed: Vec<_> = seen
+        .all
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::AgentResult(r) => Some((r.turns, r.is_error)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(typed, [(3, false)], "one result, from the pieces");
+    assert!(
+        seen.all
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Output { partial: true, .. })),
+        "the result line did arrive in pieces"
+    );
+    assert!(matches!(s.wait().await, Ok(0)));
+
+    let s = d
+        .start(StartRequest::prompt("failing", "go"))
+        .await
+        .unwrap();
+    let seen = within(20, "failing run", collect(&s)).await;
+    assert_eq!(seen.stdout, 8193, "every line arrived");
+    match s.wait().await {
+        Err(e @ Error::AgentFailed { .. }) => assert_eq!(e.code(), "api_error"),
+        other => panic!("{other:?}"),
+    }
+    assert!(rt.running().is_empty());
+}
+
 #[actix::test]
 async fn a_text_agent_takes_no_follow_ups_on_stdin() {
     let dirs = Dirs::new(&[("web", None)]);

@@ -177,8 +177,13 @@ pub struct SessionActor {
     first_start: Option<Instant>,
     last_output: Instant,
     finished: bool,
-    /// The stream-json parser of the current process (`None` for agents
-    /// whose output is plain text). Boxed: only agent runs have one.
+    /// The stream-json parser of the current process, while it holds
+    /// something (a split line, the agent's result): made for a batch of
+    /// output when the agent writes stream-json
+    /// ([`agent_output`](Self::agent_output)) and dropped after it when it
+    /// holds nothing, so that a quiet run holds none (96 bytes of heap per
+    /// live session in `bench_hold`, BENCHMARKS.md; one allocation per
+    /// batch of a busy one).
     parser: Option<Box<StreamJsonParser>>,
     /// The final state and container to clean up, reported once the log
     /// is settled.
@@ -378,11 +383,8 @@ impl SessionActor {
             }
             Plan::Resume { job, .. } => (**job).clone(),
         };
-        let output = match &self.plan {
-            Plan::Start(plan) => plan.template.agent_output,
-            Plan::Resume { agent_output, .. } => *agent_output,
-        };
-        self.parser = (output == AgentOutput::StreamJson).then(Box::default);
+        // A new process: its parser starts afresh with its first line.
+        self.parser = None;
         let container = job.container().to_string();
         self.generation += 1;
         let runner = RunnerActor::new(
@@ -707,6 +709,14 @@ impl SessionActor {
         self.set_state(state);
     }
 
+    /// What the agent writes on stdout.
+    fn agent_output(&self) -> AgentOutput {
+        match &self.plan {
+            Plan::Start(plan) => plan.template.agent_output,
+            Plan::Resume { agent_output, .. } => *agent_output,
+        }
+    }
+
     fn outcome_future(&self) -> ResponseFuture<Result<i32, Error>> {
         let mut rx = self.state.subscribe();
         Box::pin(async move {
@@ -1000,6 +1010,9 @@ impl SessionActor {
             }
             RunnerEvent::Process(ProcessEvent::Output(lines)) => {
                 self.last_output = Instant::now();
+                if self.parser.is_none() && self.agent_output() == AgentOutput::StreamJson {
+                    self.parser = Some(Box::default());
+                }
                 let Some(parser) = self.parser.as_mut() else {
                     return self.emit_all(lines.into_iter().map(|l| EventKind::Output {
                         stream: l.stream,
@@ -1022,6 +1035,9 @@ impl SessionActor {
                         partial: l.partial,
                     });
                     kinds.extend(typed);
+                }
+                if parser.holds_nothing() {
+                    self.parser = None;
                 }
                 let went_idle = self.convo.is_some() && self.track_turns(&kinds, ctx);
                 self.emit_all(kinds.into_iter());

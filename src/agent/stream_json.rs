@@ -86,6 +86,13 @@ impl StreamJsonParser {
         self.outcome.as_ref()
     }
 
+    /// Whether it holds nothing: no outcome, no part of a split line (as
+    /// [`new`](Self::new) made it). A holder may then drop it and make a
+    /// new one for the next line without losing anything.
+    pub fn holds_nothing(&self) -> bool {
+        self.pending.is_none() && self.outcome.is_none() && !self.overflow
+    }
+
     /// Forget the outcome and any split line (a new process starts).
     pub fn reset(&mut self) {
         *self = Self::default();
@@ -367,6 +374,22 @@ mod tests {
     const TOOL_RESULT: &str = r#"{"type":"user","message":{"role":"user","content":[{"tool_use_id":"toolu_1","type":"tool_result","content":"hi","is_error":false}]},"parent_tool_use_id":null,"session_id":"f6a692dc-741b-4ecf-a64c-843b2be980c7","tool_use_result":{"stdout":"hi","stderr":"","interrupted":false}}"#;
     const TEXT: &str = r#"{"type":"assistant","message":{"id":"msg_3","type":"message","role":"assistant","model":"claude-opus-5-5","content":[{"type":"thinking","thinking":"hmm"},{"type":"text","text":"All done."}]},"session_id":"f6a692dc-741b-4ecf-a64c-843b2be980c7"}"#;
     const RESULT: &str = r#"{"duration_api_ms":1013,"stop_reason":"end_turn","session_id":"f6a692dc-741b-4ecf-a64c-843b2be980c7","total_cost_usd":0.00028000000000000003,"usage":{"input_tokens":20,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":10},"permission_denials":[],"terminal_reason":"completed","is_error":false,"num_turns":2,"subtype":"success","api_error_status":null,"result":"All done.","type":"result","duration_ms":1805}"#;
+
+    #[test]
+    fn it_holds_nothing_between_whole_lines_until_the_result() {
+        let mut p = StreamJsonParser::new();
+        assert!(p.holds_nothing());
+        p.feed(INIT, false);
+        p.feed("plain text", false);
+        assert!(p.holds_nothing(), "whole lines leave nothing behind");
+        let (head, tail) = TOOL_USE.split_at(40);
+        p.feed(head, true);
+        assert!(!p.holds_nothing(), "the first part of a split line is held");
+        assert_eq!(p.feed(tail, false).len(), 1);
+        assert!(p.holds_nothing());
+        p.feed(RESULT, false);
+        assert!(!p.holds_nothing(), "the result is held for the exit");
+    }
 
     #[test]
     fn a_recorded_run_becomes_typed_events_in_order() {
