@@ -146,6 +146,22 @@ async fn resume_events_follow_the_grammar_and_reach_the_pinned_conversation() {
     let r = d.resume(s.id(), "also fix the tests").await.unwrap();
     assert_ne!(r.id(), s.id());
     assert_eq!(r.info().resume_of.as_deref(), Some(s.id()));
+    // The registry (lookup and list) answers with the info the starts
+    // returned: the run's issue, the resume's origin.
+    assert_eq!(s.info().issue.as_deref(), Some(ISSUE));
+    let listed = d.sessions().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    for x in [&s, &r] {
+        let found = d.session(x.id()).await.unwrap().expect("live");
+        let in_list = listed.iter().find(|l| l.id() == x.id()).expect("listed");
+        for y in [found.info(), in_list.info()] {
+            let z = x.info();
+            assert_eq!(
+                (&y.id, &y.pod, &y.image, &y.resume_of, &y.issue, &y.log_path),
+                (&z.id, &z.pod, &z.image, &z.resume_of, &z.issue, &z.log_path)
+            );
+        }
+    }
     let seen = within(20, "the resume", collect(&r)).await;
     assert!(seen.problems.is_empty(), "{:?}", seen.problems);
     assert_flow(
