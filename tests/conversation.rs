@@ -16,6 +16,10 @@ use support::git::git;
 
 const LIVE: &str = r#"{"agentInput": "stream-json", "keepAliveSecs": 60, "stopGraceSecs": 5}"#;
 
+/// What Claude Code prints when an API call failed: an error under
+/// `subtype: "success"`.
+const FAILING_RESULT: &str = r#"{"type":"result","subtype":"success","is_error":true,"num_turns":1,"api_error_status":529,"result":"API Error: 529 overloaded"}"#;
+
 fn converse(turn_ms: u64) -> RunScript {
     RunScript::new().converse(Duration::from_millis(turn_ms))
 }
@@ -152,11 +156,10 @@ async fn an_error_result_fails_the_run_when_it_ends() {
     let dirs = Dirs::new(&[("web", Some(r#"{"agentInput": "stream-json"}"#))]);
     let rt = FaultRuntime::new();
     // An agent that answers with an error result, then waits.
-    let failing = r#"{"type":"result","subtype":"success","is_error":true,"num_turns":1,"api_error_status":529,"result":"API Error: 529 overloaded"}"#;
     rt.script_pod(
         "web",
         RunScript::new()
-            .bytes(cldpd::OutputStream::Stdout, format!("{failing}\n"))
+            .bytes(cldpd::OutputStream::Stdout, format!("{FAILING_RESULT}\n"))
             .hang(),
     );
     let d = Dispatcher::new(dirs.settings(), rt.clone());
@@ -194,11 +197,10 @@ async fn a_result_split_over_batches_or_followed_by_more_output_still_counts() {
     );
     // An error result, then 1 MiB of plain output (several batches) and a
     // clean exit: the result still fails the run.
-    let failing = r#"{"type":"result","subtype":"success","is_error":true,"num_turns":1,"api_error_status":529,"result":"API Error: 529 overloaded"}"#;
     rt.script_pod(
         "failing",
         RunScript::new()
-            .bytes(cldpd::OutputStream::Stdout, format!("{failing}\n"))
+            .bytes(cldpd::OutputStream::Stdout, format!("{FAILING_RESULT}\n"))
             .lines(cldpd::OutputStream::Stdout, 8192, 128, None)
             .exit(0),
     );

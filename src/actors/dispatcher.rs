@@ -57,7 +57,8 @@ use pod_cache::PodCache;
 /// A live session in the registry: what its [`SessionInfo`] is made of,
 /// without a second copy of the strings the caller's info owns (the id is
 /// the table's key, the image tag is shared with the session's actor).
-/// That copy was about 110 bytes of heap per live session in `bench_hold`.
+/// That copy was about 120 bytes of heap in use per live session in
+/// `bench_hold` (BENCHMARKS.md).
 struct Entry {
     pod: Box<str>,
     image: Arc<str>,

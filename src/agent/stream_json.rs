@@ -90,7 +90,8 @@ impl StreamJsonParser {
     /// [`new`](Self::new) made it). A holder may then drop it and make a
     /// new one for the next line without losing anything.
     pub fn holds_nothing(&self) -> bool {
-        self.pending.is_none() && self.outcome.is_none() && !self.overflow
+        // (An overflowing line is a pending one.)
+        self.pending.is_none() && self.outcome.is_none()
     }
 
     /// Forget the outcome and any split line (a new process starts).
