@@ -136,19 +136,19 @@ async fn runtime_failure_events_follow_the_grammar() {
     assert!(matches!(s.wait().await, Err(Error::RuntimeFailed { .. })));
 }
 
+/// The registry (lookup and list) answers with the info the starts
+/// returned: the run's issue, the resume's origin. (Both hang, so both are
+/// still live when asked.)
 #[actix::test]
-async fn resume_events_follow_the_grammar_and_reach_the_pinned_conversation() {
+async fn the_registry_answers_with_the_info_the_starts_returned() {
     let (_dirs, rt, d) = setup(&[("web", None)]);
     rt.script_pod("web", RunScript::new().stdout_lines(1).hang());
-    rt.script_exec("web", RunScript::new().stdout_lines(2).exit(0));
+    rt.script_exec("web", RunScript::new().stdout_lines(1).hang());
     let s = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
     within(20, "running", wait_running(&s)).await;
     let r = d.resume(s.id(), "also fix the tests").await.unwrap();
-    assert_ne!(r.id(), s.id());
-    assert_eq!(r.info().resume_of.as_deref(), Some(s.id()));
-    // The registry (lookup and list) answers with the info the starts
-    // returned: the run's issue, the resume's origin.
     assert_eq!(s.info().issue.as_deref(), Some(ISSUE));
+    assert_eq!(r.info().resume_of.as_deref(), Some(s.id()));
     let listed = d.sessions().await.unwrap();
     assert_eq!(listed.len(), 2);
     for x in [&s, &r] {
@@ -162,6 +162,22 @@ async fn resume_events_follow_the_grammar_and_reach_the_pinned_conversation() {
             );
         }
     }
+    within(20, "shutdown", d.shutdown(Some(Duration::ZERO)))
+        .await
+        .unwrap();
+    assert!(rt.running().is_empty());
+}
+
+#[actix::test]
+async fn resume_events_follow_the_grammar_and_reach_the_pinned_conversation() {
+    let (_dirs, rt, d) = setup(&[("web", None)]);
+    rt.script_pod("web", RunScript::new().stdout_lines(1).hang());
+    rt.script_exec("web", RunScript::new().stdout_lines(2).exit(0));
+    let s = d.start(StartRequest::issue("web", ISSUE)).await.unwrap();
+    within(20, "running", wait_running(&s)).await;
+    let r = d.resume(s.id(), "also fix the tests").await.unwrap();
+    assert_ne!(r.id(), s.id());
+    assert_eq!(r.info().resume_of.as_deref(), Some(s.id()));
     let seen = within(20, "the resume", collect(&r)).await;
     assert!(seen.problems.is_empty(), "{:?}", seen.problems);
     assert_flow(
