@@ -49,7 +49,9 @@ pub(crate) fn daemon_down(text: &str) -> bool {
 /// - over TCP: `… connection reset by peer`;
 /// - `docker build` whose upload of the context was cut (the engine
 ///   answered and closed, e.g. plain HTTP sent to a TLS port): `Can't add
-///   file … to tar: io: read/write on closed pipe`.
+///   file … to tar: io: read/write on closed pipe`, or, when the
+///   engine's close came first, `read tcp A->B: use of closed network
+///   connection` (seen once in CI: the same plain-HTTP-to-TLS build).
 ///
 /// A bare `unexpected EOF` line may also be a build step's own output, so
 /// callers confirm with the daemon before calling it lost.
@@ -58,6 +60,7 @@ pub(crate) fn connection_lost(text: &str) -> bool {
         || text.contains("error during connect")
         || text.contains("connection reset by peer")
         || text.contains("read/write on closed pipe")
+        || text.contains("use of closed network connection")
         || text.lines().any(|l| {
             let l = l.trim();
             l == "unexpected EOF" || l == "EOF" || l.ends_with(": EOF")
@@ -322,6 +325,9 @@ mod tests {
         ));
         assert!(connection_lost(
             "time=\"2026-12-01T05:21:06Z\" level=error msg=\"Can't add file /p/busybox to tar: io: read/write on closed pipe\""
+        ));
+        assert!(connection_lost(
+            "read tcp 127.0.0.1:58996->127.0.0.1:2376: use of closed network connection"
         ));
         assert!(!connection_lost("invalid mount config for type \"bind\""));
         // Info-level logrus lines are not errors.
