@@ -108,12 +108,21 @@ impl Owner {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Who is responsible for a container now: its living adopter (recorded
-    /// under `state_dir`), else the owner in its labels.
+    /// Who is responsible for a container now: its living adopter, else the
+    /// owner in its labels. The adoption record is looked for in the run's
+    /// own state directory (its [`labels::STATE_DIR`] label), where its
+    /// adopter wrote it, and under `state_dir` only for a container without
+    /// that label: a process using another state directory must still see
+    /// that an adopted run has a living owner (`stop --orphans` from there
+    /// once reaped runs a live batch had adopted).
     pub fn effective(labels: &BTreeMap<String, String>, state_dir: &Path) -> Option<Owner> {
+        let records = labels
+            .get(labels::STATE_DIR)
+            .map(Path::new)
+            .unwrap_or(state_dir);
         let adopter = labels
             .get(labels::SESSION)
-            .and_then(|s| Owner::adopter(state_dir, s))
+            .and_then(|s| Owner::adopter(records, s))
             .filter(Owner::is_alive);
         adopter.or_else(|| Owner::from_labels(labels))
     }

@@ -17,6 +17,16 @@ use support::docker::{docker, require_docker, TestPod};
 const JOB: &str = "#!/bin/sh\np=$(cat)\necho \"job: $p\"\nsleep 0.5\ncase \"$p\" in *fail*) echo 'it failed' >&2; exit 3;; esac\nexit 0\n";
 
 /// Runs until stopped.
+/// Held by the tests that leave a run orphaned or reap orphans: `stop
+/// --orphans` reaps the orphans of every state directory, so one test's
+/// reap would take another's orphan in the second before its batch
+/// adopts it.
+fn orphans_serialised() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 const FOREVER: &str = "#!/bin/sh\ntrap 'exit 0' TERM\necho ready\nwhile :; do sleep 0.1; done\n";
 
 fn state() -> tempfile::TempDir {
@@ -254,6 +264,7 @@ fn stop_orphans_reaps_the_runs_of_a_killed_cldpd_and_never_those_of_live_ones() 
     if !require_docker() {
         return;
     }
+    let _orphans = orphans_serialised();
     let pod = TestPod::with_stub(FOREVER);
     let state = state();
     let start = |n: usize| {
@@ -345,6 +356,7 @@ fn a_batch_names_the_run_it_adopted_holds_a_slot_for_it_and_stops_it_on_ctrl_c()
     if !require_docker() {
         return;
     }
+    let _orphans = orphans_serialised();
     let pod = TestPod::with_stub(FOREVER);
     let state = state();
     let mut start = cldpd(pod.pods_dir(), state.path());
@@ -400,6 +412,171 @@ fn a_batch_names_the_run_it_adopted_holds_a_slot_for_it_and_stops_it_on_ctrl_c()
         "{}",
         out.stderr
     );
+}
+
+/// A stand-in whose run for the prompt "orphan" says ready, waits until
+/// `/go` exists in its container and exits 3; any other prompt's run
+/// prints a line and exits 0.
+const ENDS_ON_CUE: &str = "#!/bin/sh\np=$(cat)\ncase \"$p\" in *orphan*) echo ready; while [ ! -e /go ]; do sleep 0.1; done; echo bye; exit 3;; esac\necho job done\n";
+
+/// Issue 9, item 4 (what the earlier fix left): a run adopted by a batch
+/// that ends on its own while the batch runs is not left behind as an
+/// exited container (the Engine API backend creates containers without
+/// auto-removal, and the dead process that started it cannot remove it),
+/// its log ends with its real exit code (its writer died, so `logs` would
+/// otherwise end without a final event; the lines it printed after its
+/// cldpd died were read by nobody and are not in it), its slot goes to the
+/// queued job, and the report says it ended.
+#[test]
+fn an_adopted_run_that_ends_on_its_own_is_removed_and_its_log_ends_with_its_exit_code() {
+    if !require_docker() {
+        return;
+    }
+    let _orphans = orphans_serialised();
+    let pod = TestPod::with_stub(ENDS_ON_CUE);
+    let state = state();
+    let mut start = cldpd(pod.pods_dir(), state.path());
+    start.args(["start", pod.name(), "--prompt", "orphan"]);
+    let dead = Live::spawn(start);
+    let orphan = dead.session_id(Duration::from_secs(60));
+    dead.wait_stdout("ready\n", Duration::from_secs(60));
+    dead.signal("KILL");
+    let _ = dead.finish(Duration::from_secs(20));
+    let names = container_names(&pod);
+    assert_eq!(names.len(), 1, "the orphan runs on: {names:?}");
+
+    let file = job_file(&state, &pod, &["job"]);
+    let (cmd, report_path) = batch(&pod, &state, &["--concurrency", "1", "--json"], &file);
+    let live = Live::spawn(cmd);
+    live.wait_stdout("\"batch_adopted\"", Duration::from_secs(60));
+    // Let the adopted run end on its own.
+    let cue = docker(["exec", &names[0], "/bin/sh", "-c", ": > /go"]);
+    assert!(
+        cue.status.success(),
+        "docker exec: {}",
+        String::from_utf8_lossy(&cue.stderr)
+    );
+    let out = live.finish(Duration::from_secs(120));
+    out.expect_code(0);
+    let report = read_report(&report_path);
+    assert_eq!(report["adopted"][0]["session"], orphan.as_str(), "{report}");
+    assert_eq!(report["adopted"][0]["state"], "ended", "{report}");
+    assert_eq!(report["jobs"][0]["state"], "succeeded", "{report}");
+    let left = container_names(&pod);
+    assert!(left.is_empty(), "nothing left: {left:?}");
+    // The log ends with the run's own exit, after its last line.
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", "--json", &orphan]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = events.last().expect("events");
+    if auto_removed() {
+        // Docker removed the container as it exited: its code is lost, and
+        // the log says so rather than ending without a final event.
+        assert_eq!(last["type"], "error", "{}", out.stdout);
+        assert_eq!(last["code"], "docker_lost", "{}", out.stdout);
+    } else {
+        assert_eq!(last["type"], "container_exited", "{}", out.stdout);
+        assert_eq!(last["code"], 3, "{}", out.stdout);
+    }
+}
+
+/// True when the backend under test runs containers that Docker removes as
+/// they exit (the CLI backend's `docker run --rm`): the exit code of a run
+/// whose cldpd died is then gone with its container. The Engine API
+/// backend removes its containers itself, after reading their code.
+fn auto_removed() -> bool {
+    support::docker::backend() == cldpd::runtime::Backend::Cli
+}
+
+/// An orphan that ended on its own after its cldpd was killed: nobody was
+/// left to remove its container (the Engine API backend does not
+/// auto-remove), so `ps` shows it with its exit code, and `stop --orphans`
+/// removes it and ends its log with that exit rather than with a stop it
+/// never had. (On the CLI backend Docker removes it as it exits.)
+#[test]
+fn an_orphan_that_ended_on_its_own_is_shown_and_reaped_with_its_exit_code() {
+    if !require_docker() {
+        return;
+    }
+    let _orphans = orphans_serialised();
+    let pod = TestPod::with_stub(ENDS_ON_CUE);
+    let state = state();
+    let mut start = cldpd(pod.pods_dir(), state.path());
+    start.args(["start", pod.name(), "--prompt", "orphan"]);
+    let dead = Live::spawn(start);
+    let orphan = dead.session_id(Duration::from_secs(60));
+    dead.wait_stdout("ready\n", Duration::from_secs(60));
+    dead.signal("KILL");
+    let _ = dead.finish(Duration::from_secs(20));
+    let names = container_names(&pod);
+    assert_eq!(names.len(), 1, "the orphan runs on: {names:?}");
+    let cue = docker(["exec", &names[0], "/bin/sh", "-c", ": > /go"]);
+    assert!(
+        cue.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cue.stderr)
+    );
+    let waited = docker(["wait", &names[0]]);
+    if auto_removed() {
+        // Gone with its code as it exited: nothing to show or reap, and
+        // its log has no final event (`logs` says so with --follow).
+        let _ = waited;
+        assert!(container_names(&pod).is_empty());
+        let mut ps = cldpd(pod.pods_dir(), state.path());
+        ps.args(["ps", "--json"]);
+        let out = run(ps, LIMIT);
+        out.expect_code(0);
+        assert!(!out.stdout.contains(orphan.as_str()), "{}", out.stdout);
+        return;
+    }
+    assert_eq!(String::from_utf8_lossy(&waited.stdout).trim(), "3");
+
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.args(["ps", "--json"]);
+    let out = run(ps, LIMIT);
+    out.expect_code(0);
+    let row: serde_json::Value = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["session"] == orphan.as_str())
+        .unwrap_or_else(|| panic!("{orphan} not in ps: {}", out.stdout));
+    assert_eq!(row["orphan"], true, "{row}");
+    assert_eq!(row["state"], "exited", "{row}");
+    assert_eq!(row["exit_code"], 3, "{row}");
+    let mut ps = cldpd(pod.pods_dir(), state.path());
+    ps.arg("ps");
+    let out = run(ps, LIMIT);
+    assert!(out.stdout.contains("exited 3 (orphan)"), "{}", out.stdout);
+
+    let mut reap = cldpd(pod.pods_dir(), state.path());
+    reap.args(["stop", "--orphans", "--json"]);
+    let out = run(reap, LIMIT);
+    out.expect_code(0);
+    let reports: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 1, "{}", out.stdout);
+    assert_eq!(reports[0]["session"], orphan.as_str(), "{}", out.stdout);
+    assert_eq!(reports[0]["code"], 3, "{}", out.stdout);
+    let left = container_names(&pod);
+    assert!(left.is_empty(), "nothing left: {left:?}");
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", "--json", &orphan]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    let last: serde_json::Value =
+        serde_json::from_str(out.stdout.lines().last().expect("events")).unwrap();
+    assert_eq!(last["type"], "container_exited", "{}", out.stdout);
+    assert_eq!(last["code"], 3, "{}", out.stdout);
 }
 
 #[test]

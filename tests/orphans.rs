@@ -155,6 +155,32 @@ async fn a_restarted_dispatcher_adopts_the_orphans_of_its_state_dir() {
     assert_eq!(within(20, "the queued run", s.wait()).await.unwrap(), 0);
 }
 
+/// A run adopted by a live dispatcher is not an orphan to a process that
+/// uses another state directory: the adoption is recorded in the run's own
+/// state directory, and `stop_orphans` from elsewhere once took the run for
+/// its dead first owner's and reaped it from under its adopter.
+#[actix::test]
+async fn an_adopted_run_is_no_orphan_to_a_dispatcher_of_another_state_dir() {
+    let dirs = Dirs::new(&[("web", None)]);
+    let elsewhere = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    let state = dirs.state().display().to_string();
+    let _run = foreign_run(&rt, "web-00000001", &dead_owner(), &state);
+    let adopter = Dispatcher::new(dirs.settings().adopt_orphans(true), rt.clone());
+    let adopted = adopter.adopted().await.unwrap();
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+
+    let other = Dispatcher::new(elsewhere.settings(), rt.clone());
+    let runs = other.runs().await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(!runs[0].orphan, "its adopter lives: {runs:?}");
+    let reaped = other.stop_orphans(Some(Duration::ZERO)).await.unwrap();
+    assert!(reaped.is_empty(), "{reaped:?}");
+    assert!(rt.running().contains(&"web-00000001".to_string()));
+    adopter.shutdown(Some(Duration::ZERO)).await.unwrap();
+    assert!(rt.running().is_empty());
+}
+
 #[actix::test]
 async fn shutdown_stops_adopted_runs_too() {
     let dirs = Dirs::new(&[("web", None)]);

@@ -49,8 +49,11 @@ use crate::state::StateStore;
 /// actor to report it).
 const ADOPTED_POLL: Duration = Duration::from_secs(2);
 
+mod adoption;
 mod pod_cache;
 mod stored;
+
+use adoption::{end_foreign_log, forget_adoption};
 
 use pod_cache::PodCache;
 
@@ -741,6 +744,7 @@ impl DispatcherActor {
                 .label(labels::STARTED)
                 .and_then(|s| humantime::parse_rfc3339_weak(s).ok()),
             state: c.state.clone(),
+            exit_code: c.exit_code,
             attempt: c
                 .label(labels::ATTEMPT)
                 .and_then(|a| a.parse().ok())
@@ -853,7 +857,8 @@ impl DispatcherActor {
         self.store.touch(live);
     }
 
-    /// Drop adopted runs that have ended; their slots go to the queue.
+    /// Drop adopted runs that have ended on their own, cleaning up after
+    /// them ([`adoption::end_adopted_run`]); their slots go to the queue.
     fn refresh_adopted(&mut self, ctx: &mut Context<Self>) {
         if self.adopted.is_empty() {
             return;
@@ -862,27 +867,29 @@ impl DispatcherActor {
         ctx.spawn(
             actix::fut::wrap_future(list).map(|listed, act: &mut Self, _| {
                 let Ok(Ok(containers)) = listed else { return };
-                let state_dir = act.settings.state_dir.clone();
-                act.adopted.retain(|session, run| {
-                    let live = containers
-                        .iter()
-                        .any(|c| c.name == run.container && c.is_running());
-                    if !live {
-                        let record = crate::owner::adoption_path(&state_dir, session);
-                        actix::spawn(forget_adoption(record));
-                    }
-                    live
-                });
+                let ended: Vec<(String, adoption::Ended)> = act
+                    .adopted
+                    .iter()
+                    .filter_map(|(session, run)| {
+                        let listed = containers.iter().find(|c| c.name == run.container);
+                        adoption::adopted_run_end(listed).map(|end| (session.clone(), end))
+                    })
+                    .collect();
+                for (session, end) in ended {
+                    let Some(run) = act.adopted.remove(&session) else {
+                        continue;
+                    };
+                    actix::spawn(adoption::end_adopted_run(
+                        act.runtime.clone(),
+                        act.settings.state_dir.clone(),
+                        run,
+                        end,
+                    ));
+                }
                 act.admit_next();
             }),
         );
     }
-}
-
-/// Remove the record of an adoption whose run has ended or was stopped,
-/// off the actor's thread (state-directory I/O is blocking).
-async fn forget_adoption(record: std::path::PathBuf) {
-    let _ = crate::state::blocking(move || std::fs::remove_file(record)).await;
 }
 
 struct Match {
@@ -1481,30 +1488,29 @@ async fn until_started(runtime: &Arc<dyn Runtime>, container: &str) {
 
 /// Stop and remove the container of a run whose cldpd process is gone (an
 /// orphan reaped by `stop --orphans`, or a run a batch adopted), then end
-/// its log with a `stopped` error saying `why`: its writer died, and `logs`
-/// of it must end like any other run's. Nothing of it is left in Docker
-/// once this resolves.
+/// its log: its writer died, and `logs` of it must end like any other
+/// run's. A run that had already ended on its own with a known code
+/// (`exited`) ends with that exit; any other with a `stopped` error saying
+/// `why`. Nothing of it is left in Docker once this resolves.
 async fn stop_foreign_run(
     runtime: Arc<dyn Runtime>,
     state_dir: std::path::PathBuf,
-    session: String,
-    container: String,
+    run: (String, String),
+    exited: Option<i32>,
     grace: Duration,
     why: &'static str,
 ) -> Result<()> {
+    let (session, container) = run;
     guarded("the runtime's stop", runtime.stop(&container, grace)).await??;
     guarded("the runtime's remove", runtime.remove(&container)).await??;
-    let log = crate::log::path_for(&state_dir.join("sessions"), &session);
-    let end = crate::event::EventKind::Error {
-        code: Error::Stopped.code().to_string(),
-        message: why.into(),
+    let end = match exited {
+        Some(code) => crate::event::EventKind::ContainerExited { code },
+        None => crate::event::EventKind::Error {
+            code: Error::Stopped.code().to_string(),
+            message: why.into(),
+        },
     };
-    let appended = crate::state::blocking(move || crate::log::append_final(&log, end)).await;
-    if let Ok(Err(e)) = appended {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(%session, error = %e, "could not end the stopped run's log");
-        }
-    }
+    end_foreign_log(&state_dir, &session, end).await;
     Ok(())
 }
 
@@ -1526,8 +1532,8 @@ impl Handler<StopOrphans> for DispatcherActor {
                 stop_foreign_run(
                     runtime.clone(),
                     state_dir.clone(),
-                    r.session.clone(),
-                    r.container.clone(),
+                    (r.session.clone(), r.container.clone()),
+                    r.exit_code,
                     grace,
                     "stopped by `cldpd stop --orphans`: the cldpd process that ran it was gone",
                 )
@@ -1539,7 +1545,7 @@ impl Handler<StopOrphans> for DispatcherActor {
                 reports.push(StopReport {
                     session: r.session,
                     container: r.container,
-                    code: None,
+                    code: r.exit_code,
                 });
             }
             Ok(reports)
@@ -1678,8 +1684,8 @@ impl Handler<StopAdopted> for DispatcherActor {
             let stop = stop_foreign_run(
                 runtime.clone(),
                 state_dir.clone(),
-                r.session.clone(),
-                r.container.clone(),
+                (r.session.clone(), r.container.clone()),
+                None,
                 grace,
                 "stopped by the dispatcher that adopted it: the cldpd process that ran it was gone",
             );

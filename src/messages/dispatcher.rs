@@ -151,8 +151,10 @@ pub struct StopReport {
     pub session: String,
     /// Its container.
     pub container: String,
-    /// Exit code when this dispatcher ran it (a run of another process is
-    /// stopped through Docker and its code is not known here).
+    /// Exit code when this dispatcher ran it, or when an orphan had
+    /// already ended on its own and Docker gave its code (a live run of
+    /// another process is stopped through Docker and its code is not known
+    /// here).
     pub code: Option<i32>,
 }
 
@@ -279,6 +281,9 @@ pub struct RunInfo {
     pub started: Option<SystemTime>,
     /// Docker's state word (`running`, `exited`, ...).
     pub state: String,
+    /// The exit code of a container that has ended and was not removed
+    /// (its cldpd process died before it could), when Docker gave it.
+    pub exit_code: Option<i32>,
     /// Restart attempt of this container.
     pub attempt: u32,
     /// Owning dispatcher instance id.

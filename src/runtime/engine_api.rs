@@ -467,6 +467,7 @@ impl Runtime for EngineApi {
                         .and_then(|n| n.into_iter().next())
                         .map(|n| n.trim_start_matches('/').to_string())
                         .unwrap_or_default(),
+                    exit_code: c.status.as_deref().and_then(summary::exit_code_of_status),
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                     labels: c
                         .labels

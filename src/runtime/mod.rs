@@ -359,6 +359,12 @@ pub struct ContainerInfo {
     pub state: String,
     /// All `cldpd.*` labels.
     pub labels: BTreeMap<String, String>,
+    /// The exit code of a container that has ended (`state` `exited` or
+    /// `dead`) when the backend could read it; `None` while it runs and on
+    /// backends whose containers are gone once they end ([`FaultRuntime`]).
+    /// A container whose cldpd process died ends with no one to read its
+    /// code but the process that adopts or reaps it.
+    pub exit_code: Option<i32>,
 }
 
 impl ContainerInfo {
@@ -375,6 +381,15 @@ impl ContainerInfo {
     pub fn is_created(&self) -> bool {
         self.state == "created"
     }
+    /// True when it has ended and was not removed (`exited` or `dead`).
+    pub fn has_ended(&self) -> bool {
+        has_ended(&self.state)
+    }
+}
+
+/// True for Docker's state words of a container that has ended.
+pub(crate) fn has_ended(state: &str) -> bool {
+    matches!(state, "exited" | "dead")
 }
 
 /// A container backend. See the [module docs](self).

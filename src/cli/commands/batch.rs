@@ -32,7 +32,8 @@ are listed when the batch starts (with --json, first, one line each:
 {\"type\": \"batch_adopted\", \"session\": ..., \"container\": ...,
 \"previous_owner\": ...}), count against --concurrency (shown as \"adopted\"
 on the progress line), are stopped when the batch ends or is stopped, and
-are listed in the report under \"adopted\".
+are listed in the report under \"adopted\" (one that ends on its own is
+removed, and its log ends with its exit code).
 
 Claude Code agents: each finished line and the report give the job's turns,
 cost and result subtype, and the batch's totals. --budget-usd X stops

@@ -17,7 +17,8 @@ use crate::cli::Ctx;
 #[derive(Debug, Args)]
 pub struct PsArgs {
     /// One JSON object per run on stdout (session, pod, container, issue,
-    /// started, state, attempt, owner, orphan, turns, cost_usd)
+    /// started, state, exit_code of an orphan that ended, attempt, owner,
+    /// orphan, turns, cost_usd)
     #[arg(long)]
     pub json: bool,
 
@@ -103,6 +104,8 @@ pub async fn run(args: PsArgs, ctx: &Ctx) -> Result<i32, CliError> {
                 .unwrap_or_else(|| "-".into());
             let mut state = if is_idle(r, tally.as_ref()) {
                 "idle".to_string()
+            } else if let Some(code) = r.exit_code {
+                format!("exited {code}")
             } else {
                 r.state.clone()
             };

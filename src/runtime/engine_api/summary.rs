@@ -42,3 +42,35 @@ pub(crate) async fn summary(
 pub(crate) fn running(summary: &ContainerSummary) -> bool {
     summary.state == Some(ContainerSummaryStateEnum::RUNNING)
 }
+
+/// The exit code in a summary's `Status` of a container that has ended
+/// (`Exited (3) 2 seconds ago`); `None` for any other status. The list is
+/// the only place the backend reads state from (see the module docs), and
+/// it gives the code in this text only.
+pub(crate) fn exit_code_of_status(status: &str) -> Option<i32> {
+    let rest = status.strip_prefix("Exited (")?;
+    let (code, _) = rest.split_once(')')?;
+    code.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_code_is_read_from_an_exited_containers_status() {
+        assert_eq!(exit_code_of_status("Exited (3) 2 seconds ago"), Some(3));
+        assert_eq!(
+            exit_code_of_status("Exited (137) About a minute ago"),
+            Some(137)
+        );
+        assert_eq!(
+            exit_code_of_status("Exited (0) Less than a second ago"),
+            Some(0)
+        );
+        assert_eq!(exit_code_of_status("Up 5 seconds"), None);
+        assert_eq!(exit_code_of_status("Created"), None);
+        assert_eq!(exit_code_of_status("Exited (x) now"), None);
+        assert_eq!(exit_code_of_status("Dead"), None);
+    }
+}

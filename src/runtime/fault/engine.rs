@@ -351,6 +351,8 @@ impl Runtime for FaultRuntime {
                 .filter(|(_, live)| live.labels.iter().any(|(k, _)| k == labels::SESSION))
                 .map(|(name, live)| ContainerInfo {
                     name: name.to_string(),
+                    // Listed while they live only: an exit removes them.
+                    exit_code: None,
                     state: if live.shared.has_started() {
                         "running"
                     } else {

@@ -1,0 +1,129 @@
+//! The end of runs whose cldpd process is gone: runs a dispatcher adopted
+//! ([`Settings::adopt_orphans`](crate::Settings::adopt_orphans)) that end
+//! on their own, and the end of a foreign run's log.
+//!
+//! Nobody else will clean up after such a run: the process that started it
+//! died, so it never reads the exit, never removes the container (the
+//! Engine API backend creates containers without auto-removal, so that
+//! their exit code can be read) and never writes the log's final event.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::actors::supervisor::guarded;
+use crate::error::Error;
+use crate::event::EventKind;
+use crate::messages::dispatcher::AdoptedRun;
+use crate::runtime::{ContainerInfo, Runtime};
+
+/// What an adopted run that no longer runs has become, from the runtime's
+/// list: `Some` when it is over, `None` while it still holds its slot.
+/// `listed` is its container in the list, if there.
+pub(super) fn adopted_run_end(listed: Option<&ContainerInfo>) -> Option<Ended> {
+    match listed {
+        None => Some(Ended::Gone),
+        Some(c) if c.has_ended() => Some(Ended::Exited(c.exit_code)),
+        // Running, or paused, restarting or being removed by someone
+        // else: not over yet (a removal shows as gone next time).
+        Some(_) => None,
+    }
+}
+
+/// How an adopted run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// Its container has ended and is still there (with its code when the
+    /// backend could read it).
+    Exited(Option<i32>),
+    /// Its container is gone (removed by Docker, as `docker run --rm`
+    /// does, or by someone else): its code is lost.
+    Gone,
+}
+
+/// Clean up after an adopted run that ended on its own: remove its
+/// container, end its log with its exit (or with `docker_lost` when the
+/// code could not be learnt), and forget the adoption.
+pub(super) async fn end_adopted_run(
+    runtime: Arc<dyn Runtime>,
+    state_dir: PathBuf,
+    run: AdoptedRun,
+    ended: Ended,
+) {
+    let code = match ended {
+        Ended::Exited(code) => {
+            let removed = guarded("the runtime's remove", runtime.remove(&run.container)).await;
+            if let Err(e) = removed.and_then(|r| r) {
+                tracing::warn!(container = %run.container, error = %e, "could not remove an adopted run that ended");
+            }
+            code
+        }
+        Ended::Gone => None,
+    };
+    let end = match code {
+        Some(code) => EventKind::ContainerExited { code },
+        None => {
+            let lost = Error::DockerLost {
+                container: run.container.clone(),
+                message: "it ended while the cldpd process that ran it was gone, and its exit \
+                          code could not be read"
+                    .into(),
+            };
+            EventKind::Error {
+                code: lost.code().to_string(),
+                message: lost.to_string(),
+            }
+        }
+    };
+    tracing::info!(session = %run.session, ?code, "an adopted run ended on its own");
+    end_foreign_log(&state_dir, &run.session, end).await;
+    forget_adoption(crate::owner::adoption_path(&state_dir, &run.session)).await;
+}
+
+/// End the log of a run whose writer is gone with `end` (unless it already
+/// ends with a final event), so that `logs` of it ends like any other
+/// run's. A missing log is not an error (retention may have taken it).
+pub(super) async fn end_foreign_log(state_dir: &std::path::Path, session: &str, end: EventKind) {
+    let log = crate::log::path_for(&state_dir.join("sessions"), session);
+    let appended = crate::state::blocking(move || crate::log::append_final(&log, end)).await;
+    if let Ok(Err(e)) = appended {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(%session, error = %e, "could not end the log of a run whose cldpd process is gone");
+        }
+    }
+}
+
+/// Remove the record of an adoption whose run has ended or was stopped,
+/// off the actor's thread (state-directory I/O is blocking).
+pub(super) async fn forget_adoption(record: PathBuf) {
+    let _ = crate::state::blocking(move || std::fs::remove_file(record)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(state: &str, exit_code: Option<i32>) -> ContainerInfo {
+        ContainerInfo {
+            name: "c".into(),
+            state: state.into(),
+            labels: Default::default(),
+            exit_code,
+        }
+    }
+
+    #[test]
+    fn only_an_ended_or_vanished_container_ends_an_adopted_run() {
+        assert_eq!(adopted_run_end(None), Some(Ended::Gone));
+        assert_eq!(
+            adopted_run_end(Some(&listed("exited", Some(3)))),
+            Some(Ended::Exited(Some(3)))
+        );
+        assert_eq!(
+            adopted_run_end(Some(&listed("dead", None))),
+            Some(Ended::Exited(None))
+        );
+        for live in ["running", "paused", "restarting", "removing"] {
+            assert_eq!(adopted_run_end(Some(&listed(live, None))), None, "{live}");
+        }
+    }
+}
