@@ -414,6 +414,58 @@ fn a_batch_names_the_run_it_adopted_holds_a_slot_for_it_and_stops_it_on_ctrl_c()
     );
 }
 
+/// A library dispatcher with `adopt_orphans` that shuts down cleans up
+/// after its adopted runs as `stop_adopted` (and a batch) does: stopped,
+/// removed and their logs ended. Its shutdown once only stopped them, which
+/// left an exited container (the Engine API backend does not auto-remove)
+/// and a log without a final event.
+#[test]
+fn a_dispatcher_shutting_down_removes_its_adopted_runs_and_ends_their_logs() {
+    if !require_docker() {
+        return;
+    }
+    let _orphans = orphans_serialised();
+    let pod = TestPod::with_stub(FOREVER);
+    let state = state();
+    let mut start = cldpd(pod.pods_dir(), state.path());
+    start.args(["start", pod.name(), "--prompt", "orphan"]);
+    let dead = Live::spawn(start);
+    let orphan = dead.session_id(Duration::from_secs(60));
+    dead.wait_stdout("ready\n", Duration::from_secs(60));
+    dead.signal("KILL");
+    let _ = dead.finish(Duration::from_secs(20));
+    assert_eq!(container_names(&pod).len(), 1, "the orphan runs on");
+
+    actix::System::new().block_on(async {
+        let settings = cldpd::Settings::new(pod.pods_dir(), state.path()).adopt_orphans(true);
+        let d = cldpd::Dispatcher::docker(settings);
+        let adopted = d.adopted().await.unwrap();
+        assert_eq!(adopted.len(), 1, "{adopted:?}");
+        assert_eq!(adopted[0].session, orphan);
+        let shutdown = d.shutdown(Some(Duration::from_secs(5)));
+        tokio::time::timeout(LIMIT, shutdown)
+            .await
+            .expect("shutdown within the limit")
+            .unwrap();
+    });
+    let left = container_names(&pod);
+    assert!(left.is_empty(), "nothing left: {left:?}");
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", "--json", &orphan]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    let last: serde_json::Value =
+        serde_json::from_str(out.stdout.lines().last().expect("events")).unwrap();
+    assert_eq!(last["type"], "error", "{}", out.stdout);
+    assert_eq!(last["code"], "stopped", "{}", out.stdout);
+    assert!(
+        last["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the dispatcher that adopted it")),
+        "{last}"
+    );
+}
+
 /// A stand-in whose run for the prompt "orphan" says ready, waits until
 /// `/go` exists in its container and exits 3; any other prompt's run
 /// prints a line and exits 0.

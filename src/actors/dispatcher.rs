@@ -45,6 +45,10 @@ use crate::runtime::{
 use crate::settings::Settings;
 use crate::state::StateStore;
 
+/// The end of the log of an adopted run its adopter stopped.
+const ADOPTED_STOPPED: &str =
+    "stopped by the dispatcher that adopted it: the cldpd process that ran it was gone";
+
 /// How often the end of adopted runs is checked (they have no session
 /// actor to report it).
 const ADOPTED_POLL: Duration = Duration::from_secs(2);
@@ -1610,14 +1614,24 @@ impl Handler<Shutdown> for DispatcherActor {
             .collect();
         let state_dir = self.settings.state_dir.clone();
         Box::pin(async move {
-            let adopted = adopted.iter().map(|(session, container)| {
-                let stop = guarded("the runtime's stop", runtime.stop(container, grace));
-                let record = crate::owner::adoption_path(&state_dir, session);
+            // As `StopAdopted` does: stopped, removed (nobody else will) and
+            // its log ended.
+            let adopted = adopted.into_iter().map(|run| {
+                let record = crate::owner::adoption_path(&state_dir, &run.0);
+                let container = run.1.clone();
+                let stop = stop_foreign_run(
+                    runtime.clone(),
+                    state_dir.clone(),
+                    run,
+                    None,
+                    grace,
+                    ADOPTED_STOPPED,
+                );
                 async move {
                     match stop.await {
                         // Stopped: nobody owns it any more.
-                        Ok(Ok(())) => forget_adoption(record).await,
-                        Ok(Err(e)) | Err(e) => {
+                        Ok(()) => forget_adoption(record).await,
+                        Err(e) => {
                             tracing::error!(container, error = %e, "could not stop an adopted run")
                         }
                     }
@@ -1687,7 +1701,7 @@ impl Handler<StopAdopted> for DispatcherActor {
                 (r.session.clone(), r.container.clone()),
                 None,
                 grace,
-                "stopped by the dispatcher that adopted it: the cldpd process that ran it was gone",
+                ADOPTED_STOPPED,
             );
             let container = r.container.clone();
             async move {
