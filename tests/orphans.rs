@@ -295,3 +295,59 @@ async fn stopping_a_batch_stops_its_adopted_runs_too() {
     assert_eq!(report.adopted[0].state, AdoptedState::Stopped);
     assert!(rt.running().is_empty(), "{:?}", rt.running());
 }
+
+/// A dispatcher that dies (an injected panic) with an adopted run stops it
+/// as `stop_adopted` and `shutdown` do: stopped, removed and its log ended
+/// with a `stopped` error. Its death path once only stopped it, leaving
+/// the log without a final event (and, on the Engine API backend, the
+/// exited container).
+#[actix::test]
+async fn a_dispatcher_dying_in_a_panic_stops_and_ends_its_adopted_runs() {
+    use cldpd::messages::dispatcher::InjectPanic;
+    let dirs = Dirs::new(&[("web", None)]);
+    let rt = FaultRuntime::new();
+    let state = dirs.state().display().to_string();
+    let _run = foreign_run(&rt, "web-00000001", &dead_owner(), &state);
+    // The log its dead cldpd left: started, no final event.
+    let sessions = dirs.state().join("sessions");
+    std::fs::create_dir_all(&sessions).unwrap();
+    let started = cldpd::Event::new(
+        "web-00000001",
+        1,
+        cldpd::EventKind::ContainerStarted {
+            container: "web-00000001".into(),
+            attempt: 0,
+        },
+    );
+    let log = sessions.join("web-00000001.ndjson");
+    std::fs::write(
+        &log,
+        format!("{}\n", serde_json::to_string(&started).unwrap()),
+    )
+    .unwrap();
+
+    let d = Dispatcher::new(dirs.settings().adopt_orphans(true), rt.clone());
+    assert_eq!(d.adopted().await.unwrap().len(), 1);
+    d.addr().do_send(InjectPanic);
+    let last = within(20, "the adopted run stopped and its log ended", async {
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap();
+            let last: serde_json::Value =
+                serde_json::from_str(text.lines().last().unwrap()).unwrap();
+            if last["type"] != "container_started" && rt.running().is_empty() {
+                break last;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(last["type"], "error", "{last}");
+    assert_eq!(last["code"], "stopped", "{last}");
+    assert_eq!(last["seq"], 2, "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the dispatcher that adopted it")),
+        "{last}"
+    );
+}

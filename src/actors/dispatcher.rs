@@ -45,10 +45,6 @@ use crate::runtime::{
 use crate::settings::Settings;
 use crate::state::StateStore;
 
-/// The end of the log of an adopted run its adopter stopped.
-const ADOPTED_STOPPED: &str =
-    "stopped by the dispatcher that adopted it: the cldpd process that ran it was gone";
-
 /// How often the end of adopted runs is checked (they have no session
 /// actor to report it).
 const ADOPTED_POLL: Duration = Duration::from_secs(2);
@@ -57,7 +53,7 @@ mod adoption;
 mod pod_cache;
 mod stored;
 
-use adoption::{end_foreign_log, forget_adoption};
+use adoption::{stop_adopted_run, stop_foreign_run};
 
 use pod_cache::PodCache;
 
@@ -304,7 +300,12 @@ impl DispatcherActor {
         // No actor context to drive futures in: a thread of its own.
         let runtime = self.runtime.clone();
         let grace = self.settings.policy.stop_grace;
-        let containers: Vec<String> = self.adopted.values().map(|r| r.container.clone()).collect();
+        let state_dir = self.settings.state_dir.clone();
+        let runs: Vec<(String, String)> = self
+            .adopted
+            .values()
+            .map(|r| (r.session.clone(), r.container.clone()))
+            .collect();
         let _ = std::thread::Builder::new()
             .name("cldpd-adopted-stop".into())
             .spawn(move || {
@@ -314,13 +315,8 @@ impl DispatcherActor {
                 else {
                     return;
                 };
-                rt.block_on(join_all(containers.iter().map(|c| {
-                    let stop = guarded("the runtime's stop", runtime.stop(c, grace));
-                    async move {
-                        if let Ok(Err(e)) | Err(e) = stop.await {
-                            tracing::error!(container = %c, error = %e, "could not stop an adopted run");
-                        }
-                    }
+                rt.block_on(join_all(runs.into_iter().map(|run| {
+                    stop_adopted_run(runtime.clone(), state_dir.clone(), run, grace)
                 })));
             });
     }
@@ -1490,34 +1486,6 @@ async fn until_started(runtime: &Arc<dyn Runtime>, container: &str) {
     tracing::warn!(%container, "still not started after {LIMIT:?}; stopping it anyway");
 }
 
-/// Stop and remove the container of a run whose cldpd process is gone (an
-/// orphan reaped by `stop --orphans`, or a run a batch adopted), then end
-/// its log: its writer died, and `logs` of it must end like any other
-/// run's. A run that had already ended on its own with a known code
-/// (`exited`) ends with that exit; any other with a `stopped` error saying
-/// `why`. Nothing of it is left in Docker once this resolves.
-async fn stop_foreign_run(
-    runtime: Arc<dyn Runtime>,
-    state_dir: std::path::PathBuf,
-    run: (String, String),
-    exited: Option<i32>,
-    grace: Duration,
-    why: &'static str,
-) -> Result<()> {
-    let (session, container) = run;
-    guarded("the runtime's stop", runtime.stop(&container, grace)).await??;
-    guarded("the runtime's remove", runtime.remove(&container)).await??;
-    let end = match exited {
-        Some(code) => crate::event::EventKind::ContainerExited { code },
-        None => crate::event::EventKind::Error {
-            code: Error::Stopped.code().to_string(),
-            message: why.into(),
-        },
-    };
-    end_foreign_log(&state_dir, &session, end).await;
-    Ok(())
-}
-
 impl Handler<StopOrphans> for DispatcherActor {
     type Result = ResponseFuture<Result<Vec<StopReport>>>;
 
@@ -1614,29 +1582,9 @@ impl Handler<Shutdown> for DispatcherActor {
             .collect();
         let state_dir = self.settings.state_dir.clone();
         Box::pin(async move {
-            // As `StopAdopted` does: stopped, removed (nobody else will) and
-            // its log ended.
-            let adopted = adopted.into_iter().map(|run| {
-                let record = crate::owner::adoption_path(&state_dir, &run.0);
-                let container = run.1.clone();
-                let stop = stop_foreign_run(
-                    runtime.clone(),
-                    state_dir.clone(),
-                    run,
-                    None,
-                    grace,
-                    ADOPTED_STOPPED,
-                );
-                async move {
-                    match stop.await {
-                        // Stopped: nobody owns it any more.
-                        Ok(()) => forget_adoption(record).await,
-                        Err(e) => {
-                            tracing::error!(container, error = %e, "could not stop an adopted run")
-                        }
-                    }
-                }
-            });
+            let adopted = adopted
+                .into_iter()
+                .map(|run| stop_adopted_run(runtime.clone(), state_dir.clone(), run, grace));
             let stops = sessions.iter().map(|s| {
                 let mut state = s.state.clone();
                 let addr = s.addr.clone();
@@ -1695,34 +1643,15 @@ impl Handler<StopAdopted> for DispatcherActor {
         let runtime = self.runtime.clone();
         let state_dir = self.settings.state_dir.clone();
         let stops = join_all(runs.iter().map(|r| {
-            let stop = stop_foreign_run(
-                runtime.clone(),
-                state_dir.clone(),
-                (r.session.clone(), r.container.clone()),
-                None,
-                grace,
-                ADOPTED_STOPPED,
-            );
-            let container = r.container.clone();
-            async move {
-                match stop.await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::error!(container, error = %e, "could not stop an adopted run");
-                        false
-                    }
-                }
-            }
+            let run = (r.session.clone(), r.container.clone());
+            stop_adopted_run(runtime.clone(), state_dir.clone(), run, grace)
         }));
         Box::pin(
             actix::fut::wrap_future(stops).map(move |stopped, act: &mut Self, _| {
-                let state_dir = act.settings.state_dir.clone();
                 let mut done = Vec::new();
                 for (run, ok) in runs.into_iter().zip(stopped) {
                     if ok {
                         act.adopted.remove(&run.session);
-                        let record = crate::owner::adoption_path(&state_dir, &run.session);
-                        actix::spawn(forget_adoption(record));
                         tracing::info!(session = %run.session, "stopped an adopted run");
                         done.push(run);
                     }

@@ -1,6 +1,7 @@
-//! The end of runs whose cldpd process is gone: runs a dispatcher adopted
-//! ([`Settings::adopt_orphans`](crate::Settings::adopt_orphans)) that end
-//! on their own, and the end of a foreign run's log.
+//! The end of runs whose cldpd process is gone: orphans reaped by `stop
+//! --orphans`, runs a dispatcher adopted
+//! ([`Settings::adopt_orphans`](crate::Settings::adopt_orphans)) and stops
+//! as it ends, or that end on their own, and the end of such a run's log.
 //!
 //! Nobody else will clean up after such a run: the process that started it
 //! died, so it never reads the exit, never removes the container (the
@@ -9,9 +10,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::actors::supervisor::guarded;
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::event::EventKind;
 use crate::messages::dispatcher::AdoptedRun;
 use crate::runtime::{ContainerInfo, Runtime};
@@ -77,6 +79,61 @@ pub(super) async fn end_adopted_run(
     tracing::info!(session = %run.session, ?code, "an adopted run ended on its own");
     end_foreign_log(&state_dir, &run.session, end).await;
     forget_adoption(crate::owner::adoption_path(&state_dir, &run.session)).await;
+}
+
+/// Stop and remove the container of a run whose cldpd process is gone (an
+/// orphan reaped by `stop --orphans`, or a run a batch adopted), then end
+/// its log: its writer died, and `logs` of it must end like any other
+/// run's. A run that had already ended on its own with a known code
+/// (`exited`) ends with that exit; any other with a `stopped` error saying
+/// `why`. Nothing of it is left in Docker once this resolves.
+pub(super) async fn stop_foreign_run(
+    runtime: Arc<dyn Runtime>,
+    state_dir: std::path::PathBuf,
+    run: (String, String),
+    exited: Option<i32>,
+    grace: Duration,
+    why: &'static str,
+) -> Result<()> {
+    let (session, container) = run;
+    guarded("the runtime's stop", runtime.stop(&container, grace)).await??;
+    guarded("the runtime's remove", runtime.remove(&container)).await??;
+    let end = match exited {
+        Some(code) => crate::event::EventKind::ContainerExited { code },
+        None => crate::event::EventKind::Error {
+            code: Error::Stopped.code().to_string(),
+            message: why.into(),
+        },
+    };
+    end_foreign_log(&state_dir, &session, end).await;
+    Ok(())
+}
+
+/// The end of the log of an adopted run its adopter stopped.
+const ADOPTED_STOPPED: &str =
+    "stopped by the dispatcher that adopted it: the cldpd process that ran it was gone";
+
+/// Stop an adopted run as its adopter ends (`StopAdopted`, `Shutdown`, a
+/// dispatcher's death): [`stop_foreign_run`], then forget the adoption.
+/// False, and logged, when it could not be stopped.
+pub(super) async fn stop_adopted_run(
+    runtime: Arc<dyn Runtime>,
+    state_dir: PathBuf,
+    run: (String, String),
+    grace: Duration,
+) -> bool {
+    let record = crate::owner::adoption_path(&state_dir, &run.0);
+    let container = run.1.clone();
+    match stop_foreign_run(runtime, state_dir, run, None, grace, ADOPTED_STOPPED).await {
+        Ok(()) => {
+            forget_adoption(record).await;
+            true
+        }
+        Err(e) => {
+            tracing::error!(container, error = %e, "could not stop an adopted run");
+            false
+        }
+    }
 }
 
 /// End the log of a run whose writer is gone with `end` (unless it already
