@@ -89,7 +89,7 @@ pub(super) async fn end_adopted_run(
 /// `why`. Nothing of it is left in Docker once this resolves.
 pub(super) async fn stop_foreign_run(
     runtime: Arc<dyn Runtime>,
-    state_dir: std::path::PathBuf,
+    state_dir: PathBuf,
     run: (String, String),
     exited: Option<i32>,
     grace: Duration,
@@ -99,8 +99,8 @@ pub(super) async fn stop_foreign_run(
     guarded("the runtime's stop", runtime.stop(&container, grace)).await??;
     guarded("the runtime's remove", runtime.remove(&container)).await??;
     let end = match exited {
-        Some(code) => crate::event::EventKind::ContainerExited { code },
-        None => crate::event::EventKind::Error {
+        Some(code) => EventKind::ContainerExited { code },
+        None => EventKind::Error {
             code: Error::Stopped.code().to_string(),
             message: why.into(),
         },
