@@ -414,6 +414,57 @@ fn a_batch_names_the_run_it_adopted_holds_a_slot_for_it_and_stops_it_on_ctrl_c()
     );
 }
 
+/// A run of a killed cldpd that ended before a batch started on its state
+/// directory: the batch does not adopt it (it holds no slot), but cleans
+/// up after it as the dead process would have: container removed, log
+/// ended with its exit code.
+#[test]
+fn a_batch_cleans_up_after_an_orphan_that_ended_before_it_started() {
+    if !require_docker() {
+        return;
+    }
+    let _orphans = orphans_serialised();
+    let pod = TestPod::with_stub(ENDS_ON_CUE);
+    let state = state();
+    let mut start = cldpd(pod.pods_dir(), state.path());
+    start.args(["start", pod.name(), "--prompt", "orphan"]);
+    let dead = Live::spawn(start);
+    let orphan = dead.session_id(Duration::from_secs(60));
+    dead.wait_stdout("ready\n", Duration::from_secs(60));
+    dead.signal("KILL");
+    let _ = dead.finish(Duration::from_secs(20));
+    let names = container_names(&pod);
+    assert_eq!(names.len(), 1, "the orphan runs on: {names:?}");
+    let cue = docker(["exec", &names[0], "/bin/sh", "-c", ": > /go"]);
+    assert!(
+        cue.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cue.stderr)
+    );
+    let _ = docker(["wait", &names[0]]);
+
+    let file = job_file(&state, &pod, &["job"]);
+    let (cmd, report_path) = batch(&pod, &state, &["--concurrency", "1"], &file);
+    let out = run(cmd, LIMIT);
+    out.expect_code(0);
+    let report = read_report(&report_path);
+    assert_eq!(report["jobs"][0]["state"], "succeeded", "{report}");
+    assert_eq!(report["adopted"], serde_json::json!([]), "{report}");
+    let left = container_names(&pod);
+    assert!(left.is_empty(), "nothing left: {left:?}");
+    if auto_removed() {
+        return; // gone with its code as it exited (see auto_removed)
+    }
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", "--json", &orphan]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    let last: serde_json::Value =
+        serde_json::from_str(out.stdout.lines().last().expect("events")).unwrap();
+    assert_eq!(last["type"], "container_exited", "{}", out.stdout);
+    assert_eq!(last["code"], 3, "{}", out.stdout);
+}
+
 /// A library dispatcher with `adopt_orphans` that shuts down cleans up
 /// after its adopted runs as `stop_adopted` (and a batch) does: stopped,
 /// removed and their logs ended. Its shutdown once only stopped them, which

@@ -105,6 +105,10 @@ pub struct DispatcherActor {
     running: usize,
     /// Runs of a dead dispatcher taken over (session → container).
     adopted: HashMap<String, AdoptedRun>,
+    /// Clean-ups after runs of a dead dispatcher that ended on their own,
+    /// still going: `Shutdown` waits for them, so that a process exiting
+    /// right after it does not cut one short.
+    cleanups: Vec<tokio::task::JoinHandle<()>>,
     builds: Builds,
     /// Pods discovered by earlier starts, reused while unchanged.
     pods: PodCache,
@@ -144,6 +148,7 @@ impl DispatcherActor {
             held_until: None,
             running: 0,
             adopted: HashMap::new(),
+            cleanups: Vec::new(),
             builds,
             pods: PodCache::default(),
             templates: HashMap::new(),
@@ -757,20 +762,23 @@ impl DispatcherActor {
 
 impl DispatcherActor {
     /// Take over the orphans of a dead dispatcher that used our state dir:
-    /// record `owner` as their adopter; returns them by session.
+    /// record `owner` as the adopter of those still running and return
+    /// them by session, and return those that have ended since (with their
+    /// exit codes), for the caller to clean up after.
     /// Blocking (adoption records, `/proc`).
-    fn adopt(
-        owner: &Owner,
-        state_dir: &Path,
-        containers: &[ContainerInfo],
-    ) -> HashMap<String, AdoptedRun> {
+    fn adopt(owner: &Owner, state_dir: &Path, containers: &[ContainerInfo]) -> Adoption {
         let ours = state_dir.display().to_string();
-        let mut adopted = HashMap::new();
-        for c in containers.iter().filter(|c| c.is_running()) {
+        let mut found = Adoption::default();
+        for c in containers
+            .iter()
+            .filter(|c| c.is_running() || c.has_ended())
+        {
             let Some(session) = c.label(labels::SESSION) else {
                 continue;
             };
-            if c.label(labels::STATE_DIR) != Some(ours.as_str()) || adopted.contains_key(session) {
+            if c.label(labels::STATE_DIR) != Some(ours.as_str())
+                || found.running.contains_key(session)
+            {
                 continue;
             }
             let Some(previous) = Owner::effective(&c.labels, state_dir) else {
@@ -779,24 +787,27 @@ impl DispatcherActor {
             if previous.is_alive() {
                 continue;
             }
+            let run = AdoptedRun {
+                session: session.to_string(),
+                container: c.name.clone(),
+                previous_owner: previous.id.clone(),
+            };
+            if c.has_ended() {
+                tracing::info!(session, container = %c.name, previous_owner = %previous.id, "found an orphaned run that has ended; cleaning up after it");
+                found.ended.push((run, c.exit_code));
+                continue;
+            }
             match owner.record_adoption(state_dir, session) {
                 Ok(()) => {
                     tracing::info!(session, container = %c.name, previous_owner = %previous.id, "adopted an orphaned run");
-                    adopted.insert(
-                        session.to_string(),
-                        AdoptedRun {
-                            session: session.to_string(),
-                            container: c.name.clone(),
-                            previous_owner: previous.id.clone(),
-                        },
-                    );
+                    found.running.insert(session.to_string(), run);
                 }
                 Err(e) => {
                     tracing::warn!(session, error = %e, "could not record the adoption of an orphaned run")
                 }
             }
         }
-        adopted
+        found
     }
 
     /// Apply the retention rule to the session logs, in the background.
@@ -857,6 +868,18 @@ impl DispatcherActor {
         self.store.touch(live);
     }
 
+    /// Clean up after a run of a dead dispatcher that ended on its own
+    /// ([`adoption::end_adopted_run`]), in the background.
+    fn clean_up_after(&mut self, run: AdoptedRun, end: adoption::Ended) {
+        self.cleanups.retain(|c| !c.is_finished());
+        self.cleanups.push(actix::spawn(adoption::end_adopted_run(
+            self.runtime.clone(),
+            self.settings.state_dir.clone(),
+            run,
+            end,
+        )));
+    }
+
     /// Drop adopted runs that have ended on their own, cleaning up after
     /// them ([`adoption::end_adopted_run`]); their slots go to the queue.
     fn refresh_adopted(&mut self, ctx: &mut Context<Self>) {
@@ -879,17 +902,21 @@ impl DispatcherActor {
                     let Some(run) = act.adopted.remove(&session) else {
                         continue;
                     };
-                    actix::spawn(adoption::end_adopted_run(
-                        act.runtime.clone(),
-                        act.settings.state_dir.clone(),
-                        run,
-                        end,
-                    ));
+                    act.clean_up_after(run, end);
                 }
                 act.admit_next();
             }),
         );
     }
+}
+
+/// The orphans of our state directory found as a dispatcher starts.
+#[derive(Default)]
+struct Adoption {
+    /// Still running: adopted, by session.
+    running: HashMap<String, AdoptedRun>,
+    /// Ended since their cldpd died: cleaned up after, not adopted.
+    ended: Vec<(AdoptedRun, Option<i32>)>,
 }
 
 struct Match {
@@ -915,7 +942,12 @@ impl Actor for DispatcherActor {
             };
             ctx.wait(
                 actix::fut::wrap_future(find).map(|found, act: &mut Self, _| match found {
-                    Ok(adopted) => act.adopted.extend(adopted),
+                    Ok(found) => {
+                        act.adopted.extend(found.running);
+                        for (run, code) in found.ended {
+                            act.clean_up_after(run, adoption::Ended::Exited(code));
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot look for orphaned runs to adopt")
                     }
@@ -1581,6 +1613,7 @@ impl Handler<Shutdown> for DispatcherActor {
             .map(|r| (r.session.clone(), r.container.clone()))
             .collect();
         let state_dir = self.settings.state_dir.clone();
+        let cleanups = std::mem::take(&mut self.cleanups);
         Box::pin(async move {
             let adopted = adopted
                 .into_iter()
@@ -1594,7 +1627,8 @@ impl Handler<Shutdown> for DispatcherActor {
                     let _ = state.wait_for(SessionState::is_terminal).await;
                 }
             });
-            futures_util::future::join(join_all(stops), join_all(adopted)).await;
+            futures_util::future::join3(join_all(stops), join_all(adopted), join_all(cleanups))
+                .await;
         })
     }
 }
