@@ -27,6 +27,55 @@ fn orphans_serialised() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Start a run of `pod` with the prompt "orphan", wait for its agent's
+/// "ready" line, and kill its cldpd with SIGKILL: the run goes on, nobody's.
+/// Returns its session id and container.
+fn orphan_of_a_killed_cldpd(pod: &TestPod, state: &tempfile::TempDir) -> (String, String) {
+    let mut start = cldpd(pod.pods_dir(), state.path());
+    start.args(["start", pod.name(), "--prompt", "orphan"]);
+    let dead = Live::spawn(start);
+    let orphan = dead.session_id(Duration::from_secs(60));
+    dead.wait_stdout("ready\n", Duration::from_secs(60));
+    dead.signal("KILL");
+    let _ = dead.finish(Duration::from_secs(20));
+    assert_eq!(running_containers(pod), 1, "the orphan runs on");
+    let names = container_names(pod);
+    assert_eq!(names.len(), 1, "{names:?}");
+    (orphan, names[0].clone())
+}
+
+/// `session`'s log ends with its container's exit with `code`.
+fn assert_log_ends_with_exit(pod: &TestPod, state: &tempfile::TempDir, session: &str, code: i32) {
+    let (last, log) = last_logged_event(pod, state, session);
+    assert_eq!(last["type"], "container_exited", "{log}");
+    assert_eq!(last["code"], code, "{log}");
+}
+
+/// Let an [`ENDS_ON_CUE`] run in `container` exit (with 3).
+fn cue_the_exit(container: &str) {
+    let cue = docker(["exec", container, "/bin/sh", "-c", ": > /go"]);
+    assert!(
+        cue.status.success(),
+        "docker exec: {}",
+        String::from_utf8_lossy(&cue.stderr)
+    );
+}
+
+/// The last event of `session`'s log (`cldpd logs --json`, which must exit
+/// 0), and the whole output.
+fn last_logged_event(
+    pod: &TestPod,
+    state: &tempfile::TempDir,
+    session: &str,
+) -> (serde_json::Value, String) {
+    let mut logs = cldpd(pod.pods_dir(), state.path());
+    logs.args(["logs", "--json", session]);
+    let out = run(logs, LIMIT);
+    out.expect_code(0);
+    let last = out.stdout.lines().last().expect("events");
+    (serde_json::from_str(last).unwrap(), out.stdout)
+}
+
 const FOREVER: &str = "#!/bin/sh\ntrap 'exit 0' TERM\necho ready\nwhile :; do sleep 0.1; done\n";
 
 fn state() -> tempfile::TempDir {
@@ -359,14 +408,7 @@ fn a_batch_names_the_run_it_adopted_holds_a_slot_for_it_and_stops_it_on_ctrl_c()
     let _orphans = orphans_serialised();
     let pod = TestPod::with_stub(FOREVER);
     let state = state();
-    let mut start = cldpd(pod.pods_dir(), state.path());
-    start.args(["start", pod.name(), "--prompt", "orphan"]);
-    let dead = Live::spawn(start);
-    let orphan = dead.session_id(Duration::from_secs(60));
-    dead.wait_stdout("ready\n", Duration::from_secs(60));
-    dead.signal("KILL");
-    let _ = dead.finish(Duration::from_secs(20));
-    assert_eq!(running_containers(&pod), 1, "the orphan runs on");
+    let (orphan, _) = orphan_of_a_killed_cldpd(&pod, &state);
 
     let file = job_file(&state, &pod, &["job"]);
     let (cmd, report_path) = batch(
@@ -426,22 +468,9 @@ fn a_batch_cleans_up_after_an_orphan_that_ended_before_it_started() {
     let _orphans = orphans_serialised();
     let pod = TestPod::with_stub(ENDS_ON_CUE);
     let state = state();
-    let mut start = cldpd(pod.pods_dir(), state.path());
-    start.args(["start", pod.name(), "--prompt", "orphan"]);
-    let dead = Live::spawn(start);
-    let orphan = dead.session_id(Duration::from_secs(60));
-    dead.wait_stdout("ready\n", Duration::from_secs(60));
-    dead.signal("KILL");
-    let _ = dead.finish(Duration::from_secs(20));
-    let names = container_names(&pod);
-    assert_eq!(names.len(), 1, "the orphan runs on: {names:?}");
-    let cue = docker(["exec", &names[0], "/bin/sh", "-c", ": > /go"]);
-    assert!(
-        cue.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cue.stderr)
-    );
-    let _ = docker(["wait", &names[0]]);
+    let (orphan, container) = orphan_of_a_killed_cldpd(&pod, &state);
+    cue_the_exit(&container);
+    let _ = docker(["wait", &container]);
 
     let file = job_file(&state, &pod, &["job"]);
     let (cmd, report_path) = batch(&pod, &state, &["--concurrency", "1"], &file);
@@ -455,14 +484,7 @@ fn a_batch_cleans_up_after_an_orphan_that_ended_before_it_started() {
     if auto_removed() {
         return; // gone with its code as it exited (see auto_removed)
     }
-    let mut logs = cldpd(pod.pods_dir(), state.path());
-    logs.args(["logs", "--json", &orphan]);
-    let out = run(logs, LIMIT);
-    out.expect_code(0);
-    let last: serde_json::Value =
-        serde_json::from_str(out.stdout.lines().last().expect("events")).unwrap();
-    assert_eq!(last["type"], "container_exited", "{}", out.stdout);
-    assert_eq!(last["code"], 3, "{}", out.stdout);
+    assert_log_ends_with_exit(&pod, &state, &orphan, 3);
 }
 
 /// A library dispatcher with `adopt_orphans` that shuts down cleans up
@@ -478,14 +500,7 @@ fn a_dispatcher_shutting_down_removes_its_adopted_runs_and_ends_their_logs() {
     let _orphans = orphans_serialised();
     let pod = TestPod::with_stub(FOREVER);
     let state = state();
-    let mut start = cldpd(pod.pods_dir(), state.path());
-    start.args(["start", pod.name(), "--prompt", "orphan"]);
-    let dead = Live::spawn(start);
-    let orphan = dead.session_id(Duration::from_secs(60));
-    dead.wait_stdout("ready\n", Duration::from_secs(60));
-    dead.signal("KILL");
-    let _ = dead.finish(Duration::from_secs(20));
-    assert_eq!(container_names(&pod).len(), 1, "the orphan runs on");
+    let (orphan, _) = orphan_of_a_killed_cldpd(&pod, &state);
 
     actix::System::new().block_on(async {
         let settings = cldpd::Settings::new(pod.pods_dir(), state.path()).adopt_orphans(true);
@@ -501,14 +516,9 @@ fn a_dispatcher_shutting_down_removes_its_adopted_runs_and_ends_their_logs() {
     });
     let left = container_names(&pod);
     assert!(left.is_empty(), "nothing left: {left:?}");
-    let mut logs = cldpd(pod.pods_dir(), state.path());
-    logs.args(["logs", "--json", &orphan]);
-    let out = run(logs, LIMIT);
-    out.expect_code(0);
-    let last: serde_json::Value =
-        serde_json::from_str(out.stdout.lines().last().expect("events")).unwrap();
-    assert_eq!(last["type"], "error", "{}", out.stdout);
-    assert_eq!(last["code"], "stopped", "{}", out.stdout);
+    let (last, log) = last_logged_event(&pod, &state, &orphan);
+    assert_eq!(last["type"], "error", "{log}");
+    assert_eq!(last["code"], "stopped", "{log}");
     assert!(
         last["message"]
             .as_str()
@@ -538,27 +548,14 @@ fn an_adopted_run_that_ends_on_its_own_is_removed_and_its_log_ends_with_its_exit
     let _orphans = orphans_serialised();
     let pod = TestPod::with_stub(ENDS_ON_CUE);
     let state = state();
-    let mut start = cldpd(pod.pods_dir(), state.path());
-    start.args(["start", pod.name(), "--prompt", "orphan"]);
-    let dead = Live::spawn(start);
-    let orphan = dead.session_id(Duration::from_secs(60));
-    dead.wait_stdout("ready\n", Duration::from_secs(60));
-    dead.signal("KILL");
-    let _ = dead.finish(Duration::from_secs(20));
-    let names = container_names(&pod);
-    assert_eq!(names.len(), 1, "the orphan runs on: {names:?}");
+    let (orphan, container) = orphan_of_a_killed_cldpd(&pod, &state);
 
     let file = job_file(&state, &pod, &["job"]);
     let (cmd, report_path) = batch(&pod, &state, &["--concurrency", "1", "--json"], &file);
     let live = Live::spawn(cmd);
     live.wait_stdout("\"batch_adopted\"", Duration::from_secs(60));
     // Let the adopted run end on its own.
-    let cue = docker(["exec", &names[0], "/bin/sh", "-c", ": > /go"]);
-    assert!(
-        cue.status.success(),
-        "docker exec: {}",
-        String::from_utf8_lossy(&cue.stderr)
-    );
+    cue_the_exit(&container);
     let out = live.finish(Duration::from_secs(120));
     out.expect_code(0);
     let report = read_report(&report_path);
@@ -567,25 +564,16 @@ fn an_adopted_run_that_ends_on_its_own_is_removed_and_its_log_ends_with_its_exit
     assert_eq!(report["jobs"][0]["state"], "succeeded", "{report}");
     let left = container_names(&pod);
     assert!(left.is_empty(), "nothing left: {left:?}");
-    // The log ends with the run's own exit, after its last line.
-    let mut logs = cldpd(pod.pods_dir(), state.path());
-    logs.args(["logs", "--json", &orphan]);
-    let out = run(logs, LIMIT);
-    out.expect_code(0);
-    let events: Vec<serde_json::Value> = out
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let last = events.last().expect("events");
+    // The log ends with the run's own exit.
+    let (last, log) = last_logged_event(&pod, &state, &orphan);
     if auto_removed() {
         // Docker removed the container as it exited: its code is lost, and
         // the log says so rather than ending without a final event.
-        assert_eq!(last["type"], "error", "{}", out.stdout);
-        assert_eq!(last["code"], "docker_lost", "{}", out.stdout);
+        assert_eq!(last["type"], "error", "{log}");
+        assert_eq!(last["code"], "docker_lost", "{log}");
     } else {
-        assert_eq!(last["type"], "container_exited", "{}", out.stdout);
-        assert_eq!(last["code"], 3, "{}", out.stdout);
+        assert_eq!(last["type"], "container_exited", "{log}");
+        assert_eq!(last["code"], 3, "{log}");
     }
 }
 
@@ -610,22 +598,9 @@ fn an_orphan_that_ended_on_its_own_is_shown_and_reaped_with_its_exit_code() {
     let _orphans = orphans_serialised();
     let pod = TestPod::with_stub(ENDS_ON_CUE);
     let state = state();
-    let mut start = cldpd(pod.pods_dir(), state.path());
-    start.args(["start", pod.name(), "--prompt", "orphan"]);
-    let dead = Live::spawn(start);
-    let orphan = dead.session_id(Duration::from_secs(60));
-    dead.wait_stdout("ready\n", Duration::from_secs(60));
-    dead.signal("KILL");
-    let _ = dead.finish(Duration::from_secs(20));
-    let names = container_names(&pod);
-    assert_eq!(names.len(), 1, "the orphan runs on: {names:?}");
-    let cue = docker(["exec", &names[0], "/bin/sh", "-c", ": > /go"]);
-    assert!(
-        cue.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cue.stderr)
-    );
-    let waited = docker(["wait", &names[0]]);
+    let (orphan, container) = orphan_of_a_killed_cldpd(&pod, &state);
+    cue_the_exit(&container);
+    let waited = docker(["wait", &container]);
     if auto_removed() {
         // Gone with its code as it exited: nothing to show or reap, and
         // its log has no final event (`logs` says so with --follow).
@@ -672,14 +647,7 @@ fn an_orphan_that_ended_on_its_own_is_shown_and_reaped_with_its_exit_code() {
     assert_eq!(reports[0]["code"], 3, "{}", out.stdout);
     let left = container_names(&pod);
     assert!(left.is_empty(), "nothing left: {left:?}");
-    let mut logs = cldpd(pod.pods_dir(), state.path());
-    logs.args(["logs", "--json", &orphan]);
-    let out = run(logs, LIMIT);
-    out.expect_code(0);
-    let last: serde_json::Value =
-        serde_json::from_str(out.stdout.lines().last().expect("events")).unwrap();
-    assert_eq!(last["type"], "container_exited", "{}", out.stdout);
-    assert_eq!(last["code"], 3, "{}", out.stdout);
+    assert_log_ends_with_exit(&pod, &state, &orphan, 3);
 }
 
 #[test]

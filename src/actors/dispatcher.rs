@@ -761,55 +761,6 @@ impl DispatcherActor {
 }
 
 impl DispatcherActor {
-    /// Take over the orphans of a dead dispatcher that used our state dir:
-    /// record `owner` as the adopter of those still running and return
-    /// them by session, and return those that have ended since (with their
-    /// exit codes), for the caller to clean up after.
-    /// Blocking (adoption records, `/proc`).
-    fn adopt(owner: &Owner, state_dir: &Path, containers: &[ContainerInfo]) -> Adoption {
-        let ours = state_dir.display().to_string();
-        let mut found = Adoption::default();
-        for c in containers
-            .iter()
-            .filter(|c| c.is_running() || c.has_ended())
-        {
-            let Some(session) = c.label(labels::SESSION) else {
-                continue;
-            };
-            if c.label(labels::STATE_DIR) != Some(ours.as_str())
-                || found.running.contains_key(session)
-            {
-                continue;
-            }
-            let Some(previous) = Owner::effective(&c.labels, state_dir) else {
-                continue;
-            };
-            if previous.is_alive() {
-                continue;
-            }
-            let run = AdoptedRun {
-                session: session.to_string(),
-                container: c.name.clone(),
-                previous_owner: previous.id.clone(),
-            };
-            if c.has_ended() {
-                tracing::info!(session, container = %c.name, previous_owner = %previous.id, "found an orphaned run that has ended; cleaning up after it");
-                found.ended.push((run, c.exit_code));
-                continue;
-            }
-            match owner.record_adoption(state_dir, session) {
-                Ok(()) => {
-                    tracing::info!(session, container = %c.name, previous_owner = %previous.id, "adopted an orphaned run");
-                    found.running.insert(session.to_string(), run);
-                }
-                Err(e) => {
-                    tracing::warn!(session, error = %e, "could not record the adoption of an orphaned run")
-                }
-            }
-        }
-        found
-    }
-
     /// Apply the retention rule to the session logs, in the background.
     /// Docker is asked which runs are live (in any process) only when some
     /// log is due for deletion; logs of live runs are never deleted, and
@@ -910,15 +861,6 @@ impl DispatcherActor {
     }
 }
 
-/// The orphans of our state directory found as a dispatcher starts.
-#[derive(Default)]
-struct Adoption {
-    /// Still running: adopted, by session.
-    running: HashMap<String, AdoptedRun>,
-    /// Ended since their cldpd died: cleaned up after, not adopted.
-    ended: Vec<(AdoptedRun, Option<i32>)>,
-}
-
 struct Match {
     session: String,
     container: Option<String>,
@@ -938,7 +880,8 @@ impl Actor for DispatcherActor {
             let state_dir = self.settings.state_dir.clone();
             let find = async move {
                 let containers = list.await??;
-                crate::state::blocking(move || Self::adopt(&owner, &state_dir, &containers)).await
+                crate::state::blocking(move || adoption::adopt(&owner, &state_dir, &containers))
+                    .await
             };
             ctx.wait(
                 actix::fut::wrap_future(find).map(|found, act: &mut Self, _| match found {

@@ -1,14 +1,16 @@
 //! The end of runs whose cldpd process is gone: orphans reaped by `stop
-//! --orphans`, runs a dispatcher adopted
-//! ([`Settings::adopt_orphans`](crate::Settings::adopt_orphans)) and stops
-//! as it ends, or that end on their own, and the end of such a run's log.
+//! --orphans`; runs a dispatcher adopted
+//! ([`Settings::adopt_orphans`](crate::Settings::adopt_orphans)), stopped
+//! as it ends or ended on their own; runs of a dead dispatcher found ended
+//! as one starts; and the end of such a run's log.
 //!
 //! Nobody else will clean up after such a run: the process that started it
 //! died, so it never reads the exit, never removes the container (the
 //! Engine API backend creates containers without auto-removal, so that
 //! their exit code can be read) and never writes the log's final event.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,65 @@ use crate::actors::supervisor::guarded;
 use crate::error::{Error, Result};
 use crate::event::EventKind;
 use crate::messages::dispatcher::AdoptedRun;
-use crate::runtime::{ContainerInfo, Runtime};
+use crate::owner::Owner;
+use crate::runtime::{labels, ContainerInfo, Runtime};
+
+/// The orphans of our state directory found as a dispatcher starts.
+#[derive(Default)]
+pub(super) struct Adoption {
+    /// Still running: adopted, by session.
+    pub(super) running: HashMap<String, AdoptedRun>,
+    /// Ended since their cldpd died: cleaned up after, not adopted.
+    pub(super) ended: Vec<(AdoptedRun, Option<i32>)>,
+}
+
+/// Take over the orphans of a dead dispatcher that used our state dir:
+/// record `owner` as the adopter of those still running and return
+/// them by session, and return those that have ended since (with their
+/// exit codes), for the caller to clean up after.
+/// Blocking (adoption records, `/proc`).
+pub(super) fn adopt(owner: &Owner, state_dir: &Path, containers: &[ContainerInfo]) -> Adoption {
+    let ours = state_dir.display().to_string();
+    let mut found = Adoption::default();
+    for c in containers
+        .iter()
+        .filter(|c| c.is_running() || c.has_ended())
+    {
+        let Some(session) = c.label(labels::SESSION) else {
+            continue;
+        };
+        if c.label(labels::STATE_DIR) != Some(ours.as_str()) || found.running.contains_key(session)
+        {
+            continue;
+        }
+        let Some(previous) = Owner::effective(&c.labels, state_dir) else {
+            continue;
+        };
+        if previous.is_alive() {
+            continue;
+        }
+        let run = AdoptedRun {
+            session: session.to_string(),
+            container: c.name.clone(),
+            previous_owner: previous.id.clone(),
+        };
+        if c.has_ended() {
+            tracing::info!(session, container = %c.name, previous_owner = %previous.id, "found an orphaned run that has ended; cleaning up after it");
+            found.ended.push((run, c.exit_code));
+            continue;
+        }
+        match owner.record_adoption(state_dir, session) {
+            Ok(()) => {
+                tracing::info!(session, container = %c.name, previous_owner = %previous.id, "adopted an orphaned run");
+                found.running.insert(session.to_string(), run);
+            }
+            Err(e) => {
+                tracing::warn!(session, error = %e, "could not record the adoption of an orphaned run")
+            }
+        }
+    }
+    found
+}
 
 /// What an adopted run that no longer runs has become, from the runtime's
 /// list: `Some` when it is over, `None` while it still holds its slot.
@@ -42,9 +102,10 @@ pub(super) enum Ended {
     Gone,
 }
 
-/// Clean up after an adopted run that ended on its own: remove its
-/// container, end its log with its exit (or with `docker_lost` when the
-/// code could not be learnt), and forget the adoption.
+/// Clean up after a run of a dead dispatcher that ended on its own
+/// (adopted, or found ended as the adopter started): remove its container,
+/// end its log with its exit (or with `docker_lost` when the code could not
+/// be learnt), and forget the adoption.
 pub(super) async fn end_adopted_run(
     runtime: Arc<dyn Runtime>,
     state_dir: PathBuf,
@@ -76,9 +137,9 @@ pub(super) async fn end_adopted_run(
             }
         }
     };
-    tracing::info!(session = %run.session, ?code, "an adopted run ended on its own");
     end_foreign_log(&state_dir, &run.session, end).await;
     forget_adoption(crate::owner::adoption_path(&state_dir, &run.session)).await;
+    tracing::info!(session = %run.session, ?code, "a run whose cldpd process is gone ended on its own; cleaned up after it");
 }
 
 /// Stop and remove the container of a run whose cldpd process is gone (an
@@ -139,7 +200,7 @@ pub(super) async fn stop_adopted_run(
 /// End the log of a run whose writer is gone with `end` (unless it already
 /// ends with a final event), so that `logs` of it ends like any other
 /// run's. A missing log is not an error (retention may have taken it).
-pub(super) async fn end_foreign_log(state_dir: &std::path::Path, session: &str, end: EventKind) {
+pub(super) async fn end_foreign_log(state_dir: &Path, session: &str, end: EventKind) {
     let log = crate::log::path_for(&state_dir.join("sessions"), session);
     let appended = crate::state::blocking(move || crate::log::append_final(&log, end)).await;
     if let Ok(Err(e)) = appended {
