@@ -306,11 +306,7 @@ impl DispatcherActor {
         let runtime = self.runtime.clone();
         let grace = self.settings.policy.stop_grace;
         let state_dir = self.settings.state_dir.clone();
-        let runs: Vec<(String, String)> = self
-            .adopted
-            .values()
-            .map(|r| (r.session.clone(), r.container.clone()))
-            .collect();
+        let runs: Vec<AdoptedRun> = self.adopted.values().cloned().collect();
         let _ = std::thread::Builder::new()
             .name("cldpd-adopted-stop".into())
             .spawn(move || {
@@ -1479,7 +1475,8 @@ impl Handler<StopOrphans> for DispatcherActor {
                 stop_foreign_run(
                     runtime.clone(),
                     state_dir.clone(),
-                    (r.session.clone(), r.container.clone()),
+                    r.session.clone(),
+                    r.container.clone(),
                     r.exit_code,
                     grace,
                     "stopped by `cldpd stop --orphans`: the cldpd process that ran it was gone",
@@ -1550,11 +1547,7 @@ impl Handler<Shutdown> for DispatcherActor {
         let sessions: Vec<SessionInfo> = self.sessions.iter().map(|(id, e)| e.info(id)).collect();
         let runtime = self.runtime.clone();
         let grace = msg.grace.unwrap_or(self.settings.policy.stop_grace);
-        let adopted: Vec<(String, String)> = self
-            .adopted
-            .values()
-            .map(|r| (r.session.clone(), r.container.clone()))
-            .collect();
+        let adopted: Vec<AdoptedRun> = self.adopted.values().cloned().collect();
         let state_dir = self.settings.state_dir.clone();
         let cleanups = std::mem::take(&mut self.cleanups);
         Box::pin(async move {
@@ -1619,10 +1612,10 @@ impl Handler<StopAdopted> for DispatcherActor {
         runs.sort_by(|a, b| a.session.cmp(&b.session));
         let runtime = self.runtime.clone();
         let state_dir = self.settings.state_dir.clone();
-        let stops = join_all(runs.iter().map(|r| {
-            let run = (r.session.clone(), r.container.clone());
-            stop_adopted_run(runtime.clone(), state_dir.clone(), run, grace)
-        }));
+        let stops = join_all(
+            runs.iter()
+                .map(|r| stop_adopted_run(runtime.clone(), state_dir.clone(), r.clone(), grace)),
+        );
         Box::pin(
             actix::fut::wrap_future(stops).map(move |stopped, act: &mut Self, _| {
                 let mut done = Vec::new();

@@ -151,12 +151,12 @@ pub(super) async fn end_adopted_run(
 pub(super) async fn stop_foreign_run(
     runtime: Arc<dyn Runtime>,
     state_dir: PathBuf,
-    run: (String, String),
+    session: String,
+    container: String,
     exited: Option<i32>,
     grace: Duration,
     why: &'static str,
 ) -> Result<()> {
-    let (session, container) = run;
     guarded("the runtime's stop", runtime.stop(&container, grace)).await??;
     guarded("the runtime's remove", runtime.remove(&container)).await??;
     let end = match exited {
@@ -180,12 +180,21 @@ const ADOPTED_STOPPED: &str =
 pub(super) async fn stop_adopted_run(
     runtime: Arc<dyn Runtime>,
     state_dir: PathBuf,
-    run: (String, String),
+    run: AdoptedRun,
     grace: Duration,
 ) -> bool {
-    let record = crate::owner::adoption_path(&state_dir, &run.0);
-    let container = run.1.clone();
-    match stop_foreign_run(runtime, state_dir, run, None, grace, ADOPTED_STOPPED).await {
+    let record = crate::owner::adoption_path(&state_dir, &run.session);
+    let container = run.container.clone();
+    let stopped = stop_foreign_run(
+        runtime,
+        state_dir,
+        run.session,
+        run.container,
+        None,
+        grace,
+        ADOPTED_STOPPED,
+    );
+    match stopped.await {
         Ok(()) => {
             forget_adoption(record).await;
             true
